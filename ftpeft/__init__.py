@@ -1,0 +1,39 @@
+"""ftpeft: fine-tuning recipes for the HuggingFace stack, and the library behind them.
+
+Use the pieces in your own ``transformers.Trainer``::
+
+    from ftpeft import unfreeze_last, build_param_groups
+    report = unfreeze_last(model, 2)              # top 2 layers + pooler + head trainable
+    groups = build_param_groups(model, 5e-5, head_lr=1e-3, layer_decay=0.9)
+    trainer = Trainer(model, args, optimizers=(torch.optim.AdamW(groups), None), ...)
+"""
+
+from .errors import FtpeftError
+from .freezing import (
+    ARCHITECTURES,
+    FreezeReport,
+    LayerMap,
+    count_parameters,
+    freeze_report,
+    keep_frozen_norms_in_eval,
+    layer_map,
+    unfreeze_last,
+)
+from .optim import build_param_groups
+from .training import FtpeftTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES",
+    "FreezeReport",
+    "FtpeftError",
+    "FtpeftTrainer",
+    "LayerMap",
+    "build_param_groups",
+    "count_parameters",
+    "freeze_report",
+    "keep_frozen_norms_in_eval",
+    "layer_map",
+    "unfreeze_last",
+]

@@ -1,0 +1,145 @@
+"""Model cards (README.md in the output dir and on the Hub) for every recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import redact
+from .outputs import atomic_write_text
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """Everything a card says about a run; recipes fill it, ``render_model_card`` turns it into markdown."""
+
+    recipe: str
+    base_model: str
+    library_name: str  # transformers | peft | timm | sklearn
+    pipeline_tag: str  # text-classification | image-classification
+    command: str
+    config: dict[str, Any]
+    tuning: str  # human-readable freezing / LoRA spec
+    trainable_params: int
+    total_params: int
+    dataset: str
+    split_sizes: dict[str, int]
+    label_names: list[str]
+    metrics: dict[str, float]
+    loading_snippet: str
+    train_runtime_s: float | None = None
+    hub_dataset: str | None = None  # a Hub dataset id, for the metadata header
+    hardware: str = dataclasses.field(default_factory=lambda: hardware_description())
+    tags: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def hardware_description() -> str:
+    """GPU name(s) or CPU, plus the accelerate distributed setup of this run."""
+    import torch
+
+    if torch.cuda.is_available():
+        names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
+        device = f"{torch.cuda.device_count()} x {', '.join(names)}"
+    else:
+        device = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    try:
+        from accelerate import PartialState
+
+        state = PartialState()
+        distributed = f"{state.distributed_type.value}, {state.num_processes} process(es)"
+    except Exception:  # accelerate not initialised (e.g. a plain sklearn run)
+        distributed = "single process"
+    config_file = os.environ.get("ACCELERATE_CONFIG_FILE")
+    return f"{device}; accelerate: {distributed}" + (f" (config {config_file})" if config_file else "")
+
+
+def card_metadata(summary: RunSummary) -> dict[str, Any]:
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(
+        base_model=summary.base_model if "/" in summary.base_model and not Path(summary.base_model).exists() else None,
+        library_name=summary.library_name,
+        pipeline_tag=summary.pipeline_tag,
+        tags=["ftpeft", summary.recipe, *summary.tags],
+        datasets=[summary.hub_dataset] if summary.hub_dataset else None,
+        metrics=sorted({k.split("_", 1)[1] if k.startswith(("eval_", "test_")) else k for k in _headline(summary.metrics)}),
+    )
+    return data.to_dict()
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.endswith(("accuracy", "macro_f1"))}
+
+
+def render_model_card(summary: RunSummary) -> str:
+    header = yaml.safe_dump(card_metadata(summary), sort_keys=False).strip()
+    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(summary.metrics.items()) if isinstance(v, (int, float)))
+    sizes = ", ".join(f"{split}: {n:,}" for split, n in summary.split_sizes.items())
+    labels = ", ".join(summary.label_names[:50]) + (" ..." if len(summary.label_names) > 50 else "")
+    runtime = f"{summary.train_runtime_s:.1f} s" if summary.train_runtime_s is not None else "n/a"
+    pct = 100 * summary.trainable_params / max(summary.total_params, 1)
+    notes = "".join(f"- {note}\n" for note in summary.notes)
+    text = f"""---
+{header}
+---
+
+# {Path(summary.config.get("output_dir", "model")).name}
+
+Fine-tuned from `{summary.base_model}` with the ftpeft recipe `{summary.recipe}`.
+
+## Load it
+
+```python
+{summary.loading_snippet.strip()}
+```
+
+## Training
+
+- Command: `{summary.command}`
+- Tuning: {summary.tuning}
+- Trainable parameters: {summary.trainable_params:,} of {summary.total_params:,} ({pct:.2f}%)
+- Data: {summary.dataset} ({sizes}); labels: {labels}
+- Hardware: {summary.hardware}
+- Training time: {runtime}
+{notes}
+## Results
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Resolved configuration (re-run with `--config` on this block saved as YAML)
+
+```yaml
+{yaml.safe_dump(summary.config, sort_keys=True).strip()}
+```
+"""
+    return redact(text)
+
+
+def write_model_card(output_dir: str | Path, summary: RunSummary) -> Path:
+    path = Path(output_dir) / "README.md"
+    atomic_write_text(path, render_model_card(summary))
+    return path
+
+
+def text_loading_snippet(output_dir: str, adapter: bool) -> str:
+    if adapter:
+        return (
+            "from peft import AutoPeftModelForSequenceClassification\n"
+            "from transformers import AutoTokenizer\n"
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{output_dir}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{output_dir}")\n'
+            'logits = model(**tokenizer("great film", return_tensors="pt")).logits'
+        )
+    return (
+        "from transformers import pipeline\n"
+        f'classifier = pipeline("text-classification", model="{output_dir}")\n'
+        'print(classifier("great film"))'
+    )

@@ -1,0 +1,35 @@
+"""The ``ftpeft`` console script: ``ftpeft push OUTPUT_DIR --hub_model_id me/name`` for a finished run."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import FtpeftError, run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftpeft", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser("push", help="Push a finished run (model or adapter + card) to the Hub.")
+    push.add_argument("output_dir", help="The --output_dir of a finished run.")
+    push.add_argument("--hub_model_id", "--hub-model-id", help="Repo id, e.g. me/my-model. Default: <user>/<dir name>.")
+    push.add_argument("--hub_private_repo", "--hub-private-repo", action="store_true", default=None)
+    push.add_argument("--hub_token", "--hub-token", default=None, help="Default: the token from `hf auth login`.")
+    push.add_argument("--merged", action="store_true", help="Push OUTPUT_DIR/merged (from --merge_adapter).")
+    return parser
+
+
+
+
+@run_cli
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .hub import PushTarget, check_finished_run, push_run, resolve_token
+
+    check_finished_run(args.output_dir, args.merged)
+    token = resolve_token(args.hub_token)
+    if not token:
+        raise FtpeftError("ftpeft push: not logged in; run `hf auth login` or pass --hub_token.")
+    url = push_run(args.output_dir, PushTarget(args.hub_model_id, args.hub_private_repo, token), merged=args.merged)
+    print(f"pushed {args.output_dir} to {url}")
+    return 0

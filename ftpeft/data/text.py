@@ -1,0 +1,198 @@
+"""Text classification data: a Hub dataset, local files or the offline demo -> tokenised train/validation/test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..args import TextDataArguments
+from ..errors import FtpeftError
+from .demo import DEMO_TWEETS_NAME, demo_tweets
+
+LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Text columns guessed when --text_columns is not given, most specific first (GLUE/SuperGLUE names included).
+TEXT_COLUMN_GUESSES = (
+    ("sentence1", "sentence2"),
+    ("question", "sentence"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("text",),
+    ("sentence",),
+    ("content",),
+    ("review",),
+)
+
+
+def dataset_description(data_args: TextDataArguments) -> str:
+    """A short name of the data for cards and logs."""
+    if data_args.dataset_name:
+        return data_args.dataset_name + (f"/{data_args.dataset_config_name}" if data_args.dataset_config_name else "")
+    if data_args.train_file:
+        return Path(data_args.train_file).name
+    return DEMO_TWEETS_NAME
+
+
+def _load_local(data_args: TextDataArguments):
+    from datasets import load_dataset
+
+    files = {
+        split: path
+        for split, path in (
+            ("train", data_args.train_file),
+            ("validation", data_args.validation_file),
+            ("test", data_args.test_file),
+        )
+        if path
+    }
+    formats = set()
+    for split, path in files.items():
+        if not Path(path).is_file():
+            raise FtpeftError(f"--{split}_file {path}: no such file.")
+        suffix = Path(path).suffix.lower()
+        if suffix not in LOCAL_FORMATS:
+            raise FtpeftError(f"--{split}_file {path}: unknown format '{suffix}'; use one of {sorted(LOCAL_FORMATS)}.")
+        formats.add(LOCAL_FORMATS[suffix])
+    if len(formats) > 1:
+        raise FtpeftError(f"--train_file/--validation_file/--test_file mix formats {sorted(formats)}; use one format.")
+    try:
+        return load_dataset(formats.pop(), data_files=files)
+    except Exception as error:  # datasets raises many types for malformed files
+        raise FtpeftError(f"could not read {', '.join(files.values())}: {error}") from None
+
+
+def load_raw_text_datasets(data_args: TextDataArguments, cache_dir: str | None = None):
+    """DatasetDict with 'train' and whichever of 'validation'/'test' the source provides."""
+    from datasets import load_dataset
+
+    if data_args.dataset_name:
+        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+    elif data_args.train_file:
+        raw = _load_local(data_args)
+    else:
+        raw = demo_tweets(data_args.demo_classes, data_args.demo_train_samples, data_args.demo_test_samples)
+    if "train" not in raw:
+        raise FtpeftError(f"the dataset {dataset_description(data_args)} has no 'train' split (it has {list(raw)}).")
+    return raw
+
+
+def resolve_text_columns(column_names: list[str], data_args: TextDataArguments) -> list[str]:
+    """The one or two text columns to encode; an error lists the columns that exist."""
+    if data_args.text_columns:
+        missing = [c for c in data_args.text_columns if c not in column_names]
+        if missing:
+            raise FtpeftError(f"--text_columns {missing} not found; the data has columns {column_names}.")
+        return list(data_args.text_columns)
+    for guess in TEXT_COLUMN_GUESSES:
+        if all(c in column_names for c in guess):
+            return list(guess)
+    raise FtpeftError(f"cannot tell which column holds the text; pass --text_columns (the data has columns {column_names}).")
+
+
+def _label_names(raw, label_column: str) -> list[str]:
+    from datasets import ClassLabel
+
+    feature = raw["train"].features[label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = [v for v in raw["train"].unique(label_column) if v is not None]
+    return [str(v) for v in sorted(values)]
+
+
+def encode_labels(raw, label_column: str):
+    """Map labels (strings or ints) to ids 0..C-1 with names from the training split.
+
+    Returns (datasets with an int 'labels' ClassLabel column, label names). Rows with label -1 / None
+    (unlabelled test sets such as GLUE's) are dropped from validation/test. A validation or test label
+    never seen in training is an error.
+    """
+    from datasets import ClassLabel
+
+    for split, dataset in raw.items():
+        if label_column not in dataset.column_names:
+            raise FtpeftError(
+                f"--label_column '{label_column}' not found in the {split} split; columns: {dataset.column_names}."
+            )
+    feature = raw["train"].features[label_column]
+    names = _label_names(raw, label_column)
+    if len(names) < 2:
+        raise FtpeftError(f"--label_column '{label_column}' has {len(names)} distinct value(s) in train; need at least 2.")
+    is_class_label = isinstance(feature, ClassLabel)
+    name_to_id = {name: i for i, name in enumerate(names)}
+
+    def to_id(value):
+        if value is None or (is_class_label and value == -1):
+            return -1
+        return value if is_class_label else name_to_id.get(str(value), -2)
+
+    encoded = {}
+    for split, dataset in raw.items():
+        dataset = dataset.map(lambda batch: {"labels": [to_id(v) for v in batch[label_column]]}, batched=True)
+        unseen = sorted({str(v) for v, i in zip(dataset[label_column], dataset["labels"]) if i == -2})
+        if unseen:
+            raise FtpeftError(
+                f"the {split} split has label(s) {unseen[:5]} never seen in training (training labels: {names})."
+            )
+        dataset = dataset.filter(lambda batch: [i >= 0 for i in batch["labels"]], batched=True)
+        if label_column != "labels":
+            dataset = dataset.remove_columns(label_column)
+        encoded[split] = dataset.cast_column("labels", ClassLabel(names=names))
+    from datasets import DatasetDict
+
+    return DatasetDict(encoded), names
+
+
+def split_and_limit(datasets, data_args: TextDataArguments, seed: int):
+    """Add a stratified, seeded validation split when none exists; apply --max_*_samples."""
+    if len(datasets["train"]) == 0:
+        raise FtpeftError("the training set is empty (after dropping unlabelled rows); check --train_file / --label_column.")
+    if "validation" not in datasets:
+        fraction = data_args.validation_split_percentage / 100
+        try:
+            split = datasets["train"].train_test_split(test_size=fraction, seed=seed, stratify_by_column="labels")
+        except ValueError:  # a class too small to stratify
+            split = datasets["train"].train_test_split(test_size=fraction, seed=seed)
+        datasets["train"], datasets["validation"] = split["train"], split["test"]
+    for split_name, limit in (
+        ("train", data_args.max_train_samples),
+        ("validation", data_args.max_eval_samples),
+        ("test", data_args.max_test_samples),
+    ):
+        if limit is not None and split_name in datasets and len(datasets[split_name]) > limit:
+            datasets[split_name] = datasets[split_name].shuffle(seed=seed).select(range(limit))
+    if len(datasets["train"]) == 0:
+        raise FtpeftError("the training set is empty after filtering; check --max_train_samples and the data.")
+    return datasets
+
+
+def tokenize(
+    datasets,
+    tokenizer,
+    text_columns: list[str],
+    max_length: int,
+    num_proc: int | None = None,
+    keep_columns: tuple[str, ...] = (),
+):
+    """Tokenise every split once (no padding: the collator pads per batch).
+
+    Keeps only the model inputs, ``labels`` and ``keep_columns`` (e.g. knowledge ids for injection).
+    """
+
+    def encode(batch):
+        texts = [["" if t is None else str(t) for t in batch[c]] for c in text_columns]
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    tokenized = {}
+    for split, dataset in datasets.items():
+        drop = [c for c in dataset.column_names if c != "labels" and c not in keep_columns]
+        tokenized[split] = dataset.map(encode, batched=True, remove_columns=drop, num_proc=num_proc, desc=f"tokenising {split}")
+    from datasets import DatasetDict
+
+    return DatasetDict(tokenized)
+
+
+def load_text_classification_data(data_args: TextDataArguments, seed: int, cache_dir: str | None = None):
+    """Raw data -> labels encoded, validation split made, limits applied. Returns (datasets, label names, text columns)."""
+    raw = load_raw_text_datasets(data_args, cache_dir)
+    text_columns = resolve_text_columns(raw["train"].column_names, data_args)
+    datasets, label_names = encode_labels(raw, data_args.label_column)
+    datasets = split_and_limit(datasets, data_args, seed)
+    return datasets, label_names, text_columns

@@ -1,0 +1,51 @@
+"""One place that turns expected failures into one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import traceback
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+USAGE_EXIT_CODE = 2
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+class FtpeftError(Exception):
+    """An expected failure caused by the user's input: a flag, a file or the data.
+
+    The message names the culprit and says what to do; it is printed without a traceback.
+    """
+
+
+def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
+    """Remove Hub tokens (and any explicitly given secret) from ``text``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _TOKEN_PATTERN.sub("hf_***", text)
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return os.environ.get("FTPEFT_DEBUG", "") not in ("", "0") or "--debug" in argv
+
+
+def run_cli(main: Callable[[], T]) -> Callable[[], T]:
+    """Decorate a console entry point: FtpeftError -> one line on stderr and exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except FtpeftError as error:
+            if debug_enabled():
+                traceback.print_exc()
+            print(f"error: {redact(str(error))}", file=sys.stderr, flush=True)
+            raise SystemExit(USAGE_EXIT_CODE) from None
+
+    return wrapper

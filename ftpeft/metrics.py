@@ -1,0 +1,104 @@
+"""Classification metrics through ``evaluate`` that work with no Hub, plus the confusion-matrix figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _metric_class():
+    import datasets
+    import evaluate
+    from sklearn.metrics import accuracy_score, f1_score
+
+    class ClassificationMetrics(evaluate.Metric):
+        """Accuracy and macro-F1 (scikit-learn), as a local ``evaluate`` metric: no Hub download."""
+
+        def _info(self):
+            return evaluate.MetricInfo(
+                description="accuracy and macro-F1",
+                citation="",
+                inputs_description="predictions and references: class ids",
+                features=datasets.Features(
+                    {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+                ),
+            )
+
+        def _compute(self, predictions, references, num_labels: int | None = None):
+            labels = list(range(num_labels)) if num_labels else None
+            return {
+                "accuracy": float(accuracy_score(references, predictions)),
+                "macro_f1": float(f1_score(references, predictions, average="macro", labels=labels, zero_division=0)),
+            }
+
+    return ClassificationMetrics
+
+
+_METRIC = None
+
+
+def classification_metric():
+    """The shared in-memory ``evaluate`` metric (in memory: DDP ranks never share cache files)."""
+    global _METRIC
+    if _METRIC is None:
+        _METRIC = _metric_class()(keep_in_memory=True)
+    return _METRIC
+
+
+def make_compute_metrics(label_names: list[str]):
+    """A Trainer ``compute_metrics``: accuracy, macro-F1 and per-class F1 (``f1_<label>``)."""
+    from sklearn.metrics import f1_score
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = np.asarray(logits).argmax(-1)
+        references = np.asarray(eval_prediction.label_ids)
+        scores = classification_metric().compute(
+            predictions=predictions, references=references, num_labels=len(label_names)
+        )
+        per_class = f1_score(references, predictions, labels=range(len(label_names)), average=None, zero_division=0)
+        scores.update({f"f1_{name}": float(f1) for name, f1 in zip(label_names, per_class)})
+        return scores
+
+    return compute_metrics
+
+
+def save_confusion_matrix(path: str | Path, references, predictions, label_names: list[str], title: str = "") -> None:
+    """Confusion matrix (counts) as a PNG; tick labels are the class names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.0, 0.45 * len(label_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        references,
+        predictions,
+        labels=list(range(len(label_names))),
+        display_labels=label_names,
+        ax=ax,
+        colorbar=False,
+        include_values=len(label_names) <= 30,
+        xticks_rotation="vertical" if len(label_names) > 6 else "horizontal",
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def classification_report_markdown(references, predictions, label_names: list[str]) -> str:
+    """Per-class precision/recall/F1/support as a markdown table."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=range(len(label_names)), zero_division=0
+    )
+    rows = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    for name, p, r, f, s in zip(label_names, precision, recall, f1, support):
+        rows.append(f"| {name} | {p:.3f} | {r:.3f} | {f:.3f} | {s} |")
+    return "\n".join(rows) + "\n"

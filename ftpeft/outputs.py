@@ -1,0 +1,85 @@
+"""The output directory: safety checks, resume resolution and atomic writes of the run's artefacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import FtpeftError
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool, resume_from_checkpoint: str | None) -> None:
+    """Refuse to write into a non-empty output dir unless the user said so (overwrite or resume)."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise FtpeftError(f"--output_dir {path} is a file, not a directory; choose another --output_dir.")
+    if overwrite or resume_from_checkpoint or not path.is_dir():
+        return
+    existing = sorted(p.name for p in path.iterdir())
+    if existing:
+        shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise FtpeftError(
+            f"--output_dir {path} is not empty ({shown}); pass --overwrite_output_dir to write into it, "
+            "--resume_from_checkpoint auto to continue the run, or choose another --output_dir."
+        )
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint counts only once its trainer state is written (Trainer writes that file last)."""
+    return path.is_dir() and (path / "trainer_state.json").is_file()
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    path = Path(output_dir)
+    if not path.is_dir():
+        return None
+    candidates = [
+        p for p in path.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    for candidate in sorted(candidates, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), reverse=True):
+        if is_complete_checkpoint(candidate):
+            return candidate
+    return None
+
+
+def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> str | None:
+    """'auto' -> the latest complete checkpoint in output_dir (or None: start fresh); a path must be complete."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "auto":
+        found = last_complete_checkpoint(output_dir)
+        return str(found) if found else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise FtpeftError(f"--resume_from_checkpoint {path}: no such checkpoint directory.")
+    if not is_complete_checkpoint(path):
+        raise FtpeftError(
+            f"--resume_from_checkpoint {path}: incomplete checkpoint (no trainer_state.json; probably killed while "
+            "saving). Use --resume_from_checkpoint auto to take the latest complete one."
+        )
+    return str(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file next to ``path`` and rename it into place: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

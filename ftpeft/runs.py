@@ -1,0 +1,87 @@
+"""What every classification recipe does around training: start checks, the files it writes, the finish."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .args import save_resolved_config
+from .metrics import classification_report_markdown, save_confusion_matrix
+from .outputs import check_output_dir, resolve_resume, write_json
+
+logger = logging.getLogger("ftpeft")
+
+RUN_ARGS_FILE = "run_args.yaml"
+METRICS_FILE = "metrics.json"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+REPORT_FILE = "classification_report.md"
+
+
+def setup_logging(training_args) -> None:
+    import datasets
+    import transformers
+
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logger.setLevel(level)
+    transformers.utils.logging.set_verbosity(logging.WARNING)
+    datasets.utils.logging.set_verbosity(logging.WARNING)
+
+
+def start_run(training_args, run_args) -> str | None:
+    """Check the output dir before any work; returns the checkpoint to resume from (or None)."""
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
+    return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+
+
+def save_run_config(output_dir: str | Path, resolved: dict[str, Any]) -> None:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    save_resolved_config(Path(output_dir) / RUN_ARGS_FILE, resolved)
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def evaluate_and_report(
+    trainer,
+    eval_dataset,
+    test_dataset,
+    label_names: list[str],
+    output_dir: str | Path,
+    extra_metrics: dict[str, float] | None = None,
+) -> dict:
+    """Final validation (and test) metrics -> metrics.json, confusion matrix PNG and per-class report.
+
+    Every rank computes (predictions are gathered); only the main process writes.
+    """
+    metrics: dict[str, float] = dict(extra_metrics or {})
+    metrics.update(trainer.evaluate(eval_dataset, metric_key_prefix="eval"))
+    report_split, report_dataset = ("test", test_dataset) if test_dataset is not None else ("eval", eval_dataset)
+    if test_dataset is not None:
+        prediction = trainer.predict(test_dataset, metric_key_prefix="test")
+        metrics.update(prediction.metrics)
+    else:
+        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    predicted = np.asarray(logits).argmax(-1)
+    references = np.asarray(prediction.label_ids)
+    if trainer.is_world_process_zero():
+        output_dir = Path(output_dir)
+        write_json(output_dir / METRICS_FILE, metrics)
+        title = f"{report_split} accuracy {metrics.get(f'{report_split}_accuracy', float('nan')):.3f}"
+        save_confusion_matrix(output_dir / CONFUSION_MATRIX_FILE, references, predicted, label_names, title)
+        (output_dir / REPORT_FILE).write_text(
+            f"# Per-class results ({report_split} split, {len(references)} examples)\n\n"
+            + classification_report_markdown(references, predicted, label_names)
+        )
+    return metrics

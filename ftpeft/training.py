@@ -1,0 +1,78 @@
+"""A stock ``transformers.Trainer`` with ftpeft's optimizer groups and classification-safe DDP settings."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+
+from transformers import Trainer
+
+from .optim import build_param_groups
+
+logger = logging.getLogger(__name__)
+
+# prefixes that DDP/FSDP/activation-checkpoint wrappers put in front of parameter names
+_WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _strip_wrappers(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if prefix in name:
+                name = name.replace(prefix, "")
+                changed = True
+    return name
+
+
+class FtpeftTrainer(Trainer):
+    """Trainer whose optimizer uses ``build_param_groups`` (head LR, layer decay, no decay on biases/norms).
+
+    It also turns off ``average_tokens_across_devices``: that option rescales the loss by the number of
+    ranks for models that accept loss kwargs, which is wrong for per-example classification losses
+    (a 2-rank run would train with twice the loss).
+    """
+
+    def __init__(
+        self,
+        *args,
+        head_lr: float | None = None,
+        layer_decay: float = 1.0,
+        adapter_lr: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if self.args.average_tokens_across_devices:
+            self.args.average_tokens_across_devices = False
+        self.head_lr = head_lr
+        self.layer_decay = layer_decay
+        self.adapter_lr = adapter_lr
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        # groups are computed on the unwrapped model; wrapped parameter names are matched back by name
+        groups = build_param_groups(
+            self.model,
+            self.args.learning_rate,
+            head_lr=self.head_lr,
+            layer_decay=self.layer_decay,
+            weight_decay=self.args.weight_decay,
+            adapter_lr=self.adapter_lr,
+        )
+        if opt_model is not self.model:
+            by_name = {_strip_wrappers(n): p for n, p in opt_model.named_parameters()}
+            for group in groups:
+                group["params"] = [by_name[_strip_wrappers(n)] for n in group["param_names"]]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
