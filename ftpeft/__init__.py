@@ -19,6 +19,7 @@ from .freezing import (
     layer_map,
     unfreeze_last,
 )
+from .injection import KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification  # registers Auto classes
 from .optim import build_param_groups
 from .training import FtpeftTrainer
 
@@ -29,6 +30,8 @@ __all__ = [
     "FreezeReport",
     "FtpeftError",
     "FtpeftTrainer",
+    "KnowledgeInjectionConfig",
+    "KnowledgeInjectionForSequenceClassification",
     "LayerMap",
     "build_param_groups",
     "count_parameters",

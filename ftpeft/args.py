@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -240,6 +241,22 @@ def _pop_flag(argv: list[str], flag: str, takes_value: bool) -> tuple[list[str],
     return rest, found
 
 
+def use_cpu_ranks_without_gpu() -> bool:
+    """Let torch.distributed ranks run on CPU (gloo) when there is no GPU.
+
+    ``accelerate launch --multi_gpu`` / torchrun start N ranks, but on a machine without CUDA accelerate
+    (and so TrainingArguments) only sees them as one process each unless ACCELERATE_USE_CPU is set: every
+    rank would then train alone on the full data. Sets that variable in such a case; returns whether it did.
+    """
+    import torch
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    if launched and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        return True
+    return False
+
+
 def parse_args(
     dataclass_types: tuple[type, ...],
     argv: list[str] | None = None,
@@ -247,6 +264,7 @@ def parse_args(
 ) -> tuple:
     """Parse ``argv`` (default ``sys.argv[1:]``) into one instance of each dataclass type."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    use_cpu_ranks_without_gpu()
     argv, config_path = _pop_flag(argv, "--config", takes_value=True)
     argv, _debug = _pop_flag(argv, "--debug", takes_value=False)
     parser = FtpeftArgumentParser(dataclass_types)
@@ -269,7 +287,12 @@ def parse_args(
         parsed = ParsedArgs(parser.parse_args_into_dataclasses(yaml_tokens + argv, look_for_args_file=False))
     except FtpeftError:
         raise
-    except (ValueError, TypeError) as error:  # TrainingArguments' own __post_init__ checks
+    except ValueError as error:
+        if "not used by the HfArgumentParser" in str(error):
+            unknown = str(error).split(":", 1)[1].strip()
+            raise FtpeftError(f"unknown argument(s): {unknown} (see --help)") from None
+        raise FtpeftError(str(error)) from None
+    except TypeError as error:  # TrainingArguments' own __post_init__ checks
         raise FtpeftError(str(error)) from None
     parsed.resolved = _resolved_settings(parser, yaml_tokens + argv)
     return parsed

@@ -25,8 +25,17 @@ def linear_module_names(model: nn.Module, limit: int = 8) -> list[str]:
     return [name for name, _ in counts.most_common(limit)]
 
 
+def encoder_model_type(model: nn.Module) -> str | None:
+    """The model type of the encoder (``model.base_model``): the same as the model's own for stock
+    transformers classes, the wrapped encoder's for wrappers such as ftpeft's knowledge-injection model."""
+    base = getattr(model, "base_model", model)
+    return getattr(getattr(base, "config", None), "model_type", None) or getattr(
+        getattr(model, "config", None), "model_type", None
+    )
+
+
 def _layers_attribute(model: nn.Module) -> str | None:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type = encoder_model_type(model)
     layout = ARCHITECTURES.get(model_type)
     return layout.layers.rsplit(".", 1)[-1] if layout else None
 
@@ -46,7 +55,7 @@ def build_lora_config(
     from peft import LoraConfig
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type = encoder_model_type(model)
     if target_modules is None:
         target_modules = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
         if target_modules is None:

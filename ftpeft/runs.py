@@ -34,6 +34,9 @@ def setup_logging(training_args) -> None:
 
 def start_run(training_args, run_args) -> str | None:
     """Check the output dir before any work; returns the checkpoint to resume from (or None)."""
+    # every rank says it is alive, so a DDP run that silently started one process is visible
+    logger.warning("process %d of %d (local %d)", training_args.process_index, training_args.world_size,
+                   training_args.local_process_index)
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
     return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
 

@@ -31,6 +31,17 @@ def dataset_description(data_args: TextDataArguments) -> str:
     return DEMO_TWEETS_NAME
 
 
+def _has_no_rows(path: Path, fmt: str) -> bool:
+    if path.stat().st_size == 0:
+        return True
+    if fmt == "csv":
+        with path.open("rb") as stream:
+            return sum(1 for line in stream if line.strip()) <= 1  # header only
+    if fmt == "json" and path.suffix == ".json":
+        return path.read_text().strip() in ("[]", "{}")
+    return False
+
+
 def _load_local(data_args: TextDataArguments):
     from datasets import load_dataset
 
@@ -51,6 +62,8 @@ def _load_local(data_args: TextDataArguments):
         if suffix not in LOCAL_FORMATS:
             raise FtpeftError(f"--{split}_file {path}: unknown format '{suffix}'; use one of {sorted(LOCAL_FORMATS)}.")
         formats.add(LOCAL_FORMATS[suffix])
+        if _has_no_rows(Path(path), LOCAL_FORMATS[suffix]):
+            raise FtpeftError(f"--{split}_file {path} has no data rows.")
     if len(formats) > 1:
         raise FtpeftError(f"--train_file/--validation_file/--test_file mix formats {sorted(formats)}; use one format.")
     try:

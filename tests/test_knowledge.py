@@ -1,0 +1,393 @@
+"""Knowledge injection: tables, mentions, alignment, the model (add/concat/gate), freezing, LoRA, the recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import knowledge_fixtures as fx  # noqa: E402
+
+from ftpeft.errors import FtpeftError  # noqa: E402
+from ftpeft.injection import (  # noqa: E402
+    KNOWLEDGE_TABLE,
+    KnowledgeInjectionForSequenceClassification,
+    build_knowledge_model,
+    set_knowledge_trainable,
+)
+from ftpeft.knowledge import (  # noqa: E402
+    KnowledgeArguments,
+    KnowledgeCollator,
+    align_mentions,
+    load_knowledge_table,
+    match_mentions,
+    read_knowledge_file,
+    vader_lexicon_path,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "knowledge_cls.py"
+sys.path.insert(0, str(ROOT / "recipes"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return fx.make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return load_knowledge_table([fx.write_glove(tmp_path_factory.mktemp("kb") / "kb.txt")])
+
+
+def _model(tiny_bert, table, mode="add", **settings):
+    torch.manual_seed(0)
+    return build_knowledge_model(str(tiny_bert), ["negative", "positive"], torch.from_numpy(table.vectors), inject_mode=mode, **settings)
+
+
+def _batch(tiny_bert, texts, table):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    features = []
+    for text in texts:
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        offsets = encoded.pop("offset_mapping")
+        encoded["knowledge_ids"] = align_mentions(offsets, encoded.sequence_ids(), match_mentions(text, table))
+        features.append(dict(encoded))
+    return KnowledgeCollator(tokenizer)(features), tokenizer
+
+
+# --- tables ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("writer", [fx.write_glove, fx.write_npy, fx.write_safetensors])
+def test_formats_read_the_same_table(tmp_path, writer):
+    suffix = {fx.write_glove: ".txt", fx.write_npy: ".npy", fx.write_safetensors: ".safetensors"}[writer]
+    keys, vectors = read_knowledge_file(writer(tmp_path / f"kb{suffix}"))
+    assert keys == fx.TABLE_KEYS
+    np.testing.assert_allclose(vectors, fx.table_vectors(), atol=1e-5)
+
+
+def test_word2vec_header_and_vader_lexicon(tmp_path):
+    keys, vectors = read_knowledge_file(fx.write_glove(tmp_path / "w2v.vec", header=True))
+    assert len(keys) == len(fx.TABLE_KEYS) and vectors.shape == (len(fx.TABLE_KEYS), fx.TABLE_DIM)
+    keys, vectors = read_knowledge_file(vader_lexicon_path())
+    assert vectors.shape[1] == 12 and len(keys) > 7000 and len(set(keys)) == len(keys)
+    good = vectors[keys.index("good")]
+    assert good[0] == pytest.approx(1.9 / 4) and np.abs(vectors).max() <= 1.0
+
+
+def test_several_sources_are_concatenated_over_the_union_of_keys(tmp_path):
+    first = fx.write_glove(tmp_path / "a.txt", keys=["good", "bad"], vectors=np.ones((2, 2), np.float32))
+    second = fx.write_glove(tmp_path / "b.txt", keys=["bad", "paris"], vectors=np.full((2, 3), 2, np.float32))
+    merged = load_knowledge_table([first, second])
+    assert merged.keys == ["good", "bad", "paris"] and merged.dim == 5
+    np.testing.assert_array_equal(merged.vectors, [[1, 1, 0, 0, 0], [1, 1, 2, 2, 2], [0, 0, 2, 2, 2]])
+    with pytest.raises(FtpeftError, match="--knowledge_dim 4 does not match"):
+        load_knowledge_table([first, second], expected_dim=4)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("good 1 2 3\nbad 1 2\n", "line 2: key 'bad' has 2 values"),  # wrong dimension
+        ("good 1 2\ngood 3 4\n", "key 'good' appears twice"),  # duplicated key
+        ("good 1 2\n\t3 4\n", "empty \\(missing\\) key"),  # missing key
+        ("good 1 nan\n", "NaN/inf"),
+        ("good 1 x\n", "not 'key value value"),
+    ],
+)
+def test_bad_tables_name_the_file(tmp_path, content, message):
+    path = tmp_path / "kb.txt"
+    path.write_text(content)
+    with pytest.raises(FtpeftError, match=f"--knowledge_file {path}.*{message}"):
+        read_knowledge_file(path)
+
+
+def test_bad_table_files(tmp_path):
+    np.save(tmp_path / "kb.npy", np.zeros((3, 2), np.float32))
+    (tmp_path / "kb.txt").write_text("a\nb\n")
+    with pytest.raises(FtpeftError, match="3 vectors but 2 keys"):
+        read_knowledge_file(tmp_path / "kb.npy")
+    (tmp_path / "kb.parquet").write_text("x")
+    with pytest.raises(FtpeftError, match="unknown format '.parquet'"):
+        read_knowledge_file(tmp_path / "kb.parquet")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(FtpeftError, match="broken.safetensors: cannot read it"):
+        read_knowledge_file(tmp_path / "broken.safetensors")
+    with pytest.raises(FtpeftError, match="no such file"):
+        read_knowledge_file(tmp_path / "missing.txt")
+
+
+# --- mentions and alignment ---------------------------------------------------------------------------------
+def test_matching_is_case_insensitive_word_bounded_and_longest_first(table):
+    text = "New York has GOOD goods, unbelievable! :)"
+    found = [(text[s:e], table.keys[i - 2]) for s, e, i in match_mentions(text, table)]
+    assert found == [("New York", "new york"), ("GOOD", "good"), ("unbelievable", "unbelievable"), (":)", ":)")]
+
+
+def test_an_entity_gives_its_id_to_its_first_sub_token_only(tiny_bert, table):
+    batch, tokenizer = _batch(tiny_bert, ["unbelievable film", "new york is good"], table)
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    assert tokens[:4] == ["[CLS]", "un", "##believ", "##able"]
+    unbelievable, new_york, good = (table.id_of(k) for k in ("unbelievable", "new york", "good"))
+    assert batch["knowledge_ids"][0].tolist() == [0, unbelievable, 0, 0, 0, 0]  # [CLS] un ##believ ##able film [SEP]
+    assert batch["knowledge_ids"][1].tolist() == [0, new_york, 0, 0, good, 0]  # [CLS] new york is good [SEP]
+    assert batch["knowledge_ids"].shape == batch["input_ids"].shape
+
+
+def test_collator_pads_knowledge_with_zero_to_the_input_length(tiny_bert, table):
+    batch, _ = _batch(tiny_bert, ["good", "the film was very very good"], table)
+    assert batch["knowledge_ids"].shape == batch["input_ids"].shape
+    padding = batch["attention_mask"] == 0
+    assert padding.any() and (batch["knowledge_ids"][padding] == 0).all()
+
+
+# --- the model -------------------------------------------------------------------------------------------------
+def test_add_injects_exactly_zero_where_there_is_no_knowledge(tiny_bert, table):
+    model = _model(tiny_bert, table, "add")
+    torch.nn.init.normal_(model.knowledge_projection.weight)  # zero at init; make it non-trivial
+    torch.nn.init.normal_(model.knowledge_projection.bias)
+    batch, _ = _batch(tiny_bert, ["the film was good", "unbelievable movie"], table)
+    injected = model.knowledge_injection(batch["knowledge_ids"])
+    assert injected.shape == (*batch["input_ids"].shape, model.config.encoder.hidden_size)
+    has_knowledge = batch["knowledge_ids"] != 0
+    assert (injected[~has_knowledge] == 0).all() and (injected[has_knowledge].abs().sum(-1) > 0).all()
+    assert model(**batch).logits.shape == (2, 2)
+
+
+@pytest.mark.parametrize("mode", ["concat", "gate"])
+def test_late_fusion_shapes_and_mention_mean(tiny_bert, table, mode):
+    model = _model(tiny_bert, table, mode, num_example_ids=1, example_vector_dim=3)
+    batch, _ = _batch(tiny_bert, ["good and bad film", "the movie"], table)
+    batch["example_knowledge_ids"] = torch.tensor([[table.id_of("great")], [1]])
+    batch["knowledge_vectors"] = torch.ones(2, 3)
+    assert model.config.external_dim == fx.TABLE_DIM * 2 + 3
+    external = model.external_features(batch["knowledge_ids"], batch["example_knowledge_ids"], batch["knowledge_vectors"], 2)
+    vectors = torch.from_numpy(table.vectors)
+    good, bad, great = (table.keys.index(k) for k in ("good", "bad", "great"))
+    torch.testing.assert_close(external[0, : fx.TABLE_DIM], (vectors[good] + vectors[bad]) / 2)
+    assert (external[1, : 2 * fx.TABLE_DIM] == 0).all()  # no mention, unknown ID -> zero
+    torch.testing.assert_close(external[0, fx.TABLE_DIM : 2 * fx.TABLE_DIM], vectors[great])
+    assert model(**batch).logits.shape == (2, 2)
+
+
+def _train_steps(model, batch, steps=3):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    labels = torch.tensor([1, 0])
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize(
+    "mode, k, train_knowledge, unknown, expect_changed",
+    [
+        ("add", 0, False, "zero", {"knowledge_projection", "classifier"}),
+        ("add", 1, False, "learned", {"knowledge_projection", "classifier", "layer.1", "pooler", "unknown_knowledge"}),
+        ("concat", 0, True, "zero", {"fusion", "classifier", KNOWLEDGE_TABLE}),
+        ("gate", 1, False, "zero", {"fusion", "classifier", "layer.1", "pooler"}),
+    ],
+)
+def test_training_changes_exactly_what_should_train(tiny_bert, table, mode, k, train_knowledge, unknown, expect_changed):
+    from ftpeft.freezing import unfreeze_last
+
+    model = _model(tiny_bert, table, mode, unknown_entity=unknown)
+    unfreeze_last(model, k)
+    set_knowledge_trainable(model, train_knowledge)
+    batch, _ = _batch(tiny_bert, ["good film", "bad movie"], table)
+    batch["knowledge_ids"][0, 2] = 1  # an unknown entity on "film"
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train_steps(model, batch)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    for name in changed:
+        assert any(part in name for part in expect_changed), f"{name} changed but should be frozen"
+    for part in expect_changed:
+        assert any(part in name for name in changed), f"nothing under {part} trained"
+    table_weight = getattr(model, KNOWLEDGE_TABLE).weight
+    assert torch.equal(table_weight[:2], torch.zeros_like(table_weight[:2]))  # rows 'none' and 'unknown' stay zero
+    if not train_knowledge:
+        assert torch.equal(table_weight, before[f"{KNOWLEDGE_TABLE}.weight"])
+
+
+@pytest.mark.parametrize("mode", ["add", "gate"])
+def test_save_and_auto_load_give_identical_logits(tiny_bert, table, tmp_path, mode):
+    from transformers import AutoModelForSequenceClassification
+
+    model = _model(tiny_bert, table, mode, unknown_entity="learned").eval()
+    torch.nn.init.normal_(model.classifier.weight)
+    batch, _ = _batch(tiny_bert, ["good film", "unbelievable awful movie"], table)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, KnowledgeInjectionForSequenceClassification)
+    assert not getattr(loaded, KNOWLEDGE_TABLE).weight.requires_grad  # frozen after loading too
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "ftpeft-knowledge" and config["encoder_config"]["model_type"] == "bert"
+    assert config["inject_mode"] == mode and config["knowledge_dim"] == fx.TABLE_DIM
+
+
+def test_auto_classes_know_the_model_after_import_ftpeft(tiny_bert, table, tmp_path):
+    _model(tiny_bert, table, "concat").save_pretrained(tmp_path)
+    code = (
+        "import ftpeft\nfrom transformers import AutoConfig, AutoModelForSequenceClassification as A\n"
+        f"m = A.from_pretrained({str(tmp_path)!r})\nprint(type(m).__name__, AutoConfig.from_pretrained({str(tmp_path)!r}).inject_mode)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["KnowledgeInjectionForSequenceClassification", "concat"]
+
+
+def test_layer_map_sees_the_wrapped_encoder(tiny_bert, table):
+    from ftpeft.freezing import layer_map
+
+    layers = layer_map(_model(tiny_bert, table, "gate"))
+    assert layers.source == "table:bert" and layers.num_layers == 2
+    assert {n.split(".")[0] for n in layers.head} == {KNOWLEDGE_TABLE, "fusion", "classifier"}
+
+
+def test_lora_saves_the_injection_modules_with_the_adapter(tiny_bert, table):
+    from ftpeft.lora import apply_lora, build_lora_config
+
+    model = _model(tiny_bert, table, "add")
+    config = build_lora_config(model, 4, 8, 0.0, None, None, 1, [])
+    assert {"knowledge_projection", "classifier", KNOWLEDGE_TABLE, "encoder.layer.1", "pooler"} <= set(config.modules_to_save)
+    peft_model = apply_lora(model, config)
+    set_knowledge_trainable(peft_model, False)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n and "layer.0." in n for n in trainable)
+    assert any("knowledge_projection.modules_to_save" in n for n in trainable)
+    assert not any(KNOWLEDGE_TABLE in n for n in trainable)
+    batch, _ = _batch(tiny_bert, ["good film", "bad movie"], table)
+    assert peft_model(**batch).logits.shape == (2, 2)
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(FtpeftError, match="--inject add: encoder type 'gpt2' is not in ftpeft.freezing.ARCHITECTURES"):
+        build_knowledge_model(str(tmp_path), ["a", "b"], torch.zeros(2, 3), inject_mode="add")
+
+
+# --- the recipe ---------------------------------------------------------------------------------------------------
+def _recipe_argv(tiny_bert, data, output_dir, *extra):
+    return [
+        "--model_name_or_path", str(tiny_bert), "--train_file", str(data), "--output_dir", str(output_dir),
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+        "--validation_split_percentage", "25", "--eval_strategy", "no", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--use_cpu", "true", *extra,
+    ]  # fmt: skip
+
+
+def test_recipe_add_with_entity_spans_counts_unknown_entities(tiny_bert, tmp_path):
+    import knowledge_cls
+
+    data = fx.write_dataset(tmp_path / "train.jsonl")
+    kb = fx.write_glove(tmp_path / "kb.txt")
+    output = tmp_path / "run"
+    metrics = knowledge_cls.main(
+        _recipe_argv(tiny_bert, data, output, "--inject", "add", "--knowledge_file", str(kb), "--entity_column",
+                     "entities", "--unfreeze_last", "0", "--unknown_entity", "learned")
+    )  # fmt: skip
+    unknown = metrics["knowledge_train_unknown"] + metrics["knowledge_validation_unknown"]
+    assert unknown == 2  # 'paris' (not in the table) in both copies of its row
+    written = {p.name for p in output.iterdir()}
+    assert {"model.safetensors", "config.json", "knowledge_keys.txt", "metrics.json", "run_args.yaml",
+            "freeze_report.json", "README.md", "tokenizer.json"} <= written  # fmt: skip
+    assert "unknown entities" in (output / "README.md").read_text()
+    assert json.loads((output / "metrics.json").read_text())["knowledge_train_unknown"] >= 0
+    report = json.loads((output / "freeze_report.json").read_text())
+    assert report["groups"]["head"]["trainable"] < report["groups"]["head"]["total"]  # the table stayed frozen
+
+
+def test_recipe_concat_with_feature_and_id_columns_and_lora(tiny_bert, tmp_path):
+    import knowledge_cls
+
+    data = fx.write_dataset(tmp_path / "train.jsonl")
+    kb = fx.write_npy(tmp_path / "kb.npy")
+    output = tmp_path / "run"
+    metrics = knowledge_cls.main(
+        _recipe_argv(tiny_bert, data, output, "--inject", "concat", "--knowledge_file", str(kb), "--knowledge_column",
+                     "features", "entity_id", "--use_peft", "--lora_r", "2", "--unfreeze_last", "0")
+    )  # fmt: skip
+    assert metrics["knowledge_train_unknown"] > 0  # 'not-in-table' IDs
+    config = json.loads((output / "merged" / "config.json").read_text())
+    assert config["num_example_ids"] == 1 and config["example_vector_dim"] == 3 and not config["token_knowledge"]
+    assert (output / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--knowledge_dim", "5"], "--knowledge_dim 5 does not match"),
+        (["--knowledge_file", "{tmp}/nope.bin"], "unknown format '.bin'"),
+        (["--entity_column", "spans"], "--entity_column 'spans' not found"),
+        (["--inject", "concat", "--knowledge_column", "nan_features"], "--knowledge_column nan_features: row .* NaN"),
+        (["--entity_column", "bad_spans"], "--entity_column bad_spans: row 0 span \\(0, 99"),
+        (["--inject", "sideways"], "--inject"),
+    ],
+)
+def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, extra, message):
+    import knowledge_cls
+    from ftpeft.errors import run_cli
+
+    data = tmp_path / "train.jsonl"
+    rows = [json.loads(line) for line in fx.write_dataset(tmp_path / "base.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["nan_features"] = [1.0, float("nan") if i == 3 else 0.0]
+        row["bad_spans"] = [[0, 99, "good"]]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "nope.bin").write_text("x")
+    if "--knowledge_file" not in extra:
+        extra = [*extra, "--knowledge_file", str(fx.write_glove(tmp_path / "kb.txt"))]
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(knowledge_cls.main)(_recipe_argv(tiny_bert, data, tmp_path / "run", *extra))
+    assert exit_info.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_help_and_shipped_configs_parse():
+    import knowledge_cls
+
+    result = subprocess.run([sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--inject" in result.stdout and "--knowledge_file" in result.stdout
+    configs = sorted((ROOT / "recipes" / "configs" / "knowledge_cls").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("#") and "recipes/knowledge_cls.py" in first and path.name in first
+        knowledge = knowledge_cls.parse(["--config", str(path)])[3]
+        assert isinstance(knowledge, KnowledgeArguments)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_run_with_injection(tiny_bert, tmp_path):
+    data = fx.write_dataset(tmp_path / "train.jsonl", repeat=4)
+    kb = fx.write_glove(tmp_path / "kb.txt")
+    output = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE),
+        *_recipe_argv(tiny_bert, data, output, "--inject", "add", "--knowledge_file", str(kb), "--unfreeze_last", "1",
+                      "--unknown_entity", "learned", "--entity_column", "entities"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert "test_accuracy" not in metrics and "eval_accuracy" in metrics
+    assert "accelerate: MULTI_GPU, 2 process(es)" in (output / "README.md").read_text() or "2 process" in (
+        output / "README.md"
+    ).read_text()
