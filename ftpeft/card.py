@@ -129,12 +129,28 @@ def write_model_card(output_dir: str | Path, summary: RunSummary) -> Path:
     return path
 
 
-def text_loading_snippet(output_dir: str, adapter: bool) -> str:
+def adapter_label_kwargs(label_names: list[str]) -> dict:
+    """What the base model needs to build the head an adapter was trained with (peft reloads the base
+    checkpoint, whose config does not know the task's labels)."""
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def text_loading_snippet(output_dir: str, adapter: bool, label_names: list[str] | None = None) -> str:
     if adapter:
+        kwargs = adapter_label_kwargs(label_names or [])
         return (
             "from peft import AutoPeftModelForSequenceClassification\n"
             "from transformers import AutoTokenizer\n"
-            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{output_dir}")\n'
+            "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+            f'    "{output_dir}",\n'
+            f"    num_labels={kwargs['num_labels']},\n"
+            f"    id2label={kwargs['id2label']!r},\n"
+            f"    label2id={kwargs['label2id']!r},\n"
+            ")\n"
             f'tokenizer = AutoTokenizer.from_pretrained("{output_dir}")\n'
             'logits = model(**tokenizer("great film", return_tensors="pt")).logits'
         )

@@ -137,6 +137,8 @@ def attach_head(head_dir: str | Path, backbone: nn.Module | None = None) -> nn.M
         )
     if backbone is None:
         info = backbones[0]
+        if not (info.get("pretrained") or meta["weights_files"][0]):
+            torch.manual_seed(meta.get("seed", 42))  # a randomly initialised backbone: re-created as extracted
         backbone = create_timm_model(info["model"], None, info.get("pretrained", False), meta["weights_files"][0])
         if state_dict_hash(backbone) != info["checkpoint_sha256"]:
             raise FtpeftError(f"{head_dir}: the backbone {info['model']} now has other weights than the features used.")

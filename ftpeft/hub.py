@@ -29,11 +29,13 @@ def resolve_token(explicit: str | None) -> str | None:
 def validate_push_args(training_args) -> PushTarget | None:
     """Check --push_to_hub settings before training; then stop Trainer from pushing at every save.
 
-    ftpeft pushes once, at the end, so a failed push never costs the run.
+    ftpeft pushes once, at the end, so a failed push never costs the run. The token moves from
+    ``training_args`` into the returned target, so Trainer never writes it to disk.
     """
+    explicit_token, training_args.hub_token = training_args.hub_token, None  # never pickled into training_args.bin
     if not training_args.push_to_hub:
         return None
-    token = resolve_token(training_args.hub_token)
+    token = resolve_token(explicit_token)
     if not training_args.hub_model_id and not token:
         raise FtpeftError(
             "--push_to_hub needs --hub_model_id (e.g. me/my-model) and a Hub login: run `hf auth login` "

@@ -138,6 +138,12 @@ class KnowledgeTable:
     def phrase_id(self, phrase: str) -> int | None:
         return self._lower.get(_normalise(phrase))
 
+    @classmethod
+    def from_keys_file(cls, path: str | Path) -> KnowledgeTable:
+        """Keys only (a run's knowledge_keys.txt): enough to find ids at inference; the vectors are in the model."""
+        keys = Path(path).read_text(encoding="utf-8").splitlines()
+        return cls(keys, np.zeros((len(keys), 1), dtype=np.float32), [{"name": Path(path).name, "dim": 0, "rows": len(keys)}])
+
 
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
@@ -385,6 +391,22 @@ def align_mentions(
                     ids[position] = knowledge_id
                 break
     return ids
+
+
+def knowledge_batch(tokenizer, texts: list[str], table: KnowledgeTable, max_length: int = 512, spans=None) -> dict:
+    """Inference helper: tokenise ``texts`` and add token-level ``knowledge_ids`` (text matching, or
+    ``spans[i]`` = [(start, end, key), ...]); returns padded tensors ready for ``model(**batch)``."""
+    features = []
+    for i, text in enumerate(texts):
+        encoded = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        offsets = encoded.pop("offset_mapping")
+        if spans is None:
+            mentions = match_mentions(text, table)
+        else:
+            mentions = [(start, end, table.id_of(key)) for start, end, key in spans[i]]
+        encoded["knowledge_ids"] = align_mentions(offsets, encoded.sequence_ids(), mentions)
+        features.append(dict(encoded))
+    return KnowledgeCollator(tokenizer)(features)
 
 
 # --- datasets ------------------------------------------------------------------------------------------

@@ -106,8 +106,8 @@ def apply_lora(model: nn.Module, config):
 
     try:
         return get_peft_model(model, config)
-    except ValueError as error:
-        if "not found in the base model" in str(error) or "Target modules" in str(error):
+    except ValueError as error:  # peft's NoMatchingPeftModuleError is a ValueError
+        if "not found in the base model" in str(error) or "No modules were targeted" in str(error):
             raise FtpeftError(
                 f"--lora_target_modules {sorted(config.target_modules)} match no module of this model; "
                 f"Linear layers it has: {', '.join(linear_module_names(model))}."
@@ -118,22 +118,21 @@ def apply_lora(model: nn.Module, config):
 MERGED_DIR = "merged"
 
 
-def write_merged_model(adapter_dir: str, merged_subdir: str = MERGED_DIR) -> str:
+def write_merged_model(adapter_dir: str, label_names: list[str], merged_subdir: str = MERGED_DIR) -> str:
     """Reload the saved adapter, merge it into its base model and save a plain transformers model.
 
-    The merged copy (with tokenizer and card) lands in ``adapter_dir/merged`` and loads in ``pipeline()``.
+    The merged copy (with tokenizer) lands in ``adapter_dir/merged`` and loads in ``pipeline()``.
+    Reloading from disk also proves the saved adapter is complete.
     """
-    import shutil
     from pathlib import Path
 
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
+    from .card import adapter_label_kwargs
+
     target = Path(adapter_dir) / merged_subdir
-    merged = AutoPeftModelForSequenceClassification.from_pretrained(adapter_dir).merge_and_unload()
-    merged.save_pretrained(target)
+    adapter = AutoPeftModelForSequenceClassification.from_pretrained(adapter_dir, **adapter_label_kwargs(label_names))
+    adapter.merge_and_unload().save_pretrained(target)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(target)
-    card = Path(adapter_dir) / "README.md"
-    if card.is_file():
-        shutil.copy(card, target / "README.md")
     return str(target)

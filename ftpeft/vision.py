@@ -113,12 +113,6 @@ def image_loading_snippet(output_dir: str) -> str:
     )
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, batches) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(batch) for batch in batches])
-
-
 def zero_init_head(model: nn.Module) -> str:
     """Zero the new classifier so the first steps do not push large random-logit gradients into pretrained
     features (timm's default init gives logits of ~10 on EfficientNet features). Returns its module name."""

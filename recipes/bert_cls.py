@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     model_args, data_args, tuning_args, run_args, training_args = args
     # heavy imports after parsing keep --help instant
+    from dataclasses import replace
+
     from transformers import DataCollatorWithPadding, set_seed
 
     from ftpeft.card import RunSummary, text_loading_snippet, write_model_card
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ftpeft.data.text import dataset_description, load_text_classification_data, tokenize
     from ftpeft.freezing import count_parameters, freeze_report, unfreeze_last
     from ftpeft.hub import push_run, validate_push_args
-    from ftpeft.lora import MERGED_DIR, apply_lora, build_lora_config, write_merged_model
+    from ftpeft.lora import apply_lora, build_lora_config, write_merged_model
     from ftpeft.modeling import base_model_name, load_sequence_classifier, load_tokenizer, resolve_model_path
     from ftpeft.metrics import make_compute_metrics
     from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
@@ -153,12 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
             split_sizes={split: len(ds) for split, ds in tokenized.items()},
             label_names=label_names,
             metrics={k: v for k, v in metrics.items() if k.endswith(("accuracy", "f1", "loss"))},
-            loading_snippet=text_loading_snippet(training_args.output_dir, tuning_args.use_peft),
+            loading_snippet=text_loading_snippet(training_args.output_dir, tuning_args.use_peft, label_names),
             train_runtime_s=clock.seconds,
         )
         write_model_card(training_args.output_dir, summary)
-        if tuning_args.merge_adapter:  # from the saved adapter, which also proves it is complete
-            write_merged_model(training_args.output_dir, MERGED_DIR)
+        if tuning_args.merge_adapter:
+            merged_dir = write_merged_model(training_args.output_dir, label_names)
+            snippet = text_loading_snippet(merged_dir, adapter=False)
+            write_model_card(merged_dir, replace(summary, library_name="transformers", loading_snippet=snippet))
         if push:
             push_run(training_args.output_dir, push, merged=tuning_args.push_merged)
     return metrics
