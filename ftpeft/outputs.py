@@ -29,9 +29,20 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume_from_checkp
         )
 
 
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
 def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint counts only once its trainer state is written (Trainer writes that file last)."""
-    return path.is_dir() and (path / "trainer_state.json").is_file()
+    """A checkpoint counts only once its trainer state is written and parses (Trainer writes it last,
+    after weights, optimizer, scheduler and RNG states), and its weights are there."""
+    state = path / "trainer_state.json"
+    if not (path.is_dir() and state.is_file() and any((path / name).is_file() for name in WEIGHT_FILES)):
+        return False
+    try:
+        json.loads(state.read_text())
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
@@ -53,16 +64,38 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -
         return None
     if resume_from_checkpoint == "auto":
         found = last_complete_checkpoint(output_dir)
+        if found is None and Path(output_dir).is_dir() and any(Path(output_dir).iterdir()):
+            raise FtpeftError(
+                f"--resume_from_checkpoint auto: no complete checkpoint in {output_dir}, which is not empty; "
+                "pass --overwrite_output_dir to start afresh there, or choose another --output_dir."
+            )
         return str(found) if found else None
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise FtpeftError(f"--resume_from_checkpoint {path}: no such checkpoint directory.")
     if not is_complete_checkpoint(path):
         raise FtpeftError(
-            f"--resume_from_checkpoint {path}: incomplete checkpoint (no trainer_state.json; probably killed while "
-            "saving). Use --resume_from_checkpoint auto to take the latest complete one."
+            f"--resume_from_checkpoint {path}: incomplete checkpoint (trainer_state.json or weights missing or "
+            "unreadable; probably killed while saving). Use --resume_from_checkpoint auto to take the latest complete one."
         )
     return str(path)
+
+
+def move_into_place(staging: Path, target: Path) -> list[str]:
+    """Move every file of ``staging`` into ``target`` with an atomic rename each, then drop ``staging``.
+
+    A kill leaves each final file either as it was or complete, never half written.
+    """
+    import shutil
+
+    moved = []
+    for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+        destination = target / source.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, destination)
+        moved.append(str(destination.relative_to(target)))
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

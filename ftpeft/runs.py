@@ -11,7 +11,7 @@ import numpy as np
 
 from .args import save_resolved_config
 from .metrics import classification_report_markdown, save_confusion_matrix
-from .outputs import check_output_dir, resolve_resume, write_json
+from .outputs import check_output_dir, move_into_place, resolve_resume, write_json
 
 logger = logging.getLogger("ftpeft")
 
@@ -39,6 +39,20 @@ def start_run(training_args, run_args) -> str | None:
                    training_args.local_process_index)
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
     return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+
+
+STAGING_DIR = ".ftpeft-staging"
+
+
+def save_model_atomically(trainer, output_dir: str | Path) -> None:
+    """``trainer.save_model`` into a staging dir, then rename each file into ``output_dir`` (all ranks call it)."""
+    output_dir = Path(output_dir)
+    staging = output_dir / STAGING_DIR
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        move_into_place(staging, output_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def save_run_config(output_dir: str | Path, resolved: dict[str, Any]) -> None:

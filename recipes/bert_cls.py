@@ -65,7 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     from ftpeft.lora import apply_lora, build_lora_config, write_merged_model
     from ftpeft.modeling import base_model_name, load_sequence_classifier, load_tokenizer, resolve_model_path
     from ftpeft.metrics import make_compute_metrics
-    from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
+    from ftpeft.runs import (
+        Stopwatch,
+        evaluate_and_report,
+        logger,
+        save_model_atomically,
+        save_run_config,
+        setup_logging,
+        start_run,
+    )
     from ftpeft.training import FtpeftTrainer
 
     # --- 1. checks before any work --------------------------------------------------------------------
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
 
     # --- 5. evaluate, save, card, push -----------------------------------------------------------------------
-    trainer.save_model(training_args.output_dir)
+    save_model_atomically(trainer, training_args.output_dir)
     train_metrics = {k if k.startswith("train_") else f"train_{k}": v for k, v in train_result.metrics.items()}
     metrics = evaluate_and_report(
         trainer, tokenized["validation"], tokenized.get("test"), label_names, training_args.output_dir, train_metrics
