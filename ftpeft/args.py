@@ -123,8 +123,30 @@ class TuningArguments:
         default=False, metadata={"help": "With --push_to_hub and --use_peft: push the merged model, not the adapter."}
     )
 
+    cache_frozen: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Compute the frozen embeddings + bottom layers once, cache their output on disk, and train only "
+            "the top --unfreeze_last k layers from it (exact; refused where it cannot be)."
+        },
+    )
+    activation_cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Where --cache_frozen keeps its caches. Default: ~/.cache/ftpeft/activations."}
+    )
+    cache_dtype: str = dataclasses.field(
+        default="float16",
+        metadata={"help": "Storage dtype of cached activations: float16 (half the disk), bfloat16 or float32 (exact)."},
+    )
+
     def __post_init__(self):
         unfreeze_last_k(self.unfreeze_last)  # validates early, before any model is loaded
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise FtpeftError(f"--cache_dtype must be float16, bfloat16 or float32, got {self.cache_dtype!r}.")
+        if self.cache_frozen and (self.unfreeze_last_k is None or self.use_peft or self.train_embeddings):
+            raise FtpeftError(
+                "--cache_frozen needs --unfreeze_last k (not 'all') and cannot be combined with --use_peft or "
+                "--train_embeddings: the cached layers must stay frozen."
+            )
         if self.layer_decay <= 0 or self.layer_decay > 1:
             raise FtpeftError(f"--layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.head_lr is not None and self.head_lr <= 0:

@@ -269,6 +269,13 @@ def _pin_eval(module: nn.Module, _inputs) -> None:
     module.training = False
 
 
+def keep_in_eval(modules: list[nn.Module]) -> None:
+    """Run these modules in eval mode (no dropout, fixed norms) even under ``model.train()``."""
+    for module in modules:
+        for sub in module.modules():
+            sub.register_forward_pre_hook(_pin_eval)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of all parameters (for tests and sanity checks of what changed)."""
     return {name: param.detach().clone() for name, param in model.named_parameters()}

@@ -177,7 +177,9 @@ class HeadArguments:
     )
     head: str = dataclasses.field(default="logreg", metadata={"help": f"Classifier: {', '.join(HEAD_TYPES)}."})
     output_dir: str = dataclasses.field(default="outputs/train_head", metadata={"help": "Where the head and reports go."})
-    regularization_c: float = dataclasses.field(default=1.0, metadata={"help": "logreg/linear_svm: inverse L2 strength C."})
+    regularization_c: float | None = dataclasses.field(
+        default=None, metadata={"help": "logreg/linear_svm: inverse L2 strength C. Default: 1.0 logreg, 0.01 linear_svm."}
+    )
     max_iter: int = dataclasses.field(default=2000, metadata={"help": "logreg/linear_svm/hist_gb: iteration limit."})
     n_estimators: int = dataclasses.field(default=300, metadata={"help": "random_forest: number of trees."})
     hidden_size: int = dataclasses.field(default=512, metadata={"help": "mlp: hidden width."})
@@ -191,5 +193,5 @@ class HeadArguments:
         if self.head not in HEAD_TYPES:
             raise FtpeftError(f"--head must be one of {', '.join(HEAD_TYPES)}, got {self.head!r}.")
         for flag in ("regularization_c", "max_iter", "n_estimators", "hidden_size", "epochs", "learning_rate", "batch_size"):
-            if getattr(self, flag) <= 0:
+            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
                 raise FtpeftError(f"--{flag} must be positive, got {getattr(self, flag)}.")

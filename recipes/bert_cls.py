@@ -9,6 +9,7 @@ Features (flag):
   embeddings stay frozen unless --train_embeddings
 - a separate LR for the new head (--head_lr) and layer-wise LR decay (--layer_decay)
 - LoRA adapters with the head saved alongside (--use_peft, --lora_r, --lora_layers, --merge_adapter)
+- frozen-prefix activation cache: the frozen bottom runs once, only the top k layers train (--cache_frozen)
 - data: Hub (--dataset_name), local csv/json/parquet (--train_file ...), or the offline demo tweets
 - every TrainingArguments flag (--learning_rate, --bf16, --push_to_hub, --report_to, ...)
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from transformers import DataCollatorWithPadding, set_seed
 
+    from ftpeft.activation_cache import check_cacheable, default_cache_root, prepare_cached_training
     from ftpeft.card import RunSummary, text_loading_snippet, write_model_card
     from ftpeft.args import command_line
     from ftpeft.data.text import dataset_description, load_text_classification_data, tokenize
@@ -123,22 +125,41 @@ def main(argv: list[str] | None = None) -> dict:
         save_run_config(training_args.output_dir, args.resolved)
         report.save(training_args.output_dir)
 
-    # --- 4. train ------------------------------------------------------------------------------------------
-    lora_lr = tuning_args.lora_lr or 10 * training_args.learning_rate
-    trainer = FtpeftTrainer(
-        model=model,
+    # --- 4. train (optionally from cached frozen-layer activations) ---------------------------------------------
+    collator = DataCollatorWithPadding(tokenizer)
+    train_model, train_data, eval_data, train_collator = model, tokenized["train"], tokenized["validation"], collator
+    if tuning_args.cache_frozen:
+        check_cacheable(model, k, tuning_args.train_embeddings, tuning_args.use_peft)
+        splits = {"train": tokenized["train"], "validation": tokenized["validation"]}
+        cache_root = tuning_args.activation_cache_dir or default_cache_root()
+        batch_size = training_args.per_device_eval_batch_size
+        train_model, cached, train_collator, _ = prepare_cached_training(
+            model, k, splits, collator, cache_root, tuning_args.cache_dtype, batch_size, training_args
+        )
+        train_data, eval_data = cached["train"], cached["validation"]
+    trainer_kwargs = dict(
         args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=make_compute_metrics(label_names),
         head_lr=tuning_args.head_lr,
         layer_decay=tuning_args.layer_decay,
-        adapter_lr=lora_lr if tuning_args.use_peft else None,
+        adapter_lr=(tuning_args.lora_lr or 10 * training_args.learning_rate) if tuning_args.use_peft else None,
+    )
+    trainer = FtpeftTrainer(
+        model=train_model,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=train_collator,
+        processing_class=tokenizer,
+        **trainer_kwargs,
     )
     with Stopwatch() as clock:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if tuning_args.cache_frozen:  # put the frozen part back: evaluate and save the complete model on real inputs
+        model = train_model.restore()
+        trainer = FtpeftTrainer(
+            model=model, eval_dataset=tokenized["validation"], data_collator=collator, processing_class=tokenizer,
+            **trainer_kwargs,
+        )  # fmt: skip
 
     # --- 5. evaluate, save, card, push -----------------------------------------------------------------------
     save_model_atomically(trainer, training_args.output_dir)
