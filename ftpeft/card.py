@@ -79,7 +79,9 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
 
 def render_model_card(summary: RunSummary) -> str:
     header = yaml.safe_dump(card_metadata(summary), sort_keys=False).strip()
-    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(summary.metrics.items()) if isinstance(v, (int, float)))
+    metric_rows = "\n".join(
+        f"| {k} | {v:.4f} |" for k, v in sorted(summary.metrics.items()) if isinstance(v, (int, float))
+    )
     sizes = ", ".join(f"{split}: {n:,}" for split, n in summary.split_sizes.items())
     labels = ", ".join(summary.label_names[:50]) + (" ..." if len(summary.label_names) > 50 else "")
     runtime = f"{summary.train_runtime_s:.1f} s" if summary.train_runtime_s is not None else "n/a"

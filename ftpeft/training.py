@@ -6,7 +6,9 @@ import logging
 import resource
 import sys
 
-from transformers import Trainer
+import time
+
+from transformers import Trainer, TrainerCallback
 
 from .optim import build_param_groups
 
@@ -70,6 +72,30 @@ class FtpeftTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+
+class EpochTimer(TrainerCallback):
+    """Wall time of every training epoch (the first one may include one-off work such as caching)."""
+
+    def __init__(self):
+        self.epoch_seconds: list[float] = []
+        self._start = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.epoch_seconds.append(time.perf_counter() - self._start)
+
+
+def run_metrics(train_result, epoch_timer: EpochTimer | None = None) -> dict:
+    """Trainer's train metrics under train_* names, plus per-epoch wall times and peak memory."""
+    metrics = {k if k.startswith("train_") else f"train_{k}": v for k, v in train_result.metrics.items()}
+    if epoch_timer is not None:
+        metrics["train_epoch_seconds"] = [round(t, 3) for t in epoch_timer.epoch_seconds]
+    metrics["train_peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return metrics
 
 
 def peak_rss_mb() -> float:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         setup_logging,
         start_run,
     )
-    from ftpeft.training import FtpeftTrainer
+    from ftpeft.training import EpochTimer, FtpeftTrainer, run_metrics
 
     # --- 1. checks before any work --------------------------------------------------------------------
     setup_logging(training_args)
@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         layer_decay=tuning_args.layer_decay,
         adapter_lr=(tuning_args.lora_lr or 10 * training_args.learning_rate) if tuning_args.use_peft else None,
     )
+    epoch_timer = EpochTimer()
     trainer = FtpeftTrainer(
         model=train_model,
+        callbacks=[epoch_timer],
         train_dataset=train_data,
         eval_dataset=eval_data,
         data_collator=train_collator,
@@ -163,9 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # --- 5. evaluate, save, card, push -----------------------------------------------------------------------
     save_model_atomically(trainer, training_args.output_dir)
-    train_metrics = {k if k.startswith("train_") else f"train_{k}": v for k, v in train_result.metrics.items()}
     metrics = evaluate_and_report(
-        trainer, tokenized["validation"], tokenized.get("test"), label_names, training_args.output_dir, train_metrics
+        trainer,
+        tokenized["validation"],
+        tokenized.get("test"),
+        label_names,
+        training_args.output_dir,
+        run_metrics(train_result, epoch_timer),
     )
     if trainer.is_world_process_zero():
         trainable, total = count_parameters(trainer.model)

@@ -1,0 +1,255 @@
+"""ftpeft against a plain hand-written Trainer, in one run on one machine, as ratios.
+
+    python benchmarks/run_benchmarks.py            # full suite (~15 min on 2 CPU cores)
+    python benchmarks/run_benchmarks.py --quick    # smoke run: a tiny model, a few steps (the test uses it)
+
+Every case runs in its own process (peak RSS is per case) on the offline demo data, and writes
+metrics.json; this script collects train samples/s, wall time, peak RSS, trainable parameters and test
+accuracy into benchmarks/results/benchmark.md + benchmark.png + benchmark.json, and prints each case's
+ratio to the baseline. It also measures a plain fp32 ``torch.matmul`` in the same run, to say how close
+a full fine-tuning step gets to what this machine can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    script: str  # file under ROOT
+    args: list[str]
+    epochs: int = 1
+
+
+def text_cases(quick: bool) -> list[Case]:
+    bert = "recipes/bert_cls.py"
+    two = ["--num_train_epochs", "2"]
+    cases = [
+        Case("plain Trainer, full FT (baseline)", "benchmarks/plain_trainer.py", []),
+        Case("ftpeft, full FT, same config", bert, ["--unfreeze_last", "all", "--head_lr", "5e-5"]),
+        Case("ftpeft --unfreeze-last all (defaults)", bert, ["--unfreeze_last", "all"]),
+        Case("ftpeft --unfreeze-last 4", bert, ["--unfreeze_last", "4"]),
+        Case("ftpeft --unfreeze-last 2", bert, ["--unfreeze_last", "2"]),
+        Case("ftpeft --unfreeze-last 0 (head)", bert, ["--unfreeze_last", "0"]),
+        Case("ftpeft LoRA r=8", bert, ["--use_peft", "--lora_r", "8"]),
+        Case("ftpeft --unfreeze-last 2, 2 epochs", bert, ["--unfreeze_last", "2", *two], 2),
+        Case("ftpeft --unfreeze-last 2 --cache_frozen, 2 epochs", bert, ["--unfreeze_last", "2", "--cache_frozen", *two], 2),
+        Case("ftpeft --unfreeze-last 0, 2 epochs", bert, ["--unfreeze_last", "0", *two], 2),
+        Case("ftpeft --unfreeze-last 0 --cache_frozen, 2 epochs", bert, ["--unfreeze_last", "0", "--cache_frozen", *two], 2),
+    ]
+    if quick:
+        keep = {0, 1, 4, 8}
+        cases = [c for i, c in enumerate(cases) if i in keep]
+    return cases
+
+
+def case_argv(case: Case, output_dir: Path, cache_dir: Path, quick: bool, model: str | None) -> list[str]:
+    if case.script.endswith("plain_trainer.py"):
+        argv = ["--model", model or _default_model(), "--output_dir", str(output_dir),
+                "--train_samples", "64" if quick else "2000", "--test_samples", "32" if quick else "1000"]  # fmt: skip
+        return argv + (["--max_steps", "2"] if quick else [])
+    argv = [*case.args, "--output_dir", str(output_dir), "--overwrite_output_dir",
+            "--eval_strategy", "no", "--save_strategy", "no", "--activation_cache_dir", str(cache_dir),
+            "--demo_train_samples", "64" if quick else "2000", "--demo_test_samples", "32" if quick else "1000"]  # fmt: skip
+    if model:
+        argv += ["--model_name_or_path", model]
+    if quick:
+        argv += ["--per_device_train_batch_size", "16"]
+    return argv
+
+
+def _default_model() -> str:
+    from ftpeft.modeling import default_text_model_path
+
+    return default_text_model_path()
+
+
+def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dict) -> dict:
+    output_dir = workdir / case.name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+    argv = [sys.executable, str(ROOT / case.script), *case_argv(case, output_dir, workdir / "cache", quick, model)]
+    start = time.perf_counter()
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark case '{case.name}' failed:\n{result.stderr[-3000:]}")
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    report = output_dir / "freeze_report.json"
+    trainable = json.loads(report.read_text())["trainable_params"] if report.is_file() else None
+    epochs = metrics.get("train_epoch_seconds") or []
+    return {
+        "case": case.name,
+        "trainable_params": trainable,
+        "train_samples_per_second": metrics["train_samples_per_second"],
+        "last_epoch_seconds": epochs[-1] if epochs else None,
+        "first_epoch_seconds": epochs[0] if epochs else None,
+        "train_runtime_s": metrics["train_runtime"],
+        "process_wall_s": wall,
+        "peak_rss_mb": metrics.get("train_peak_rss_mb"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "epochs": case.epochs,
+    }
+
+
+def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
+    """fp32 FLOP/s of a plain torch.matmul on this machine, same thread count as the runs."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.matmul(a, b)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def training_flops_per_sample(model_path: str, max_length: int = 64, samples: int = 2000) -> tuple[float, int]:
+    """~6 x non-embedding parameters x tokens per sample: the FLOPs of one full fine-tuning sample."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ftpeft.data.demo import demo_tweets
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    texts = demo_tweets(["negative", "positive"], samples, 1000)["train"]["text"]
+    tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]) / len(texts)
+    model = AutoModel.from_pretrained(model_path)
+    params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    return 6 * params * tokens, params
+
+
+def write_outputs(rows: list[dict], extra: dict, quick: bool, results: Path = RESULTS) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    stem = "benchmark_quick" if quick else "benchmark"
+    base = rows[0]["train_samples_per_second"]
+    lines = [
+        f"# ftpeft benchmark ({'quick smoke run' if quick else 'full'}; {extra['machine']})",
+        "",
+        f"Command: `{extra['command']}`. Baseline: a plain hand-written Trainer (full fine-tuning).",
+        "",
+        "| case | trainable params | train samples/s | ratio to baseline | last epoch s | peak RSS MB | test acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        params = f"{row['trainable_params']:,}" if row["trainable_params"] else "all"
+        last = f"{row['last_epoch_seconds']:.1f}" if row["last_epoch_seconds"] else "-"
+        acc = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+        lines.append(
+            f"| {row['case']} | {params} | {row['train_samples_per_second']:.1f} | "
+            f"{row['train_samples_per_second'] / base:.2f}x | {last} | {row['peak_rss_mb']:.0f} | {acc} |"
+        )
+    lines += ["", *[f"- {line}" for line in extra["notes"]], ""]
+    (results / f"{stem}.md").write_text("\n".join(lines))
+    (results / f"{stem}.json").write_text(json.dumps({"rows": rows, **extra}, indent=2))
+    _chart(rows, results / f"{stem}.png")
+    return results / f"{stem}.md"
+
+
+def _chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    names = [r["case"] for r in rows][::-1]
+    speeds = [r["train_samples_per_second"] for r in rows][::-1]
+    bars = ax.barh(names, speeds, color="tab:blue")
+    for bar, row in zip(bars, rows[::-1]):
+        acc = row["test_accuracy"]
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" acc {acc:.3f}" if acc else "", va="center")
+    ax.set_xlabel("train samples/s (whole run)")
+    ax.set_title("ftpeft vs a plain Trainer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def notes(rows: list[dict], flops_per_sample: float | None, peak_flops: float) -> list[str]:
+    by_name = {r["case"]: r for r in rows}
+    out = []
+    base, same = rows[0], by_name.get("ftpeft, full FT, same config")
+    if same:
+        out.append(
+            f"ftpeft overhead: full FT throughput {same['train_samples_per_second'] / base['train_samples_per_second']:.3f}x "
+            "the plain Trainer (target >= 0.97x)."
+        )
+    uncached, cached = by_name.get("ftpeft --unfreeze-last 2, 2 epochs"), by_name.get(
+        "ftpeft --unfreeze-last 2 --cache_frozen, 2 epochs"
+    )
+    if uncached and cached and uncached["last_epoch_seconds"] and cached["last_epoch_seconds"]:
+        ratio = uncached["last_epoch_seconds"] / cached["last_epoch_seconds"]
+        out.append(
+            f"--cache_frozen, k=2 of 6 layers, epoch 2: {ratio:.2f}x the samples/s of uncached k=2 "
+            "(FLOP bound (6 fwd + 2x2 bwd)/(2 fwd + 2x2 bwd) = 1.67x; target >= 1.5x)."
+        )
+        full_epoch = base["train_runtime_s"] / max(base["epochs"], 1)
+        out.append(f"--cache_frozen k=2 epoch 2 vs full FT epoch (baseline): {full_epoch / cached['last_epoch_seconds']:.2f}x (target >= 2.5x).")
+    head, head_cached = by_name.get("ftpeft --unfreeze-last 0, 2 epochs"), by_name.get(
+        "ftpeft --unfreeze-last 0 --cache_frozen, 2 epochs"
+    )
+    if head and head_cached and head["last_epoch_seconds"] and head_cached["last_epoch_seconds"]:
+        out.append(
+            f"head only from the cache, epoch 2: {head['last_epoch_seconds'] / head_cached['last_epoch_seconds']:.1f}x "
+            "faster per epoch than recomputing the frozen backbone (target >= 50x)."
+        )
+    if flops_per_sample:
+        achieved = flops_per_sample * base["train_samples_per_second"]
+        out.append(
+            f"full FT step: ~{achieved / 1e9:.1f} GFLOP/s (6 x non-embedding params x tokens) vs plain fp32 matmul "
+            f"{peak_flops / 1e9:.1f} GFLOP/s on this machine = {100 * achieved / peak_flops:.0f}% of the matmul rate."
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Tiny smoke run (a few steps per case).")
+    parser.add_argument("--model_name_or_path", default=None, help="Text model (default: the packaged MiniLM).")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS, help="Where the table, chart and JSON go.")
+    args = parser.parse_args(argv)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if not args.quick:
+        env.pop("OMP_NUM_THREADS", None)  # real runs use every core, like users' runs
+    import platform
+
+    import torch
+
+    peak = matmul_flops(256 if args.quick else 1024, 3 if args.quick else 20)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ftpeft-bench-") as workdir:
+        for case in text_cases(args.quick):
+            print(f"running: {case.name}", flush=True)
+            rows.append(run_case(case, Path(workdir), args.quick, args.model_name_or_path, env))
+            row = rows[-1]
+            print(f"  {row['train_samples_per_second']:.1f} samples/s "
+                  f"({row['train_samples_per_second'] / rows[0]['train_samples_per_second']:.2f}x baseline), "
+                  f"test acc {row['test_accuracy']}", flush=True)  # fmt: skip
+    flops = None if args.quick else training_flops_per_sample(args.model_name_or_path or _default_model())[0]
+    extra = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "command": "python benchmarks/run_benchmarks.py" + (" --quick" if args.quick else ""),
+        "matmul_gflops": peak / 1e9,
+    }
+    extra["notes"] = notes(rows, flops, peak)
+    path = write_outputs(rows, extra, args.quick, args.results_dir)
+    print("\n".join(extra["notes"]))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

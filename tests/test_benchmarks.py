@@ -1,0 +1,25 @@
+"""The benchmark suite's smoke run produces its table, chart and JSON (timings are not asserted)."""
+
+import json
+import sys
+
+import pytest
+from recipe_helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_table_chart_and_ratios(tiny_bert_dir, tmp_path):
+    import run_benchmarks
+
+    path = run_benchmarks.main(["--quick", "--model_name_or_path", tiny_bert_dir, "--results_dir", str(tmp_path)])
+    table = path.read_text()
+    data = json.loads((tmp_path / "benchmark_quick.json").read_text())
+    assert [row["case"] for row in data["rows"]] == [case.name for case in run_benchmarks.text_cases(quick=True)]
+    for row in data["rows"]:
+        assert row["train_samples_per_second"] > 0 and row["peak_rss_mb"] > 0
+        assert f"| {row['case']} |" in table
+    assert "1.00x" in table  # the baseline's own ratio
+    assert (tmp_path / "benchmark_quick.png").stat().st_size > 1000
+    assert any("ftpeft overhead" in note for note in data["notes"])
