@@ -45,7 +45,8 @@ def run_cli(main: Callable[[], T]) -> Callable[[], T]:
         except FtpeftError as error:
             if debug_enabled():
                 traceback.print_exc()
-            print(f"error: {redact(str(error))}", file=sys.stderr, flush=True)
+            message = " ".join(str(error).split())  # always one line
+            print(f"error: {redact(message)}", file=sys.stderr, flush=True)
             raise SystemExit(USAGE_EXIT_CODE) from None
 
     return wrapper

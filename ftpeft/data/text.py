@@ -43,7 +43,7 @@ def _has_no_rows(path: Path, fmt: str) -> bool:
 
 
 def _load_local(data_args: TextDataArguments):
-    from datasets import load_dataset
+    from datasets import DatasetDict, load_dataset
 
     files = {
         split: path
@@ -66,10 +66,15 @@ def _load_local(data_args: TextDataArguments):
             raise FtpeftError(f"--{split}_file {path} has no data rows.")
     if len(formats) > 1:
         raise FtpeftError(f"--train_file/--validation_file/--test_file mix formats {sorted(formats)}; use one format.")
-    try:
-        return load_dataset(formats.pop(), data_files=files)
-    except Exception as error:  # datasets raises many types for malformed files
-        raise FtpeftError(f"could not read {', '.join(files.values())}: {error}") from None
+    fmt = formats.pop()
+    splits = {}
+    for split, path in files.items():  # one file at a time: each split's columns are checked on their own
+        try:
+            splits[split] = load_dataset(fmt, data_files={split: path})[split]
+        except Exception as error:  # datasets raises many types for malformed files
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FtpeftError(f"--{split}_file {path}: could not read it as {fmt} ({first_line}).") from None
+    return DatasetDict(splits)
 
 
 def load_raw_text_datasets(data_args: TextDataArguments, cache_dir: str | None = None):
