@@ -4,7 +4,7 @@
     python recipes/extract_features.py --model_name_or_path resnet50 convnext_tiny --pretrained \\
         --labels_csv labels.csv --image_dir train --image_size 224   # two backbones, concatenated
     python recipes/extract_features.py --modality text --pooling cls  # packaged MiniLM on the demo tweets
-    accelerate launch --num_processes 2 recipes/extract_features.py   # ranks split the data
+    accelerate launch --multi_gpu --num_processes 2 recipes/extract_features.py   # ranks split the data
     python recipes/extract_features.py --help
 
 Features (flag):
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             "label_names": label_names,
             "weights_files": [backbone.weights_file for backbone in backbones],
             "feature_dims": [backbone.feature_dim for backbone in backbones],
+            "seed": feature_args.seed,
         }
         folder = features.write_features(feature_args.feature_dir, request, splits, extra)
         write_skipped(folder, skipped)

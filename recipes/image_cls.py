@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ftpeft.args import command_line
     from ftpeft.card import RunSummary, write_model_card
     from ftpeft.data.images import TransformedImages, build_transforms, load_image_classification_data, write_skipped
-    from ftpeft.freezing import count_parameters, freeze_report, keep_frozen_norms_in_eval, unfreeze_last
+    from ftpeft.freezing import count_parameters, keep_frozen_norms_in_eval, unfreeze_last
     from ftpeft.hub import push_run, validate_push_args
     from ftpeft.metrics import make_compute_metrics
     from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             pipeline_tag="image-classification",
             command=command_line(),
             config=args.resolved,
-            tuning=f"--unfreeze_last {tuning_args.unfreeze_last} ({freeze_report(model, report.spec).trainable_layers or 'head'})",
+            tuning=f"--unfreeze_last {tuning_args.unfreeze_last} (trainable stages: {report.trainable_layers or 'none, head only'})",
             trainable_params=trainable,
             total_params=total,
             dataset=data.description,

@@ -1,7 +1,7 @@
 """Train a cheap classifier on cached features (from extract_features.py): seconds on a CPU, no backbone.
 
     python recipes/extract_features.py && python recipes/train_head.py          # offline demo, logreg
-    python recipes/train_head.py --head linear_svm --regularization_c 0.1
+    python recipes/train_head.py --head linear_svm --regularization_c 0.003
     python recipes/train_head.py --head mlp --epochs 50 --features_dir outputs/features/<key>
     python recipes/train_head.py --help
 
@@ -83,17 +83,21 @@ def main(argv: list[str] | None = None) -> dict:
             "num_classes": len(label_names),
             "hidden_size": head_args.hidden_size,
             "label_names": label_names,
-            "features": {k: metadata[k] for k in ("request", "modality", "weights_files", "key")},
+            "features": {k: metadata.get(k) for k in ("request", "modality", "weights_files", "key", "seed")},
         }
         heads.save_torch_head(classifier, head_args.output_dir, config)
         trainable = sum(p.numel() for p in classifier.parameters())
         snippet = f'from ftpeft.heads import attach_head\nmodel = attach_head("{head_args.output_dir}")  # timm backbone + head'
         backbones = metadata["request"]["backbones"]
         if head_args.head == "linear" and len(backbones) == 1 and backbones[0]["layer"] == DEFAULT_IMAGE_LAYER:
+            from ftpeft.errors import FtpeftError
             from ftpeft.vision import save_timm_model
 
-            model = heads.attach_head(head_args.output_dir)
-            save_timm_model(model, Path(head_args.output_dir) / "timm_model", label_names, backbones[0]["transform"])
+            try:
+                model = heads.attach_head(head_args.output_dir)
+                save_timm_model(model, Path(head_args.output_dir) / "timm_model", label_names, backbones[0]["transform"])
+            except FtpeftError as error:  # e.g. the backbone's weights changed since extraction
+                print(f"warning: no complete timm model written: {error}")
     summary = RunSummary(
         recipe="train_head",
         base_model=" + ".join(b["model"] for b in metadata["request"]["backbones"]),
