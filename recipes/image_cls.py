@@ -66,10 +66,13 @@ def parse(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     model_args, data_args, tuning_args, run_args, training_args = args
-    if tuning_args.use_peft:
+    if tuning_args.use_peft or tuning_args.cache_frozen:
         from ftpeft.errors import FtpeftError
 
-        raise FtpeftError("--use_peft is for the text recipe; image_cls tunes with --unfreeze_last.")
+        raise FtpeftError(
+            "--use_peft/--cache_frozen are for the text recipe; image_cls tunes with --unfreeze_last (for a head "
+            "on frozen features use recipes/extract_features.py + recipes/train_head.py)."
+        )
     # heavy imports after parsing keep --help instant
     from transformers import default_data_collator, set_seed
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ftpeft.hub import push_run, validate_push_args
     from ftpeft.metrics import make_compute_metrics
     from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
+    from ftpeft.training import EpochTimer, run_metrics
     from ftpeft.vision import (
         ImageClassificationTrainer,
         create_timm_model,
@@ -133,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
         split: TransformedImages(images, train_transform if split == "train" else eval_transform)
         for split, images in data.splits.items()
     }
+    epoch_timer = EpochTimer()
     trainer = ImageClassificationTrainer(
         model=model,
+        callbacks=[epoch_timer],
         args=training_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
@@ -149,9 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
     # --- 5. evaluate, save (a stock timm model), card, push ---------------------------------------------------
     if trainer.is_world_process_zero():
         save_timm_model(model, training_args.output_dir, data.label_names, data_config)
-    train_metrics = {k if k.startswith("train_") else f"train_{k}": v for k, v in train_result.metrics.items()}
     metrics = evaluate_and_report(
-        trainer, datasets["validation"], datasets.get("test"), data.label_names, training_args.output_dir, train_metrics
+        trainer,
+        datasets["validation"],
+        datasets.get("test"),
+        data.label_names,
+        training_args.output_dir,
+        run_metrics(train_result, epoch_timer),
     )
     if trainer.is_world_process_zero():
         trainable, total = count_parameters(model)
