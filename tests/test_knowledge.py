@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -355,7 +356,7 @@ def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, e
     with pytest.raises(SystemExit) as exit_info:
         run_cli(knowledge_cls.main)(_recipe_argv(tiny_bert, data, tmp_path / "run", *extra))
     assert exit_info.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_help_and_shipped_configs_parse():
