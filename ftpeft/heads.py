@@ -167,9 +167,8 @@ def report_predictions(output_dir: str | Path, predictions: dict, label_names: l
 
     The same files as ftpeft.runs.evaluate_and_report writes for Trainer runs; figures use test if present.
     """
-    from .metrics import classification_report_markdown, make_compute_metrics, save_confusion_matrix
-    from .outputs import write_json
-    from .runs import CONFUSION_MATRIX_FILE, METRICS_FILE, REPORT_FILE
+    from .metrics import make_compute_metrics
+    from .runs import write_classification_reports
 
     compute = make_compute_metrics(label_names)
     metrics = dict(extra or {})
@@ -180,13 +179,6 @@ def report_predictions(output_dir: str | Path, predictions: dict, label_names: l
         metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
     split = "test" if "test" in predictions else "validation"
     predicted, references = predictions[split]
-    output_dir = Path(output_dir)
-    write_json(output_dir / METRICS_FILE, metrics)
     prefix = "eval" if split == "validation" else split
-    title = f"{split} accuracy {metrics[f'{prefix}_accuracy']:.3f}"
-    save_confusion_matrix(output_dir / CONFUSION_MATRIX_FILE, references, predicted, label_names, title)
-    (output_dir / REPORT_FILE).write_text(
-        f"# Per-class results ({split} split, {len(references)} examples)\n\n"
-        + classification_report_markdown(references, predicted, label_names)
-    )
+    write_classification_reports(output_dir, metrics, references, predicted, label_names, prefix)
     return metrics

@@ -11,7 +11,7 @@ import numpy as np
 
 from .args import save_resolved_config
 from .metrics import classification_report_markdown, save_confusion_matrix
-from .outputs import check_output_dir, move_into_place, resolve_resume, write_json
+from .outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
 
 logger = logging.getLogger("ftpeft")
 
@@ -93,12 +93,18 @@ def evaluate_and_report(
     predicted = np.asarray(logits).argmax(-1)
     references = np.asarray(prediction.label_ids)
     if trainer.is_world_process_zero():
-        output_dir = Path(output_dir)
-        write_json(output_dir / METRICS_FILE, metrics)
-        title = f"{report_split} accuracy {metrics.get(f'{report_split}_accuracy', float('nan')):.3f}"
-        save_confusion_matrix(output_dir / CONFUSION_MATRIX_FILE, references, predicted, label_names, title)
-        (output_dir / REPORT_FILE).write_text(
-            f"# Per-class results ({report_split} split, {len(references)} examples)\n\n"
-            + classification_report_markdown(references, predicted, label_names)
-        )
+        write_classification_reports(output_dir, metrics, references, predicted, label_names, report_split)
     return metrics
+
+
+def write_classification_reports(output_dir, metrics: dict, references, predicted, label_names, prefix: str) -> None:
+    """metrics.json, the confusion matrix PNG and the per-class report of split ``prefix`` (eval or test)."""
+    output_dir = Path(output_dir)
+    write_json(output_dir / METRICS_FILE, metrics)
+    title = f"{prefix} accuracy {metrics.get(f'{prefix}_accuracy', float('nan')):.3f}"
+    save_confusion_matrix(output_dir / CONFUSION_MATRIX_FILE, references, predicted, label_names, title)
+    atomic_write_text(
+        output_dir / REPORT_FILE,
+        f"# Per-class results ({prefix} split, {len(references)} examples)\n\n"
+        + classification_report_markdown(references, predicted, label_names),
+    )
