@@ -32,6 +32,7 @@ class Case:
     script: str  # file under ROOT
     args: list[str]
     epochs: int = 1
+    group: str = "text"  # ratios are to the first case of the group
 
 
 def text_cases(quick: bool) -> list[Case]:
@@ -56,6 +57,34 @@ def text_cases(quick: bool) -> list[Case]:
     return cases
 
 
+def image_cases(quick: bool) -> list[Case]:
+    image = "recipes/image_cls.py"
+    one = ["--num_train_epochs", "1"]
+    cases = [
+        Case("image full FT (EfficientNet-Lite0, MNIST 64 px)", image, ["--unfreeze_last", "all", *one], group="image"),
+        Case("image --unfreeze-last 2 (last 2 stages)", image, ["--unfreeze_last", "2", *one], group="image"),
+        Case("image --unfreeze-last 0 (head)", image, ["--unfreeze_last", "0", *one], group="image"),
+        Case("image head on cached features (extract + logreg)", "recipes/train_head.py", [], group="image"),
+    ]
+    return cases[2:3] if quick else cases
+
+
+def image_argv(case: Case, output_dir: Path, quick: bool) -> list[list[str]]:
+    """The command line(s) of an image case; the cached-feature case is extraction, then the head."""
+    demo = ["--demo_train_samples", "200" if quick else "4000", "--demo_test_samples", "100" if quick else "1000"]
+    tiny = ["--model_name_or_path", "test_resnet", "--image_size", "32", "--max_steps", "2"] if quick else []
+    if case.script.endswith("train_head.py"):
+        features = output_dir / "features"
+        return [
+            [str(ROOT / "recipes/extract_features.py"), "--config", str(ROOT / "recipes/configs/features/mnist_lite0.yaml"),
+             "--feature_dir", str(features), *demo],
+            [str(ROOT / "recipes/train_head.py"), "--features_dir", str(features), "--head", "logreg",
+             "--output_dir", str(output_dir)],
+        ]  # fmt: skip
+    return [[str(ROOT / case.script), *case.args, "--output_dir", str(output_dir), "--overwrite_output_dir",
+             "--eval_strategy", "no", "--save_strategy", "no", *demo, *tiny]]  # fmt: skip
+
+
 def case_argv(case: Case, output_dir: Path, cache_dir: Path, quick: bool, model: str | None) -> list[str]:
     if case.script.endswith("plain_trainer.py"):
         argv = ["--model", model or _default_model(), "--output_dir", str(output_dir),
@@ -78,14 +107,23 @@ def _default_model() -> str:
 
 
 def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dict) -> dict:
-    output_dir = workdir / case.name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-    argv = [sys.executable, str(ROOT / case.script), *case_argv(case, output_dir, workdir / "cache", quick, model)]
+    output_dir = workdir / "".join(c if c.isalnum() else "_" for c in case.name)
+    if case.group == "image":
+        commands = image_argv(case, output_dir, quick)
+    else:
+        commands = [[str(ROOT / case.script), *case_argv(case, output_dir, workdir / "cache", quick, model)]]
     start = time.perf_counter()
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    for argv in commands:
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"benchmark case '{case.name}' failed:\n{result.stderr[-3000:]}")
     wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"benchmark case '{case.name}' failed:\n{result.stderr[-3000:]}")
     metrics = json.loads((output_dir / "metrics.json").read_text())
+    if "train_samples_per_second" not in metrics:  # a scikit-learn head: samples of the split over its fit time
+        meta = next((output_dir / "features").glob("*/metadata.json"))
+        train_rows = json.loads(meta.read_text())["split_sizes"]["train"]
+        metrics["train_samples_per_second"] = train_rows / max(metrics["train_runtime"], 1e-9)
+        metrics["train_epoch_seconds"] = [wall]
     report = output_dir / "freeze_report.json"
     trainable = json.loads(report.read_text())["trainable_params"] if report.is_file() else None
     epochs = metrics.get("train_epoch_seconds") or []
@@ -97,9 +135,10 @@ def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dic
         "first_epoch_seconds": epochs[0] if epochs else None,
         "train_runtime_s": metrics["train_runtime"],
         "process_wall_s": wall,
-        "peak_rss_mb": metrics.get("train_peak_rss_mb"),
+        "peak_rss_mb": metrics.get("train_peak_rss_mb") or 0.0,
         "test_accuracy": metrics.get("test_accuracy"),
         "epochs": case.epochs,
+        "group": case.group,
     }
 
 
@@ -132,13 +171,15 @@ def training_flops_per_sample(model_path: str, max_length: int = 64, samples: in
 def write_outputs(rows: list[dict], extra: dict, quick: bool, results: Path = RESULTS) -> Path:
     results.mkdir(parents=True, exist_ok=True)
     stem = "benchmark_quick" if quick else "benchmark"
-    base = rows[0]["train_samples_per_second"]
+    bases = {}
+    for row in rows:
+        bases.setdefault(row["group"], row["train_samples_per_second"])
     lines = [
         f"# ftpeft benchmark ({'quick smoke run' if quick else 'full'}; {extra['machine']})",
         "",
         f"Command: `{extra['command']}`. Baseline: a plain hand-written Trainer (full fine-tuning).",
         "",
-        "| case | trainable params | train samples/s | ratio to baseline | last epoch s | peak RSS MB | test acc |",
+        "| case | trainable params | train samples/s | ratio to group's first row | last epoch s | peak RSS MB | test acc |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -147,7 +188,7 @@ def write_outputs(rows: list[dict], extra: dict, quick: bool, results: Path = RE
         acc = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
         lines.append(
             f"| {row['case']} | {params} | {row['train_samples_per_second']:.1f} | "
-            f"{row['train_samples_per_second'] / base:.2f}x | {last} | {row['peak_rss_mb']:.0f} | {acc} |"
+            f"{row['train_samples_per_second'] / bases[row['group']]:.2f}x | {last} | {row['peak_rss_mb']:.0f} | {acc} |"
         )
     lines += ["", *[f"- {line}" for line in extra["notes"]], ""]
     (results / f"{stem}.md").write_text("\n".join(lines))
@@ -230,12 +271,13 @@ def main(argv: list[str] | None = None) -> Path:
     peak = matmul_flops(256 if args.quick else 1024, 3 if args.quick else 20)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftpeft-bench-") as workdir:
-        for case in text_cases(args.quick):
+        for case in text_cases(args.quick) + image_cases(args.quick):
             print(f"running: {case.name}", flush=True)
             rows.append(run_case(case, Path(workdir), args.quick, args.model_name_or_path, env))
             row = rows[-1]
+            first = next(r for r in rows if r["group"] == row["group"])
             print(f"  {row['train_samples_per_second']:.1f} samples/s "
-                  f"({row['train_samples_per_second'] / rows[0]['train_samples_per_second']:.2f}x baseline), "
+                  f"({row['train_samples_per_second'] / first['train_samples_per_second']:.2f}x {first['case']}), "
                   f"test acc {row['test_accuracy']}", flush=True)  # fmt: skip
     flops = None if args.quick else training_flops_per_sample(args.model_name_or_path or _default_model())[0]
     extra = {

@@ -16,7 +16,8 @@ def test_quick_benchmark_writes_table_chart_and_ratios(tiny_bert_dir, tmp_path):
     path = run_benchmarks.main(["--quick", "--model_name_or_path", tiny_bert_dir, "--results_dir", str(tmp_path)])
     table = path.read_text()
     data = json.loads((tmp_path / "benchmark_quick.json").read_text())
-    assert [row["case"] for row in data["rows"]] == [case.name for case in run_benchmarks.text_cases(quick=True)]
+    expected = run_benchmarks.text_cases(quick=True) + run_benchmarks.image_cases(quick=True)
+    assert [row["case"] for row in data["rows"]] == [case.name for case in expected]
     for row in data["rows"]:
         assert row["train_samples_per_second"] > 0 and row["peak_rss_mb"] > 0
         assert f"| {row['case']} |" in table
