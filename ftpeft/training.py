@@ -8,6 +8,8 @@ import sys
 
 import time
 
+import torch
+
 from transformers import Trainer, TrainerCallback
 
 from .optim import build_param_groups
@@ -48,6 +50,8 @@ class FtpeftTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.args.average_tokens_across_devices:
             self.args.average_tokens_across_devices = False
+        if self.args.dataloader_pin_memory and not torch.cuda.is_available():
+            self.args.dataloader_pin_memory = False  # pinning needs an accelerator; without one it only warns
         self.head_lr = head_lr
         self.layer_decay = layer_decay
         self.adapter_lr = adapter_lr
