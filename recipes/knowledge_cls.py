@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
             reload_dir = output_dir / MERGED_DIR
             trainer.model.merge_and_unload().save_pretrained(reload_dir)
             tokenizer.save_pretrained(reload_dir)
+            if table is not None:
+                (reload_dir / KEYS_FILE).write_text("\n".join(table.keys) + "\n", encoding="utf-8")
         trainable, total = count_parameters(trainer.model)
         summary = RunSummary(
             recipe="knowledge_cls",
@@ -216,15 +218,24 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def loading_snippet(model_dir: str, layout) -> str:
-    inputs = "knowledge_ids=...  # (1, T) ids per token: 0 none, 1 unknown, 2 + line in knowledge_keys.txt"
-    return (
-        "import ftpeft  # registers the ftpeft-knowledge model type\n"
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
-        f'model = AutoModelForSequenceClassification.from_pretrained("{model_dir}")\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")\n'
-        f'logits = model(**tokenizer("great film", return_tensors="pt"), {inputs}).logits'
-        + ("" if layout.token_knowledge else "  # plus example_knowledge_ids / knowledge_vectors")
-    )
+    lines = [
+        "import ftpeft  # registers the ftpeft-knowledge model type",
+        "from ftpeft.knowledge import KnowledgeTable, knowledge_batch",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f'model = AutoModelForSequenceClassification.from_pretrained("{model_dir}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")',
+    ]
+    if layout.token_knowledge:
+        lines += [
+            f'keys = KnowledgeTable.from_keys_file("{model_dir}/knowledge_keys.txt")  # row i + 2 = line i',
+            'batch = knowledge_batch(tokenizer, ["great film"], keys)  # or spans=[[(start, end, key), ...]]',
+        ]
+    else:
+        lines.append('batch = tokenizer(["great film"], return_tensors="pt")')
+    if layout.id_columns or layout.vector_columns:
+        lines.append("# add example_knowledge_ids (B, ID columns) and/or knowledge_vectors (B, floats) as in training")
+    lines.append("logits = model(**batch).logits")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -390,3 +391,21 @@ def test_two_rank_ddp_run_with_injection(tiny_bert, tmp_path):
     metrics = json.loads((output / "metrics.json").read_text())
     assert "test_accuracy" not in metrics and "eval_accuracy" in metrics
     assert "2 process(es)" in (output / "README.md").read_text()  # the card records both ranks
+
+
+def test_benchmark_table_reports_mean_and_sd_per_arm(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import knowledge_injection
+
+    args = argparse.Namespace(
+        sizes=[500], epochs=[2.0], test_samples=400, unfreeze_last=1, learning_rate=1e-4, head_lr=2e-3, max_seq_length=48
+    )
+    rows = [
+        {"arm": arm, "train_size": 500, "seed": seed, "test_accuracy": acc, "test_macro_f1": acc - 0.1, "seconds": 10.0}
+        for arm, base in (("none", 0.8), ("concat", 0.9))
+        for seed, acc in enumerate((base - 0.01, base + 0.01))
+    ]
+    knowledge_injection.write_table(rows, args, tmp_path / "table.md")
+    table = (tmp_path / "table.md").read_text()
+    assert "| 500 | 2 | text only | 2 | 0.800 ± 0.014 | 0.700 ± 0.014 | 10 |" in table
+    assert "| 500 | 2 | concat (late) | 2 | 0.900 ± 0.014 |" in table and "add (token level)" not in table
