@@ -26,7 +26,7 @@ freeze_report.json, metrics.json, confusion_matrix.png, classification_report.md
 from __future__ import annotations
 
 from ftpeft.args import ModelArguments, RunArguments, TextDataArguments, TuningArguments, parse_args
-from ftpeft.errors import run_cli
+from ftpeft.errors import FtpeftError, run_cli
 from ftpeft.knowledge import KnowledgeArguments
 
 # Defaults that make the bare command useful on 2 CPU cores; YAML and the command line override them.
@@ -63,6 +63,8 @@ def parse(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     model_args, data_args, tuning_args, knowledge_args, run_args, training_args = args
+    if tuning_args.cache_frozen:  # 'add' changes the embeddings' output, and concat/gate need their own cache path
+        raise FtpeftError("--cache_frozen is not supported by knowledge_cls; use recipes/bert_cls.py for it.")
     # heavy imports after parsing keep --help instant
     from pathlib import Path
 
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ftpeft.lora import MERGED_DIR, apply_lora, build_lora_config
     from ftpeft.metrics import make_compute_metrics
     from ftpeft.modeling import base_model_name, load_tokenizer, resolve_model_path
-    from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
-    from ftpeft.training import FtpeftTrainer
+    from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_model_atomically, save_run_config
+    from ftpeft.runs import setup_logging, start_run
+    from ftpeft.training import FtpeftTrainer, run_metrics
 
     # --- 1. checks before any work --------------------------------------------------------------------
     setup_logging(training_args)
@@ -173,11 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
 
     # --- 5. evaluate, save, card, push -----------------------------------------------------------------------
-    trainer.save_model(training_args.output_dir)
-    train_metrics = {k if k.startswith("train_") else f"train_{k}": v for k, v in train_result.metrics.items()}
+    save_model_atomically(trainer, training_args.output_dir)
     metrics = evaluate_and_report(
         trainer, tokenized["validation"], tokenized.get("test"), label_names, training_args.output_dir,
-        {**train_metrics, **knowledge_metrics},
+        {**run_metrics(train_result), **knowledge_metrics},
     )  # fmt: skip
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
@@ -212,8 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
             notes=knowledge_notes,
         )
         write_model_card(training_args.output_dir, summary)
-        if push:
-            push_run(training_args.output_dir, push, merged=False)
+        if reload_dir != output_dir:
+            write_model_card(reload_dir, summary)
+        if push:  # with LoRA the merged model: the adapter alone cannot be rebuilt (its wrapper base is not on the Hub)
+            push_run(training_args.output_dir, push, merged=tuning_args.use_peft)
     return metrics
 
 
