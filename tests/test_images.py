@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 from ftpeft.data.images import SKIPPED_FILE, load_image_classification_data
-from ftpeft.errors import FtpeftError
+from ftpeft.errors import FtpeftError, run_cli
 from ftpeft.freezing import keep_frozen_norms_in_eval, unfreeze_last
 from ftpeft.image_args import ImageDataArguments
 from ftpeft.optim import build_param_groups
 
+from recipe_helpers import snapshot
 from image_fixtures import CLASSES, RECIPES, TINY_ARGS, TINY_MODEL, load_recipe, subprocess_env, write_class_folders, write_kaggle_layout
 
 image_cls = load_recipe("image_cls")
@@ -59,11 +61,17 @@ def test_class_folders_with_stratified_split(tmp_path):
         (["--image_dir", "{images}", "--labels_csv", "{images}/nope.csv"], "--labels_csv .*nope.csv: no such file"),
     ],
 )
-def test_bad_input_is_one_clear_error(kaggle, tmp_path, flags, message):
+def test_bad_input_is_one_clear_error(kaggle, tmp_path, flags, message, capsys):
     csv, images = kaggle
     argv = [f.format(csv=csv, images=images) for f in flags] + ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
-    with pytest.raises(FtpeftError, match=message):
-        image_cls.main(argv)
+    before = snapshot(images.parent), snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(image_cls.main)(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.startswith("error: ") and err.strip().count("\n") == 0
+    for old, new in zip(before, (snapshot(images.parent), snapshot(tmp_path))):
+        assert {path: new.get(path) for path in old} == old  # every file that was there is byte-identical
 
 
 # --- freezing invariants --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import knowledge_fixtures as fx  # noqa: E402
+from recipe_helpers import snapshot  # noqa: E402
 
 from ftpeft.errors import FtpeftError  # noqa: E402
 from ftpeft.injection import (  # noqa: E402
@@ -354,10 +355,13 @@ def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, e
     if "--knowledge_file" not in extra:
         extra = [*extra, "--knowledge_file", str(fx.write_glove(tmp_path / "kb.txt"))]
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(knowledge_cls.main)(_recipe_argv(tiny_bert, data, tmp_path / "run", *extra))
     assert exit_info.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.startswith("error: ") and err.strip().count("\n") == 0
+    assert snapshot(tmp_path) == before  # nothing the user had was changed
 
 
 def test_help_and_shipped_configs_parse():
