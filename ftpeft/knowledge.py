@@ -21,7 +21,6 @@ Ids: 0 = no knowledge, 1 = unknown entity/ID (not in the table), 2.. = table row
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import re
@@ -155,13 +154,11 @@ def _flag_file(path) -> str:
 
 def vader_lexicon_path() -> Path:
     """The VADER lexicon inside the installed ``vadersentiment`` package (the default knowledge source)."""
-    spec = importlib.util.find_spec("vaderSentiment")
-    if spec is None or spec.origin is None:
-        raise FtpeftError("no --knowledge_file given and the default VADER lexicon is missing: pip install vadersentiment.")
-    path = Path(spec.origin).parent / VADER_FILE
-    if not path.is_file():
-        raise FtpeftError(f"vaderSentiment is installed but {path} is missing; pass --knowledge_file.")
-    return path
+    from .data.demo import packaged_file
+
+    return packaged_file(
+        "vaderSentiment", VADER_FILE, "no --knowledge_file given and the default VADER lexicon is missing: pip install vadersentiment"
+    )
 
 
 def _sidecar_keys(path: Path) -> list[str] | None:

