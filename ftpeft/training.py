@@ -45,6 +45,7 @@ class FtpeftTrainer(Trainer):
         head_lr: float | None = None,
         layer_decay: float = 1.0,
         adapter_lr: float | None = None,
+        param_groups: list[dict] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -55,11 +56,17 @@ class FtpeftTrainer(Trainer):
         self.head_lr = head_lr
         self.layer_decay = layer_decay
         self.adapter_lr = adapter_lr
+        # groups built beforehand, e.g. on the complete model before --cache_frozen swapped its bottom out
+        self.param_groups = param_groups
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
+        if self.param_groups is not None:  # the same Parameter objects the wrapped model trains
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(self.param_groups, **optimizer_kwargs)
+            return self.optimizer
         # groups are computed on the unwrapped model; wrapped parameter names are matched back by name
         groups = build_param_groups(
             self.model,

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ftpeft.lora import apply_lora, build_lora_config, write_merged_model
     from ftpeft.modeling import base_model_name, load_sequence_classifier, load_tokenizer, resolve_model_path
     from ftpeft.metrics import make_compute_metrics
+    from ftpeft.optim import build_param_groups
     from ftpeft.runs import (
         Stopwatch,
         evaluate_and_report,
@@ -128,8 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     # --- 4. train (optionally from cached frozen-layer activations) ---------------------------------------------
     collator = DataCollatorWithPadding(tokenizer)
     train_model, train_data, eval_data, train_collator = model, tokenized["train"], tokenized["validation"], collator
+    param_groups = None
     if tuning_args.cache_frozen:
         check_cacheable(model, k, tuning_args.train_embeddings, tuning_args.use_peft)
+        # LR groups from the complete model: the cached one no longer has its bottom layers
+        param_groups = build_param_groups(
+            model, training_args.learning_rate, tuning_args.head_lr, tuning_args.layer_decay, training_args.weight_decay
+        )
         splits = {"train": tokenized["train"], "validation": tokenized["validation"]}
         cache_root = tuning_args.activation_cache_dir or default_cache_root()
         batch_size = training_args.per_device_eval_batch_size
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     epoch_timer = EpochTimer()
     trainer = FtpeftTrainer(
         model=train_model,
+        param_groups=param_groups,
         callbacks=[epoch_timer],
         train_dataset=train_data,
         eval_dataset=eval_data,

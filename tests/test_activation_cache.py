@@ -153,23 +153,45 @@ def cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache_dir):
                      "--activation_cache_dir", str(cache_dir))  # fmt: skip
 
 
-def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(tiny_bert_dir, text_csv_dir, tmp_path, caplog):
+def test_cached_training_keeps_head_lr_and_layer_decay(tmp_path):
+    from transformers import TrainingArguments
+
+    from ftpeft import FtpeftTrainer, build_param_groups
+
+    model = tiny_model("bert")
+    unfreeze_last(model, 2)
+    groups = build_param_groups(model, 1e-4, head_lr=1e-2, layer_decay=0.5)
+    expected = {id(p): g["lr"] for g in groups for p in g["params"]}
+    third_layer_weight = model.bert.encoder.layer[2].output.dense.weight
+    wrapper = CachedPrefixModel(model, 2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    optimizer = FtpeftTrainer(model=wrapper, args=args, param_groups=groups).create_optimizer()
+    got = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert got == expected
+    assert {id(p) for p in wrapper.parameters() if p.requires_grad} == set(got)
+    assert got[id(model.classifier.weight)] == 1e-2
+    assert got[id(third_layer_weight)] == pytest.approx(1e-4 * 0.5**2)
+
+
+@pytest.mark.parametrize("k", ["2", "0"])
+def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(tiny_bert_dir, text_csv_dir, tmp_path, caplog, k):
     from recipe_helpers import load_recipe
     from test_bert_cls import EXPECTED_FILES
     from transformers import AutoModelForSequenceClassification
 
     bert_cls = load_recipe("bert_cls")
     out, cache = tmp_path / "run", tmp_path / "cache"
-    bert_cls.main(cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache))
+    bert_cls.main(cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--unfreeze-last", k])
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
     assert len(list(cache.iterdir())) == 2  # train + validation
     saved = AutoModelForSequenceClassification.from_pretrained(out)
     original = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
     same = {n for n, p in saved.named_parameters() if torch.equal(p, dict(original.named_parameters())[n])}
-    assert all(n.startswith(("bert.embeddings", "bert.encoder.layer.0.", "bert.encoder.layer.1.")) for n in same)
+    frozen = ("bert.embeddings", *(f"bert.encoder.layer.{i}." for i in range(4 - int(k))))
+    assert all(n.startswith(frozen) or (k == "0" and n.startswith("bert.pooler")) for n in same)
     assert any(n.startswith("bert.encoder.layer.0.") for n in same)  # the frozen bottom is saved too
     caplog.clear()
-    bert_cls.main(cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--overwrite_output_dir"])
+    bert_cls.main(cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--unfreeze-last", k, "--overwrite_output_dir"])
     assert "activation cache for train reused" in caplog.text
 
 
