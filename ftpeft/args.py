@@ -106,9 +106,9 @@ class TuningArguments:
     lora_r: int = dataclasses.field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = dataclasses.field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = dataclasses.field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_lr: float | None = dataclasses.field(
-        default=None,
-        metadata={"help": "LR of the LoRA weights. Default: 10 x --learning_rate (adapters start at zero)."},
+    lora_lr: float = dataclasses.field(
+        default=2e-3,
+        metadata={"help": "LR of the LoRA weights (they start at zero and need larger steps than full weights)."},
     )
     lora_target_modules: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "Module names to adapt. Default: peft's defaults for the model type."}
@@ -151,6 +151,8 @@ class TuningArguments:
             raise FtpeftError(f"--layer_decay must be in (0, 1], got {self.layer_decay}.")
         if self.head_lr is not None and self.head_lr <= 0:
             raise FtpeftError(f"--head_lr must be positive, got {self.head_lr}.")
+        if self.lora_lr <= 0:
+            raise FtpeftError(f"--lora_lr must be positive, got {self.lora_lr}.")
         if self.lora_r <= 0:
             raise FtpeftError(f"--lora_r must be a positive rank, got {self.lora_r}.")
         if not 0 <= self.lora_dropout < 1:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=make_compute_metrics(label_names),
         head_lr=tuning_args.head_lr,
         layer_decay=tuning_args.layer_decay,
-        adapter_lr=(tuning_args.lora_lr or 10 * training_args.learning_rate) if tuning_args.use_peft else None,
+        adapter_lr=tuning_args.lora_lr if tuning_args.use_peft else None,
     )
     epoch_timer = EpochTimer()
     trainer = FtpeftTrainer(

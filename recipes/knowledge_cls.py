@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=make_compute_metrics(label_names),
         head_lr=tuning_args.head_lr,
         layer_decay=tuning_args.layer_decay,
-        adapter_lr=(tuning_args.lora_lr or 10 * training_args.learning_rate) if tuning_args.use_peft else None,
+        adapter_lr=tuning_args.lora_lr if tuning_args.use_peft else None,
     )
     with Stopwatch() as clock:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
