@@ -76,7 +76,7 @@ def image_argv(case: Case, output_dir: Path, quick: bool) -> list[list[str]]:
     demo = ["--demo_train_samples", "200" if quick else "4000", "--demo_test_samples", "100" if quick else "1000"]
     tiny = ["--model_name_or_path", "test_resnet", "--image_size", "32", "--max_steps", "2"] if quick else []
     if case.script.endswith("train_head.py"):
-        features = output_dir / "features"
+        features = output_dir.with_name(output_dir.name + "_features")
         return [
             [str(ROOT / "recipes/extract_features.py"), "--config", str(ROOT / "recipes/configs/features/mnist_lite0.yaml"),
              "--feature_dir", str(features), *demo],
@@ -121,7 +121,7 @@ def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dic
     wall = time.perf_counter() - start
     metrics = json.loads((output_dir / "metrics.json").read_text())
     if "train_samples_per_second" not in metrics:  # a scikit-learn head: samples of the split over its fit time
-        meta = next((output_dir / "features").glob("*/metadata.json"))
+        meta = next(output_dir.with_name(output_dir.name + "_features").glob("*/metadata.json"))
         train_rows = json.loads(meta.read_text())["split_sizes"]["train"]
         metrics["train_samples_per_second"] = train_rows / max(metrics["train_runtime"], 1e-9)
         metrics["train_epoch_seconds"] = [wall]
