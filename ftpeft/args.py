@@ -275,7 +275,9 @@ def use_cpu_ranks_without_gpu() -> bool:
     import torch
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
-    if launched and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
+    # `accelerate launch --multi_gpu` exports ACCELERATE_USE_CPU=False itself: without CUDA that cannot hold
+    asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
+    if launched and not torch.cuda.is_available() and not asked_for_cpu:
         os.environ["ACCELERATE_USE_CPU"] = "true"
         return True
     return False

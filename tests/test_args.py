@@ -1,5 +1,7 @@
 """The argument system: precedence, YAML checks, aliases, and a re-feedable resolved config."""
 
+import os
+
 import pytest
 import yaml
 from transformers import TrainingArguments
@@ -93,3 +95,28 @@ def test_command_line_redacts_tokens():
     token = "hf_" + "b" * 30
     text = command_line(["recipe.py", "--hub_token", token, f"--hub-token={token}", "--lr", "1"])
     assert token not in text and "--hub_token ***" in text
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"LOCAL_RANK": "1", "WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "False"}, "true"),  # what --multi_gpu exports
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, "true"),
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "true"}, "true"),
+        ({}, None),  # a plain one-process run is left alone
+    ],
+)
+def test_cpu_ranks_are_real_ranks_without_a_gpu(monkeypatch, env, expected):
+    import torch
+
+    from ftpeft.args import use_cpu_ranks_without_gpu
+
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_USE_CPU"):
+        monkeypatch.setenv(key, "")  # recorded, so whatever the function sets is undone after the test
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    use_cpu_ranks_without_gpu()
+    got = os.environ.get("ACCELERATE_USE_CPU")
+    assert (got.lower() if got else None) == expected
