@@ -162,7 +162,7 @@ def training_flops_per_sample(model_path: str, max_length: int = 64, samples: in
     from ftpeft.data.demo import demo_tweets
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    texts = demo_tweets(["negative", "positive"], samples, 1000)["train"]["text"]
+    texts = list(demo_tweets(["negative", "positive"], samples, 1000)["train"]["text"])
     tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]) / len(texts)
     model = AutoModel.from_pretrained(model_path)
     params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> Path:
         for case in cases:
             print(f"running: {case.name}", flush=True)
             rows.append(run_case(case, Path(workdir), args.quick, args.model_name_or_path, env))
+            # rows so far, so a failure later in a long run loses nothing
+            print(json.dumps({"row": rows[-1]}), flush=True)
             row = rows[-1]
             first = next(r for r in rows if r["group"] == row["group"])
             print(f"  {row['train_samples_per_second']:.1f} samples/s "
