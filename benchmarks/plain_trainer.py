@@ -27,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42, help="training seed and validation-split seed, as in the recipes")
     args = parser.parse_args(argv)
 
     from transformers import (
@@ -40,10 +41,10 @@ def main(argv=None):
 
     from ftpeft.data.demo import demo_tweets  # the rows only, so both sides train on the same tweets
 
-    set_seed(42)
+    set_seed(args.seed)
     raw = demo_tweets(["negative", "positive"], args.train_samples, args.test_samples)
     raw = raw.class_encode_column("label")
-    raw["train"] = raw["train"].train_test_split(test_size=0.1, seed=42, stratify_by_column="label")["train"]
+    raw["train"] = raw["train"].train_test_split(test_size=0.1, seed=args.seed, stratify_by_column="label")["train"]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokenized = raw.map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_seq_length), batched=True)
     tokenized = tokenized.remove_columns(["text"])
@@ -59,7 +60,7 @@ def main(argv=None):
         save_strategy="no",
         logging_steps=10,
         report_to="none",
-        seed=42,
+        seed=args.seed,
         average_tokens_across_devices=False,
     )
 

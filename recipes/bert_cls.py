@@ -27,7 +27,11 @@ from ftpeft.errors import run_cli
 RECIPE_DEFAULTS = dict(
     output_dir="outputs/bert_cls",
     num_train_epochs=1.0,
-    learning_rate=5e-5,
+    # Layer-wise LR decay: the top layer learns at 3e-4, each one below at 0.8x. The few layers that
+    # --unfreeze-last k trains are the top ones, so they get the large LRs they need to adapt in one
+    # epoch, while full fine-tuning keeps the bottom layers near 5e-5 (benchmarks/results/lr_defaults.md).
+    learning_rate=3e-4,
+    layer_decay=0.8,
     head_lr=1e-3,  # a new head starves at the backbone's LR when few layers train
     per_device_train_batch_size=32,
     per_device_eval_batch_size=128,
