@@ -91,7 +91,7 @@ def case_argv(case: Case, output_dir: Path, cache_dir: Path, quick: bool, model:
     if case.script.endswith("plain_trainer.py"):
         argv = ["--model", model or _default_model(), "--output_dir", str(output_dir), "--batch_size", BATCH_SIZE,
                 "--train_samples", "64" if quick else "2000", "--test_samples", "32" if quick else "1000"]  # fmt: skip
-        return argv + (["--max_steps", "2"] if quick else [])
+        return argv + case.args + (["--max_steps", "2"] if quick else [])
     argv = [*case.args, "--output_dir", str(output_dir), "--overwrite_output_dir",
             "--eval_strategy", "no", "--save_strategy", "no", "--activation_cache_dir", str(cache_dir),
             "--demo_train_samples", "64" if quick else "2000", "--demo_test_samples", "32" if quick else "1000",

@@ -24,3 +24,18 @@ def test_quick_benchmark_writes_table_chart_and_ratios(tiny_bert_dir, tmp_path):
     assert "1.00x" in table  # the baseline's own ratio
     assert (tmp_path / "benchmark_quick.png").stat().st_size > 1000
     assert any("ftpeft overhead" in note for note in data["notes"])
+
+
+@pytest.mark.slow
+def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_bert_dir, tmp_path):
+    import partial_tuning
+
+    path = partial_tuning.main(["--quick", "--model_name_or_path", tiny_bert_dir, "--results_dir", str(tmp_path)])
+    data = json.loads((tmp_path / "partial_tuning_quick.json").read_text())
+    assert [row["case"] for row in data["rows"]] == [case.name for case in partial_tuning.cases()]
+    table = path.read_text()
+    for row in data["rows"]:
+        assert row["seeds"] == [42, 43] and len(row["test_accuracy"]) == 2
+        assert f"| {row['case']} |" in table
+    assert data["rows"][0]["time_ratio_mean"] == pytest.approx(1.0)  # the baseline against itself
+    assert "+0.0 | 1.00x" in table
