@@ -27,9 +27,10 @@ from ftpeft.errors import run_cli
 RECIPE_DEFAULTS = dict(
     output_dir="outputs/bert_cls",
     num_train_epochs=1.0,
-    # Layer-wise LR decay: the top layer learns at 3e-4, each one below at 0.8x. The few layers that
-    # --unfreeze-last k trains are the top ones, so they get the large LRs they need to adapt in one
-    # epoch, while full fine-tuning keeps the bottom layers near 5e-5 (benchmarks/results/lr_defaults.md).
+    # Layer-wise LR decay: the pooler learns at 3e-4 and each layer below at 0.8x the one above. The few
+    # layers --unfreeze-last k trains are the top ones, so they get the large LRs they need to adapt in one
+    # epoch; full fine-tuning keeps MiniLM's bottom layer and embeddings near 7e-5
+    # (benchmarks/results/partial_tuning.md).
     learning_rate=3e-4,
     layer_decay=0.8,
     head_lr=1e-3,  # a new head starves at the backbone's LR when few layers train
