@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # Trainer's default batch size, as in a hand-written run_glue-style script (the brief's reference figures)
 BATCH_SIZE = "8"
+PLAIN_TRAINER_LRS = ["--learning_rate", "5e-5", "--head_lr", "5e-5", "--layer_decay", "1"]
 
 
 @dataclasses.dataclass
@@ -42,7 +43,8 @@ def text_cases(quick: bool) -> list[Case]:
     two = ["--num_train_epochs", "2"]
     cases = [
         Case("plain Trainer, full FT (baseline)", "benchmarks/plain_trainer.py", []),
-        Case("ftpeft, full FT, same config", bert, ["--unfreeze_last", "all", "--head_lr", "5e-5"]),
+        # the baseline's hyperparameters (one LR 5e-5, no decay), so only the code differs
+        Case("ftpeft, full FT, same config", bert, ["--unfreeze_last", "all", *PLAIN_TRAINER_LRS]),
         Case("ftpeft --unfreeze-last all (defaults)", bert, ["--unfreeze_last", "all"]),
         Case("ftpeft --unfreeze-last 4", bert, ["--unfreeze_last", "4"]),
         Case("ftpeft --unfreeze-last 2", bert, ["--unfreeze_last", "2"]),

@@ -39,3 +39,16 @@ def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_bert_dir, tmp_pat
         assert f"| {row['case']} |" in table
     assert data["rows"][0]["time_ratio_mean"] == pytest.approx(1.0)  # the baseline against itself
     assert "+0.0 | 1.00x" in table
+
+
+def test_same_config_case_uses_the_plain_trainers_hyperparameters():
+    """The overhead row compares code, not settings: its recipe args must resolve to the baseline's."""
+    import run_benchmarks
+    from recipe_helpers import load_recipe
+
+    case = next(c for c in run_benchmarks.text_cases(quick=False) if c.name == "ftpeft, full FT, same config")
+    argv = run_benchmarks.case_argv(case, ROOT / "unused", ROOT / "unused_cache", quick=False, model=None)
+    _, _, tuning_args, _, training_args = load_recipe("bert_cls").parse(argv)
+    assert training_args.learning_rate == 5e-5 and tuning_args.head_lr == 5e-5 and tuning_args.layer_decay == 1
+    assert training_args.per_device_train_batch_size == int(run_benchmarks.BATCH_SIZE)
+    assert training_args.warmup_steps == 0.06 and training_args.weight_decay == 0.0
