@@ -13,14 +13,12 @@ benchmarks/results/partial_tuning.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import RESULTS, ROOT, Case, run_case
+from run_benchmarks import Case, parse_benchmark_args, run_case
 
 SEEDS = (42, 43, 44)
 
@@ -80,15 +78,7 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Tiny smoke run (two seeds, a few steps per case).")
-    parser.add_argument("--model_name_or_path", default=None, help="Text model (default: the packaged MiniLM).")
-    parser.add_argument("--results_dir", type=Path, default=RESULTS, help="Where the table and JSON go.")
-    args = parser.parse_args(argv)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if not args.quick:
-        env.pop("OMP_NUM_THREADS", None)  # real runs use every core, like users' runs
+    args, env = parse_benchmark_args(__doc__, argv)
     seeds = SEEDS[:2] if args.quick else SEEDS
     runs: dict[str, list[dict]] = {case.name: [] for case in cases()}
     with tempfile.TemporaryDirectory(prefix="ftpeft-partial-") as workdir:

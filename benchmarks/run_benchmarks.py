@@ -259,16 +259,22 @@ def notes(rows: list[dict], flops_per_sample: float | None, peak_flops: float) -
     return out
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_benchmark_args(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    """The flags every benchmark script takes, and the environment its case processes run in."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Tiny smoke run (a few steps per case).")
     parser.add_argument("--model_name_or_path", default=None, help="Text model (default: the packaged MiniLM).")
-    parser.add_argument("--results_dir", type=Path, default=RESULTS, help="Where the table, chart and JSON go.")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS, help="Where the tables, chart and JSON go.")
     args = parser.parse_args(argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if not args.quick:
         env.pop("OMP_NUM_THREADS", None)  # real runs use every core, like users' runs
+    return args, env
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, env = parse_benchmark_args(__doc__, argv)
     import platform
 
     import torch
