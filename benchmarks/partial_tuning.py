@@ -71,7 +71,7 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
     for row in rows:
         per_seed = ", ".join(f"{a:.3f}" for a in row["test_accuracy"])
         gap = 100 * (row["accuracy_mean"] - base["accuracy_mean"])
-        params = f"{row['trainable_params']:,}" if row["trainable_params"] else "all"
+        params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-"
         lines.append(f"| {row['case']} | {per_seed} | {row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f} "
                      f"| {gap:+.1f} | {row['time_ratio_mean']:.2f}x | {params} |")  # fmt: skip
     path.write_text("\n".join(lines) + "\n")

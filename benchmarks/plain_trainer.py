@@ -82,6 +82,7 @@ def main(argv=None):
     metrics.update(test)
     metrics["train_wall_s"] = wall
     metrics["train_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     Path(args.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
 

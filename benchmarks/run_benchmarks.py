@@ -128,7 +128,10 @@ def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dic
         metrics["train_samples_per_second"] = train_rows / max(metrics["train_runtime"], 1e-9)
         metrics["train_epoch_seconds"] = [wall]
     report = output_dir / "freeze_report.json"
-    trainable = json.loads(report.read_text())["trainable_params"] if report.is_file() else None
+    # None where the case does not record it (a scikit-learn head has neither count nor Trainer RSS)
+    trainable = metrics.get("trainable_params")
+    if report.is_file():
+        trainable = json.loads(report.read_text())["trainable_params"]
     epochs = metrics.get("train_epoch_seconds") or []
     return {
         "case": case.name,
@@ -138,7 +141,7 @@ def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dic
         "first_epoch_seconds": epochs[0] if epochs else None,
         "train_runtime_s": metrics["train_runtime"],
         "process_wall_s": wall,
-        "peak_rss_mb": metrics.get("train_peak_rss_mb") or 0.0,
+        "peak_rss_mb": metrics.get("train_peak_rss_mb"),
         "test_accuracy": metrics.get("test_accuracy"),
         "epochs": case.epochs,
         "group": case.group,
@@ -188,12 +191,13 @@ def write_outputs(rows: list[dict], extra: dict, quick: bool, results: Path = RE
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        params = f"{row['trainable_params']:,}" if row["trainable_params"] else "all"
+        params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-"
+        rss = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] is not None else "-"
         last = f"{row['last_epoch_seconds']:.1f}" if row["last_epoch_seconds"] else "-"
         acc = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
         lines.append(
             f"| {row['case']} | {params} | {row['train_samples_per_second']:.1f} | "
-            f"{row['train_samples_per_second'] / bases[row['group']]:.2f}x | {last} | {row['peak_rss_mb']:.0f} | {acc} |"
+            f"{row['train_samples_per_second'] / bases[row['group']]:.2f}x | {last} | {rss} | {acc} |"
         )
     lines += ["", *[f"- {line}" for line in extra["notes"]], ""]
     (results / f"{stem}.md").write_text("\n".join(lines))

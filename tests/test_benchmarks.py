@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_table_chart_and_ratios(tiny_bert_dir, tmp_path):
     expected = run_benchmarks.text_cases(quick=True) + run_benchmarks.image_cases(quick=True)
     assert [row["case"] for row in data["rows"]] == [case.name for case in expected]
     for row in data["rows"]:
-        assert row["train_samples_per_second"] > 0 and row["peak_rss_mb"] > 0
+        assert row["train_samples_per_second"] > 0 and row["peak_rss_mb"] > 0 and row["trainable_params"] > 0
         assert f"| {row['case']} |" in table
     assert "1.00x" in table  # the baseline's own ratio
     assert (tmp_path / "benchmark_quick.png").stat().st_size > 1000
