@@ -39,7 +39,7 @@ def main(argv=None):
         set_seed,
     )
 
-    from ftpeft.data.demo import demo_tweets  # the rows only, so both sides train on the same tweets
+    from ftpeft.text.demo import demo_tweets
 
     set_seed(args.seed)
     raw = demo_tweets(["negative", "positive"], args.train_samples, args.test_samples)

@@ -104,7 +104,7 @@ def case_argv(case: Case, output_dir: Path, cache_dir: Path, quick: bool, model:
 
 
 def _default_model() -> str:
-    from ftpeft.modeling import default_text_model_path
+    from ftpeft.text.modeling import default_text_model_path
 
     return default_text_model_path()
 
@@ -164,7 +164,7 @@ def training_flops_per_sample(model_path: str, max_length: int = 64, samples: in
     """~6 x non-embedding parameters x tokens per sample: the FLOPs of one full fine-tuning sample."""
     from transformers import AutoModel, AutoTokenizer
 
-    from ftpeft.data.demo import demo_tweets
+    from ftpeft.text.demo import demo_tweets
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = list(demo_tweets(["negative", "positive"], samples, 1000)["train"]["text"])

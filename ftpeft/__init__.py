@@ -8,8 +8,8 @@ Use the pieces in your own ``transformers.Trainer``::
     trainer = Trainer(model, args, optimizers=(torch.optim.AdamW(groups), None), ...)
 """
 
-from .errors import FtpeftError
-from .freezing import (
+from ftpeft.core.errors import FtpeftError
+from ftpeft.core.freezing import (
     ARCHITECTURES,
     FreezeReport,
     LayerMap,
@@ -19,9 +19,9 @@ from .freezing import (
     layer_map,
     unfreeze_last,
 )
-from .injection import KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification  # registers Auto classes
-from .optim import build_param_groups
-from .training import FtpeftTrainer
+from ftpeft.core.param_groups import build_param_groups
+from ftpeft.core.trainer import FtpeftTrainer
+from ftpeft.knowledge.model import KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification
 
 __version__ = "0.1.0"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import FtpeftError, run_cli
+from ftpeft.core.errors import FtpeftError, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .hub import PushTarget, check_finished_run, push_run, resolve_token
+    from ftpeft.core.hub import PushTarget, check_finished_run, push_run, resolve_token
 
     check_finished_run(args.output_dir, args.merged)
     token = resolve_token(args.hub_token)

@@ -19,9 +19,10 @@ metrics.json, confusion_matrix.png, classification_report.md and a model card (R
 
 from __future__ import annotations
 
-
-from ftpeft.args import ModelArguments, RunArguments, TextDataArguments, TuningArguments, parse_args
-from ftpeft.errors import run_cli
+from ftpeft.core.config import RunArguments, parse_args
+from ftpeft.core.errors import run_cli
+from ftpeft.text.args import ModelArguments, TextDataArguments
+from ftpeft.tuning.args import TuningArguments
 
 # Defaults that make the bare command useful on 2 CPU cores; YAML and the command line override them.
 RECIPE_DEFAULTS = dict(
@@ -63,17 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from transformers import DataCollatorWithPadding, set_seed
 
-    from ftpeft.activation_cache import check_cacheable, default_cache_root, prepare_cached_training
-    from ftpeft.card import RunSummary, text_loading_snippet, write_model_card
-    from ftpeft.args import command_line
-    from ftpeft.data.text import dataset_description, load_text_classification_data, tokenize
-    from ftpeft.freezing import count_parameters, freeze_report, unfreeze_last
-    from ftpeft.hub import push_run, validate_push_args
-    from ftpeft.lora import apply_lora, build_lora_config, write_merged_model
-    from ftpeft.modeling import base_model_name, load_sequence_classifier, load_tokenizer, resolve_model_path
-    from ftpeft.metrics import make_compute_metrics
-    from ftpeft.optim import build_param_groups
-    from ftpeft.runs import (
+    from ftpeft.cache.prefix import check_cacheable, default_cache_root, prepare_cached_training
+    from ftpeft.core.card import RunSummary, text_loading_snippet, write_model_card
+    from ftpeft.core.config import command_line
+    from ftpeft.core.freezing import count_parameters, freeze_report, unfreeze_last
+    from ftpeft.core.hub import push_run, validate_push_args
+    from ftpeft.core.lifecycle import (
         Stopwatch,
         evaluate_and_report,
         logger,
@@ -82,7 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
         setup_logging,
         start_run,
     )
-    from ftpeft.training import EpochTimer, FtpeftTrainer, run_metrics
+    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.param_groups import build_param_groups
+    from ftpeft.core.trainer import EpochTimer, FtpeftTrainer, run_metrics
+    from ftpeft.text.data import dataset_description, load_text_classification_data, tokenize
+    from ftpeft.text.modeling import base_model_name, load_sequence_classifier, load_tokenizer, resolve_model_path
+    from ftpeft.tuning.lora import apply_lora, build_lora_config, write_merged_model
 
     # --- 1. checks before any work --------------------------------------------------------------------
     setup_logging(training_args)

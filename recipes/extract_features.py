@@ -24,8 +24,9 @@ checkpoint hashes, layer, transform, label names, split sizes), skipped_images.t
 
 from __future__ import annotations
 
-from ftpeft.errors import run_cli
-from ftpeft.image_args import FeatureArguments, ImageDataArguments
+from ftpeft.core.errors import run_cli
+from ftpeft.features.args import FeatureArguments
+from ftpeft.vision.args import ImageDataArguments
 
 RECIPE_DEFAULTS = dict(
     image_size=64,  # the demo digits are 28 px; 64 px keeps CPU extraction under a minute
@@ -34,7 +35,7 @@ RECIPE_DEFAULTS = dict(
 
 
 def parse(argv: list[str] | None = None):
-    from ftpeft.args import parse_args
+    from ftpeft.core.config import parse_args
 
     return parse_args((FeatureArguments, ImageDataArguments), argv, RECIPE_DEFAULTS)
 
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from accelerate import PartialState
 
-    from ftpeft import features
-    from ftpeft.data.images import write_skipped
+    from ftpeft.features import extract as features
+    from ftpeft.vision.data import write_skipped
 
     state = PartialState()
     torch.manual_seed(feature_args.seed)
@@ -55,14 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     # --- 1. backbones and data ---------------------------------------------------------------------------
     with state.main_process_first():
         if feature_args.modality == "image":
-            from ftpeft.data.images import load_image_classification_data
+            from ftpeft.vision.data import load_image_classification_data
 
             backbones = features.load_image_backbones(feature_args, data_args)
             data = load_image_classification_data(data_args, feature_args.seed)
             label_names, skipped, description = data.label_names, data.skipped, data.description
             fingerprints = {split: images.fingerprint() for split, images in data.splits.items()}
         else:
-            from ftpeft.data.text import dataset_description, load_text_classification_data
+            from ftpeft.text.data import dataset_description, load_text_classification_data
 
             text_args = feature_args.text_data_arguments(data_args)
             backbones = features.load_text_backbones(feature_args)

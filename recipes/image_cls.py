@@ -26,9 +26,10 @@ metrics.json, confusion_matrix.png, classification_report.md and a model card (R
 
 from __future__ import annotations
 
-from ftpeft.args import RunArguments, TuningArguments, parse_args
-from ftpeft.errors import run_cli
-from ftpeft.image_args import ImageDataArguments, ImageModelArguments
+from ftpeft.core.config import RunArguments, parse_args
+from ftpeft.core.errors import run_cli
+from ftpeft.tuning.args import TuningArguments
+from ftpeft.vision.args import ImageDataArguments, ImageModelArguments
 
 # Defaults for the bare command (the offline MNIST demo on 2 CPU cores); YAML and the command line override them.
 RECIPE_DEFAULTS = dict(
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     model_args, data_args, tuning_args, run_args, training_args = args
     if tuning_args.use_peft or tuning_args.cache_frozen:
-        from ftpeft.errors import FtpeftError
+        from ftpeft.core.errors import FtpeftError
 
         raise FtpeftError(
             "--use_peft/--cache_frozen are for the text recipe; image_cls tunes with --unfreeze_last (for a head "
@@ -76,15 +77,15 @@ def main(argv: list[str] | None = None) -> dict:
     # heavy imports after parsing keep --help instant
     from transformers import default_data_collator, set_seed
 
-    from ftpeft.args import command_line
-    from ftpeft.card import RunSummary, write_model_card
-    from ftpeft.data.images import TransformedImages, build_transforms, load_image_classification_data, write_skipped
-    from ftpeft.freezing import count_parameters, keep_frozen_norms_in_eval, unfreeze_last
-    from ftpeft.hub import push_run, validate_push_args
-    from ftpeft.metrics import make_compute_metrics
-    from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
-    from ftpeft.training import EpochTimer, run_metrics
-    from ftpeft.vision import (
+    from ftpeft.core.card import RunSummary, write_model_card
+    from ftpeft.core.config import command_line
+    from ftpeft.core.freezing import count_parameters, keep_frozen_norms_in_eval, unfreeze_last
+    from ftpeft.core.hub import push_run, validate_push_args
+    from ftpeft.core.lifecycle import Stopwatch, evaluate_and_report, logger, save_run_config, setup_logging, start_run
+    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.trainer import EpochTimer, run_metrics
+    from ftpeft.vision.data import TransformedImages, build_transforms, load_image_classification_data, write_skipped
+    from ftpeft.vision.models import (
         ImageClassificationTrainer,
         create_timm_model,
         image_loading_snippet,

@@ -25,9 +25,11 @@ freeze_report.json, metrics.json, confusion_matrix.png, classification_report.md
 
 from __future__ import annotations
 
-from ftpeft.args import ModelArguments, RunArguments, TextDataArguments, TuningArguments, parse_args
-from ftpeft.errors import FtpeftError, run_cli
-from ftpeft.knowledge import KnowledgeArguments
+from ftpeft.core.config import RunArguments, parse_args
+from ftpeft.core.errors import FtpeftError, run_cli
+from ftpeft.knowledge.args import KnowledgeArguments
+from ftpeft.text.args import ModelArguments, TextDataArguments
+from ftpeft.tuning.args import TuningArguments
 
 # Defaults that make the bare command useful on 2 CPU cores; YAML and the command line override them.
 RECIPE_DEFAULTS = dict(
@@ -71,27 +73,33 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import set_seed
 
-    from ftpeft.args import command_line
-    from ftpeft.card import RunSummary, write_model_card
-    from ftpeft.data.text import dataset_description, load_text_classification_data
-    from ftpeft.freezing import count_parameters, freeze_report, unfreeze_last
-    from ftpeft.hub import push_run, validate_push_args
-    from ftpeft.injection import build_knowledge_model, newly_initialised_parameters, set_knowledge_trainable
-    from ftpeft.knowledge import (
+    from ftpeft.core.card import RunSummary, write_model_card
+    from ftpeft.core.config import command_line
+    from ftpeft.core.freezing import count_parameters, freeze_report, unfreeze_last
+    from ftpeft.core.hub import push_run, validate_push_args
+    from ftpeft.core.lifecycle import (
+        Stopwatch,
+        evaluate_and_report,
+        logger,
+        save_model_atomically,
+        save_run_config,
+        setup_logging,
+        start_run,
+    )
+    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.trainer import FtpeftTrainer, run_metrics
+    from ftpeft.knowledge.data import (
         KnowledgeCollator,
         knowledge_layout,
         knowledge_report,
         knowledge_stats,
-        load_knowledge_table,
         tokenize_with_knowledge,
-        vader_lexicon_path,
     )
-    from ftpeft.lora import MERGED_DIR, apply_lora, build_lora_config
-    from ftpeft.metrics import make_compute_metrics
-    from ftpeft.modeling import base_model_name, load_tokenizer, resolve_model_path
-    from ftpeft.runs import Stopwatch, evaluate_and_report, logger, save_model_atomically, save_run_config
-    from ftpeft.runs import setup_logging, start_run
-    from ftpeft.training import FtpeftTrainer, run_metrics
+    from ftpeft.knowledge.model import build_knowledge_model, newly_initialised_parameters, set_knowledge_trainable
+    from ftpeft.knowledge.table import load_knowledge_table, vader_lexicon_path
+    from ftpeft.text.data import dataset_description, load_text_classification_data
+    from ftpeft.text.modeling import base_model_name, load_tokenizer, resolve_model_path
+    from ftpeft.tuning.lora import MERGED_DIR, apply_lora, build_lora_config
 
     # --- 1. checks before any work --------------------------------------------------------------------
     setup_logging(training_args)

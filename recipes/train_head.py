@@ -19,15 +19,15 @@ confusion_matrix.png, classification_report.md and a model card (README.md).
 
 from __future__ import annotations
 
-from ftpeft.args import RunArguments
-from ftpeft.errors import run_cli
-from ftpeft.image_args import HeadArguments
+from ftpeft.core.config import RunArguments
+from ftpeft.core.errors import run_cli
+from ftpeft.features.args import HeadArguments
 
 RECIPE_DEFAULTS: dict = {}  # the dataclass defaults fit the offline demo
 
 
 def parse(argv: list[str] | None = None):
-    from ftpeft.args import parse_args
+    from ftpeft.core.config import parse_args
 
     return parse_args((HeadArguments, RunArguments), argv, RECIPE_DEFAULTS)
 
@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     # heavy imports after parsing keep --help instant
     from pathlib import Path
 
-    from ftpeft import heads
-    from ftpeft.args import command_line
-    from ftpeft.card import RunSummary, write_model_card
-    from ftpeft.features import DEFAULT_IMAGE_LAYER, load_features, resolve_feature_dir
-    from ftpeft.outputs import check_output_dir
-    from ftpeft.runs import Stopwatch, save_run_config
+    from ftpeft.features import heads
+    from ftpeft.core.card import RunSummary, write_model_card
+    from ftpeft.core.config import command_line
+    from ftpeft.core.lifecycle import Stopwatch, save_run_config
+    from ftpeft.core.outputs import check_output_dir
+    from ftpeft.features.extract import DEFAULT_IMAGE_LAYER, load_features, resolve_feature_dir
 
     # --- 1. checks, then the features --------------------------------------------------------------------
     check_output_dir(head_args.output_dir, run_args.overwrite_output_dir, None)
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         snippet = f'from ftpeft.heads import attach_head\nmodel = attach_head("{head_args.output_dir}")  # timm backbone + head'
         backbones = metadata["request"]["backbones"]
         if head_args.head == "linear" and len(backbones) == 1 and backbones[0]["layer"] == DEFAULT_IMAGE_LAYER:
-            from ftpeft.errors import FtpeftError
-            from ftpeft.vision import save_timm_model
+            from ftpeft.core.errors import FtpeftError
+            from ftpeft.vision.models import save_timm_model
 
             try:
                 model = heads.attach_head(head_args.output_dir)

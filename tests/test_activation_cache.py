@@ -9,7 +9,7 @@ from text_fixtures import make_tokenizer
 from transformers import DataCollatorWithPadding
 
 from ftpeft import FtpeftError, unfreeze_last
-from ftpeft.activation_cache import (
+from ftpeft.cache.prefix import (
     BoundaryStore,
     CachedPrefixModel,
     CachedStatesCollator,
@@ -18,7 +18,7 @@ from ftpeft.activation_cache import (
     check_cacheable,
     frozen_fingerprint,
 )
-from ftpeft.freezing import keep_in_eval
+from ftpeft.core.freezing import keep_in_eval
 
 TEXTS = ["good film was great", "bad plot and boring actor", "the movie", "really quite superb story and fine"]
 

@@ -6,16 +6,10 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from ftpeft.args import (
-    ModelArguments,
-    RunArguments,
-    TextDataArguments,
-    TuningArguments,
-    command_line,
-    parse_args,
-    save_resolved_config,
-)
-from ftpeft.errors import FtpeftError
+from ftpeft.core.config import RunArguments, command_line, parse_args, save_resolved_config
+from ftpeft.core.errors import FtpeftError
+from ftpeft.text.args import ModelArguments, TextDataArguments
+from ftpeft.tuning.args import TuningArguments
 
 TYPES = (ModelArguments, TextDataArguments, TuningArguments, RunArguments, TrainingArguments)
 RECIPE_DEFAULTS = {"learning_rate": 1e-5, "num_train_epochs": 2.0, "output_dir": "out"}
@@ -109,7 +103,7 @@ def test_command_line_redacts_tokens():
 def test_cpu_ranks_are_real_ranks_without_a_gpu(monkeypatch, env, expected):
     import torch
 
-    from ftpeft.args import use_cpu_ranks_without_gpu
+    from ftpeft.core.config import use_cpu_ranks_without_gpu
 
     for key in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_USE_CPU"):
         monkeypatch.setenv(key, "")  # recorded, so whatever the function sets is undone after the test

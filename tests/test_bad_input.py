@@ -7,7 +7,7 @@ from recipe_helpers import ROOT, accelerate_bin, load_recipe, run, snapshot
 from test_bert_cls import tiny_args
 from text_fixtures import make_text_files, make_tiny_text_model
 
-from ftpeft.errors import run_cli
+from ftpeft.core.errors import run_cli
 
 bert_cls = load_recipe("bert_cls")
 
@@ -76,9 +76,8 @@ TEXT_CASES = [
 
 @pytest.fixture(scope="session")
 def other_models(tmp_path_factory):
-    from transformers import AlbertConfig, AutoModelForSequenceClassification
-
     from text_fixtures import VOCAB, make_tokenizer
+    from transformers import AlbertConfig, AutoModelForSequenceClassification
 
     albert = tmp_path_factory.mktemp("albert")
     AutoModelForSequenceClassification.from_config(

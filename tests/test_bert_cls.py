@@ -1,7 +1,6 @@
 """recipes/bert_cls.py end to end on a tiny BERT and tiny data (and once on the real packaged MiniLM)."""
 
 import json
-import sys
 
 import pytest
 from recipe_helpers import ROOT, accelerate_bin, load_recipe, python_recipe, run, snapshot

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftpeft.convert import (
+from ftpeft.core.errors import FtpeftError
+from ftpeft.vision.convert import (
     DEMO_IMAGE_MODEL,
     convert_state_dict,
     converted_efficientnet_lite0,
     lukemelas_to_timm_key,
     packaged_efficientnet_lite0,
 )
-from ftpeft.errors import FtpeftError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_identical_outputs(converted, source):
     """The stem computed from the source keys equals timm's stem; the file-loaded model equals the in-memory one."""
     import timm
 
-    from ftpeft.vision import create_timm_model
+    from ftpeft.vision.models import create_timm_model
 
     model = timm.create_model(DEMO_IMAGE_MODEL).eval()
     convert_state_dict(source, model)

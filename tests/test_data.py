@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 from text_fixtures import make_text_files
 
-from ftpeft.args import TextDataArguments
-from ftpeft.data.text import load_text_classification_data
-from ftpeft.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
+from ftpeft.text.args import TextDataArguments
+from ftpeft.text.data import load_text_classification_data
 
 
 def load(directory, fmt="csv", **kwargs):

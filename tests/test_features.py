@@ -9,12 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from ftpeft.errors import FtpeftError
-from ftpeft.features import LATEST_FILE, load_features
-from ftpeft.heads import attach_head, load_sklearn_head, load_torch_head, torch_head_scores
-
 from image_fixtures import CLASSES, RECIPES, TINY_MODEL, load_recipe, subprocess_env, write_class_folders
+
+from ftpeft.core.errors import FtpeftError
+from ftpeft.features.extract import LATEST_FILE, load_features
+from ftpeft.features.heads import attach_head, load_sklearn_head, load_torch_head, torch_head_scores
 
 extract_features = load_recipe("extract_features")
 train_head = load_recipe("train_head")

@@ -11,7 +11,7 @@ from recipe_helpers import load_recipe, snapshot
 from test_bert_cls import tiny_args
 
 from ftpeft import cli
-from ftpeft.errors import run_cli
+from ftpeft.core.errors import run_cli
 
 bert_cls = load_recipe("bert_cls")
 TOKEN = "hf_" + "Secret" * 6
@@ -130,7 +130,7 @@ def test_recipe_push_failure_after_training_exits_nonzero_with_run_intact(tiny_b
 
 
 def test_push_to_hub_without_repo_or_login_fails_before_training(tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch):
-    from ftpeft.errors import FtpeftError
+    from ftpeft.core.errors import FtpeftError
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)

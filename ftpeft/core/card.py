@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from .errors import redact
-from .outputs import atomic_write_text
+from ftpeft.core.errors import redact
+from ftpeft.core.outputs import atomic_write_text
 
 
 @dataclasses.dataclass

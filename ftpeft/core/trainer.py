@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 import resource
 import sys
-
 import time
 
 import torch
-
 from transformers import Trainer, TrainerCallback
 
-from .optim import build_param_groups
+from ftpeft.core.param_groups import build_param_groups
 
 logger = logging.getLogger(__name__)
 

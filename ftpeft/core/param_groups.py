@@ -6,8 +6,7 @@ from collections import defaultdict
 
 from torch import nn
 
-from .freezing import LayerMap, layer_map
-
+from ftpeft.core.freezing import LayerMap, layer_map
 
 ADAPTER_MARKER = "lora_"
 

@@ -11,8 +11,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import FtpeftError
-from ..image_args import ImageDataArguments
+from ftpeft.core.errors import FtpeftError
+from ftpeft.vision.args import ImageDataArguments
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SKIPPED_FILE = "skipped_images.txt"

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .args import save_resolved_config
-from .metrics import classification_report_markdown, save_confusion_matrix
-from .outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
+from ftpeft.core.config import save_resolved_config
+from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
+from ftpeft.core.outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
 
 logger = logging.getLogger("ftpeft")
 

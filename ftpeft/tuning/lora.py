@@ -11,8 +11,8 @@ from collections import Counter
 
 from torch import nn
 
-from .errors import FtpeftError
-from .freezing import ARCHITECTURES, layer_map
+from ftpeft.core.errors import FtpeftError
+from ftpeft.core.freezing import ARCHITECTURES, layer_map
 
 
 def _top_level_modules(names: list[str]) -> list[str]:
@@ -129,7 +129,7 @@ def write_merged_model(adapter_dir: str, label_names: list[str], merged_subdir: 
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
-    from .card import adapter_label_kwargs
+    from ftpeft.core.card import adapter_label_kwargs
 
     target = Path(adapter_dir) / merged_subdir
     adapter = AutoPeftModelForSequenceClassification.from_pretrained(adapter_dir, **adapter_label_kwargs(label_names))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .errors import FtpeftError, redact
+from ftpeft.core.errors import FtpeftError, redact
 
 # never uploaded: intermediate checkpoints, logs, temporary files
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.tmp", ".*"]

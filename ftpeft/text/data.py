@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..args import TextDataArguments
-from ..errors import FtpeftError
-from .demo import DEMO_TWEETS_NAME, demo_tweets
+from ftpeft.core.errors import FtpeftError
+from ftpeft.text.args import TextDataArguments
+from ftpeft.text.demo import DEMO_TWEETS_NAME, demo_tweets
 
 LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Text columns guessed when --text_columns is not given, most specific first (GLUE/SuperGLUE names included).

@@ -34,7 +34,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .errors import FtpeftError
+from ftpeft.core.errors import FtpeftError
 
 MODEL_TYPE = "ftpeft-knowledge"
 INJECT_MODES = ("none", "add", "concat", "gate")
@@ -317,7 +317,7 @@ def build_knowledge_model(
     (inject_mode, token_knowledge, num_example_ids, example_vector_dim, ...). Fails with FtpeftError
     when the encoder's architecture is not in ``ftpeft.freezing.ARCHITECTURES``.
     """
-    from .freezing import ARCHITECTURES
+    from ftpeft.core.freezing import ARCHITECTURES
 
     try:
         encoder_config = AutoConfig.from_pretrained(encoder_path)

@@ -1,0 +1,211 @@
+"""One argument system for every recipe: dataclass fields, a YAML file as defaults, the command line wins.
+
+``parse_args((ModelArguments, TextDataArguments, TuningArguments, TrainingArguments))`` returns one
+instance per dataclass. Precedence, lowest first: dataclass default < the recipe's own defaults <
+``--config FILE.yaml`` < command line. argparse does all typing (YAML values are fed to it as
+command-line tokens), so a YAML value and a flag are checked the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from transformers import HfArgumentParser
+
+from ftpeft.core.errors import FtpeftError, redact
+
+
+@dataclasses.dataclass
+class RunArguments:
+    overwrite_output_dir: bool = dataclasses.field(
+        default=False, metadata={"help": "Allow writing into a non-empty --output_dir (files there may be replaced)."}
+    )
+
+
+class FtpeftArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose errors are FtpeftError (one line, exit 2) instead of argparse's exit."""
+
+    def error(self, message):  # argparse hook
+        raise FtpeftError(f"{message} (see --help)")
+
+
+def _field_names(dataclass_types: Iterable[type]) -> set[str]:
+    return {f.name for t in dataclass_types for f in dataclasses.fields(t) if f.init}
+
+
+def _yaml_to_tokens(config: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Turn YAML values into command-line tokens so argparse types them; dicts/None become defaults."""
+    tokens: list[str] = []
+    raw_defaults: dict[str, Any] = {}
+    for key, value in config.items():
+        if value is None or isinstance(value, dict):
+            raw_defaults[key] = value
+        elif isinstance(value, list):
+            tokens += [f"--{key}", *map(str, value)] if value else []
+            if not value:
+                raw_defaults[key] = []
+        elif isinstance(value, bool):
+            tokens += [f"--{key}", "true" if value else "false"]
+        else:
+            tokens += [f"--{key}", str(value)]
+    return tokens, raw_defaults
+
+
+def load_yaml_config(path: str | Path, known_keys: set[str]) -> dict[str, Any]:
+    """Read a recipe YAML file; an unknown key is an error naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FtpeftError(f"--config {path}: no such file.")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise FtpeftError(f"--config {path}: not valid YAML ({error}).") from None
+    if not isinstance(config, dict):
+        raise FtpeftError(f"--config {path}: expected a mapping of flag names to values.")
+    normalised = {str(key).replace("-", "_"): value for key, value in config.items()}
+    for key in normalised:
+        if key not in known_keys:
+            close = difflib.get_close_matches(key, known_keys, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise FtpeftError(f"--config {path}: unknown key '{key}'.{hint}")
+    return normalised
+
+
+def _pop_flag(argv: list[str], flag: str, takes_value: bool) -> tuple[list[str], str | bool | None]:
+    rest, found = [], None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == flag:
+            if takes_value:
+                if i + 1 >= len(argv):
+                    raise FtpeftError(f"{flag} needs a value.")
+                found = argv[i + 1]
+                i += 2
+                continue
+            # a bare --debug is ours; '--debug underflow_overflow' is TrainingArguments'
+            if i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                rest.append(token)
+            else:
+                found = True
+            i += 1
+            continue
+        if takes_value and token.startswith(flag + "="):
+            found = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+        i += 1
+    return rest, found
+
+
+def use_cpu_ranks_without_gpu() -> bool:
+    """Let torch.distributed ranks run on CPU (gloo) when there is no GPU.
+
+    ``accelerate launch --multi_gpu`` / torchrun start N ranks, but on a machine without CUDA accelerate
+    (and so TrainingArguments) only sees them as one process each unless ACCELERATE_USE_CPU is set: every
+    rank would then train alone on the full data. Sets that variable in such a case; returns whether it did.
+    """
+    import torch
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    # `accelerate launch --multi_gpu` exports ACCELERATE_USE_CPU=False itself: without CUDA that cannot hold
+    asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
+    if launched and not torch.cuda.is_available() and not asked_for_cpu:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        return True
+    return False
+
+
+def parse_args(
+    dataclass_types: tuple[type, ...],
+    argv: list[str] | None = None,
+    recipe_defaults: dict[str, Any] | None = None,
+) -> tuple:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into one instance of each dataclass type."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    use_cpu_ranks_without_gpu()
+    argv, config_path = _pop_flag(argv, "--config", takes_value=True)
+    argv, _debug = _pop_flag(argv, "--debug", takes_value=False)
+    parser = FtpeftArgumentParser(dataclass_types)
+    known_keys = _field_names(dataclass_types)
+    if recipe_defaults:
+        unknown = set(recipe_defaults) - known_keys
+        if unknown:
+            raise ValueError(f"recipe defaults name unknown fields: {sorted(unknown)}")  # a bug, not user input
+        parser.set_defaults(**recipe_defaults)
+    yaml_tokens: list[str] = []
+    if config_path:
+        config = load_yaml_config(config_path, known_keys)
+        yaml_tokens, raw_defaults = _yaml_to_tokens(config)
+        parser.set_defaults(**raw_defaults)
+        try:
+            parser.parse_known_args(yaml_tokens)
+        except FtpeftError as error:
+            raise FtpeftError(f"--config {config_path}: {error}") from None
+    try:
+        parsed = ParsedArgs(parser.parse_args_into_dataclasses(yaml_tokens + argv, look_for_args_file=False))
+    except FtpeftError:
+        raise
+    except ValueError as error:
+        if "not used by the HfArgumentParser" in str(error):
+            unknown = str(error).split(":", 1)[1].strip()
+            raise FtpeftError(f"unknown argument(s): {unknown} (see --help)") from None
+        raise FtpeftError(str(error)) from None
+    except TypeError as error:  # TrainingArguments' own __post_init__ checks
+        raise FtpeftError(str(error)) from None
+    parsed.resolved = _resolved_settings(parser, yaml_tokens + argv)
+    return parsed
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class ParsedArgs(tuple):
+    """The parsed dataclass instances (unpack it like a tuple) plus ``resolved``: every setting that differs
+    from the dataclass defaults, after recipe defaults, YAML and command line -- re-feedable as --config."""
+
+    resolved: dict[str, Any]
+
+
+def _resolved_settings(parser: HfArgumentParser, tokens: list[str]) -> dict[str, Any]:
+    namespace = vars(parser.parse_known_args(tokens)[0])
+    pristine = FtpeftArgumentParser(parser.dataclass_types)
+    resolved = {}
+    for key, value in namespace.items():
+        if value != pristine.get_default(key) and not key.startswith("no_"):
+            resolved[key] = _plain(value)
+    resolved.pop("hub_token", None)  # never written anywhere
+    return resolved
+
+
+def save_resolved_config(path: str | Path, resolved: dict[str, Any]) -> None:
+    """Write the run's settings as YAML (token-free); ``--config`` accepts the file as it is."""
+    Path(path).write_text(redact(yaml.safe_dump(resolved, sort_keys=True)))
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that started this run, Hub token removed."""
+    argv = sys.argv if argv is None else argv
+    parts, hide_next = [], False
+    for token in argv:
+        if hide_next:
+            parts.append("***")
+            hide_next = False
+            continue
+        if token in ("--hub_token", "--hub-token"):
+            hide_next = True
+        elif token.startswith(("--hub_token=", "--hub-token=")):
+            token = token.split("=", 1)[0] + "=***"
+        parts.append(token)
+    return redact(" ".join(parts))

@@ -1,0 +1,184 @@
+"""Cheap classifiers on cached features: scikit-learn heads (saved with skops) and torch linear/MLP heads.
+
+    from ftpeft.heads import load_sklearn_head, attach_head
+    clf = load_sklearn_head("outputs/train_head/head.skops")     # trusted types checked: sklearn/numpy only
+    model = attach_head("outputs/train_head")                      # timm backbone + trained torch head
+
+A torch head trained on a single timm backbone's pre-logit features drops into that backbone's
+classifier slot, so backbone + head is a complete timm model whose logits equal head(features).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ftpeft.core.errors import FtpeftError
+
+SKLEARN_HEADS = ("logreg", "linear_svm", "random_forest", "hist_gb")
+TORCH_HEADS = ("linear", "mlp")
+SKOPS_FILE = "head.skops"
+TORCH_FILE = "head.safetensors"
+HEAD_CONFIG_FILE = "head_config.json"
+TRUSTED_PREFIXES = ("sklearn.", "numpy.")
+
+
+def build_sklearn_head(head: str, args):
+    """An unfitted scikit-learn classifier; linear ones standardise the features first."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    if head == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=args.regularization_c or 1.0, max_iter=args.max_iter))
+    if head == "linear_svm":  # small C + dual solver: seconds, not minutes, on 1,280-d features
+        return make_pipeline(StandardScaler(), LinearSVC(C=args.regularization_c or 0.01, dual=True, max_iter=args.max_iter))
+    if head == "random_forest":
+        return RandomForestClassifier(n_estimators=args.n_estimators, random_state=args.seed, n_jobs=1)
+    if head == "hist_gb":
+        return HistGradientBoostingClassifier(max_iter=args.max_iter if args.max_iter < 1000 else 200, random_state=args.seed)
+    raise FtpeftError(f"--head {head}: not a scikit-learn head ({', '.join(SKLEARN_HEADS)}).")
+
+
+def save_sklearn_head(classifier, output_dir: str | Path) -> Path:
+    """skops format: no pickle; loading lists every type and refuses any it was not told to trust."""
+    import skops.io
+
+    path = Path(output_dir) / SKOPS_FILE
+    skops.io.dump(classifier, path)
+    return path
+
+
+def load_sklearn_head(path: str | Path):
+    """Load a head.skops, trusting only the sklearn/numpy types it contains (anything else is an error)."""
+    import skops.io
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / SKOPS_FILE
+    untrusted = skops.io.get_untrusted_types(file=path)
+    foreign = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    if foreign:
+        raise FtpeftError(f"{path}: refuses to load non-sklearn/numpy types {foreign}.")
+    return skops.io.load(path, trusted=untrusted)
+
+
+def torch_head(head: str, in_features: int, num_classes: int, hidden_size: int = 512) -> nn.Module:
+    if head == "linear":
+        return nn.Linear(in_features, num_classes)
+    if head == "mlp":
+        return nn.Sequential(nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden_size, num_classes))
+    raise FtpeftError(f"--head {head}: not a torch head ({', '.join(TORCH_HEADS)}).")
+
+
+def train_torch_head(features: np.ndarray, labels: np.ndarray, num_classes: int, args) -> nn.Module:
+    """AdamW + cross-entropy over mini-batches of the cached features (CPU, seconds)."""
+    torch.manual_seed(args.seed)
+    module = torch_head(args.head, features.shape[1], num_classes, args.hidden_size)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps = args.epochs * -(-len(labels) // args.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    x, y = torch.from_numpy(features).float(), torch.from_numpy(labels).long()
+    module.train()
+    for _ in range(args.epochs):
+        for batch in torch.randperm(len(y)).split(args.batch_size):
+            loss = nn.functional.cross_entropy(module(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return module.eval()
+
+
+@torch.no_grad()
+def torch_head_scores(module: nn.Module, features: np.ndarray) -> np.ndarray:
+    return module(torch.from_numpy(features).float()).numpy()
+
+
+def save_torch_head(module: nn.Module, output_dir: str | Path, config: dict) -> None:
+    """head.safetensors + head_config.json (type, sizes, labels and the feature metadata it was trained on)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(Path(output_dir) / TORCH_FILE))
+    (Path(output_dir) / HEAD_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def load_torch_head(head_dir: str | Path) -> tuple[nn.Module, dict]:
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(head_dir) / HEAD_CONFIG_FILE).read_text())
+    module = torch_head(config["head"], config["in_features"], config["num_classes"], config.get("hidden_size", 512))
+    module.load_state_dict(load_file(str(Path(head_dir) / TORCH_FILE)))
+    return module.eval(), config
+
+
+def attach_head(head_dir: str | Path, backbone: nn.Module | None = None) -> nn.Module:
+    """The timm backbone the features came from, with the trained torch head as its classifier.
+
+    ``backbone`` defaults to the one named in the feature metadata (same weights: the checkpoint hash is
+    checked). Only for features from one image backbone at its default pre-logits layer.
+    """
+    from ftpeft.features.extract import DEFAULT_IMAGE_LAYER, state_dict_hash
+    from ftpeft.vision.models import create_timm_model
+
+    module, config = load_torch_head(head_dir)
+    meta = config["features"]
+    backbones = meta["request"]["backbones"]
+    if meta.get("modality") != "image" or len(backbones) != 1 or backbones[0]["layer"] != DEFAULT_IMAGE_LAYER:
+        raise FtpeftError(
+            f"{head_dir}: a head attaches only to features of one image backbone at its pre-logits layer "
+            f"(these come from {[b['model'] for b in backbones]} at {[b['layer'] for b in backbones]})."
+        )
+    if backbone is None:
+        info = backbones[0]
+        if not (info.get("pretrained") or meta["weights_files"][0]):
+            torch.manual_seed(meta.get("seed", 42))  # a randomly initialised backbone: re-created as extracted
+        backbone = create_timm_model(info["model"], None, info.get("pretrained", False), meta["weights_files"][0])
+        if state_dict_hash(backbone) != info["checkpoint_sha256"]:
+            raise FtpeftError(f"{head_dir}: the backbone {info['model']} now has other weights than the features used.")
+    backbone.reset_classifier(config["num_classes"])
+    classifier_name = backbone.pretrained_cfg.get("classifier", "fc")
+    if config["head"] == "linear":
+        backbone.get_submodule(classifier_name).load_state_dict(module.state_dict())
+    else:
+        backbone.set_submodule(classifier_name, module)
+    backbone.pretrained_cfg = {**backbone.pretrained_cfg, "label_names": config["label_names"]}
+    return backbone.eval()
+
+
+def sklearn_parameter_count(classifier) -> int:
+    """Fitted numbers in a scikit-learn head (coefficients, or tree nodes), for the card."""
+    estimator = classifier.steps[-1][1] if hasattr(classifier, "steps") else classifier
+    if hasattr(estimator, "coef_"):
+        return int(estimator.coef_.size + np.size(estimator.intercept_))
+    if hasattr(estimator, "estimators_"):
+        return int(sum(tree.tree_.node_count for tree in np.ravel(estimator.estimators_) if hasattr(tree, "tree_")))
+    return int(sum(p.get_n_leaf_nodes() for row in getattr(estimator, "_predictors", []) for p in row))
+
+
+def report_predictions(output_dir: str | Path, predictions: dict, label_names: list[str], extra: dict | None = None) -> dict:
+    """{split: (predicted ids, true ids)} -> metrics.json, confusion_matrix.png, classification_report.md.
+
+    The same files as ftpeft.runs.evaluate_and_report writes for Trainer runs; figures use test if present.
+    """
+    from ftpeft.core.lifecycle import write_classification_reports
+    from ftpeft.core.metrics import make_compute_metrics
+
+    compute = make_compute_metrics(label_names)
+    metrics = dict(extra or {})
+    for split, (predicted, references) in predictions.items():
+        one_hot = np.eye(len(label_names))[np.asarray(predicted)]  # compute_metrics takes scores
+        prefix = "eval" if split == "validation" else split
+        scores = compute(type("Prediction", (), {"predictions": one_hot, "label_ids": np.asarray(references)}))
+        metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+    split = "test" if "test" in predictions else "validation"
+    predicted, references = predictions[split]
+    prefix = "eval" if split == "validation" else split
+    write_classification_reports(output_dir, metrics, references, predicted, label_names, prefix)
+    return metrics

@@ -1,0 +1,1 @@
+"""Text classification: arguments, data loading and tokenising, the offline demo tweets, model loading."""

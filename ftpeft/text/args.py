@@ -1,0 +1,69 @@
+"""Arguments of the text recipes: the model to load and the data to read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ftpeft.core.errors import FtpeftError
+
+
+@dataclasses.dataclass
+class ModelArguments:
+    model_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Hub id or local folder of the pretrained model. Default: the recipe's offline demo model."},
+    )
+    tokenizer_name: str | None = dataclasses.field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    model_revision: str = dataclasses.field(default="main", metadata={"help": "Hub branch, tag or commit."})
+    cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    trust_remote_code: bool = dataclasses.field(
+        default=False, metadata={"help": "Run modelling code shipped with the checkpoint. Off unless you ask."}
+    )
+
+
+@dataclasses.dataclass
+class TextDataArguments:
+    dataset_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub dataset id (e.g. glue). Default: the built-in offline demo tweets."}
+    )
+    dataset_config_name: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset config (e.g. sst2)."})
+    train_file: str | None = dataclasses.field(default=None, metadata={"help": "Local csv/json/jsonl/parquet training file."})
+    validation_file: str | None = dataclasses.field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = dataclasses.field(default=None, metadata={"help": "Local test file."})
+    text_columns: list[str] | None = dataclasses.field(
+        default=None,
+        metadata={"help": "One or two text columns (a pair is encoded as one sequence pair). Default: guessed."},
+    )
+    label_column: str = dataclasses.field(default="label", metadata={"help": "Column holding the labels (strings or ints)."})
+    validation_split_percentage: int = dataclasses.field(
+        default=10, metadata={"help": "Stratified, seeded %% of train held out for validation when none is given."}
+    )
+    max_train_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many training rows."})
+    max_eval_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many validation rows."})
+    max_test_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many test rows."})
+    max_seq_length: int = dataclasses.field(default=128, metadata={"help": "Truncate tokenised inputs to this length."})
+    demo_classes: list[str] = dataclasses.field(
+        default_factory=lambda: ["negative", "positive"],
+        metadata={"help": "Classes of the offline demo tweets to keep (negative, neutral, positive)."},
+    )
+    demo_train_samples: int = dataclasses.field(
+        default=4000, metadata={"help": "Offline demo only: training tweets to use (the rest of the corpus is unused)."}
+    )
+    demo_test_samples: int = dataclasses.field(
+        default=1000, metadata={"help": "Offline demo only: held-out test tweets (a fixed split, independent of --seed)."}
+    )
+    preprocessing_num_workers: int | None = dataclasses.field(default=None, metadata={"help": "Processes for tokenisation."})
+
+    def __post_init__(self):
+        if not 0 < self.validation_split_percentage < 100:
+            raise FtpeftError(
+                f"--validation_split_percentage must be between 1 and 99, got {self.validation_split_percentage}."
+            )
+        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
+            raise FtpeftError(f"--text_columns takes one or two column names, got {self.text_columns}.")
+        for flag in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+            value = getattr(self, flag)
+            if value is not None and value <= 0:
+                raise FtpeftError(f"--{flag} must be positive, got {value}.")
+        if self.validation_file and not self.train_file:
+            raise FtpeftError("--validation_file was given without --train_file; pass both (or neither).")

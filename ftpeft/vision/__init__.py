@@ -1,0 +1,1 @@
+"""Image classification with timm: arguments, image data and transforms, models, the offline demo weights."""
