@@ -29,10 +29,16 @@ def cases() -> list[Case]:
         Case("plain Trainer, full FT, one LR 5e-5 (baseline)", "benchmarks/plain_trainer.py", []),
         Case("ftpeft --unfreeze-last all (defaults)", bert, ["--unfreeze_last", "all"]),
         Case("ftpeft --unfreeze-last 2 (defaults)", bert, ["--unfreeze_last", "2"]),
-        Case("--unfreeze-last 2, lr 5e-5, head 1e-3, no decay (old defaults)", bert,
-             ["--unfreeze_last", "2", "--learning_rate", "5e-5", "--head_lr", "1e-3", "--layer_decay", "1"]),  # fmt: skip
-        Case("--unfreeze-last 2, one LR 5e-5", bert,
-             ["--unfreeze_last", "2", "--learning_rate", "5e-5", "--head_lr", "5e-5", "--layer_decay", "1"]),  # fmt: skip
+        Case(
+            "--unfreeze-last 2, lr 5e-5, head 1e-3, no decay (old defaults)",
+            bert,
+            ["--unfreeze_last", "2", "--learning_rate", "5e-5", "--head_lr", "1e-3", "--layer_decay", "1"],
+        ),
+        Case(
+            "--unfreeze-last 2, one LR 5e-5",
+            bert,
+            ["--unfreeze_last", "2", "--learning_rate", "5e-5", "--head_lr", "5e-5", "--layer_decay", "1"],
+        ),
     ]
 
 
@@ -43,16 +49,18 @@ def summarise(runs: dict[str, list[dict]]) -> list[dict]:
     for name, seeded in runs.items():
         accuracy = [run["test_accuracy"] for run in seeded]
         ratios = [run["train_runtime_s"] / base["train_runtime_s"] for run, base in zip(seeded, baseline)]
-        rows.append({
-            "case": name,
-            "seeds": [run["seed"] for run in seeded],
-            "test_accuracy": accuracy,
-            "accuracy_mean": statistics.mean(accuracy),
-            "accuracy_sd": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
-            "train_runtime_s": [run["train_runtime_s"] for run in seeded],
-            "time_ratio_mean": statistics.mean(ratios),
-            "trainable_params": seeded[0]["trainable_params"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "case": name,
+                "seeds": [run["seed"] for run in seeded],
+                "test_accuracy": accuracy,
+                "accuracy_mean": statistics.mean(accuracy),
+                "accuracy_sd": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+                "train_runtime_s": [run["train_runtime_s"] for run in seeded],
+                "time_ratio_mean": statistics.mean(ratios),
+                "trainable_params": seeded[0]["trainable_params"],
+            }
+        )
     return rows
 
 
@@ -61,9 +69,11 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
     lines = [
         "# Partial tuning with ftpeft's defaults, over seeds",
         "",
-        f"Command: `{command}`. Packaged MiniLM-L6, 2,000 demo tweets (10% held out), 1 epoch, batch 8, "
-        f"1,000 fixed test tweets; seeds {', '.join(map(str, rows[0]['seeds']))}. Train time is Trainer's "
-        "train_runtime as a ratio to the baseline's in the same seed.",
+        (
+            f"Command: `{command}`. Packaged MiniLM-L6, 2,000 demo tweets (10% held out), 1 epoch, batch 8, "
+            f"1,000 fixed test tweets; seeds {', '.join(map(str, rows[0]['seeds']))}. Train time is Trainer's "
+            "train_runtime as a ratio to the baseline's in the same seed."
+        ),
         "",
         "| case | test acc per seed | mean ± sd | vs baseline (points) | train time vs baseline | trainable params |",
         "|---|---|---|---|---|---|",
@@ -72,8 +82,10 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
         per_seed = ", ".join(f"{a:.3f}" for a in row["test_accuracy"])
         gap = 100 * (row["accuracy_mean"] - base["accuracy_mean"])
         params = f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "-"
-        lines.append(f"| {row['case']} | {per_seed} | {row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f} "
-                     f"| {gap:+.1f} | {row['time_ratio_mean']:.2f}x | {params} |")  # fmt: skip
+        lines.append(
+            f"| {row['case']} | {per_seed} | {row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f} "
+            f"| {gap:+.1f} | {row['time_ratio_mean']:.2f}x | {params} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -87,8 +99,17 @@ def main(argv: list[str] | None = None) -> Path:
                 seeded = Case(f"{case.name} seed {seed}", case.script, [*case.args, "--seed", str(seed)])
                 row = run_case(seeded, Path(workdir), args.quick, args.model_name_or_path, env)
                 runs[case.name].append({**row, "seed": seed})
-                print(json.dumps({"case": case.name, "seed": seed, "test_accuracy": row["test_accuracy"],
-                                  "train_runtime_s": row["train_runtime_s"]}), flush=True)  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "case": case.name,
+                            "seed": seed,
+                            "test_accuracy": row["test_accuracy"],
+                            "train_runtime_s": row["train_runtime_s"],
+                        }
+                    ),
+                    flush=True,
+                )
     rows = summarise(runs)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "partial_tuning_quick" if args.quick else "partial_tuning"

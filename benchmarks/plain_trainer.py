@@ -27,7 +27,9 @@ def main(argv=None):
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=42, help="training seed and validation-split seed, as in the recipes")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="training seed and validation-split seed, as in the recipes"
+    )
     args = parser.parse_args(argv)
 
     from transformers import (

@@ -51,9 +51,19 @@ def text_cases(quick: bool) -> list[Case]:
         Case("ftpeft --unfreeze-last 0 (head)", bert, ["--unfreeze_last", "0"]),
         Case("ftpeft LoRA r=8", bert, ["--use_peft", "--lora_r", "8"]),
         Case("ftpeft --unfreeze-last 2, 2 epochs", bert, ["--unfreeze_last", "2", *two], 2),
-        Case("ftpeft --unfreeze-last 2 --cache_frozen, 2 epochs", bert, ["--unfreeze_last", "2", "--cache_frozen", *two], 2),
+        Case(
+            "ftpeft --unfreeze-last 2 --cache_frozen, 2 epochs",
+            bert,
+            ["--unfreeze_last", "2", "--cache_frozen", *two],
+            2,
+        ),
         Case("ftpeft --unfreeze-last 0, 2 epochs", bert, ["--unfreeze_last", "0", *two], 2),
-        Case("ftpeft --unfreeze-last 0 --cache_frozen, 2 epochs", bert, ["--unfreeze_last", "0", "--cache_frozen", *two], 2),
+        Case(
+            "ftpeft --unfreeze-last 0 --cache_frozen, 2 epochs",
+            bert,
+            ["--unfreeze_last", "0", "--cache_frozen", *two],
+            2,
+        ),
     ]
     if quick:
         keep = {0, 1, 4, 8}
@@ -117,7 +127,9 @@ def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dic
         commands = [[str(ROOT / case.script), *case_argv(case, output_dir, workdir / "cache", quick, model)]]
     start = time.perf_counter()
     for argv in commands:
-        result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            check=False, args=[sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise SystemExit(f"benchmark case '{case.name}' failed:\n{result.stderr[-3000:]}")
     wall = time.perf_counter() - start
@@ -183,9 +195,11 @@ def write_outputs(rows: list[dict], extra: dict, quick: bool, results: Path = RE
     lines = [
         f"# ftpeft benchmark ({'quick smoke run' if quick else 'full'}; {extra['machine']})",
         "",
-        f"Command: `{extra['command']}`. Baseline: a plain hand-written Trainer (full fine-tuning). Text: packaged "
-        f"MiniLM-L6, 2,000 demo tweets (10% held out), 1 epoch unless noted, batch {BATCH_SIZE}, max_seq_length 64, "
-        "1,000 fixed test tweets. Image: EfficientNet-Lite0 on 4,000 MNIST digits at 64 px, 1 epoch.",
+        (
+            f"Command: `{extra['command']}`. Baseline: a plain hand-written Trainer (full fine-tuning). Text: packaged "
+            f"MiniLM-L6, 2,000 demo tweets (10% held out), 1 epoch unless noted, batch {BATCH_SIZE}, max_seq_length 64, "
+            "1,000 fixed test tweets. Image: EfficientNet-Lite0 on 4,000 MNIST digits at 64 px, 1 epoch."
+        ),
         "",
         "| case | trainable params | train samples/s | ratio to group's first row | last epoch s | peak RSS MB | test acc |",
         "|---|---|---|---|---|---|---|",
@@ -235,8 +249,9 @@ def notes(rows: list[dict], flops_per_sample: float | None, peak_flops: float) -
             f"ftpeft overhead: full FT throughput {same['train_samples_per_second'] / base['train_samples_per_second']:.3f}x "
             "the plain Trainer (target >= 0.97x)."
         )
-    uncached, cached = by_name.get("ftpeft --unfreeze-last 2, 2 epochs"), by_name.get(
-        "ftpeft --unfreeze-last 2 --cache_frozen, 2 epochs"
+    uncached, cached = (
+        by_name.get("ftpeft --unfreeze-last 2, 2 epochs"),
+        by_name.get("ftpeft --unfreeze-last 2 --cache_frozen, 2 epochs"),
     )
     if uncached and cached and uncached["last_epoch_seconds"] and cached["last_epoch_seconds"]:
         ratio = uncached["last_epoch_seconds"] / cached["last_epoch_seconds"]
@@ -245,9 +260,12 @@ def notes(rows: list[dict], flops_per_sample: float | None, peak_flops: float) -
             "(FLOP bound (6 fwd + 2x2 bwd)/(2 fwd + 2x2 bwd) = 1.67x; target >= 1.5x)."
         )
         full_epoch = base["train_runtime_s"] / max(base["epochs"], 1)
-        out.append(f"--cache_frozen k=2 epoch 2 vs full FT epoch (baseline): {full_epoch / cached['last_epoch_seconds']:.2f}x (target >= 2.5x).")
-    head, head_cached = by_name.get("ftpeft --unfreeze-last 0, 2 epochs"), by_name.get(
-        "ftpeft --unfreeze-last 0 --cache_frozen, 2 epochs"
+        out.append(
+            f"--cache_frozen k=2 epoch 2 vs full FT epoch (baseline): {full_epoch / cached['last_epoch_seconds']:.2f}x (target >= 2.5x)."
+        )
+    head, head_cached = (
+        by_name.get("ftpeft --unfreeze-last 0, 2 epochs"),
+        by_name.get("ftpeft --unfreeze-last 0 --cache_frozen, 2 epochs"),
     )
     if head and head_cached and head["last_epoch_seconds"] and head_cached["last_epoch_seconds"]:
         out.append(

@@ -19,8 +19,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)

@@ -25,27 +25,27 @@ from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.tuning.args import TuningArguments
 
 # Defaults that make the bare command useful on 2 CPU cores; YAML and the command line override them.
-RECIPE_DEFAULTS = dict(
-    output_dir="outputs/bert_cls",
-    num_train_epochs=1.0,
+RECIPE_DEFAULTS = {
+    "output_dir": "outputs/bert_cls",
+    "num_train_epochs": 1.0,
     # Layer-wise LR decay: the pooler learns at 3e-4 and each layer below at 0.8x the one above. The few
     # layers --unfreeze-last k trains are the top ones, so they get the large LRs they need to adapt in one
     # epoch; full fine-tuning keeps MiniLM's bottom layer and embeddings near 7e-5
     # (benchmarks/results/partial_tuning.md).
-    learning_rate=3e-4,
-    layer_decay=0.8,
-    head_lr=1e-3,  # a new head starves at the backbone's LR when few layers train
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=128,
-    max_seq_length=64,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=1,
-    logging_steps=10,
-    warmup_steps=0.06,  # a float < 1 is a fraction of the total steps
-    report_to="none",
-    seed=42,
-)
+    "learning_rate": 3e-4,
+    "layer_decay": 0.8,
+    "head_lr": 1e-3,  # a new head starves at the backbone's LR when few layers train
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "max_seq_length": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "logging_steps": 10,
+    "warmup_steps": 0.06,  # a float < 1 is a fraction of the total steps
+    "report_to": "none",
+    "seed": 42,
+}
 
 
 def parse(argv: list[str] | None = None):
@@ -149,13 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
             model, k, splits, collator, cache_root, tuning_args.cache_dtype, batch_size, training_args
         )
         train_data, eval_data = cached["train"], cached["validation"]
-    trainer_kwargs = dict(
-        args=training_args,
-        compute_metrics=make_compute_metrics(label_names),
-        head_lr=tuning_args.head_lr,
-        layer_decay=tuning_args.layer_decay,
-        adapter_lr=tuning_args.lora_lr if tuning_args.use_peft else None,
-    )
+    trainer_kwargs = {
+        "args": training_args,
+        "compute_metrics": make_compute_metrics(label_names),
+        "head_lr": tuning_args.head_lr,
+        "layer_decay": tuning_args.layer_decay,
+        "adapter_lr": tuning_args.lora_lr if tuning_args.use_peft else None,
+    }
     epoch_timer = EpochTimer()
     trainer = FtpeftTrainer(
         model=train_model,

@@ -28,10 +28,10 @@ from ftpeft.core.errors import run_cli
 from ftpeft.features.args import FeatureArguments
 from ftpeft.vision.args import ImageDataArguments
 
-RECIPE_DEFAULTS = dict(
-    image_size=64,  # the demo digits are 28 px; 64 px keeps CPU extraction under a minute
-    crop_pct=1.0,  # no centre crop: digits touch the border
-)
+RECIPE_DEFAULTS = {
+    "image_size": 64,  # the demo digits are 28 px; 64 px keeps CPU extraction under a minute
+    "crop_pct": 1.0,  # no centre crop: digits touch the border
+}
 
 
 def parse(argv: list[str] | None = None):

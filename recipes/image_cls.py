@@ -32,35 +32,37 @@ from ftpeft.tuning.args import TuningArguments
 from ftpeft.vision.args import ImageDataArguments, ImageModelArguments
 
 # Defaults for the bare command (the offline MNIST demo on 2 CPU cores); YAML and the command line override them.
-RECIPE_DEFAULTS = dict(
-    output_dir="outputs/image_cls",
-    num_train_epochs=5.0,
-    learning_rate=1e-3,  # the backbone's LR
-    head_lr=3e-3,
-    weight_decay=0.01,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=256,
-    image_size=64,  # MNIST digits are 28 px; 64 px keeps CPU epochs short
-    crop_pct=1.0,  # digits touch the border: no centre crop
-    hflip=0.0,  # a flipped digit is another digit
-    crop_scale_min=0.8,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=1,
-    logging_steps=10,
-    warmup_steps=0.05,  # a float < 1 is a fraction of the total steps
-    lr_scheduler_type="cosine",
-    dataloader_num_workers=0,
-    report_to="none",
-    seed=42,
-)
+RECIPE_DEFAULTS = {
+    "output_dir": "outputs/image_cls",
+    "num_train_epochs": 5.0,
+    "learning_rate": 1e-3,  # the backbone's LR
+    "head_lr": 3e-3,
+    "weight_decay": 0.01,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256,
+    "image_size": 64,  # MNIST digits are 28 px; 64 px keeps CPU epochs short
+    "crop_pct": 1.0,  # digits touch the border: no centre crop
+    "hflip": 0.0,  # a flipped digit is another digit
+    "crop_scale_min": 0.8,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "logging_steps": 10,
+    "warmup_steps": 0.05,  # a float < 1 is a fraction of the total steps
+    "lr_scheduler_type": "cosine",
+    "dataloader_num_workers": 0,
+    "report_to": "none",
+    "seed": 42,
+}
 
 
 def parse(argv: list[str] | None = None):
     from transformers import TrainingArguments
 
     return parse_args(
-        (ImageModelArguments, ImageDataArguments, TuningArguments, RunArguments, TrainingArguments), argv, RECIPE_DEFAULTS
+        (ImageModelArguments, ImageDataArguments, TuningArguments, RunArguments, TrainingArguments),
+        argv,
+        RECIPE_DEFAULTS,
     )
 
 
@@ -110,7 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = {split: len(images) for split, images in data.splits.items()}
     logger.info("data: %s, %d classes, %d skipped", sizes, len(data.label_names), len(data.skipped))
     if training_args.should_save and data.skipped:
-        logger.warning("%d unreadable image(s) skipped: see %s", len(data.skipped), write_skipped(training_args.output_dir, data.skipped))
+        logger.warning(
+            "%d unreadable image(s) skipped: see %s",
+            len(data.skipped),
+            write_skipped(training_args.output_dir, data.skipped),
+        )
 
     # --- 3. model, freezing ---------------------------------------------------------------------------------
     model = create_timm_model(

@@ -32,23 +32,23 @@ from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.tuning.args import TuningArguments
 
 # Defaults that make the bare command useful on 2 CPU cores; YAML and the command line override them.
-RECIPE_DEFAULTS = dict(
-    output_dir="outputs/knowledge_cls",
-    num_train_epochs=1.0,
-    learning_rate=5e-5,
-    head_lr=1e-3,  # the injection/fusion modules and the head are new: they need a larger LR
-    unfreeze_last="2",
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=128,
-    max_seq_length=64,
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=1,
-    logging_steps=10,
-    warmup_steps=0.06,  # a float < 1 is a fraction of the total steps
-    report_to="none",
-    seed=42,
-)
+RECIPE_DEFAULTS = {
+    "output_dir": "outputs/knowledge_cls",
+    "num_train_epochs": 1.0,
+    "learning_rate": 5e-5,
+    "head_lr": 1e-3,  # the injection/fusion modules and the head are new: they need a larger LR
+    "unfreeze_last": "2",
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "max_seq_length": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "logging_steps": 10,
+    "warmup_steps": 0.06,  # a float < 1 is a fraction of the total steps
+    "report_to": "none",
+    "seed": 42,
+}
 KEYS_FILE = "knowledge_keys.txt"
 
 

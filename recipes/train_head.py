@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
     # heavy imports after parsing keep --help instant
     from pathlib import Path
 
-    from ftpeft.features import heads
     from ftpeft.core.card import RunSummary, write_model_card
     from ftpeft.core.config import command_line
     from ftpeft.core.lifecycle import Stopwatch, save_run_config
     from ftpeft.core.outputs import check_output_dir
+    from ftpeft.features import heads
     from ftpeft.features.extract import DEFAULT_IMAGE_LAYER, load_features, resolve_feature_dir
 
     # --- 1. checks, then the features --------------------------------------------------------------------
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits, metadata = load_features(feature_dir)
     label_names = metadata["label_names"]
     x_train, y_train = splits["train"]
-    print(f"features {feature_dir}: {({s: len(y) for s, (_, y) in splits.items()})}, dim {x_train.shape[1]}")
+    print(f"features {feature_dir}: { ({s: len(y) for s, (_, y) in splits.items()}) }, dim {x_train.shape[1]}")
     save_run_config(head_args.output_dir, args.resolved)
 
     # --- 2. train ------------------------------------------------------------------------------------------
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
 
             try:
                 model = heads.attach_head(head_args.output_dir)
-                save_timm_model(model, Path(head_args.output_dir) / "timm_model", label_names, backbones[0]["transform"])
+                save_timm_model(
+                    model, Path(head_args.output_dir) / "timm_model", label_names, backbones[0]["transform"]
+                )
             except FtpeftError as error:  # e.g. the backbone's weights changed since extraction
                 print(f"warning: no complete timm model written: {error}")
     summary = RunSummary(

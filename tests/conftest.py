@@ -10,8 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["WANDB_DISABLED"] = "true"
 
-import pytest  # noqa: E402
-from text_fixtures import make_text_files, make_tiny_text_model  # noqa: E402
+import pytest
+from text_fixtures import make_text_files, make_tiny_text_model
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,9 @@ def write_npy(path: Path, keys=TABLE_KEYS, vectors=None) -> Path:
 def write_safetensors(path: Path, keys=TABLE_KEYS, vectors=None) -> Path:
     from safetensors.numpy import save_file
 
-    save_file({"vectors": table_vectors(keys) if vectors is None else vectors}, str(path), metadata={"keys": json.dumps(keys)})
+    save_file(
+        {"vectors": table_vectors(keys) if vectors is None else vectors}, str(path), metadata={"keys": json.dumps(keys)}
+    )
     return path
 
 
@@ -114,7 +116,9 @@ def entity_spans(text: str) -> list[dict]:
     return spans
 
 
-def write_dataset(path: Path, repeat: int = 2, extra_texts: tuple[str, ...] = ("new york is a city and paris",)) -> Path:
+def write_dataset(
+    path: Path, repeat: int = 2, extra_texts: tuple[str, ...] = ("new york is a city and paris",)
+) -> Path:
     """A jsonl file: text, label, entities (spans), entity_id (an ID) and features (3 floats) columns."""
     rows = []
     texts = TRAIN_TEXTS + [(t, "positive") for t in extra_texts]

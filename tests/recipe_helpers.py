@@ -28,7 +28,9 @@ def subprocess_env(**extra) -> dict:
 
 
 def run(args: list[str], timeout: int = 300, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        check=False, args=args, cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def python_recipe(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

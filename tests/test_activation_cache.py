@@ -174,7 +174,9 @@ def test_cached_training_keeps_head_lr_and_layer_decay(tmp_path):
 
 
 @pytest.mark.parametrize("k", ["2", "0"])
-def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(tiny_bert_dir, text_csv_dir, tmp_path, caplog, k):
+def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(
+    tiny_bert_dir, text_csv_dir, tmp_path, caplog, k
+):
     from recipe_helpers import load_recipe
     from test_bert_cls import EXPECTED_FILES
     from transformers import AutoModelForSequenceClassification
@@ -191,7 +193,9 @@ def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(tiny_be
     assert all(n.startswith(frozen) or (k == "0" and n.startswith("bert.pooler")) for n in same)
     assert any(n.startswith("bert.encoder.layer.0.") for n in same)  # the frozen bottom is saved too
     caplog.clear()
-    bert_cls.main(cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--unfreeze-last", k, "--overwrite_output_dir"])
+    bert_cls.main(
+        cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--unfreeze-last", k, "--overwrite_output_dir"]
+    )
     assert "activation cache for train reused" in caplog.text
 
 

@@ -53,7 +53,11 @@ def test_unfreeze_last_values(value, expected):
     "yaml_text,argv,message",
     [
         ("learnin_rate: 1e-4\n", [], "unknown key 'learnin_rate'. Did you mean 'learning_rate'"),
-        ("learning_rate: fast\n", [], r"config.yaml: argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+        (
+            "learning_rate: fast\n",
+            [],
+            r"config.yaml: argument --learning_rate/--learning-rate: invalid float value: 'fast'",
+        ),
         ("- a\n- b\n", [], "expected a mapping"),
         (None, ["--unfreeze_last", "-3"], "--unfreeze_last must be >= 0"),
         (None, ["--unfreeze_last", "top"], "--unfreeze_last must be a layer count"),
@@ -74,7 +78,9 @@ def test_missing_config_file(tmp_path):
 
 def test_resolved_config_round_trips_and_hides_the_token(tmp_path):
     token = "hf_" + "a" * 30
-    parsed = parse(["--unfreeze-last", "2", "--lr_scheduler_type", "cosine", "--hub_token", token, "--text_columns", "a", "b"])
+    parsed = parse(
+        ["--unfreeze-last", "2", "--lr_scheduler_type", "cosine", "--hub_token", token, "--text_columns", "a", "b"]
+    )
     assert "hub_token" not in parsed.resolved
     path = tmp_path / "run_args.yaml"
     save_resolved_config(path, parsed.resolved)

@@ -36,40 +36,92 @@ def write(path, text):
     return str(path)
 
 
+def non_empty_output_dir(workspace) -> list[str]:
+    workspace["out"].mkdir()
+    write(workspace["out"] / "keep.txt", "mine")
+    return []
+
+
 # (case id, setup(workspace) -> extra argv, text the message must contain)
 TEXT_CASES = [
-    ("label column missing", lambda w: edit_csv(w["data"] / "train.csv", label=None) or [],
-     "--label_column 'label' not found in the train split; columns: ['text']"),
-    ("text column misnamed", lambda w: ["--text_columns", "review"],
-     "--text_columns ['review'] not found; the data has columns ['text', 'label']"),
-    ("unknown label in validation", lambda w: edit_csv(w["data"] / "validation.csv", label="meh") or [],
-     "validation split has label(s) ['meh'] never seen in training"),
-    ("empty training file", lambda w: write(w["data"] / "train.csv", "text,label\n") and [],
-     "train.csv has no data rows"),
-    ("unknown data format", lambda w: ["--train_file", write(w["data"] / "train.txt", "x")],
-     "--train_file " + "{data}/train.txt: unknown format '.txt'"),
-    ("k larger than the model", lambda w: ["--unfreeze-last", "9"], "--unfreeze_last 9 is larger than the model's 4 layers"),
+    (
+        "label column missing",
+        lambda w: edit_csv(w["data"] / "train.csv", label=None) or [],
+        "--label_column 'label' not found in the train split; columns: ['text']",
+    ),
+    (
+        "text column misnamed",
+        lambda w: ["--text_columns", "review"],
+        "--text_columns ['review'] not found; the data has columns ['text', 'label']",
+    ),
+    (
+        "unknown label in validation",
+        lambda w: edit_csv(w["data"] / "validation.csv", label="meh") or [],
+        "validation split has label(s) ['meh'] never seen in training",
+    ),
+    (
+        "empty training file",
+        lambda w: write(w["data"] / "train.csv", "text,label\n") and [],
+        "train.csv has no data rows",
+    ),
+    (
+        "unknown data format",
+        lambda w: ["--train_file", write(w["data"] / "train.txt", "x")],
+        "--train_file " + "{data}/train.txt: unknown format '.txt'",
+    ),
+    (
+        "k larger than the model",
+        lambda w: ["--unfreeze-last", "9"],
+        "--unfreeze_last 9 is larger than the model's 4 layers",
+    ),
     ("k negative", lambda w: ["--unfreeze-last", "-3"], "--unfreeze_last must be >= 0 or 'all'/-1, got -3"),
-    ("architecture with shared layers", lambda w: ["--model_name_or_path", w["albert"], "--unfreeze-last", "1"],
-     "ALBERT shares one set of weights"),
-    ("LoRA targets that match nothing", lambda w: ["--use_peft", "--lora_target_modules", "q_proj"],
-     "--lora_target_modules ['q_proj'] match no module of this model; Linear layers it has:"),
+    (
+        "architecture with shared layers",
+        lambda w: ["--model_name_or_path", w["albert"], "--unfreeze-last", "1"],
+        "ALBERT shares one set of weights",
+    ),
+    (
+        "LoRA targets that match nothing",
+        lambda w: ["--use_peft", "--lora_target_modules", "q_proj"],
+        "--lora_target_modules ['q_proj'] match no module of this model; Linear layers it has:",
+    ),
     ("LoRA rank 0", lambda w: ["--use_peft", "--lora_r", "0"], "--lora_r must be a positive rank, got 0"),
-    ("LoRA on a type peft has no defaults for", lambda w: ["--model_name_or_path", w["distilbert"], "--use_peft"],
-     "no default target modules for model type 'distilbert'"),
-    ("unknown YAML key", lambda w: ["--config", write(w["root"] / "c.yaml", "learning_rat: 1e-4\n")],
-     "unknown key 'learning_rat'. Did you mean 'learning_rate'?"),
-    ("wrong type in YAML", lambda w: ["--config", write(w["root"] / "c.yaml", "num_train_epochs: many\n")],
-     "c.yaml: argument --num_train_epochs/--num-train-epochs: invalid float value: 'many'"),
-    ("non-empty output dir", lambda w: (w["out"].mkdir(), write(w["out"] / "keep.txt", "mine")) and [],
-     "--output_dir {out} is not empty (keep.txt); pass --overwrite_output_dir"),
-    ("missing checkpoint for resume", lambda w: ["--resume_from_checkpoint", str(w["root"] / "checkpoint-9")],
-     "--resume_from_checkpoint {root}/checkpoint-9: no such checkpoint directory"),
-    ("model path that does not exist", lambda w: ["--model_name_or_path", str(w["root"] / "nope")],
-     "--model_name_or_path {root}/nope: no such directory"),
+    (
+        "LoRA on a type peft has no defaults for",
+        lambda w: ["--model_name_or_path", w["distilbert"], "--use_peft"],
+        "no default target modules for model type 'distilbert'",
+    ),
+    (
+        "unknown YAML key",
+        lambda w: ["--config", write(w["root"] / "c.yaml", "learning_rat: 1e-4\n")],
+        "unknown key 'learning_rat'. Did you mean 'learning_rate'?",
+    ),
+    (
+        "wrong type in YAML",
+        lambda w: ["--config", write(w["root"] / "c.yaml", "num_train_epochs: many\n")],
+        "c.yaml: argument --num_train_epochs/--num-train-epochs: invalid float value: 'many'",
+    ),
+    (
+        "non-empty output dir",
+        lambda w: non_empty_output_dir(w),
+        "--output_dir {out} is not empty (keep.txt); pass --overwrite_output_dir",
+    ),
+    (
+        "missing checkpoint for resume",
+        lambda w: ["--resume_from_checkpoint", str(w["root"] / "checkpoint-9")],
+        "--resume_from_checkpoint {root}/checkpoint-9: no such checkpoint directory",
+    ),
+    (
+        "model path that does not exist",
+        lambda w: ["--model_name_or_path", str(w["root"] / "nope")],
+        "--model_name_or_path {root}/nope: no such directory",
+    ),
     ("cache without frozen layers", lambda w: ["--cache_frozen"], "--cache_frozen needs --unfreeze_last k (not 'all')"),
-    ("cache dtype", lambda w: ["--unfreeze-last", "1", "--cache_frozen", "--cache_dtype", "int8"],
-     "--cache_dtype must be float16, bfloat16 or float32"),
+    (
+        "cache dtype",
+        lambda w: ["--unfreeze-last", "1", "--cache_frozen", "--cache_dtype", "int8"],
+        "--cache_dtype must be float16, bfloat16 or float32",
+    ),
     ("push without repo or login", lambda w: ["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
 ]
 
@@ -108,6 +160,8 @@ def test_text_recipe_bad_input(workspace, other_models, setup, message, capsys, 
 
 def test_bad_accelerate_config_path_names_the_file(tmp_path):
     missing = tmp_path / "no_such_config.yaml"
-    result = run([accelerate_bin(), "launch", "--config_file", str(missing), str(ROOT / "recipes/bert_cls.py"), "--help"])
+    result = run(
+        [accelerate_bin(), "launch", "--config_file", str(missing), str(ROOT / "recipes/bert_cls.py"), "--help"]
+    )
     assert result.returncode != 0
     assert "no_such_config.yaml" in result.stderr

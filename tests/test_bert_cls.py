@@ -24,18 +24,28 @@ EXPECTED_FILES = {
 
 def tiny_args(model_dir, data_dir, output_dir, *extra):
     return [
-        "--model_name_or_path", str(model_dir),
-        "--train_file", str(data_dir / "train.csv"),
-        "--validation_file", str(data_dir / "validation.csv"),
-        "--test_file", str(data_dir / "test.csv"),
-        "--output_dir", str(output_dir),
-        "--max_steps", "2",
-        "--per_device_train_batch_size", "8",
-        "--save_strategy", "no",
-        "--eval_strategy", "no",
-        "--logging_steps", "1",
+        "--model_name_or_path",
+        str(model_dir),
+        "--train_file",
+        str(data_dir / "train.csv"),
+        "--validation_file",
+        str(data_dir / "validation.csv"),
+        "--test_file",
+        str(data_dir / "test.csv"),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--logging_steps",
+        "1",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def test_main_writes_exactly_the_expected_files_and_loads_in_pipeline(tiny_bert_dir, text_csv_dir, tmp_path):
@@ -99,9 +109,25 @@ def test_shipped_configs_parse_against_the_recipe(config):
 def test_packaged_minilm_is_the_offline_default(tmp_path):
     out = tmp_path / "run"
     metrics = bert_cls.main(
-        ["--output_dir", str(out), "--max_steps", "3", "--demo_train_samples", "96", "--demo_test_samples", "32",
-         "--per_device_train_batch_size", "16", "--save_strategy", "no", "--eval_strategy", "no", "--unfreeze-last", "2"]
-    )  # fmt: skip
+        [
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--demo_train_samples",
+            "96",
+            "--demo_test_samples",
+            "32",
+            "--per_device_train_batch_size",
+            "16",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--unfreeze-last",
+            "2",
+        ]
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"} and config["num_hidden_layers"] == 6
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_samples_per_second"] > 0
@@ -111,10 +137,16 @@ def test_packaged_minilm_is_the_offline_default(tmp_path):
 def test_two_cpu_ranks_with_accelerate(tiny_bert_dir, text_csv_dir, tmp_path):
     out = tmp_path / "ddp"
     result = run(
-        [accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu_ddp.yaml"),
-         str(ROOT / "recipes/bert_cls.py"), *tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2")],
+        [
+            accelerate_bin(),
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs/cpu_ddp.yaml"),
+            str(ROOT / "recipes/bert_cls.py"),
+            *tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2"),
+        ],
         timeout=300,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -138,12 +170,32 @@ def test_multi_node_template_as_two_machines_on_loopback(tiny_bert_dir, text_csv
     out = tmp_path / "multinode"
     machines = [
         subprocess.Popen(
-            [accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs/multi_node.yaml"),
-             "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-             "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--mixed_precision", "no",
-             str(ROOT / "recipes/bert_cls.py"), *tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "1")],
-            cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                accelerate_bin(),
+                "launch",
+                "--config_file",
+                str(ROOT / "accelerate_configs/multi_node.yaml"),
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+                "--mixed_precision",
+                "no",
+                str(ROOT / "recipes/bert_cls.py"),
+                *tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "1"),
+            ],
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     outputs = [m.communicate(timeout=300) for m in machines]

@@ -55,9 +55,13 @@ def test_identical_outputs(converted, source):
     convert_state_dict(source, model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        stem = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), source["_conv_stem.weight"], stride=2)
+        stem = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(x, (0, 1, 0, 1)), source["_conv_stem.weight"], stride=2
+        )
         bn = {k: source[f"_bn0.{k}"] for k in ("running_mean", "running_var", "weight", "bias")}
-        expected = torch.nn.functional.batch_norm(stem, bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"], eps=1e-3).clamp(0, 6)
+        expected = torch.nn.functional.batch_norm(
+            stem, bn["running_mean"], bn["running_var"], bn["weight"], bn["bias"], eps=1e-3
+        ).clamp(0, 6)
         assert torch.allclose(model.bn1(model.conv_stem(x)), expected, atol=1e-5)
         reloaded = create_timm_model(DEMO_IMAGE_MODEL, None, pretrained_file=str(converted)).eval()
         assert torch.equal(reloaded(x), model(x))

@@ -39,7 +39,9 @@ def test_stratified_seeded_validation_split(tmp_path):
 def test_two_text_columns_and_max_samples(tmp_path):
     frame = pd.DataFrame({"premise": ["a b"] * 10, "hypothesis": ["c"] * 10, "label": ["x", "y"] * 5})
     frame.to_csv(tmp_path / "train.csv", index=False)
-    args = TextDataArguments(train_file=str(tmp_path / "train.csv"), max_train_samples=4, validation_split_percentage=20)
+    args = TextDataArguments(
+        train_file=str(tmp_path / "train.csv"), max_train_samples=4, validation_split_percentage=20
+    )
     datasets, names, columns = load_text_classification_data(args, seed=0)
     assert columns == ["premise", "hypothesis"] and names == ["x", "y"] and len(datasets["train"]) == 4
 

@@ -25,8 +25,19 @@ def folders(tmp_path_factory):
 
 
 def _extract(folders, feature_dir, *flags):
-    argv = ["--image_dir", str(folders), "--model_name_or_path", TINY_MODEL, "--image_size", "32",
-            "--feature_dir", str(feature_dir), "--validation_split_percentage", "25", *flags]
+    argv = [
+        "--image_dir",
+        str(folders),
+        "--model_name_or_path",
+        TINY_MODEL,
+        "--image_size",
+        "32",
+        "--feature_dir",
+        str(feature_dir),
+        "--validation_split_percentage",
+        "25",
+        *flags,
+    ]
     return extract_features.main(argv)
 
 
@@ -54,10 +65,16 @@ def test_cache_reuse_and_invalidation(folders, tmp_path, capsys):
     hooked = _extract(folders, root, "--layer", "global_pool")  # other settings: a new key folder, never a reuse
     assert not hooked["reused"] and hooked["feature_dir"] != first["feature_dir"]
     assert (root / LATEST_FILE).read_text().strip() in hooked["feature_dir"]
-    (default, _), (by_hook, _) = load_features(first["feature_dir"])[0]["train"], load_features(hooked["feature_dir"])[0]["train"]
+    (default, _), (by_hook, _) = (
+        load_features(first["feature_dir"])[0]["train"],
+        load_features(hooked["feature_dir"])[0]["train"],
+    )
     np.testing.assert_allclose(by_hook, default, atol=1e-6)  # pooled output == pre-logits for a ResNet
     stage = _extract(folders, root, "--layer", "layer3")
-    assert load_features(stage["feature_dir"])[0]["train"][0].shape == (18, 192)  # layer3 maps (192 channels), average-pooled
+    assert load_features(stage["feature_dir"])[0]["train"][0].shape == (
+        18,
+        192,
+    )  # layer3 maps (192 channels), average-pooled
     assert len([p for p in root.iterdir() if p.is_dir()]) == 3
 
 
@@ -68,11 +85,28 @@ def test_several_backbones_are_concatenated(folders, tmp_path):
 
 
 def test_text_features_cls_and_mean(tmp_path):
-    common = ["--modality", "text", "--feature_dir", str(tmp_path), "--max_train_samples", "12",
-              "--max_eval_samples", "4", "--max_test_samples", "4", "--max_seq_length", "32", "--layer", "-2"]
+    common = [
+        "--modality",
+        "text",
+        "--feature_dir",
+        str(tmp_path),
+        "--max_train_samples",
+        "12",
+        "--max_eval_samples",
+        "4",
+        "--max_test_samples",
+        "4",
+        "--max_seq_length",
+        "32",
+        "--layer",
+        "-2",
+    ]
     cls = extract_features.main([*common, "--pooling", "cls"])
     mean = extract_features.main([*common, "--pooling", "mean"])
-    (x_cls, y), (x_mean, _) = load_features(cls["feature_dir"])[0]["train"], load_features(mean["feature_dir"])[0]["train"]
+    (x_cls, y), (x_mean, _) = (
+        load_features(cls["feature_dir"])[0]["train"],
+        load_features(mean["feature_dir"])[0]["train"],
+    )
     assert x_cls.shape == x_mean.shape == (12, 384) and set(y.tolist()) <= {0, 1}
     assert not np.allclose(x_cls, x_mean)
 
@@ -80,8 +114,24 @@ def test_text_features_cls_and_mean(tmp_path):
 @pytest.mark.parametrize("head", ["logreg", "linear_svm", "random_forest", "hist_gb", "linear", "mlp"])
 def test_each_head_trains_and_reloads(features, tmp_path, head):
     out = tmp_path / head
-    metrics = train_head.main(["--features_dir", features, "--head", head, "--output_dir", str(out),
-                               "--n_estimators", "20", "--max_iter", "100", "--epochs", "20", "--learning_rate", "1e-2"])
+    metrics = train_head.main(
+        [
+            "--features_dir",
+            features,
+            "--head",
+            head,
+            "--output_dir",
+            str(out),
+            "--n_estimators",
+            "20",
+            "--max_iter",
+            "100",
+            "--epochs",
+            "20",
+            "--learning_rate",
+            "1e-2",
+        ]
+    )
     written = {p.name for p in out.iterdir()}
     assert {"metrics.json", "confusion_matrix.png", "classification_report.md", "README.md", "run_args.yaml"} <= written
     x, y = load_features(features)[0]["validation"]
@@ -130,18 +180,48 @@ def test_missing_features_dir_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 def test_two_ranks_give_the_same_features(folders, features, tmp_path):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPES / "extract_features.py"),
-        "--image_dir", str(folders), "--model_name_or_path", TINY_MODEL, "--image_size", "32",
-        "--feature_dir", str(tmp_path), "--validation_split_percentage", "25", "--batch_size", "4",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(RECIPES / "extract_features.py"),
+        "--image_dir",
+        str(folders),
+        "--model_name_or_path",
+        TINY_MODEL,
+        "--image_size",
+        "32",
+        "--feature_dir",
+        str(tmp_path),
+        "--validation_split_percentage",
+        "25",
+        "--batch_size",
+        "4",
     ]
-    result = subprocess.run(command, env=dict(subprocess_env(), ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        check=False,
+        args=command,
+        env=dict(subprocess_env(), ACCELERATE_USE_CPU="true"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (two_ranks, metadata), (one_rank, _) = load_features(tmp_path), load_features(features)
     for split in one_rank:
         np.testing.assert_allclose(two_ranks[split][0], one_rank[split][0], atol=1e-5)
         np.testing.assert_array_equal(two_ranks[split][1], one_rank[split][1])
-    assert json.dumps(metadata["request"], sort_keys=True) == json.dumps(load_features(features)[1]["request"], sort_keys=True)
+    assert json.dumps(metadata["request"], sort_keys=True) == json.dumps(
+        load_features(features)[1]["request"], sort_keys=True
+    )
 
 
 def test_shipped_feature_configs_parse():

@@ -63,7 +63,15 @@ def push(argv, fake):
 def test_push_sends_adapter_card_and_config_but_no_checkpoints(finished_lora_run):
     fake = FakeHub()
     code, api_class = push(
-        ["push", str(finished_lora_run), "--hub_model_id", "me/minilm-sent", "--hub_private_repo", "--hub_token", TOKEN],
+        [
+            "push",
+            str(finished_lora_run),
+            "--hub_model_id",
+            "me/minilm-sent",
+            "--hub_private_repo",
+            "--hub_token",
+            TOKEN,
+        ],
         fake,
     )
     assert code == 0
@@ -108,14 +116,18 @@ def test_failed_push_keeps_the_run_and_prints_a_retry_hint(finished_lora_run, ca
     assert snapshot(finished_lora_run) == before
 
 
-def test_recipe_push_failure_after_training_exits_nonzero_with_run_intact(tiny_bert_dir, text_csv_dir, tmp_path, capsys):
+def test_recipe_push_failure_after_training_exits_nonzero_with_run_intact(
+    tiny_bert_dir, text_csv_dir, tmp_path, capsys
+):
     out = tmp_path / "run"
     fake = FakeHub(fail=True)
     patcher, _ = fake.patch()
     try:
         with pytest.raises(SystemExit) as exit_info:
             run_cli(bert_cls.main)(
-                tiny_args(tiny_bert_dir, text_csv_dir, out, "--push_to_hub", "--hub_model_id", "me/y", "--hub_token", TOKEN)
+                tiny_args(
+                    tiny_bert_dir, text_csv_dir, out, "--push_to_hub", "--hub_model_id", "me/y", "--hub_token", TOKEN
+                )
             )
     finally:
         patcher.stop()

@@ -50,7 +50,9 @@ def test_kaggle_csv_skips_and_lists_corrupt_images(kaggle):
 
 def test_class_folders_with_stratified_split(tmp_path):
     root = write_class_folders(tmp_path / "folders", per_class=10)
-    data = load_image_classification_data(ImageDataArguments(image_dir=str(root), validation_split_percentage=30), seed=1)
+    data = load_image_classification_data(
+        ImageDataArguments(image_dir=str(root), validation_split_percentage=30), seed=1
+    )
     assert data.label_names == list(CLASSES) and not data.skipped
     assert sorted(data.splits["validation"].labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     image = data.splits["train"].image(0)
@@ -61,16 +63,42 @@ def test_class_folders_with_stratified_split(tmp_path):
     "flags, message",
     [
         (["--image_dir", "/no/such/dir"], "--image_dir /no/such/dir: no such directory"),
-        (["--labels_csv", "{csv}", "--image_dir", "{images}", "--label_column", "dog"], r"--label_column 'dog'.*\['id', 'breed'\]"),
-        (["--labels_csv", "{csv}", "--image_dir", "{images}", "--strict_images"], "--strict_images: 1 unreadable.*broken.jpg"),
-        (["--labels_csv", "{csv}", "--image_dir", "{images}", "--model_name_or_path", "resnet_fifty"], "resnet_fifty: unknown timm model"),
-        (["--labels_csv", "{csv}", "--image_dir", "{images}", "--model_name_or_path", TINY_MODEL, "--unfreeze_last", "9"], "--unfreeze_last 9 is larger than the model's 4 layers"),
+        (
+            ["--labels_csv", "{csv}", "--image_dir", "{images}", "--label_column", "dog"],
+            r"--label_column 'dog'.*\['id', 'breed'\]",
+        ),
+        (
+            ["--labels_csv", "{csv}", "--image_dir", "{images}", "--strict_images"],
+            "--strict_images: 1 unreadable.*broken.jpg",
+        ),
+        (
+            ["--labels_csv", "{csv}", "--image_dir", "{images}", "--model_name_or_path", "resnet_fifty"],
+            "resnet_fifty: unknown timm model",
+        ),
+        (
+            [
+                "--labels_csv",
+                "{csv}",
+                "--image_dir",
+                "{images}",
+                "--model_name_or_path",
+                TINY_MODEL,
+                "--unfreeze_last",
+                "9",
+            ],
+            "--unfreeze_last 9 is larger than the model's 4 layers",
+        ),
         (["--image_dir", "{images}", "--labels_csv", "{images}/nope.csv"], "--labels_csv .*nope.csv: no such file"),
     ],
 )
 def test_bad_input_is_one_clear_error(kaggle, tmp_path, flags, message, capsys):
     csv, images = kaggle
-    argv = [f.format(csv=csv, images=images) for f in flags] + ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
+    argv = [f.format(csv=csv, images=images) for f in flags] + [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+    ]
     before = snapshot(images.parent), snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(image_cls.main)(argv)
@@ -121,8 +149,15 @@ def test_only_intended_parameters_change(k, trained_prefixes):
 # --- the recipe -------------------------------------------------------------------------------------------------
 
 EXPECTED_FILES = {
-    "model.safetensors", "config.json", "run_args.yaml", "freeze_report.json", "metrics.json",
-    "confusion_matrix.png", "classification_report.md", "README.md", SKIPPED_FILE,
+    "model.safetensors",
+    "config.json",
+    "run_args.yaml",
+    "freeze_report.json",
+    "metrics.json",
+    "confusion_matrix.png",
+    "classification_report.md",
+    "README.md",
+    SKIPPED_FILE,
 }
 
 
@@ -133,11 +168,29 @@ def test_recipe_writes_a_reloadable_timm_model(kaggle, tmp_path, unfreeze):
     csv, images = kaggle
     out = tmp_path / "run"
     metrics = image_cls.main(
-        ["--labels_csv", str(csv), "--image_dir", str(images), *TINY_ARGS, "--unfreeze-last", unfreeze,
-         "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no"]
+        [
+            "--labels_csv",
+            str(csv),
+            "--image_dir",
+            str(images),
+            *TINY_ARGS,
+            "--unfreeze-last",
+            unfreeze,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_strategy",
+            "no",
+        ]
     )
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
-    assert "eval_accuracy" in metrics and json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
+    assert (
+        "eval_accuracy" in metrics
+        and json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == TINY_MODEL and config["label_names"] == list(CLASSES)
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
@@ -146,7 +199,10 @@ def test_recipe_writes_a_reloadable_timm_model(kaggle, tmp_path, unfreeze):
     x = torch.randn(2, 3, 32, 32)
     by_dir = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     by_file = timm.create_model(
-        TINY_MODEL, pretrained=True, num_classes=3, pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"), num_classes=3)  # keeps the head
+        TINY_MODEL,
+        pretrained=True,
+        num_classes=3,
+        pretrained_cfg_overlay={"file": str(out / "model.safetensors"), "num_classes": 3},  # keeps the head
     ).eval()
     with torch.no_grad():
         assert torch.equal(by_dir(x), by_file(x))
@@ -166,12 +222,35 @@ def test_two_rank_accelerate_launch(tmp_path):
     root = write_class_folders(tmp_path / "folders", per_class=8)
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPES / "image_cls.py"), "--image_dir", str(root),
-        *TINY_ARGS, "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
-        "--save_strategy", "no", "--use_cpu",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(RECIPES / "image_cls.py"),
+        "--image_dir",
+        str(root),
+        *TINY_ARGS,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
     ]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        check=False, args=command, env=subprocess_env(), capture_output=True, text=True, timeout=240
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] >= 0

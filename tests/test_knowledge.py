@@ -18,8 +18,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
-import knowledge_fixtures as fx  # noqa: E402
-from recipe_helpers import snapshot  # noqa: E402
+import knowledge_fixtures as fx
+from recipe_helpers import snapshot
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.knowledge.args import KnowledgeArguments
@@ -50,7 +50,9 @@ def table(tmp_path_factory):
 
 def _model(tiny_bert, table, mode="add", **settings):
     torch.manual_seed(0)
-    return build_knowledge_model(str(tiny_bert), ["negative", "positive"], torch.from_numpy(table.vectors), inject_mode=mode, **settings)
+    return build_knowledge_model(
+        str(tiny_bert), ["negative", "positive"], torch.from_numpy(table.vectors), inject_mode=mode, **settings
+    )
 
 
 def _batch(tiny_bert, texts, table):
@@ -164,7 +166,9 @@ def test_late_fusion_shapes_and_mention_mean(tiny_bert, table, mode):
     batch["example_knowledge_ids"] = torch.tensor([[table.id_of("great")], [1]])
     batch["knowledge_vectors"] = torch.ones(2, 3)
     assert model.config.external_dim == fx.TABLE_DIM * 2 + 3
-    external = model.external_features(batch["knowledge_ids"], batch["example_knowledge_ids"], batch["knowledge_vectors"], 2)
+    external = model.external_features(
+        batch["knowledge_ids"], batch["example_knowledge_ids"], batch["knowledge_vectors"], 2
+    )
     vectors = torch.from_numpy(table.vectors)
     good, bad, great = (table.keys.index(k) for k in ("good", "bad", "great"))
     torch.testing.assert_close(external[0, : fx.TABLE_DIM], (vectors[good] + vectors[bad]) / 2)
@@ -191,7 +195,9 @@ def _train_steps(model, batch, steps=3):
         ("gate", 1, False, "zero", {"fusion", "classifier", "layer.1", "pooler"}),
     ],
 )
-def test_training_changes_exactly_what_should_train(tiny_bert, table, mode, k, train_knowledge, unknown, expect_changed):
+def test_training_changes_exactly_what_should_train(
+    tiny_bert, table, mode, k, train_knowledge, unknown, expect_changed
+):
     from ftpeft.core.freezing import unfreeze_last
 
     model = _model(tiny_bert, table, mode, unknown_entity=unknown)
@@ -235,7 +241,7 @@ def test_auto_classes_know_the_model_after_import_ftpeft(tiny_bert, table, tmp_p
         "import ftpeft\nfrom transformers import AutoConfig, AutoModelForSequenceClassification as A\n"
         f"m = A.from_pretrained({str(tmp_path)!r})\nprint(type(m).__name__, AutoConfig.from_pretrained({str(tmp_path)!r}).inject_mode)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(check=False, args=[sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["KnowledgeInjectionForSequenceClassification", "concat"]
 
@@ -253,7 +259,9 @@ def test_lora_saves_the_injection_modules_with_the_adapter(tiny_bert, table):
 
     model = _model(tiny_bert, table, "add")
     config = build_lora_config(model, 4, 8, 0.0, None, None, 1, [])
-    assert {"knowledge_projection", "classifier", KNOWLEDGE_TABLE, "encoder.layer.1", "pooler"} <= set(config.modules_to_save)
+    assert {"knowledge_projection", "classifier", KNOWLEDGE_TABLE, "encoder.layer.1", "pooler"} <= set(
+        config.modules_to_save
+    )
     peft_model = apply_lora(model, config)
     set_knowledge_trainable(peft_model, False)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -301,7 +309,7 @@ def test_recipe_add_with_entity_spans_counts_unknown_entities(tiny_bert, tmp_pat
     assert "unknown entities" in card
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict = {}
-    exec(snippet, namespace)  # the card's loading code runs as written
+    exec(snippet, namespace)  # the card's loading code runs as written  # noqa: S102
     assert namespace["logits"].shape == (1, 2)
     assert KnowledgeTable.from_keys_file(output / "knowledge_keys.txt").keys == fx.TABLE_KEYS
     assert json.loads((output / "metrics.json").read_text())["knowledge_train_unknown"] >= 0
@@ -363,7 +371,9 @@ def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, e
 def test_help_and_shipped_configs_parse():
     import knowledge_cls
 
-    result = subprocess.run([sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        check=False, args=[sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "--inject" in result.stdout and "--knowledge_file" in result.stdout
     configs = sorted((ROOT / "recipes" / "configs" / "knowledge_cls").glob("*.yaml"))
     assert configs
@@ -386,7 +396,9 @@ def test_two_rank_ddp_run_with_injection(tiny_bert, tmp_path):
                       "--unknown_entity", "learned", "--entity_column", "entities"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        check=False, args=command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
     assert "test_accuracy" not in metrics and "eval_accuracy" in metrics
@@ -398,7 +410,13 @@ def test_benchmark_table_reports_mean_and_sd_per_arm(tmp_path):
     import knowledge_injection
 
     args = argparse.Namespace(
-        sizes=[500], epochs=[2.0], test_samples=400, unfreeze_last=1, learning_rate=1e-4, head_lr=2e-3, max_seq_length=48
+        sizes=[500],
+        epochs=[2.0],
+        test_samples=400,
+        unfreeze_last=1,
+        learning_rate=1e-4,
+        head_lr=2e-3,
+        max_seq_length=48,
     )
     rows = [
         {"arm": arm, "train_size": 500, "seed": seed, "test_accuracy": acc, "test_macro_f1": acc - 0.1, "seconds": 10.0}

@@ -101,7 +101,7 @@ def test_recipe_lora_round_trip_and_merged_model(tiny_bert_dir, text_csv_dir, tm
     card = (out / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     scope = {}
-    exec(snippet, scope)  # the card's copy-paste snippet works as written
+    exec(snippet, scope)  # the card's copy-paste snippet works as written  # noqa: S102
     adapter = scope["model"].eval()
     assert adapter.config.id2label == {0: "neg", 1: "pos"}
     merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()

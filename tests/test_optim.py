@@ -26,7 +26,9 @@ def test_head_lr_layer_decay_and_no_decay_sets(model):
     assert lrs["classifier.bias"] == (1e-3, 0.0)
     assert lrs["bert.pooler.dense.weight"] == (1e-4, 0.01)  # top: same LR as the top layer
     for i in range(4):  # layer i (0-based) of 4: decay^(4 - i)... top layer (3) gets lr * 0.5
-        assert lrs[f"bert.encoder.layer.{i}.attention.self.query.weight"] == pytest.approx((1e-4 * 0.5 ** (4 - i), 0.01))
+        assert lrs[f"bert.encoder.layer.{i}.attention.self.query.weight"] == pytest.approx(
+            (1e-4 * 0.5 ** (4 - i), 0.01)
+        )
         assert lrs[f"bert.encoder.layer.{i}.output.LayerNorm.weight"][1] == 0.0
     assert lrs["bert.embeddings.word_embeddings.weight"] == pytest.approx((1e-4 * 0.5**5, 0.01))
     assert lrs["bert.embeddings.LayerNorm.weight"][1] == 0.0

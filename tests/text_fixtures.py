@@ -35,7 +35,7 @@ def make_tokenizer():
 def tiny_config(model_type: str, num_labels: int = 2, num_layers: int = 4):
     from transformers import AutoConfig
 
-    common = dict(vocab_size=len(VOCAB), num_labels=num_labels, pad_token_id=0)
+    common = {"vocab_size": len(VOCAB), "num_labels": num_labels, "pad_token_id": 0}
     if model_type == "distilbert":
         return AutoConfig.for_model(model_type, dim=32, n_layers=num_layers, n_heads=2, hidden_dim=37, **common)
     kw = dict(hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=37, **common)

@@ -265,7 +265,9 @@ def build_store(model, k, dataset, collator, directory: Path, dtype: str, batch_
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def cached_split(model, k, dataset, collator, cache_root: Path, dtype: str, batch_size: int, model_hash: str, tag: int = 0):
+def cached_split(
+    model, k, dataset, collator, cache_root: Path, dtype: str, batch_size: int, model_hash: str, tag: int = 0
+):
     """(index dataset, store, reused) for one tokenised split; builds the cache unless a valid one exists.
 
     The index dataset holds ``labels``, ``cache_index`` (row in the store) and ``cache_split`` (``tag``).
@@ -282,7 +284,9 @@ def cached_split(model, k, dataset, collator, cache_root: Path, dtype: str, batc
     return index, store, reused
 
 
-def prepare_cached_training(model, k: int, splits: dict, collator, cache_root, dtype: str, batch_size: int, training_args):
+def prepare_cached_training(
+    model, k: int, splits: dict, collator, cache_root, dtype: str, batch_size: int, training_args
+):
     """Cache the frozen prefix for every split; return (CachedPrefixModel, index datasets, collator, reused).
 
     The main process builds the caches first; other ranks then find them valid and read them.

@@ -53,7 +53,7 @@ def hardware_description() -> str:
 
         state = PartialState()
         distributed = f"{state.distributed_type.value}, {state.num_processes} process(es)"
-    except Exception:  # accelerate not initialised (e.g. a plain sklearn run)
+    except Exception:  # accelerate not initialised (e.g. a plain sklearn run)  # noqa: BLE001
         distributed = "single process"
     config_file = os.environ.get("ACCELERATE_CONFIG_FILE")
     return f"{device}; accelerate: {distributed}" + (f" (config {config_file})" if config_file else "")
@@ -68,7 +68,9 @@ def card_metadata(summary: RunSummary) -> dict[str, Any]:
         pipeline_tag=summary.pipeline_tag,
         tags=["ftpeft", summary.recipe, *summary.tags],
         datasets=[summary.hub_dataset] if summary.hub_dataset else None,
-        metrics=sorted({k.split("_", 1)[1] if k.startswith(("eval_", "test_")) else k for k in _headline(summary.metrics)}),
+        metrics=sorted(
+            {k.split("_", 1)[1] if k.startswith(("eval_", "test_")) else k for k in _headline(summary.metrics)}
+        ),
     )
     return data.to_dict()
 

@@ -11,9 +11,10 @@ import dataclasses
 import difflib
 import os
 import sys
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from transformers import HfArgumentParser

@@ -123,9 +123,9 @@ def _generic_block_list(base: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """The longest ModuleList whose children all share one class: the repeated encoder blocks."""
     best = None
     for name, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1:
-            if len({type(child) for child in module}) == 1 and (best is None or len(module) > len(best[1])):
-                best = (name, module)
+        repeated = isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(c) for c in module}) == 1
+        if repeated and (best is None or len(module) > len(best[1])):
+            best = (name, module)
     return best
 
 
@@ -186,8 +186,10 @@ class FreezeReport:
 
     def summary(self) -> str:
         lines = [
-            f"unfreeze_last={self.spec} ({self.source}, {self.num_layers} layers; trainable layers: "
-            f"{self.trainable_layers or 'none'})",
+            (
+                f"unfreeze_last={self.spec} ({self.source}, {self.num_layers} layers; trainable layers: "
+                f"{self.trainable_layers or 'none'})"
+            ),
             f"trainable params: {self.trainable_params:,} / {self.total_params:,} ({100 * self.trainable_fraction:.2f}%)",
         ]
         for group, counts in self.groups.items():

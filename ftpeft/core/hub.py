@@ -42,7 +42,9 @@ def validate_push_args(training_args) -> PushTarget | None:
             "or pass --hub_token."
         )
     if not token:
-        raise FtpeftError(f"--push_to_hub to {training_args.hub_model_id}: not logged in; run `hf auth login` or pass --hub_token.")
+        raise FtpeftError(
+            f"--push_to_hub to {training_args.hub_model_id}: not logged in; run `hf auth login` or pass --hub_token."
+        )
     target = PushTarget(training_args.hub_model_id, training_args.hub_private_repo, token)
     training_args.push_to_hub = False
     return target
@@ -78,9 +80,11 @@ def push_run(output_dir: str | Path, target: PushTarget, merged: bool = False) -
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), commit_message="Upload ftpeft run", ignore_patterns=ignore
         )
-    except Exception as error:  # network, auth, quota: the local run stays as it is
+    except Exception as error:  # network, auth, quota: the local run stays as it is  # noqa: BLE001
         message = redact(str(error).splitlines()[0] if str(error) else type(error).__name__, (target.token,))
-        retry = f"ftpeft push {output_dir} --hub_model_id {repo_id or '<user>/<name>'}" + (" --merged" if merged else "")
+        retry = f"ftpeft push {output_dir} --hub_model_id {repo_id or '<user>/<name>'}" + (
+            " --merged" if merged else ""
+        )
         raise FtpeftError(
             f"push to the Hub failed ({type(error).__name__}: {message}); the run is saved in {output_dir}. "
             f"Retry with: {retry}"

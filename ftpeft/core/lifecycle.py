@@ -35,8 +35,12 @@ def setup_logging(training_args) -> None:
 def start_run(training_args, run_args) -> str | None:
     """Check the output dir before any work; returns the checkpoint to resume from (or None)."""
     # every rank says it is alive, so a DDP run that silently started one process is visible
-    logger.warning("process %d of %d (local %d)", training_args.process_index, training_args.world_size,
-                   training_args.local_process_index)
+    logger.warning(
+        "process %d of %d (local %d)",
+        training_args.process_index,
+        training_args.world_size,
+        training_args.local_process_index,
+    )
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
     return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
 
@@ -83,7 +87,7 @@ def evaluate_and_report(
     """
     metrics: dict[str, float] = dict(extra_metrics or {})
     metrics.update(trainer.evaluate(eval_dataset, metric_key_prefix="eval"))
-    report_split, report_dataset = ("test", test_dataset) if test_dataset is not None else ("eval", eval_dataset)
+    report_split, _report_dataset = ("test", test_dataset) if test_dataset is not None else ("eval", eval_dataset)
     if test_dataset is not None:
         prediction = trainer.predict(test_dataset, metric_key_prefix="test")
         metrics.update(prediction.metrics)

@@ -18,7 +18,9 @@ class FeatureArguments:
             "transformers encoders for text. Default: packaged EfficientNet-Lite0 / MiniLM."
         },
     )
-    modality: str = dataclasses.field(default="image", metadata={"help": "image (timm backbones) or text (transformers)."})
+    modality: str = dataclasses.field(
+        default="image", metadata={"help": "image (timm backbones) or text (transformers)."}
+    )
     pretrained: bool = dataclasses.field(default=False, metadata={"help": "image: load Hub weights of each backbone."})
     pretrained_file: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "image: a local weights file per backbone (same order)."}
@@ -31,15 +33,20 @@ class FeatureArguments:
         },
     )
     pooling: str = dataclasses.field(
-        default="mean", metadata={"help": "text, or token outputs at --layer: 'cls' (first token) or 'mean' (masked mean)."}
+        default="mean",
+        metadata={"help": "text, or token outputs at --layer: 'cls' (first token) or 'mean' (masked mean)."},
     )
     feature_dir: str = dataclasses.field(
         default="outputs/features",
-        metadata={"help": "Cache root; each distinct extraction gets FEATURE_DIR/<key>/ (identical settings reuse it)."},
+        metadata={
+            "help": "Cache root; each distinct extraction gets FEATURE_DIR/<key>/ (identical settings reuse it)."
+        },
     )
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Images/texts per forward pass."})
     max_seq_length: int = dataclasses.field(default=128, metadata={"help": "text: truncate to this many tokens."})
-    text_columns: list[str] | None = dataclasses.field(default=None, metadata={"help": "text: one or two text columns."})
+    text_columns: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "text: one or two text columns."}
+    )
     train_file: str | None = dataclasses.field(default=None, metadata={"help": "text: local training file."})
     validation_file: str | None = dataclasses.field(default=None, metadata={"help": "text: local validation file."})
     test_file: str | None = dataclasses.field(default=None, metadata={"help": "text: local test file."})
@@ -85,9 +92,12 @@ class HeadArguments:
         metadata={"help": "A feature folder written by extract_features (FEATURE_DIR/<key>, or the root: its latest)."},
     )
     head: str = dataclasses.field(default="logreg", metadata={"help": f"Classifier: {', '.join(HEAD_TYPES)}."})
-    output_dir: str = dataclasses.field(default="outputs/train_head", metadata={"help": "Where the head and reports go."})
+    output_dir: str = dataclasses.field(
+        default="outputs/train_head", metadata={"help": "Where the head and reports go."}
+    )
     regularization_c: float | None = dataclasses.field(
-        default=None, metadata={"help": "logreg/linear_svm: inverse L2 strength C. Default: 1.0 logreg, 0.01 linear_svm."}
+        default=None,
+        metadata={"help": "logreg/linear_svm: inverse L2 strength C. Default: 1.0 logreg, 0.01 linear_svm."},
     )
     max_iter: int = dataclasses.field(default=2000, metadata={"help": "logreg/linear_svm/hist_gb: iteration limit."})
     n_estimators: int = dataclasses.field(default=300, metadata={"help": "random_forest: number of trees."})
@@ -101,6 +111,14 @@ class HeadArguments:
     def __post_init__(self):
         if self.head not in HEAD_TYPES:
             raise FtpeftError(f"--head must be one of {', '.join(HEAD_TYPES)}, got {self.head!r}.")
-        for flag in ("regularization_c", "max_iter", "n_estimators", "hidden_size", "epochs", "learning_rate", "batch_size"):
+        for flag in (
+            "regularization_c",
+            "max_iter",
+            "n_estimators",
+            "hidden_size",
+            "epochs",
+            "learning_rate",
+            "batch_size",
+        ):
             if getattr(self, flag) is not None and getattr(self, flag) <= 0:
                 raise FtpeftError(f"--{flag} must be positive, got {getattr(self, flag)}.")

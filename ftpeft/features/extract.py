@@ -23,8 +23,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,7 +200,7 @@ def write_features(
             "key": key,
             "request": request,
             "feature_dim": int(next(iter(splits.values()))[0].shape[1]),
-            "split_sizes": {split: int(len(labels)) for split, (_, labels) in splits.items()},
+            "split_sizes": {split: len(labels) for split, (_, labels) in splits.items()},
             "shards": shards,
             **(extra or {}),
         }
@@ -259,7 +260,9 @@ def load_image_backbones(feature_args, data_args) -> list[Backbone]:
         model = create_timm_model(name, None, pretrained=feature_args.pretrained, pretrained_file=weights).eval()
         _, eval_transform, data_config = build_transforms(model, data_args)
         settings = {"modality": "image", "transform": data_config, "pretrained": feature_args.pretrained}
-        backbones.append(Backbone(name, model, feature_args.layer, feature_args.pooling, eval_transform, settings, weights))
+        backbones.append(
+            Backbone(name, model, feature_args.layer, feature_args.pooling, eval_transform, settings, weights)
+        )
     return backbones
 
 
@@ -280,7 +283,9 @@ def load_text_backbones(feature_args) -> list[Backbone]:
             raise FtpeftError(f"--model_name_or_path {path}: {str(error).splitlines()[0]}") from None
         settings = {"modality": "text", "max_seq_length": feature_args.max_seq_length}
         tokenizer = load_tokenizer(model_args, path)
-        backbones.append(Backbone(base_model_name(model_args), model, feature_args.layer, feature_args.pooling, tokenizer, settings))
+        backbones.append(
+            Backbone(base_model_name(model_args), model, feature_args.layer, feature_args.pooling, tokenizer, settings)
+        )
     return backbones
 
 
@@ -330,7 +335,7 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
         for split, dataset in tokenized.items():
             bar = _progress(len(dataset), f"{backbone.name} {split}")
 
-            def compute(indices, backbone=backbone, dataset=dataset, bar=bar):
+            def compute(indices, backbone=backbone, dataset=dataset, bar=bar, collate=collate):
                 rows = []
                 for batch in batched(indices, batch_size):
                     inputs = collate([{k: v for k, v in dataset[i].items() if k != "labels"} for i in batch])
@@ -339,7 +344,9 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
                 return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
             columns_by_split[split].append(distributed_map(len(dataset), compute, split))
-            backbone.feature_dim = None if columns_by_split[split][-1] is None else int(columns_by_split[split][-1].shape[1])
+            backbone.feature_dim = (
+                None if columns_by_split[split][-1] is None else int(columns_by_split[split][-1].shape[1])
+            )
             bar.close()
     for split, columns in columns_by_split.items():
         if columns[0] is not None:

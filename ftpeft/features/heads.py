@@ -36,13 +36,19 @@ def build_sklearn_head(head: str, args):
     from sklearn.svm import LinearSVC
 
     if head == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=args.regularization_c or 1.0, max_iter=args.max_iter))
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(C=args.regularization_c or 1.0, max_iter=args.max_iter)
+        )
     if head == "linear_svm":  # small C + dual solver: seconds, not minutes, on 1,280-d features
-        return make_pipeline(StandardScaler(), LinearSVC(C=args.regularization_c or 0.01, dual=True, max_iter=args.max_iter))
+        return make_pipeline(
+            StandardScaler(), LinearSVC(C=args.regularization_c or 0.01, dual=True, max_iter=args.max_iter)
+        )
     if head == "random_forest":
         return RandomForestClassifier(n_estimators=args.n_estimators, random_state=args.seed, n_jobs=1)
     if head == "hist_gb":
-        return HistGradientBoostingClassifier(max_iter=args.max_iter if args.max_iter < 1000 else 200, random_state=args.seed)
+        return HistGradientBoostingClassifier(
+            max_iter=args.max_iter if args.max_iter < 1000 else 200, random_state=args.seed
+        )
     raise FtpeftError(f"--head {head}: not a scikit-learn head ({', '.join(SKLEARN_HEADS)}).")
 
 
@@ -73,7 +79,9 @@ def torch_head(head: str, in_features: int, num_classes: int, hidden_size: int =
     if head == "linear":
         return nn.Linear(in_features, num_classes)
     if head == "mlp":
-        return nn.Sequential(nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden_size, num_classes))
+        return nn.Sequential(
+            nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden_size, num_classes)
+        )
     raise FtpeftError(f"--head {head}: not a torch head ({', '.join(TORCH_HEADS)}).")
 
 
@@ -162,7 +170,9 @@ def sklearn_parameter_count(classifier) -> int:
     return int(sum(p.get_n_leaf_nodes() for row in getattr(estimator, "_predictors", []) for p in row))
 
 
-def report_predictions(output_dir: str | Path, predictions: dict, label_names: list[str], extra: dict | None = None) -> dict:
+def report_predictions(
+    output_dir: str | Path, predictions: dict, label_names: list[str], extra: dict | None = None
+) -> dict:
     """{split: (predicted ids, true ids)} -> metrics.json, confusion_matrix.png, classification_report.md.
 
     The same files as ftpeft.runs.evaluate_and_report writes for Trainer runs; figures use test if present.

@@ -45,8 +45,10 @@ class KnowledgeArguments:
     )
     unknown_entity: str = dataclasses.field(
         default="zero",
-        metadata={"help": "Vector of a mention/ID missing from the table: zero, or one learned UNK vector.",
-                  "choices": list(UNKNOWN_MODES)},
+        metadata={
+            "help": "Vector of a mention/ID missing from the table: zero, or one learned UNK vector.",
+            "choices": list(UNKNOWN_MODES),
+        },
     )
     knowledge_dim: int | None = dataclasses.field(
         default=None, metadata={"help": "Expected total width of the knowledge vectors; checked against the files."}
@@ -59,11 +61,17 @@ class KnowledgeArguments:
         if self.inject not in INJECT_MODES:
             raise FtpeftError(f"--inject must be one of {', '.join(INJECT_MODES)}, got '{self.inject}'.")
         if self.unknown_entity not in UNKNOWN_MODES:
-            raise FtpeftError(f"--unknown_entity must be one of {', '.join(UNKNOWN_MODES)}, got '{self.unknown_entity}'.")
+            raise FtpeftError(
+                f"--unknown_entity must be one of {', '.join(UNKNOWN_MODES)}, got '{self.unknown_entity}'."
+            )
         if self.inject == "add" and self.knowledge_column:
-            raise FtpeftError("--knowledge_column gives example-level features; use it with --inject concat or gate, not add.")
+            raise FtpeftError(
+                "--knowledge_column gives example-level features; use it with --inject concat or gate, not add."
+            )
         if self.inject == "none" and (self.knowledge_file or self.knowledge_column or self.entity_column):
-            raise FtpeftError("--inject none is the text-only control; drop --knowledge_file/--knowledge_column/--entity_column.")
+            raise FtpeftError(
+                "--inject none is the text-only control; drop --knowledge_file/--knowledge_column/--entity_column."
+            )
         if self.knowledge_dim is not None and self.knowledge_dim <= 0:
             raise FtpeftError(f"--knowledge_dim must be positive, got {self.knowledge_dim}.")
         if self.fusion_hidden_size <= 0:
@@ -72,4 +80,6 @@ class KnowledgeArguments:
     @property
     def uses_token_knowledge(self) -> bool:
         """add always; concat/gate when mentions come from spans or text matching (not only from columns)."""
-        return self.inject == "add" or (self.inject != "none" and (bool(self.entity_column) or not self.knowledge_column))
+        return self.inject == "add" or (
+            self.inject != "none" and (bool(self.entity_column) or not self.knowledge_column)
+        )

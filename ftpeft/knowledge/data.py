@@ -37,11 +37,11 @@ class KnowledgeLayout:
         return sum(self.vector_columns.values())
 
     def model_settings(self) -> dict[str, Any]:
-        return dict(
-            token_knowledge=self.token_knowledge,
-            num_example_ids=len(self.id_columns),
-            example_vector_dim=self.example_vector_dim,
-        )
+        return {
+            "token_knowledge": self.token_knowledge,
+            "num_example_ids": len(self.id_columns),
+            "example_vector_dim": self.example_vector_dim,
+        }
 
 
 def _first_value(dataset, column: str):
@@ -74,7 +74,9 @@ def knowledge_layout(datasets, args: KnowledgeArguments) -> KnowledgeLayout:
 def _vector(value, column: str, width: int, row: int) -> list[float]:
     if value is None or len(value) != width:
         got = "nothing" if value is None else f"{len(value)} values"
-        raise FtpeftError(f"--knowledge_column {column}: row {row} has {got}, expected {width} floats (as the first row).")
+        raise FtpeftError(
+            f"--knowledge_column {column}: row {row} has {got}, expected {width} floats (as the first row)."
+        )
     vector = [math.nan if v is None else float(v) for v in value]  # readers turn NaN into None
     if not all(math.isfinite(v) for v in vector):
         raise FtpeftError(f"--knowledge_column {column}: row {row} has NaN/inf/missing values.")
@@ -116,11 +118,12 @@ def tokenize_with_knowledge(
             encoded["knowledge_ids"] = rows
         if layout.id_columns:
             encoded["example_knowledge_ids"] = [
-                [table.id_of(batch[c][i]) if table else UNKNOWN_ID for c in layout.id_columns] for i in range(len(texts[0]))
+                [table.id_of(batch[c][i]) if table else UNKNOWN_ID for c in layout.id_columns]
+                for i in range(len(texts[0]))
             ]
         if layout.vector_columns:
             encoded["knowledge_vectors"] = [
-                sum((_vector(batch[c][i], c, w, indices[i]) for c, w in layout.vector_columns.items()), [])
+                [x for c, w in layout.vector_columns.items() for x in _vector(batch[c][i], c, w, indices[i])]
                 for i in range(len(texts[0]))
             ]
         return encoded

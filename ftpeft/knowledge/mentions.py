@@ -58,7 +58,9 @@ def parse_spans(value: Any, row: int, text: str, column: str) -> list[tuple[int,
         try:
             value = json.loads(value) if value.strip() else []
         except json.JSONDecodeError:
-            raise FtpeftError(f"--entity_column {column}: row {row} is not a JSON list of spans ({value[:60]!r}).") from None
+            raise FtpeftError(
+                f"--entity_column {column}: row {row} is not a JSON list of spans ({value[:60]!r})."
+            ) from None
     spans = []
     for span in value:
         try:
@@ -98,5 +100,3 @@ def align_mentions(
                     ids[position] = knowledge_id
                 break
     return ids
-
-

@@ -88,11 +88,15 @@ class KnowledgeInjectionConfig(PretrainedConfig):
         if self.inject_mode not in INJECT_MODES:
             raise FtpeftError(f"--inject must be one of {', '.join(INJECT_MODES)}, got '{self.inject_mode}'.")
         if self.unknown_entity not in UNKNOWN_MODES:
-            raise FtpeftError(f"--unknown_entity must be one of {', '.join(UNKNOWN_MODES)}, got '{self.unknown_entity}'.")
+            raise FtpeftError(
+                f"--unknown_entity must be one of {', '.join(UNKNOWN_MODES)}, got '{self.unknown_entity}'."
+            )
         if self.inject_mode == "add" and (not self.token_knowledge or self.knowledge_dim <= 0):
             raise FtpeftError("--inject add needs a token-level knowledge table (--knowledge_file) with dimension > 0.")
         if self.inject_mode in ("concat", "gate") and self.encoder_config and self.external_dim <= 0:
-            raise FtpeftError(f"--inject {self.inject_mode} needs external features: --knowledge_file or --knowledge_column.")
+            raise FtpeftError(
+                f"--inject {self.inject_mode} needs external features: --knowledge_file or --knowledge_column."
+            )
 
     @property
     def encoder(self) -> PretrainedConfig:
@@ -196,7 +200,9 @@ class KnowledgeInjectionForSequenceClassification(PreTrainedModel):
         table = getattr(self, KNOWLEDGE_TABLE)
         expected = (table.num_embeddings - FIRST_ROW_ID, table.embedding_dim)
         if tuple(vectors.shape) != expected:
-            raise FtpeftError(f"knowledge vectors have shape {tuple(vectors.shape)}, the model's table expects {expected}.")
+            raise FtpeftError(
+                f"knowledge vectors have shape {tuple(vectors.shape)}, the model's table expects {expected}."
+            )
         with torch.no_grad():
             table.weight.zero_()
             table.weight[FIRST_ROW_ID:] = vectors.to(table.weight.dtype)
@@ -345,7 +351,9 @@ def build_knowledge_model(
     pretrained = AutoModel.from_pretrained(encoder_path)
     missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
-        raise FtpeftError(f"--model_name_or_path {encoder_path}: encoder weights do not fit ({missing[:3]} {unexpected[:3]}).")
+        raise FtpeftError(
+            f"--model_name_or_path {encoder_path}: encoder weights do not fit ({missing[:3]} {unexpected[:3]})."
+        )
     del pretrained
     if vectors is not None and hasattr(model, KNOWLEDGE_TABLE):
         model.set_knowledge_vectors(torch.as_tensor(vectors, dtype=torch.float32))
@@ -364,7 +372,9 @@ def register() -> None:
     except ValueError:  # already registered
         pass
     try:
-        AutoModelForSequenceClassification.register(KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification)
+        AutoModelForSequenceClassification.register(
+            KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification
+        )
     except ValueError:
         pass
 

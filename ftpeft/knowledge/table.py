@@ -59,7 +59,9 @@ class KnowledgeTable:
     def from_keys_file(cls, path: str | Path) -> KnowledgeTable:
         """Keys only (a run's knowledge_keys.txt): enough to find ids at inference; the vectors are in the model."""
         keys = Path(path).read_text(encoding="utf-8").splitlines()
-        return cls(keys, np.zeros((len(keys), 1), dtype=np.float32), [{"name": Path(path).name, "dim": 0, "rows": len(keys)}])
+        return cls(
+            keys, np.zeros((len(keys), 1), dtype=np.float32), [{"name": Path(path).name, "dim": 0, "rows": len(keys)}]
+        )
 
 
 def _normalise(text: str) -> str:
@@ -75,7 +77,9 @@ def vader_lexicon_path() -> Path:
     from ftpeft.core.packaged import packaged_file
 
     return packaged_file(
-        "vaderSentiment", VADER_FILE, "no --knowledge_file given and the default VADER lexicon is missing: pip install vadersentiment"
+        "vaderSentiment",
+        VADER_FILE,
+        "no --knowledge_file given and the default VADER lexicon is missing: pip install vadersentiment",
     )
 
 
@@ -90,7 +94,9 @@ def _read_npy(path: Path) -> tuple[list[str], np.ndarray]:
     vectors = np.load(path, allow_pickle=False)
     keys = _sidecar_keys(path)
     if keys is None:
-        raise FtpeftError(f"{_flag_file(path)}: no key list next to it ({path.with_suffix('.txt').name}, one key a line).")
+        raise FtpeftError(
+            f"{_flag_file(path)}: no key list next to it ({path.with_suffix('.txt').name}, one key a line)."
+        )
     return keys, vectors
 
 
@@ -98,7 +104,7 @@ def _read_safetensors(path: Path) -> tuple[list[str], np.ndarray]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="np") as handle:
-        if "vectors" not in handle.keys():
+        if "vectors" not in handle.keys():  # noqa: SIM118  (safe_open is not iterable)
             raise FtpeftError(f"{_flag_file(path)}: no tensor named 'vectors' (it has {list(handle.keys())}).")
         vectors = handle.get_tensor("vectors")
         metadata = handle.metadata() or {}
@@ -173,7 +179,7 @@ def read_knowledge_file(path: str | Path) -> tuple[list[str], np.ndarray]:
             keys, vectors = _read_text(path)
     except FtpeftError:
         raise
-    except Exception as error:  # numpy, safetensors and decoding raise many types
+    except Exception as error:  # numpy, safetensors and decoding raise many types  # noqa: BLE001
         raise FtpeftError(f"{_flag_file(path)}: cannot read it ({type(error).__name__}: {error}).") from None
     return _validated(path, keys, np.asarray(vectors, dtype=np.float32))
 
@@ -182,14 +188,18 @@ def _validated(path: Path, keys: list[str], vectors: np.ndarray) -> tuple[list[s
     if vectors.ndim != 2 or vectors.shape[1] == 0:
         raise FtpeftError(f"{_flag_file(path)}: expected a 2-D (keys x dim) table, got shape {vectors.shape}.")
     if len(keys) != len(vectors):
-        raise FtpeftError(f"{_flag_file(path)}: {len(vectors)} vectors but {len(keys)} keys; each vector needs one key.")
+        raise FtpeftError(
+            f"{_flag_file(path)}: {len(vectors)} vectors but {len(keys)} keys; each vector needs one key."
+        )
     empty = [i for i, key in enumerate(keys) if not key.strip()]
     if empty:
         raise FtpeftError(f"{_flag_file(path)}: row {empty[0]} has an empty (missing) key.")
     seen: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key in seen:
-            raise FtpeftError(f"{_flag_file(path)}: key {key!r} appears twice (rows {seen[key]} and {i}); keys must be unique.")
+            raise FtpeftError(
+                f"{_flag_file(path)}: key {key!r} appears twice (rows {seen[key]} and {i}); keys must be unique."
+            )
         seen[key] = i
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if bad.size:

@@ -26,21 +26,33 @@ class TextDataArguments:
     dataset_name: str | None = dataclasses.field(
         default=None, metadata={"help": "Hub dataset id (e.g. glue). Default: the built-in offline demo tweets."}
     )
-    dataset_config_name: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset config (e.g. sst2)."})
-    train_file: str | None = dataclasses.field(default=None, metadata={"help": "Local csv/json/jsonl/parquet training file."})
+    dataset_config_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub dataset config (e.g. sst2)."}
+    )
+    train_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "Local csv/json/jsonl/parquet training file."}
+    )
     validation_file: str | None = dataclasses.field(default=None, metadata={"help": "Local validation file."})
     test_file: str | None = dataclasses.field(default=None, metadata={"help": "Local test file."})
     text_columns: list[str] | None = dataclasses.field(
         default=None,
         metadata={"help": "One or two text columns (a pair is encoded as one sequence pair). Default: guessed."},
     )
-    label_column: str = dataclasses.field(default="label", metadata={"help": "Column holding the labels (strings or ints)."})
+    label_column: str = dataclasses.field(
+        default="label", metadata={"help": "Column holding the labels (strings or ints)."}
+    )
     validation_split_percentage: int = dataclasses.field(
         default=10, metadata={"help": "Stratified, seeded %% of train held out for validation when none is given."}
     )
-    max_train_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many training rows."})
-    max_eval_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many validation rows."})
-    max_test_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many test rows."})
+    max_train_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many training rows."}
+    )
+    max_eval_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many validation rows."}
+    )
+    max_test_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many test rows."}
+    )
     max_seq_length: int = dataclasses.field(default=128, metadata={"help": "Truncate tokenised inputs to this length."})
     demo_classes: list[str] = dataclasses.field(
         default_factory=lambda: ["negative", "positive"],
@@ -50,9 +62,12 @@ class TextDataArguments:
         default=4000, metadata={"help": "Offline demo only: training tweets to use (the rest of the corpus is unused)."}
     )
     demo_test_samples: int = dataclasses.field(
-        default=1000, metadata={"help": "Offline demo only: held-out test tweets (a fixed split, independent of --seed)."}
+        default=1000,
+        metadata={"help": "Offline demo only: held-out test tweets (a fixed split, independent of --seed)."},
     )
-    preprocessing_num_workers: int | None = dataclasses.field(default=None, metadata={"help": "Processes for tokenisation."})
+    preprocessing_num_workers: int | None = dataclasses.field(
+        default=None, metadata={"help": "Processes for tokenisation."}
+    )
 
     def __post_init__(self):
         if not 0 < self.validation_split_percentage < 100:

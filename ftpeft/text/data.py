@@ -71,7 +71,7 @@ def _load_local(data_args: TextDataArguments):
     for split, path in files.items():  # one file at a time: each split's columns are checked on their own
         try:
             splits[split] = load_dataset(fmt, data_files={split: path})[split]
-        except Exception as error:  # datasets raises many types for malformed files
+        except Exception as error:  # datasets raises many types for malformed files  # noqa: BLE001
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise FtpeftError(f"--{split}_file {path}: could not read it as {fmt} ({first_line}).") from None
     return DatasetDict(splits)
@@ -102,7 +102,9 @@ def resolve_text_columns(column_names: list[str], data_args: TextDataArguments) 
     for guess in TEXT_COLUMN_GUESSES:
         if all(c in column_names for c in guess):
             return list(guess)
-    raise FtpeftError(f"cannot tell which column holds the text; pass --text_columns (the data has columns {column_names}).")
+    raise FtpeftError(
+        f"cannot tell which column holds the text; pass --text_columns (the data has columns {column_names})."
+    )
 
 
 def _label_names(raw, label_column: str) -> list[str]:
@@ -132,7 +134,9 @@ def encode_labels(raw, label_column: str):
     feature = raw["train"].features[label_column]
     names = _label_names(raw, label_column)
     if len(names) < 2:
-        raise FtpeftError(f"--label_column '{label_column}' has {len(names)} distinct value(s) in train; need at least 2.")
+        raise FtpeftError(
+            f"--label_column '{label_column}' has {len(names)} distinct value(s) in train; need at least 2."
+        )
     is_class_label = isinstance(feature, ClassLabel)
     name_to_id = {name: i for i, name in enumerate(names)}
 
@@ -161,7 +165,9 @@ def encode_labels(raw, label_column: str):
 def split_and_limit(datasets, data_args: TextDataArguments, seed: int):
     """Add a stratified, seeded validation split when none exists; apply --max_*_samples."""
     if len(datasets["train"]) == 0:
-        raise FtpeftError("the training set is empty (after dropping unlabelled rows); check --train_file / --label_column.")
+        raise FtpeftError(
+            "the training set is empty (after dropping unlabelled rows); check --train_file / --label_column."
+        )
     if "validation" not in datasets:
         fraction = data_args.validation_split_percentage / 100
         try:
@@ -201,7 +207,9 @@ def tokenize(
     tokenized = {}
     for split, dataset in datasets.items():
         drop = [c for c in dataset.column_names if c != "labels" and c not in keep_columns]
-        tokenized[split] = dataset.map(encode, batched=True, remove_columns=drop, num_proc=num_proc, desc=f"tokenising {split}")
+        tokenized[split] = dataset.map(
+            encode, batched=True, remove_columns=drop, num_proc=num_proc, desc=f"tokenising {split}"
+        )
     from datasets import DatasetDict
 
     return DatasetDict(tokenized)

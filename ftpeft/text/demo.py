@@ -35,7 +35,9 @@ def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
     frame["label"] = frame["label"].str.strip().str.lower()
     unknown = sorted(set(classes) - set(frame["label"]))
     if unknown:
-        raise FtpeftError(f"--demo_classes: {unknown} not in the demo data; choose from {sorted(frame['label'].unique())}.")
+        raise FtpeftError(
+            f"--demo_classes: {unknown} not in the demo data; choose from {sorted(frame['label'].unique())}."
+        )
     frame = frame[frame["label"].isin(classes)].sample(frac=1.0, random_state=0).reset_index(drop=True)
     if train_samples + test_samples > len(frame):
         raise FtpeftError(

@@ -59,9 +59,11 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    common = dict(
-        revision=model_args.model_revision, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-    )
+    common = {
+        "revision": model_args.model_revision,
+        "cache_dir": model_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
     try:
         config = AutoConfig.from_pretrained(
             model_path,

@@ -25,7 +25,9 @@ class TuningArguments:
     layer_decay: float = dataclasses.field(
         default=1.0, metadata={"help": "Layer-wise LR decay: each layer going down gets d x the LR of the one above."}
     )
-    use_peft: bool = dataclasses.field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of weights."})
+    use_peft: bool = dataclasses.field(
+        default=False, metadata={"help": "Train LoRA adapters (peft) instead of weights."}
+    )
     lora_r: int = dataclasses.field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = dataclasses.field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = dataclasses.field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
@@ -99,7 +101,9 @@ def unfreeze_last_k(value: str | int) -> int | None:
     try:
         k = int(text)
     except ValueError:
-        raise FtpeftError(f"--unfreeze_last must be a layer count (0 = head only) or 'all'/-1, got {value!r}.") from None
+        raise FtpeftError(
+            f"--unfreeze_last must be a layer count (0 = head only) or 'all'/-1, got {value!r}."
+        ) from None
     if k < 0:
         raise FtpeftError(f"--unfreeze_last must be >= 0 or 'all'/-1, got {k}.")
     return k

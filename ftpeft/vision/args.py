@@ -16,9 +16,12 @@ class ImageModelArguments:
             "Default: resnet50; with no data flag (offline demo): tf_efficientnet_lite0 with packaged ImageNet weights."
         },
     )
-    pretrained: bool = dataclasses.field(default=False, metadata={"help": "Load the model's Hub weights (needs the Hub)."})
+    pretrained: bool = dataclasses.field(
+        default=False, metadata={"help": "Load the model's Hub weights (needs the Hub)."}
+    )
     pretrained_file: str | None = dataclasses.field(
-        default=None, metadata={"help": "Local weights (.safetensors/.pth) for --model_name_or_path; implies --pretrained."}
+        default=None,
+        metadata={"help": "Local weights (.safetensors/.pth) for --model_name_or_path; implies --pretrained."},
     )
     drop_rate: float = dataclasses.field(default=0.0, metadata={"help": "Dropout before the classifier."})
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Where Hub downloads are cached."})
@@ -49,11 +52,18 @@ class ImageDataArguments:
     validation_split_percentage: int = dataclasses.field(
         default=10, metadata={"help": "Stratified, seeded %% of train held out for validation when none is given."}
     )
-    max_train_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many training images."})
-    max_eval_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many validation images."})
-    max_test_samples: int | None = dataclasses.field(default=None, metadata={"help": "Keep at most this many test images."})
+    max_train_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many training images."}
+    )
+    max_eval_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many validation images."}
+    )
+    max_test_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many test images."}
+    )
     strict_images: bool = dataclasses.field(
-        default=False, metadata={"help": "Fail on unreadable images instead of skipping them (listed in skipped_images.txt)."}
+        default=False,
+        metadata={"help": "Fail on unreadable images instead of skipping them (listed in skipped_images.txt)."},
     )
     image_size: int | None = dataclasses.field(
         default=None, metadata={"help": "Input size in pixels. Default: the model's pretrained config."}
@@ -61,12 +71,18 @@ class ImageDataArguments:
     crop_pct: float | None = dataclasses.field(
         default=None, metadata={"help": "Eval centre-crop fraction (1.0 = no crop). Default: the model's."}
     )
-    hflip: float = dataclasses.field(default=0.5, metadata={"help": "Training: horizontal-flip probability (0 for digits)."})
-    rotation_degrees: float = dataclasses.field(default=10.0, metadata={"help": "Training: random rotation range (+/-)."})
+    hflip: float = dataclasses.field(
+        default=0.5, metadata={"help": "Training: horizontal-flip probability (0 for digits)."}
+    )
+    rotation_degrees: float = dataclasses.field(
+        default=10.0, metadata={"help": "Training: random rotation range (+/-)."}
+    )
     crop_scale_min: float = dataclasses.field(
         default=0.08, metadata={"help": "Training: smallest random-resized-crop area fraction."}
     )
-    color_jitter: float = dataclasses.field(default=0.4, metadata={"help": "Training: colour-jitter strength (0 = off)."})
+    color_jitter: float = dataclasses.field(
+        default=0.4, metadata={"help": "Training: colour-jitter strength (0 = off)."}
+    )
     demo_train_samples: int = dataclasses.field(
         default=4000, metadata={"help": "Offline MNIST demo: training digits (validation is split from them)."}
     )

