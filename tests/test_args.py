@@ -61,7 +61,7 @@ def test_unfreeze_last_values(value, expected):
         ("- a\n- b\n", [], "expected a mapping"),
         (None, ["--unfreeze_last", "-3"], "--unfreeze_last must be >= 0"),
         (None, ["--unfreeze_last", "top"], "--unfreeze_last must be a layer count"),
-        (None, ["--lora_r", "0"], "--lora_r must be a positive rank"),
+        (None, ["--lora_r", "0"], "--lora_r must be >= 1, got 0"),
         (None, ["--no_such_flag", "1"], r"unknown argument\(s\): \['--no_such_flag', '1'\]"),
         (None, ["--layer_decay", "1.5"], "--layer_decay must be in"),
     ],

@@ -85,7 +85,7 @@ TEXT_CASES = [
         lambda w: ["--use_peft", "--lora_target_modules", "q_proj"],
         "--lora_target_modules ['q_proj'] match no module of this model; Linear layers it has:",
     ),
-    ("LoRA rank 0", lambda w: ["--use_peft", "--lora_r", "0"], "--lora_r must be a positive rank, got 0"),
+    ("LoRA rank 0", lambda w: ["--use_peft", "--lora_r", "0"], "--lora_r must be >= 1, got 0"),
     (
         "LoRA on a type peft has no defaults for",
         lambda w: ["--model_name_or_path", w["distilbert"], "--use_peft"],

@@ -7,10 +7,12 @@ command-line tokens), so a YAML value and a flag are checked the same way."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
 import sys
+import types
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ftpeft.core.errors import FtpeftError, redact
+from ftpeft.core.validation import RULE_KEYS, check_training_values, rule_text
 
 
 @dataclasses.dataclass
@@ -30,10 +33,25 @@ class RunArguments:
 
 
 class FtpeftArgumentParser(HfArgumentParser):
-    """HfArgumentParser whose errors are FtpeftError (one line, exit 2) instead of argparse's exit."""
+    """HfArgumentParser whose errors are FtpeftError (one line, exit 2) instead of argparse's exit.
+
+    A field's declared range/choices (ftpeft.core.validation) are shown in its --help line and checked by
+    its dataclass, not by argparse: every bad value gets the same kind of message.
+    """
 
     def error(self, message):  # argparse hook
         raise FtpeftError(f"{message} (see --help)")
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        if any(key in field.metadata for key in RULE_KEYS):
+            metadata = {key: value for key, value in field.metadata.items() if key not in RULE_KEYS}
+            allowed = rule_text(field.metadata)
+            if allowed and "help" in metadata:
+                metadata["help"] = f"{metadata['help']} Allowed: {allowed}."
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(metadata)
+        HfArgumentParser._parse_dataclass_field(parser, field)
 
 
 def _field_names(dataclass_types: Iterable[type]) -> set[str]:
@@ -149,19 +167,30 @@ def parse_args(
             parser.parse_known_args(yaml_tokens)
         except FtpeftError as error:
             raise FtpeftError(f"--config {config_path}: {error}") from None
-    try:
-        parsed = ParsedArgs(parser.parse_args_into_dataclasses(yaml_tokens + argv, look_for_args_file=False))
+    namespace, unknown = parser.parse_known_args(yaml_tokens + argv)
+    if unknown:
+        raise FtpeftError(f"unknown argument(s): {unknown} (see --help)")
+    _check_training_values(dataclass_types, vars(namespace))  # before any __post_init__ does work
+    try:  # each ftpeft dataclass checks its declared rules, then its cross-field ones, in __post_init__
+        parsed = ParsedArgs(
+            dtype(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init})
+            for dtype in dataclass_types
+        )
     except FtpeftError:
         raise
-    except ValueError as error:
-        if "not used by the HfArgumentParser" in str(error):
-            unknown = str(error).split(":", 1)[1].strip()
-            raise FtpeftError(f"unknown argument(s): {unknown} (see --help)") from None
-        raise FtpeftError(str(error)) from None
-    except TypeError as error:  # TrainingArguments' own __post_init__ checks
+    except (ValueError, TypeError) as error:  # TrainingArguments' own __post_init__ checks
         raise FtpeftError(str(error)) from None
     parsed.resolved = _resolved_settings(parser, yaml_tokens + argv)
     return parsed
+
+
+def _check_training_values(dataclass_types: tuple[type, ...], values: dict[str, Any]) -> None:
+    """The TRAINING_RULES table, for the TrainingArguments (or subclass) among ``dataclass_types``."""
+    module = sys.modules.get("transformers.training_args")  # not imported: no TrainingArguments here (keeps torch out)
+    for dtype in dataclass_types:
+        if module is not None and issubclass(dtype, module.TrainingArguments):
+            fields = {f.name: f.default for f in dataclasses.fields(dtype) if f.init}
+            check_training_values({name: values[name] for name in fields}, fields)
 
 
 def _plain(value: Any) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from ftpeft.core.artifacts import TORCH_SUFFIXES, safetensors_problem, torch_archive_problem, weight_files
 from ftpeft.core.errors import FtpeftError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -32,20 +34,42 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume_from_checkp
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint counts only once its trainer state is written and parses (Trainer writes it last,
-    after weights, optimizer, scheduler and RNG states), and its weights are there."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is no checkpoint to resume from (None: it is one).
+
+    A checkpoint counts only once its trainer state is written and parses (Trainer writes it last, after
+    weights, optimizer, scheduler and RNG states), its weights are there, and no weight or state file is
+    cut short (a full disk, an interrupted copy): those would fail deep inside the resume.
+    """
     state = path / "trainer_state.json"
     if not (path.is_dir() and state.is_file() and any((path / name).is_file() for name in WEIGHT_FILES)):
-        return False
+        return "incomplete checkpoint (trainer_state.json or weights missing; probably killed while saving)"
     try:
         json.loads(state.read_text())
     except (ValueError, OSError):
-        return False
-    return True
+        return "incomplete checkpoint (trainer_state.json unreadable; probably killed while saving)"
+    try:
+        weights = weight_files(path)
+    except FtpeftError as error:
+        return str(error)
+    for file in weights:
+        problem = safetensors_problem(file)
+        if problem:
+            return f"{file} is damaged ({problem})"
+    for file in sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES and p.is_file()):
+        problem = torch_archive_problem(file)
+        if problem:
+            return f"{file} is damaged ({problem})"
+    return None
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return checkpoint_problem(path) is None
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint-N in ``output_dir`` to resume from; newer incomplete or damaged ones are skipped
+    (with a warning naming the reason)."""
     path = Path(output_dir)
     if not path.is_dir():
         return None
@@ -53,8 +77,10 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
         p for p in path.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
     ]
     for candidate in sorted(candidates, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), reverse=True):
-        if is_complete_checkpoint(candidate):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
             return candidate
+        logging.getLogger("ftpeft").warning("--resume_from_checkpoint auto: skipping %s: %s", candidate, problem)
     return None
 
 
@@ -73,10 +99,11 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise FtpeftError(f"--resume_from_checkpoint {path}: no such checkpoint directory.")
-    if not is_complete_checkpoint(path):
+    problem = checkpoint_problem(path)
+    if problem:
         raise FtpeftError(
-            f"--resume_from_checkpoint {path}: incomplete checkpoint (trainer_state.json or weights missing or "
-            "unreadable; probably killed while saving). Use --resume_from_checkpoint auto to take the latest complete one."
+            f"--resume_from_checkpoint {path}: {problem}. Use --resume_from_checkpoint auto to take the latest "
+            "complete one."
         )
     return str(path)
 

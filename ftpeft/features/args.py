@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.validation import COUNT, NON_NEGATIVE, POSITIVE, SEED, check_fields
 from ftpeft.text.args import TextDataArguments
 from ftpeft.vision.args import ImageDataArguments
 
@@ -19,7 +20,8 @@ class FeatureArguments:
         },
     )
     modality: str = dataclasses.field(
-        default="image", metadata={"help": "image (timm backbones) or text (transformers)."}
+        default="image",
+        metadata={"help": "image (timm backbones) or text (transformers).", "choices": ("image", "text")},
     )
     pretrained: bool = dataclasses.field(default=False, metadata={"help": "image: load Hub weights of each backbone."})
     pretrained_file: list[str] | None = dataclasses.field(
@@ -34,7 +36,10 @@ class FeatureArguments:
     )
     pooling: str = dataclasses.field(
         default="mean",
-        metadata={"help": "text, or token outputs at --layer: 'cls' (first token) or 'mean' (masked mean)."},
+        metadata={
+            "help": "text, or token outputs at --layer: 'cls' (first token) or 'mean' (masked mean).",
+            "choices": ("cls", "mean"),
+        },
     )
     feature_dir: str = dataclasses.field(
         default="outputs/features",
@@ -42,23 +47,20 @@ class FeatureArguments:
             "help": "Cache root; each distinct extraction gets FEATURE_DIR/<key>/ (identical settings reuse it)."
         },
     )
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images/texts per forward pass."})
-    max_seq_length: int = dataclasses.field(default=128, metadata={"help": "text: truncate to this many tokens."})
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Images/texts per forward pass.", "range": COUNT})
+    max_seq_length: int = dataclasses.field(
+        default=128, metadata={"help": "text: truncate to this many tokens.", "range": COUNT}
+    )
     text_columns: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "text: one or two text columns."}
     )
     train_file: str | None = dataclasses.field(default=None, metadata={"help": "text: local training file."})
     validation_file: str | None = dataclasses.field(default=None, metadata={"help": "text: local validation file."})
     test_file: str | None = dataclasses.field(default=None, metadata={"help": "text: local test file."})
-    seed: int = dataclasses.field(default=42, metadata={"help": "Seed of the validation split."})
+    seed: int = dataclasses.field(default=42, metadata={"help": "Seed of the validation split.", "range": SEED})
 
     def __post_init__(self):
-        if self.modality not in ("image", "text"):
-            raise FtpeftError(f"--modality must be 'image' or 'text', got {self.modality!r}.")
-        if self.pooling not in ("cls", "mean"):
-            raise FtpeftError(f"--pooling must be 'cls' or 'mean', got {self.pooling!r}.")
-        if self.batch_size <= 0:
-            raise FtpeftError(f"--batch_size must be positive, got {self.batch_size}.")
+        check_fields(self)
         if self.pretrained_file and len(self.pretrained_file) != len(self.model_name_or_path or [None]):
             raise FtpeftError("--pretrained_file takes one file per --model_name_or_path backbone, in the same order.")
 
@@ -91,34 +93,37 @@ class HeadArguments:
         default="outputs/features",
         metadata={"help": "A feature folder written by extract_features (FEATURE_DIR/<key>, or the root: its latest)."},
     )
-    head: str = dataclasses.field(default="logreg", metadata={"help": f"Classifier: {', '.join(HEAD_TYPES)}."})
+    head: str = dataclasses.field(
+        default="logreg", metadata={"help": f"Classifier: {', '.join(HEAD_TYPES)}.", "choices": HEAD_TYPES}
+    )
     output_dir: str = dataclasses.field(
         default="outputs/train_head", metadata={"help": "Where the head and reports go."}
     )
     regularization_c: float | None = dataclasses.field(
         default=None,
-        metadata={"help": "logreg/linear_svm: inverse L2 strength C. Default: 1.0 logreg, 0.01 linear_svm."},
+        metadata={
+            "help": "logreg/linear_svm: inverse L2 strength C. Default: 1.0 logreg, 0.01 linear_svm.",
+            "range": POSITIVE,
+        },
     )
-    max_iter: int = dataclasses.field(default=2000, metadata={"help": "logreg/linear_svm/hist_gb: iteration limit."})
-    n_estimators: int = dataclasses.field(default=300, metadata={"help": "random_forest: number of trees."})
-    hidden_size: int = dataclasses.field(default=512, metadata={"help": "mlp: hidden width."})
-    epochs: int = dataclasses.field(default=30, metadata={"help": "linear/mlp: passes over the features."})
-    learning_rate: float = dataclasses.field(default=1e-3, metadata={"help": "linear/mlp: AdamW learning rate."})
-    weight_decay: float = dataclasses.field(default=1e-4, metadata={"help": "linear/mlp: AdamW weight decay."})
-    batch_size: int = dataclasses.field(default=256, metadata={"help": "linear/mlp: mini-batch size."})
-    seed: int = dataclasses.field(default=42, metadata={"help": "Random seed."})
+    max_iter: int = dataclasses.field(
+        default=2000, metadata={"help": "logreg/linear_svm/hist_gb: iteration limit.", "range": COUNT}
+    )
+    n_estimators: int = dataclasses.field(
+        default=300, metadata={"help": "random_forest: number of trees.", "range": COUNT}
+    )
+    hidden_size: int = dataclasses.field(default=512, metadata={"help": "mlp: hidden width.", "range": COUNT})
+    epochs: int = dataclasses.field(
+        default=30, metadata={"help": "linear/mlp: passes over the features.", "range": COUNT}
+    )
+    learning_rate: float = dataclasses.field(
+        default=1e-3, metadata={"help": "linear/mlp: AdamW learning rate.", "range": POSITIVE}
+    )
+    weight_decay: float = dataclasses.field(
+        default=1e-4, metadata={"help": "linear/mlp: AdamW weight decay.", "range": NON_NEGATIVE}
+    )
+    batch_size: int = dataclasses.field(default=256, metadata={"help": "linear/mlp: mini-batch size.", "range": COUNT})
+    seed: int = dataclasses.field(default=42, metadata={"help": "Random seed.", "range": SEED})
 
     def __post_init__(self):
-        if self.head not in HEAD_TYPES:
-            raise FtpeftError(f"--head must be one of {', '.join(HEAD_TYPES)}, got {self.head!r}.")
-        for flag in (
-            "regularization_c",
-            "max_iter",
-            "n_estimators",
-            "hidden_size",
-            "epochs",
-            "learning_rate",
-            "batch_size",
-        ):
-            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
-                raise FtpeftError(f"--{flag} must be positive, got {getattr(self, flag)}.")
+        check_fields(self)

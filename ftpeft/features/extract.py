@@ -139,12 +139,24 @@ def cache_key(request: dict) -> str:
 
 
 def find_cached(feature_dir: str | Path, request: dict) -> Path | None:
-    """The folder holding features for exactly this request, if one exists (its metadata is checked too)."""
+    """The folder holding intact features for exactly this request, if one exists.
+
+    Its metadata must parse and name this request, and every shard must be whole: a damaged copy is not
+    reused (extraction writes a fresh one over it).
+    """
+    from ftpeft.core.artifacts import safetensors_problem
+
     folder = Path(feature_dir) / cache_key(request)
-    meta = folder / METADATA_FILE
-    if meta.is_file() and json.loads(meta.read_text()).get("request") == json.loads(json.dumps(request, default=str)):
-        return folder
-    return None
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+        if metadata.get("request") != json.loads(json.dumps(request, default=str)):
+            return None
+        shards = [folder / name for names in metadata["shards"].values() for name in names]
+        if any(not shard.is_file() or safetensors_problem(shard) for shard in shards):
+            return None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # missing or damaged metadata.json
+        return None
+    return folder
 
 
 def distributed_map(count: int, compute: Callable[[list[int]], np.ndarray], desc: str) -> np.ndarray | None:
@@ -230,12 +242,19 @@ def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
     """({split: (features [N, D] float32, labels [N] int64)}, metadata) from an extraction folder or cache root."""
     from safetensors.numpy import load_file
 
+    from ftpeft.core.artifacts import check_safetensors, read_json_file
+
     folder = resolve_feature_dir(path)
-    metadata = json.loads((folder / METADATA_FILE).read_text())
-    if metadata.get("format") != FORMAT:
+    again = "run recipes/extract_features.py again"
+    metadata = read_json_file(folder / METADATA_FILE, "a feature folder", advice=again)
+    if metadata.get("format") != FORMAT or not isinstance(metadata.get("shards"), dict):
         raise FtpeftError(f"--features_dir {folder}: format {metadata.get('format')!r}, expected {FORMAT!r}.")
     splits = {}
     for split, names in metadata["shards"].items():
+        for name in names:
+            if not (folder / name).is_file():
+                raise FtpeftError(f"{folder / name}: missing; {again}.")
+            check_safetensors(folder / name, advice=again)
         parts = [load_file(str(folder / name)) for name in names]
         splits[split] = (
             np.concatenate([p["features"] for p in parts]),

@@ -120,7 +120,11 @@ def save_torch_head(module: nn.Module, output_dir: str | Path, config: dict) -> 
 def load_torch_head(head_dir: str | Path) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_file
 
-    config = json.loads((Path(head_dir) / HEAD_CONFIG_FILE).read_text())
+    from ftpeft.core.artifacts import check_safetensors, read_json_file
+
+    again = "train the head again (recipes/train_head.py)"
+    config = read_json_file(Path(head_dir) / HEAD_CONFIG_FILE, "a saved head", advice=again)
+    check_safetensors(Path(head_dir) / TORCH_FILE, advice=again)
     module = torch_head(config["head"], config["in_features"], config["num_classes"], config.get("hidden_size", 512))
     module.load_state_dict(load_file(str(Path(head_dir) / TORCH_FILE)))
     return module.eval(), config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.validation import COUNT, check_fields
 from ftpeft.knowledge.model import INJECT_MODES, UNKNOWN_MODES
 
 
@@ -51,19 +52,15 @@ class KnowledgeArguments:
         },
     )
     knowledge_dim: int | None = dataclasses.field(
-        default=None, metadata={"help": "Expected total width of the knowledge vectors; checked against the files."}
+        default=None,
+        metadata={"help": "Expected total width of the knowledge vectors; checked against the files.", "range": COUNT},
     )
     fusion_hidden_size: int = dataclasses.field(
-        default=256, metadata={"help": "concat/gate: width of the fusion layer before the classifier."}
+        default=256, metadata={"help": "concat/gate: width of the fusion layer before the classifier.", "range": COUNT}
     )
 
     def __post_init__(self):
-        if self.inject not in INJECT_MODES:
-            raise FtpeftError(f"--inject must be one of {', '.join(INJECT_MODES)}, got '{self.inject}'.")
-        if self.unknown_entity not in UNKNOWN_MODES:
-            raise FtpeftError(
-                f"--unknown_entity must be one of {', '.join(UNKNOWN_MODES)}, got '{self.unknown_entity}'."
-            )
+        check_fields(self)
         if self.inject == "add" and self.knowledge_column:
             raise FtpeftError(
                 "--knowledge_column gives example-level features; use it with --inject concat or gate, not add."
@@ -72,10 +69,6 @@ class KnowledgeArguments:
             raise FtpeftError(
                 "--inject none is the text-only control; drop --knowledge_file/--knowledge_column/--entity_column."
             )
-        if self.knowledge_dim is not None and self.knowledge_dim <= 0:
-            raise FtpeftError(f"--knowledge_dim must be positive, got {self.knowledge_dim}.")
-        if self.fusion_hidden_size <= 0:
-            raise FtpeftError(f"--fusion_hidden_size must be positive, got {self.fusion_hidden_size}.")
 
     @property
     def uses_token_knowledge(self) -> bool:

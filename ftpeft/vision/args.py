@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.validation import COUNT, FRACTION, NON_NEGATIVE, PERCENTAGE, PROBABILITY, SHARE, between, check_fields
 
 
 @dataclasses.dataclass
@@ -23,12 +24,13 @@ class ImageModelArguments:
         default=None,
         metadata={"help": "Local weights (.safetensors/.pth) for --model_name_or_path; implies --pretrained."},
     )
-    drop_rate: float = dataclasses.field(default=0.0, metadata={"help": "Dropout before the classifier."})
+    drop_rate: float = dataclasses.field(
+        default=0.0, metadata={"help": "Dropout before the classifier.", "range": FRACTION}
+    )
     cache_dir: str | None = dataclasses.field(default=None, metadata={"help": "Where Hub downloads are cached."})
 
     def __post_init__(self):
-        if not 0 <= self.drop_rate < 1:
-            raise FtpeftError(f"--drop_rate must be in [0, 1), got {self.drop_rate}.")
+        check_fields(self)
 
 
 @dataclasses.dataclass
@@ -50,65 +52,61 @@ class ImageDataArguments:
     dataset_config_name: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset config."})
     image_column: str = dataclasses.field(default="image", metadata={"help": "--dataset_name: the image column."})
     validation_split_percentage: int = dataclasses.field(
-        default=10, metadata={"help": "Stratified, seeded %% of train held out for validation when none is given."}
+        default=10,
+        metadata={
+            "help": "Stratified, seeded %% of train held out for validation when none is given.",
+            "range": PERCENTAGE,
+        },
     )
     max_train_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many training images."}
+        default=None, metadata={"help": "Keep at most this many training images.", "range": COUNT}
     )
     max_eval_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many validation images."}
+        default=None, metadata={"help": "Keep at most this many validation images.", "range": COUNT}
     )
     max_test_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many test images."}
+        default=None, metadata={"help": "Keep at most this many test images.", "range": COUNT}
     )
     strict_images: bool = dataclasses.field(
         default=False,
         metadata={"help": "Fail on unreadable images instead of skipping them (listed in skipped_images.txt)."},
     )
     image_size: int | None = dataclasses.field(
-        default=None, metadata={"help": "Input size in pixels. Default: the model's pretrained config."}
+        default=None, metadata={"help": "Input size in pixels. Default: the model's pretrained config.", "range": COUNT}
     )
     crop_pct: float | None = dataclasses.field(
-        default=None, metadata={"help": "Eval centre-crop fraction (1.0 = no crop). Default: the model's."}
+        default=None,
+        metadata={"help": "Eval centre-crop fraction (1.0 = no crop). Default: the model's.", "range": SHARE},
     )
     hflip: float = dataclasses.field(
-        default=0.5, metadata={"help": "Training: horizontal-flip probability (0 for digits)."}
+        default=0.5, metadata={"help": "Training: horizontal-flip probability (0 for digits).", "range": PROBABILITY}
     )
     rotation_degrees: float = dataclasses.field(
-        default=10.0, metadata={"help": "Training: random rotation range (+/-)."}
+        default=10.0, metadata={"help": "Training: random rotation range (+/-).", "range": between(0, 180)}
     )
     crop_scale_min: float = dataclasses.field(
-        default=0.08, metadata={"help": "Training: smallest random-resized-crop area fraction."}
+        default=0.08, metadata={"help": "Training: smallest random-resized-crop area fraction.", "range": SHARE}
     )
     color_jitter: float = dataclasses.field(
-        default=0.4, metadata={"help": "Training: colour-jitter strength (0 = off)."}
+        default=0.4, metadata={"help": "Training: colour-jitter strength (0 = off).", "range": NON_NEGATIVE}
     )
     demo_train_samples: int = dataclasses.field(
-        default=4000, metadata={"help": "Offline MNIST demo: training digits (validation is split from them)."}
+        default=4000,
+        metadata={"help": "Offline MNIST demo: training digits (validation is split from them).", "range": COUNT},
     )
     demo_test_samples: int = dataclasses.field(
-        default=1000, metadata={"help": "Offline MNIST demo: fixed held-out test digits (independent of --seed)."}
+        default=1000,
+        metadata={"help": "Offline MNIST demo: fixed held-out test digits (independent of --seed).", "range": COUNT},
     )
 
     def __post_init__(self):
-        if not 0 < self.validation_split_percentage < 100:
-            raise FtpeftError(
-                f"--validation_split_percentage must be between 1 and 99, got {self.validation_split_percentage}."
-            )
+        check_fields(self)
         if self.labels_csv and not self.image_dir:
             raise FtpeftError("--labels_csv needs --image_dir (the folder holding <id><ext> files).")
         if self.dataset_name and self.image_dir:
             raise FtpeftError("pass either --dataset_name or --image_dir, not both.")
         if self.demo_train_samples + self.demo_test_samples > 5000:
             raise FtpeftError("--demo_train_samples + --demo_test_samples exceed the 5,000 demo MNIST digits.")
-        for flag in ("max_train_samples", "max_eval_samples", "max_test_samples", "image_size"):
-            value = getattr(self, flag)
-            if value is not None and value <= 0:
-                raise FtpeftError(f"--{flag} must be positive, got {value}.")
-        if not 0 < self.crop_scale_min <= 1:
-            raise FtpeftError(f"--crop_scale_min must be in (0, 1], got {self.crop_scale_min}.")
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise FtpeftError(f"--crop_pct must be in (0, 1], got {self.crop_pct}.")
 
     @property
     def is_demo(self) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ftpeft.core.artifacts import check_model_folder, check_safetensors
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.trainer import FtpeftTrainer
 from ftpeft.vision.convert import DEMO_IMAGE_MODEL, converted_efficientnet_lite0
@@ -47,10 +48,14 @@ def create_timm_model(
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models()."
         raise FtpeftError(f"--model_name_or_path {name}: unknown timm model.{hint}")
+    if source == "local-dir" and Path(name.split(":", 1)[1]).is_dir():  # timm's format: config.json + weights
+        check_model_folder(name.split(":", 1)[1])
     overlay = None
     if pretrained_file:
         if not Path(pretrained_file).is_file():
             raise FtpeftError(f"--pretrained_file {pretrained_file}: no such file.")
+        if Path(pretrained_file).suffix == ".safetensors":
+            check_safetensors(pretrained_file)
         overlay = {"file": str(pretrained_file)}
     try:
         return timm.create_model(
