@@ -21,7 +21,12 @@ from ftpeft.core.freezing import (
 )
 from ftpeft.core.param_groups import build_param_groups
 from ftpeft.core.trainer import FtpeftTrainer
+from ftpeft.features.extract import load_features
+from ftpeft.features.heads import attach_head, load_sklearn_head, load_torch_head
+from ftpeft.knowledge.data import knowledge_batch
 from ftpeft.knowledge.model import KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification
+from ftpeft.knowledge.table import KnowledgeTable
+from ftpeft.tuning.apply import TuningReport, apply_tuning
 
 __version__ = "0.1.0"
 
@@ -32,11 +37,19 @@ __all__ = [
     "FtpeftTrainer",
     "KnowledgeInjectionConfig",
     "KnowledgeInjectionForSequenceClassification",
+    "KnowledgeTable",
     "LayerMap",
+    "TuningReport",
+    "apply_tuning",
+    "attach_head",
     "build_param_groups",
     "count_parameters",
     "freeze_report",
     "keep_frozen_norms_in_eval",
+    "knowledge_batch",
     "layer_map",
+    "load_features",
+    "load_sklearn_head",
+    "load_torch_head",
     "unfreeze_last",
 ]

@@ -41,73 +41,10 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse(argv)
-    feature_args, data_args = args
-    # heavy imports after parsing keep --help instant
-    import torch
-    from accelerate import PartialState
+    feature_args, data_args = parse(argv)
+    from ftpeft.features.jobs import export_features  # heavy imports after parsing keep --help instant
 
-    from ftpeft.features import extract as features
-    from ftpeft.vision.data import write_skipped
-
-    state = PartialState()
-    torch.manual_seed(feature_args.seed)
-
-    # --- 1. backbones and data ---------------------------------------------------------------------------
-    with state.main_process_first():
-        if feature_args.modality == "image":
-            from ftpeft.vision.data import load_image_classification_data
-
-            backbones = features.load_image_backbones(feature_args, data_args)
-            data = load_image_classification_data(data_args, feature_args.seed)
-            label_names, skipped, description = data.label_names, data.skipped, data.description
-            fingerprints = {split: images.fingerprint() for split, images in data.splits.items()}
-        else:
-            from ftpeft.text.data import dataset_description, load_text_classification_data
-
-            text_args = feature_args.text_data_arguments(data_args)
-            backbones = features.load_text_backbones(feature_args)
-            datasets, label_names, text_columns = load_text_classification_data(text_args, feature_args.seed)
-            skipped, description = [], dataset_description(text_args)
-            fingerprints = {split: ds._fingerprint for split, ds in datasets.items()}
-
-    # --- 2. the cache key: everything that determines the features ----------------------------------------
-    request = {
-        "backbones": [backbone.description() for backbone in backbones],
-        "data": description,
-        "data_fingerprints": fingerprints,
-        "label_names": label_names,
-    }
-    cached = features.find_cached(feature_args.feature_dir, request)
-    if cached is not None:
-        if state.is_main_process:
-            print(f"reusing cached features in {cached}")
-        _, metadata = features.load_features(cached)
-        return {"feature_dir": str(cached), "reused": True, **metadata["split_sizes"]}
-
-    # --- 3. run every backbone once over every split (ranks split the rows) ---------------------------------
-    if feature_args.modality == "image":
-        splits = features.extract_image_splits(backbones, data.splits, feature_args.batch_size)
-    else:
-        splits = features.extract_text_splits(backbones, datasets, text_columns, feature_args.batch_size)
-
-    # --- 4. rank 0 writes (temp folder, then rename) --------------------------------------------------------
-    result: dict = {"reused": False}
-    if state.is_main_process:
-        extra = {
-            "modality": feature_args.modality,
-            "label_names": label_names,
-            "weights_files": [backbone.weights_file for backbone in backbones],
-            "feature_dims": [backbone.feature_dim for backbone in backbones],
-            "seed": feature_args.seed,
-        }
-        folder = features.write_features(feature_args.feature_dir, request, splits, extra)
-        write_skipped(folder, skipped)
-        sizes = {split: len(labels) for split, (_, labels) in splits.items()}
-        print(f"wrote {sum(sizes.values())} feature rows {sizes} of dim {splits['train'][0].shape[1]} to {folder}")
-        result.update(feature_dir=str(folder), **sizes)
-    state.wait_for_everyone()
-    return result
+    return export_features(feature_args, data_args)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from torch import nn
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.freezing import ARCHITECTURES, layer_map
+from ftpeft.core.outputs import staged
 
 CACHE_FORMAT_VERSION = 1
 STATES_FILE, OFFSETS_FILE, META_FILE = "states.npy", "offsets.npy", "meta.json"
@@ -40,14 +39,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("FTPEFT_CACHE", Path.home() / ".cache" / "ftpeft")) / "activations"
 
 
-def check_cacheable(model: nn.Module, k: int | None, train_embeddings: bool, use_peft: bool) -> None:
-    """Refuse, naming the reason, when a cached run could not be exactly the uncached one."""
-    if k is None:
-        raise FtpeftError("--cache_frozen needs --unfreeze_last k (with 'all' nothing is frozen to cache).")
-    if train_embeddings:
-        raise FtpeftError("--cache_frozen cannot be used with --train_embeddings: the cached part would change.")
-    if use_peft:
-        raise FtpeftError("--cache_frozen cannot be used with --use_peft: LoRA adapters below the boundary train.")
+def check_cacheable(model: nn.Module, k: int) -> None:
+    """Refuse, naming the reason, when this model's cached run could not be exactly the uncached one.
+
+    The flag rules (a depth k, no LoRA, no trained embeddings) sit with ``TuningArguments.cache_frozen``.
+    """
     base = getattr(model, "base_model", model)
     model_type = getattr(getattr(base, "config", None), "model_type", None)
     if model_type not in ARCHITECTURES:
@@ -226,9 +222,7 @@ def build_store(model, k, dataset, collator, directory: Path, dtype: str, batch_
     offsets[1:] = np.cumsum(lengths)
     hidden = model.base_model.config.hidden_size
     storage_dtype = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[dtype]
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with staged(directory, directory=True) as staging:
         states = np.lib.format.open_memmap(
             staging / STATES_FILE, mode="w+", dtype=storage_dtype, shape=(int(offsets[-1]), hidden)
         )
@@ -258,11 +252,6 @@ def build_store(model, k, dataset, collator, directory: Path, dtype: str, batch_
             states_sha256=_file_sha256(staging / STATES_FILE),
         )
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        if directory.exists():  # a damaged cache under the same key: replace it
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def cached_split(
@@ -289,7 +278,8 @@ def prepare_cached_training(
 ):
     """Cache the frozen prefix for every split; return (CachedPrefixModel, index datasets, collator, reused).
 
-    The main process builds the caches first; other ranks then find them valid and read them.
+    The main process builds the caches first; other ranks then find them valid and read them. The index
+    datasets carry no model inputs: train them with ``remove_unused_columns=False`` (``keep_all_columns``).
     """
     import logging
 
@@ -305,8 +295,6 @@ def prepare_cached_training(
             "process %d: activation cache for %s %s", training_args.process_index, split,
             "reused" if was_reused else "built",
         )  # fmt: skip
-    # the index datasets carry no model inputs: keep their columns for the collator
-    training_args.remove_unused_columns = False
     return CachedPrefixModel(model, k), indexes, SplitCollator(stores), reused
 
 

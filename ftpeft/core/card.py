@@ -37,6 +37,7 @@ class RunSummary:
     hardware: str = dataclasses.field(default_factory=lambda: hardware_description())
     tags: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    learning_curve: bool = False  # learning_curve.png sits next to the card
 
 
 def hardware_description() -> str:
@@ -89,6 +90,7 @@ def render_model_card(summary: RunSummary) -> str:
     runtime = f"{summary.train_runtime_s:.1f} s" if summary.train_runtime_s is not None else "n/a"
     pct = 100 * summary.trainable_params / max(summary.total_params, 1)
     notes = "".join(f"- {note}\n" for note in summary.notes)
+    curve = "\n![learning curve](learning_curve.png)\n" if summary.learning_curve else ""
     text = f"""---
 {header}
 ---
@@ -117,7 +119,7 @@ Fine-tuned from `{summary.base_model}` with the ftpeft recipe `{summary.recipe}`
 | metric | value |
 |---|---|
 {metric_rows}
-
+{curve}
 ## Resolved configuration (re-run with `--config` on this block saved as YAML)
 
 ```yaml

@@ -22,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ftpeft.core.errors import FtpeftError, redact
+from ftpeft.core.outputs import atomic_write_text
 from ftpeft.core.validation import RULE_KEYS, check_training_values, rule_text
 
 
@@ -221,7 +222,7 @@ def _resolved_settings(parser: HfArgumentParser, tokens: list[str]) -> dict[str,
 
 def save_resolved_config(path: str | Path, resolved: dict[str, Any]) -> None:
     """Write the run's settings as YAML (token-free); ``--config`` accepts the file as it is."""
-    Path(path).write_text(redact(yaml.safe_dump(resolved, sort_keys=True)))
+    atomic_write_text(path, redact(yaml.safe_dump(resolved, sort_keys=True)))
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -12,10 +12,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.outputs import atomic_write_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +159,7 @@ def layer_map(model: nn.Module) -> LayerMap:
         raise FtpeftError(
             f"--unfreeze_last: cannot find the encoder layers of model type '{model_type}' "
             f"({type(inner).__name__}); known types: {', '.join(sorted(ARCHITECTURES))}. "
-            "Use --unfreeze_last all or --use_peft, or add the type to ftpeft.freezing.ARCHITECTURES."
+            "Use --unfreeze_last all or --use_peft, or add the type to ftpeft.ARCHITECTURES."
         )
     path, blocks = found
     layers = [_params_under(model, _join(base_prefix, f"{path}.{i}")) for i in range(len(blocks))]
@@ -197,7 +197,7 @@ class FreezeReport:
         return "\n".join(lines)
 
     def save(self, output_dir: str | Path) -> None:
-        Path(output_dir, "freeze_report.json").write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        atomic_write_text(Path(output_dir, "freeze_report.json"), json.dumps(dataclasses.asdict(self), indent=2))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -225,16 +225,19 @@ def freeze_report(model: nn.Module, spec: str, layers: LayerMap | None = None) -
     return FreezeReport(spec, layers.source, layers.num_layers, trainable_layers, counts, trainable, total)
 
 
-def unfreeze_last(model: nn.Module, k: int | None, train_embeddings: bool = False) -> FreezeReport:
+def unfreeze_last(
+    model: nn.Module, k: int | None, train_embeddings: bool = False, layers: LayerMap | None = None
+) -> FreezeReport:
     """Make only the top ``k`` layers (+ top + head) trainable; ``k=None`` trains everything, ``k=0`` the head.
 
-    Sets ``requires_grad`` on every parameter of ``model`` and returns what it did.
+    Sets ``requires_grad`` on every parameter of ``model`` and returns what it did. ``layers`` is the
+    model's layer map when the caller has it already.
     """
     if k is None:
         for param in model.parameters():
             param.requires_grad_(True)
-        return freeze_report(model, "all")
-    layers = layer_map(model)
+        return freeze_report(model, "all", layers)
+    layers = layers or layer_map(model)
     if k > layers.num_layers:
         raise FtpeftError(
             f"--unfreeze_last {k} is larger than the model's {layers.num_layers} layers; "
@@ -276,8 +279,3 @@ def keep_in_eval(modules: list[nn.Module]) -> None:
     for module in modules:
         for sub in module.modules():
             sub.register_forward_pre_hook(_pin_eval)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached copies of all parameters (for tests and sanity checks of what changed)."""
-    return {name: param.detach().clone() for name, param in model.named_parameters()}

@@ -27,15 +27,15 @@ def resolve_token(explicit: str | None) -> str | None:
 
 
 def validate_push_args(training_args) -> PushTarget | None:
-    """Check --push_to_hub settings before training; then stop Trainer from pushing at every save.
+    """Check --push_to_hub settings before training; the target (token included) of the one push at the end.
 
-    ftpeft pushes once, at the end, so a failed push never costs the run. The token moves from
-    ``training_args`` into the returned target, so Trainer never writes it to disk.
+    ftpeft pushes once, at the end, so a failed push never costs the run. The run then clears
+    ``push_to_hub`` and ``hub_token`` in ``training_args`` (``ftpeft.core.settings``), so Trainer neither
+    pushes at every save nor writes the token to disk.
     """
-    explicit_token, training_args.hub_token = training_args.hub_token, None  # never pickled into training_args.bin
     if not training_args.push_to_hub:
         return None
-    token = resolve_token(explicit_token)
+    token = resolve_token(training_args.hub_token)
     if not training_args.hub_model_id and not token:
         raise FtpeftError(
             "--push_to_hub needs --hub_model_id (e.g. me/my-model) and a Hub login: run `hf auth login` "
@@ -45,9 +45,7 @@ def validate_push_args(training_args) -> PushTarget | None:
         raise FtpeftError(
             f"--push_to_hub to {training_args.hub_model_id}: not logged in; run `hf auth login` or pass --hub_token."
         )
-    target = PushTarget(training_args.hub_model_id, training_args.hub_private_repo, token)
-    training_args.push_to_hub = False
-    return target
+    return PushTarget(training_args.hub_model_id, training_args.hub_private_repo, token)
 
 
 def check_finished_run(output_dir: str | Path, merged: bool = False) -> Path:

@@ -1,17 +1,33 @@
-"""What every classification recipe does around training: start checks, the files it writes, the finish."""
+"""One run of one job, start to finish: the lifecycle every Trainer recipe shares.
+
+    run = start_run("bert_cls", config, training_args, run_args)     # checks before any work
+    run.save_config(tuning.freeze)                                    # run_args.yaml, resolved_settings.json, ...
+    train_metrics = run.train(trainer)                                # timed, resumable
+    metrics = run.finish(trainer, splits, label_names, description)   # atomic save, reports, card, push
+
+What differs between jobs (data, model, tuning) stays in the job's own module; this module owns the rest.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ftpeft.core.config import save_resolved_config
+from ftpeft.core.card import RunSummary, write_model_card
+from ftpeft.core.config import RunArguments, command_line, save_resolved_config
+from ftpeft.core.curves import CURVE_FILE, GroupLearningRates, save_learning_curve
+from ftpeft.core.freezing import FreezeReport, count_parameters
+from ftpeft.core.hub import PushTarget, push_run, validate_push_args
 from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
 from ftpeft.core.outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
+from ftpeft.core.settings import SETTINGS_FILE, derived_settings, resolve_settings
+from ftpeft.core.trainer import EpochTimer, run_metrics
 
 logger = logging.getLogger("ftpeft")
 
@@ -19,6 +35,7 @@ RUN_ARGS_FILE = "run_args.yaml"
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 REPORT_FILE = "classification_report.md"
+STAGING_DIR = ".ftpeft-staging"
 
 
 def setup_logging(training_args) -> None:
@@ -32,8 +49,118 @@ def setup_logging(training_args) -> None:
     datasets.utils.logging.set_verbosity(logging.WARNING)
 
 
-def start_run(training_args, run_args) -> str | None:
-    """Check the output dir before any work; returns the checkpoint to resume from (or None)."""
+@dataclasses.dataclass
+class ModelDescription:
+    """What a job tells the model card about its model; the run fills in the rest."""
+
+    base_model: str
+    library_name: str  # transformers | peft | timm
+    pipeline_tag: str  # text-classification | image-classification
+    tuning: str
+    dataset: str
+    loading_snippet: str
+    hub_dataset: str | None = None
+    tags: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Run:
+    """A started run: its arguments, where it resumes from, where it pushes, and what it resolved."""
+
+    recipe: str
+    config: dict[str, Any]  # the arguments as given (recipe defaults, YAML, command line): run_args.yaml
+    training_args: Any
+    resume_from: str | None
+    push: PushTarget | None
+    settings: dict[str, dict[str, Any]]  # what ftpeft derived: resolved_settings.json
+    train_runtime_s: float | None = None
+    group_lrs: GroupLearningRates = dataclasses.field(default_factory=GroupLearningRates)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training_args.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return self.training_args.process_index == 0
+
+    def save_config(self, freeze: FreezeReport | None = None) -> None:
+        """run_args.yaml (reruns with --config), resolved_settings.json and freeze_report.json."""
+        if not self.training_args.should_save:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(self.output_dir / RUN_ARGS_FILE, self.config)
+        write_json(self.output_dir / SETTINGS_FILE, self.settings)
+        if freeze is not None:
+            freeze.save(self.output_dir)
+
+    def train(self, trainer) -> dict[str, Any]:
+        """``trainer.train`` (resuming where asked), timed; returns the train_* metrics."""
+        epoch_timer = EpochTimer()
+        trainer.add_callback(epoch_timer)
+        trainer.add_callback(self.group_lrs)
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=self.resume_from)
+        self.train_runtime_s = time.perf_counter() - start
+        return run_metrics(result, epoch_timer)
+
+    def finish(
+        self,
+        trainer,
+        splits: dict[str, Any],
+        label_names: list[str],
+        description: ModelDescription,
+        train_metrics: dict[str, Any],
+        write_model: Callable[[Path], None] | None = None,
+        merged_export: Callable[[], tuple[Path, str]] | None = None,
+        push_merged: bool = False,
+    ) -> dict[str, Any]:
+        """Save the model atomically, evaluate (validation, then test once), write reports and the card, push.
+
+        ``write_model(folder)`` saves the model into a folder on the main process (default: every rank
+        calls ``trainer.save_model``). ``merged_export()`` writes a merged copy and returns (its folder, its
+        loading snippet); it gets a card too, and ``push_merged`` pushes it instead of the output dir.
+        """
+        save_model_atomically(trainer, self.output_dir, write_model)
+        metrics = evaluate_and_report(
+            trainer, splits["validation"], splits.get("test"), label_names, self.output_dir, train_metrics
+        )
+        if not trainer.is_world_process_zero():
+            return metrics
+        drawn = save_learning_curve(self.output_dir / CURVE_FILE, trainer.state.log_history, self.group_lrs.history)
+        trainable, total = count_parameters(trainer.model)
+        summary = RunSummary(
+            recipe=self.recipe,
+            command=command_line(),
+            config=self.config,
+            trainable_params=trainable,
+            total_params=total,
+            split_sizes={split: len(data) for split, data in splits.items()},
+            label_names=label_names,
+            metrics={k: v for k, v in metrics.items() if k.endswith(("accuracy", "f1", "loss"))},
+            train_runtime_s=self.train_runtime_s,
+            learning_curve=drawn,
+            **dataclasses.asdict(description),
+        )
+        write_model_card(self.output_dir, summary)
+        if merged_export is not None:
+            merged_dir, snippet = merged_export()
+            merged = dataclasses.replace(summary, library_name="transformers", loading_snippet=snippet)
+            write_model_card(merged_dir, merged)
+        if self.push:
+            push_run(self.output_dir, self.push, merged=push_merged)
+        print(last_word(summary, self.output_dir))
+        return metrics
+
+
+def start_run(
+    recipe: str, config: dict[str, Any], training_args, run_args: RunArguments, keep_all_columns: bool = False
+) -> Run:
+    """Checks before any work: the output dir, resume, Hub push; then the derived settings, logged and kept."""
+    from transformers import set_seed
+
+    setup_logging(training_args)
     # every rank says it is alive, so a DDP run that silently started one process is visible
     logger.warning(
         "process %d of %d (local %d)",
@@ -42,35 +169,30 @@ def start_run(training_args, run_args) -> str | None:
         training_args.local_process_index,
     )
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
-    return resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    push = validate_push_args(training_args)  # we push once, after everything is saved locally
+    changes = derived_settings(training_args, keep_all_columns=keep_all_columns, push_at_end=push is not None)
+    settings = resolve_settings(training_args, changes)
+    set_seed(training_args.seed)
+    return Run(recipe, config, training_args, resume_from, push, settings)
 
 
-STAGING_DIR = ".ftpeft-staging"
+def save_model_atomically(trainer, output_dir: str | Path, write_model: Callable[[Path], None] | None = None) -> None:
+    """Save into a staging dir, then rename each file into ``output_dir`` (all ranks call it).
 
-
-def save_model_atomically(trainer, output_dir: str | Path) -> None:
-    """``trainer.save_model`` into a staging dir, then rename each file into ``output_dir`` (all ranks call it)."""
+    ``write_model(folder)`` saves on the main process instead of ``trainer.save_model`` on every rank.
+    """
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_DIR
-    trainer.save_model(str(staging))
+    if write_model is None:
+        trainer.save_model(str(staging))
+    elif trainer.is_world_process_zero():
+        staging.mkdir(parents=True, exist_ok=True)
+        write_model(staging)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         move_into_place(staging, output_dir)
     trainer.accelerator.wait_for_everyone()
-
-
-def save_run_config(output_dir: str | Path, resolved: dict[str, Any]) -> None:
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    save_resolved_config(Path(output_dir) / RUN_ARGS_FILE, resolved)
-
-
-class Stopwatch:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
 
 
 def evaluate_and_report(
@@ -87,7 +209,7 @@ def evaluate_and_report(
     """
     metrics: dict[str, float] = dict(extra_metrics or {})
     metrics.update(trainer.evaluate(eval_dataset, metric_key_prefix="eval"))
-    report_split, _report_dataset = ("test", test_dataset) if test_dataset is not None else ("eval", eval_dataset)
+    report_split = "test" if test_dataset is not None else "eval"
     if test_dataset is not None:
         prediction = trainer.predict(test_dataset, metric_key_prefix="test")
         metrics.update(prediction.metrics)
@@ -111,4 +233,28 @@ def write_classification_reports(output_dir, metrics: dict, references, predicte
         output_dir / REPORT_FILE,
         f"# Per-class results ({prefix} split, {len(references)} examples)\n\n"
         + classification_report_markdown(references, predicted, label_names),
+    )
+
+
+def last_word(summary: RunSummary, output_dir: Path) -> str:
+    """What a finished run prints: headline metrics, time, parameters, where the files are, how to load them."""
+    split = "test" if any(k.startswith("test_") for k in summary.metrics) else "eval"
+    scores = ", ".join(
+        f"{name} {summary.metrics[f'{split}_{name}']:.4f}"
+        for name in ("accuracy", "macro_f1")
+        if f"{split}_{name}" in summary.metrics
+    )
+    runtime = f"{summary.train_runtime_s:.1f} s" if summary.train_runtime_s is not None else "n/a"
+    main_files = sorted(
+        p.name for p in output_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".bin"
+    )
+    load = summary.loading_snippet.strip().splitlines()
+    return "\n".join(
+        [
+            f"done: {split} {scores} ({'the test split, scored once' if split == 'test' else 'no test split'})",
+            f"train time {runtime}; trainable params {summary.trainable_params:,} of {summary.total_params:,}",
+            f"output: {output_dir} ({', '.join(main_files)})",
+            "load it:",
+            *(f"    {line}" for line in load),
+        ]
     )

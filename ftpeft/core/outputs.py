@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +116,6 @@ def move_into_place(staging: Path, target: Path) -> list[str]:
 
     A kill leaves each final file either as it was or complete, never half written.
     """
-    import shutil
-
     moved = []
     for source in sorted(p for p in staging.rglob("*") if p.is_file()):
         destination = target / source.relative_to(staging)
@@ -125,20 +126,48 @@ def move_into_place(staging: Path, target: Path) -> list[str]:
     return moved
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file next to ``path`` and rename it into place: readers never see half a file."""
+def _default_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask (temp files get 0600/0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+@contextlib.contextmanager
+def staged(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write into, renamed onto ``path`` when the block ends cleanly.
+
+    Readers never see half a file or folder; on an error the temporary is removed and ``path`` is left as
+    it was. The result has the usual mode (umask), so a teammate can read a shared run directory. A
+    directory replaces an existing one at ``path`` (a stale or damaged copy under the same key).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    else:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        tmp = Path(name)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
+        yield tmp
+        tmp.chmod(_default_mode(directory))
+        if directory and path.exists():
+            shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file next to ``path`` and rename it into place: readers never see half a file."""
+    with staged(path) as tmp, open(tmp, "w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -7,10 +7,11 @@ import resource
 import sys
 import time
 
-import torch
 from transformers import Trainer, TrainerCallback
 
+from ftpeft.core.freezing import LayerMap
 from ftpeft.core.param_groups import build_param_groups
+from ftpeft.core.settings import derived_settings, resolve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +33,11 @@ def _strip_wrappers(name: str) -> str:
 class FtpeftTrainer(Trainer):
     """Trainer whose optimizer uses ``build_param_groups`` (head LR, layer decay, no decay on biases/norms).
 
-    It also turns off ``average_tokens_across_devices``: that option rescales the loss by the number of
-    ranks for models that accept loss kwargs, which is wrong for per-example classification losses
-    (a 2-rank run would train with twice the loss).
+    ``keep_all_columns`` is for batches whose inputs ``forward()`` does not name (timm's ``forward(x)``,
+    cached activations). The settings a classification run needs (``average_tokens_across_devices`` off:
+    that option rescales the loss by the number of ranks, which is wrong for per-example losses) come from
+    ``ftpeft.core.settings``; a recipe resolves them before building the Trainer, and used directly this
+    class applies (and logs) whichever are still missing.
     """
 
     def __init__(
@@ -44,16 +47,16 @@ class FtpeftTrainer(Trainer):
         layer_decay: float = 1.0,
         adapter_lr: float | None = None,
         param_groups: list[dict] | None = None,
+        layers: LayerMap | None = None,
+        keep_all_columns: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if self.args.average_tokens_across_devices:
-            self.args.average_tokens_across_devices = False
-        if self.args.dataloader_pin_memory and not torch.cuda.is_available():
-            self.args.dataloader_pin_memory = False  # pinning needs an accelerator; without one it only warns
+        resolve_settings(self.args, derived_settings(self.args, keep_all_columns=keep_all_columns))
         self.head_lr = head_lr
         self.layer_decay = layer_decay
         self.adapter_lr = adapter_lr
+        self.layers = layers  # the model's layer map, when the caller already has it
         # groups built beforehand, e.g. on the complete model before --cache_frozen swapped its bottom out
         self.param_groups = param_groups
 
@@ -73,6 +76,7 @@ class FtpeftTrainer(Trainer):
             layer_decay=self.layer_decay,
             weight_decay=self.args.weight_decay,
             adapter_lr=self.adapter_lr,
+            layers=self.layers,
         )
         if opt_model is not self.model:
             by_name = {_strip_wrappers(n): p for n, p in opt_model.named_parameters()}

@@ -20,9 +20,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import torch
 from torch import nn
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.outputs import atomic_write_text, staged
 
 FORMAT = "ftpeft-features/1"
 METADATA_FILE = "metadata.json"
@@ -192,8 +190,9 @@ def write_features(
     root = Path(feature_dir)
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(request)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
-    try:
+    target = root / key
+    # an identical extraction that finished meanwhile (or a stale copy) is replaced
+    with staged(target, directory=True) as tmp:
         shards = {}
         for split, (features, labels) in splits.items():
             shards[split] = []
@@ -217,14 +216,7 @@ def write_features(
             **(extra or {}),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
-        target = root / key
-        if target.exists():  # an identical extraction finished meanwhile (or a stale copy): replace it
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    (root / LATEST_FILE).write_text(key + "\n")
+    atomic_write_text(root / LATEST_FILE, key + "\n")
     return target
 
 

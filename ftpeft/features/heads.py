@@ -1,6 +1,6 @@
 """Cheap classifiers on cached features: scikit-learn heads (saved with skops) and torch linear/MLP heads.
 
-    from ftpeft.heads import load_sklearn_head, attach_head
+    from ftpeft import load_sklearn_head, attach_head
     clf = load_sklearn_head("outputs/train_head/head.skops")     # trusted types checked: sklearn/numpy only
     model = attach_head("outputs/train_head")                      # timm backbone + trained torch head
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.outputs import atomic_write_text
 
 SKLEARN_HEADS = ("logreg", "linear_svm", "random_forest", "hist_gb")
 TORCH_HEADS = ("linear", "mlp")
@@ -114,7 +115,7 @@ def save_torch_head(module: nn.Module, output_dir: str | Path, config: dict) -> 
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(Path(output_dir) / TORCH_FILE))
-    (Path(output_dir) / HEAD_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    atomic_write_text(Path(output_dir) / HEAD_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
 
 
 def load_torch_head(head_dir: str | Path) -> tuple[nn.Module, dict]:
@@ -179,7 +180,7 @@ def report_predictions(
 ) -> dict:
     """{split: (predicted ids, true ids)} -> metrics.json, confusion_matrix.png, classification_report.md.
 
-    The same files as ftpeft.runs.evaluate_and_report writes for Trainer runs; figures use test if present.
+    The same files as ftpeft.core.lifecycle.evaluate_and_report writes for Trainer runs; figures use test if present.
     """
     from ftpeft.core.lifecycle import write_classification_reports
     from ftpeft.core.metrics import make_compute_metrics

@@ -20,7 +20,7 @@ Knowledge ids: 0 = no knowledge (always a zero vector), 1 = unknown entity (zero
 with ``unknown_entity="learned"``), 2.. = rows of the knowledge table. The table is a weight of the model
 (saved in model.safetensors), frozen unless ``train_knowledge``.
 
-``base_model_prefix = "encoder"``: ``model.base_model`` is the wrapped encoder, so ``ftpeft.freezing``
+``base_model_prefix = "encoder"``: ``model.base_model`` is the wrapped encoder, so ``ftpeft.core.freezing``
 sees its layers through the table of architectures, and every injection/fusion module is "head".
 Importing ``ftpeft`` registers the classes with ``AutoConfig`` / ``AutoModelForSequenceClassification``.
 """
@@ -322,7 +322,7 @@ def build_knowledge_model(
 
     ``vectors`` (N, D) fill table rows 2..N+1; ``settings`` are KnowledgeInjectionConfig fields
     (inject_mode, token_knowledge, num_example_ids, example_vector_dim, ...). Fails with FtpeftError
-    when the encoder's architecture is not in ``ftpeft.freezing.ARCHITECTURES``.
+    when the encoder's architecture is not in ``ftpeft.ARCHITECTURES``.
     """
     from ftpeft.core.artifacts import check_model_folder
     from ftpeft.core.freezing import ARCHITECTURES
@@ -337,7 +337,7 @@ def build_knowledge_model(
     if model_type not in ARCHITECTURES:
         raise FtpeftError(
             f"--inject {settings.get('inject_mode', 'add')}: encoder type '{model_type}' is not in "
-            f"ftpeft.freezing.ARCHITECTURES ({', '.join(sorted(ARCHITECTURES))}); the injection model needs to "
+            f"ftpeft.ARCHITECTURES ({', '.join(sorted(ARCHITECTURES))}); the injection model needs to "
             "know where its embeddings and layers are. Add the type to the table or pick a supported encoder."
         )
     if vectors is not None:

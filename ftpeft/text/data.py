@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.text.args import TextDataArguments
+from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.demo import DEMO_TWEETS_NAME, demo_tweets
 
+logger = logging.getLogger("ftpeft")
 LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 # Text columns guessed when --text_columns is not given, most specific first (GLUE/SuperGLUE names included).
 TEXT_COLUMN_GUESSES = (
@@ -226,3 +231,42 @@ def load_text_classification_data(data_args: TextDataArguments, seed: int, cache
     datasets, label_names = encode_labels(raw, data_args.label_column)
     datasets = split_and_limit(datasets, data_args, seed)
     return datasets, label_names, text_columns
+
+
+@dataclasses.dataclass
+class TextData:
+    """A text job's data: the tokenizer, the raw and tokenised splits, label names and text columns."""
+
+    tokenizer: Any
+    raw: Any  # DatasetDict with encoded labels, before tokenising
+    tokenized: Any  # DatasetDict of model inputs + labels
+    label_names: list[str]
+    text_columns: list[str]
+
+
+def load_tokenized_data(
+    model_args: ModelArguments,
+    model_path: str,
+    data_args: TextDataArguments,
+    training_args,
+    encode: Callable[[Any, Any, list[str]], Any] | None = None,
+) -> TextData:
+    """Tokenizer + data, tokenised once on the main process first (the other ranks reuse its cache).
+
+    ``encode(raw_splits, tokenizer, text_columns)`` tokenises; default: ``tokenize`` at ``--max_seq_length``.
+    """
+    from ftpeft.text.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(model_args, model_path)
+    with training_args.main_process_first(desc="loading and tokenising"):
+        raw, label_names, text_columns = load_text_classification_data(
+            data_args, training_args.seed, model_args.cache_dir
+        )
+        if encode is None:
+            tokenized = tokenize(
+                raw, tokenizer, text_columns, data_args.max_seq_length, data_args.preprocessing_num_workers
+            )
+        else:
+            tokenized = encode(raw, tokenizer, text_columns)
+    logger.info("data: %s, labels %s", {k: len(v) for k, v in tokenized.items()}, label_names)
+    return TextData(tokenizer, raw, tokenized, label_names, text_columns)

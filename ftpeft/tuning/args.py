@@ -7,6 +7,13 @@ import dataclasses
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, FRACTION, POSITIVE, SHARE, check_fields
 
+# what to use instead, per recipe, when it refuses a tuning flag
+UNSUPPORTED_HINTS = {
+    "knowledge_cls": "use recipes/bert_cls.py for the cache ('add' changes the embeddings' output).",
+    "image_cls": "image_cls tunes with --unfreeze_last (for a head on frozen features use "
+    "recipes/extract_features.py + recipes/train_head.py).",
+}
+
 
 @dataclasses.dataclass
 class TuningArguments:
@@ -80,13 +87,24 @@ class TuningArguments:
     def __post_init__(self):
         check_fields(self)
         unfreeze_last_k(self.unfreeze_last)  # validates early, before any model is loaded
-        if self.cache_frozen and (self.unfreeze_last_k is None or self.use_peft or self.train_embeddings):
+        # the cached prefix must stay frozen, or a cached run would differ from an uncached one
+        if self.cache_frozen and self.unfreeze_last_k is None:
             raise FtpeftError(
-                "--cache_frozen needs --unfreeze_last k (not 'all') and cannot be combined with --use_peft or "
-                "--train_embeddings: the cached layers must stay frozen."
+                "--cache_frozen needs --unfreeze_last k (not 'all'): with 'all' nothing is frozen to cache."
             )
+        if self.cache_frozen and self.train_embeddings:
+            raise FtpeftError("--cache_frozen cannot be used with --train_embeddings: the cached part would change.")
+        if self.cache_frozen and self.use_peft:
+            raise FtpeftError("--cache_frozen cannot be used with --use_peft: LoRA adapters below the boundary train.")
         if (self.merge_adapter or self.push_merged) and not self.use_peft:
             raise FtpeftError("--merge_adapter/--push_merged only make sense with --use_peft.")
+
+    def require_supported(self, recipe: str, peft: bool, cache: bool) -> None:
+        """Refuse, before any work, what ``recipe`` cannot do (LoRA, the frozen-prefix cache)."""
+        refused = [flag for flag, ok in (("--use_peft", peft), ("--cache_frozen", cache)) if not ok]
+        asked = [flag for flag in refused if getattr(self, flag[2:])]
+        if asked:
+            raise FtpeftError(f"{' and '.join(asked)}: not supported by {recipe}; {UNSUPPORTED_HINTS[recipe]}")
 
     @property
     def unfreeze_last_k(self) -> int | None:

@@ -12,7 +12,7 @@ from collections import Counter
 from torch import nn
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.freezing import ARCHITECTURES, layer_map
+from ftpeft.core.freezing import ARCHITECTURES, LayerMap, layer_map
 
 
 def _top_level_modules(names: list[str]) -> list[str]:
@@ -49,6 +49,7 @@ def build_lora_config(
     lora_layers: int | None,
     unfreeze_last: int,
     newly_initialised: list[str],
+    layers: LayerMap | None = None,
     task_type: str = "SEQ_CLS",
 ):
     """A peft ``LoraConfig`` for ``model`` following ftpeft's rules (see the module docstring)."""
@@ -64,7 +65,7 @@ def build_lora_config(
                 f"pass some, e.g. --lora_target_modules {' '.join(linear_module_names(model)[:2])} "
                 f"(Linear layers in this model: {', '.join(linear_module_names(model))})."
             )
-    layers = layer_map(model)
+    layers = layers or layer_map(model)
     num_layers = layers.num_layers
     if unfreeze_last > num_layers or (lora_layers or 0) > num_layers:
         raise FtpeftError(

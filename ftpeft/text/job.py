@@ -1,0 +1,167 @@
+"""The text-classification job: a BERT-family encoder, top k layers or LoRA, trained with HF Trainer.
+
+``train_classifier(model_args, data_args, tuning_args, run_args, training_args, config)`` is one run of
+one strategy, called by ``recipes/bert_cls.py`` and by anything in the library that needs a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftpeft.core.config import RunArguments
+from ftpeft.text.args import ModelArguments, TextDataArguments
+from ftpeft.tuning.args import TuningArguments
+
+# Trainer settings every text recipe starts from: one epoch, batches sized for 2 CPU cores, an eval and a
+# checkpoint per epoch. YAML and the command line override them.
+TEXT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 128,
+    "max_seq_length": 64,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "logging_steps": 10,
+    "warmup_steps": 0.06,  # a float < 1 is a fraction of the total steps
+    "report_to": "none",
+    "seed": 42,
+}
+# The bare command's defaults: the offline demo (MiniLM on tweets) on 2 CPU cores.
+DEFAULTS: dict[str, Any] = {
+    **TEXT_TRAINER_DEFAULTS,
+    "output_dir": "outputs/bert_cls",
+    # Layer-wise LR decay: the pooler learns at 3e-4 and each layer below at 0.8x the one above. The few
+    # layers --unfreeze-last k trains are the top ones, so they get the large LRs they need to adapt in one
+    # epoch; full fine-tuning keeps MiniLM's bottom layer and embeddings near 7e-5
+    # (benchmarks/results/partial_tuning.md).
+    "learning_rate": 3e-4,
+    "layer_decay": 0.8,
+    "head_lr": 1e-3,  # a new head starves at the backbone's LR when few layers train
+}
+
+
+def train_classifier(
+    model_args: ModelArguments,
+    data_args: TextDataArguments,
+    tuning_args: TuningArguments,
+    run_args: RunArguments,
+    training_args,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Train, evaluate and save one text classifier; returns the final metrics (eval_*, test_*, train_*).
+
+    ``config`` is the arguments as given (written to run_args.yaml and the card).
+    """
+    from transformers import DataCollatorWithPadding
+
+    from ftpeft.core.card import text_loading_snippet
+    from ftpeft.core.lifecycle import ModelDescription, start_run
+    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.trainer import FtpeftTrainer
+    from ftpeft.text.data import dataset_description, load_tokenized_data
+    from ftpeft.text.modeling import base_model_name, load_sequence_classifier, resolve_model_path
+    from ftpeft.tuning.apply import apply_tuning
+    from ftpeft.tuning.lora import write_merged_model
+
+    tuning_args.require_supported("bert_cls", peft=True, cache=True)
+    run = start_run("bert_cls", config, training_args, run_args, keep_all_columns=tuning_args.cache_frozen)
+    model_path = resolve_model_path(model_args)
+
+    # --- data ------------------------------------------------------------------------------------------
+    data = load_tokenized_data(model_args, model_path, data_args, training_args)
+    tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
+
+    # --- model and tuning ------------------------------------------------------------------------------
+    model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names)
+    tuning = apply_tuning(model, tuning_args, newly_initialised)
+    model = tuning.model
+    run.save_config(tuning.freeze)
+
+    # --- train (optionally from cached frozen-layer activations) ---------------------------------------
+    collator = DataCollatorWithPadding(tokenizer)
+    trainer_kwargs = {
+        "args": training_args,
+        "compute_metrics": make_compute_metrics(label_names),
+        "head_lr": tuning_args.head_lr,
+        "layer_decay": tuning_args.layer_decay,
+        "adapter_lr": tuning_args.lora_lr if tuning_args.use_peft else None,
+        "layers": tuning.layers,
+        "processing_class": tokenizer,
+    }
+    if tuning_args.cache_frozen:
+        trainer = cached_trainer(model, tuning, tuning_args, tokenized, collator, training_args, trainer_kwargs)
+    else:
+        trainer = FtpeftTrainer(
+            model=model,
+            train_dataset=tokenized["train"],
+            eval_dataset=tokenized["validation"],
+            data_collator=collator,
+            **trainer_kwargs,
+        )
+    train_metrics = run.train(trainer)
+    if tuning_args.cache_frozen:  # put the frozen part back: evaluate and save the complete model on real inputs
+        model = trainer.model.restore()
+        trainer = FtpeftTrainer(
+            model=model, eval_dataset=tokenized["validation"], data_collator=collator, **trainer_kwargs
+        )
+
+    # --- evaluate, save, card, push ---------------------------------------------------------------------
+    output_dir = str(run.output_dir)
+
+    def merged_export() -> tuple[Path, str]:
+        merged_dir = write_merged_model(output_dir, label_names)
+        return Path(merged_dir), text_loading_snippet(merged_dir, adapter=False)
+
+    description = ModelDescription(
+        base_model=base_model_name(model_args),
+        library_name="peft" if tuning_args.use_peft else "transformers",
+        pipeline_tag="text-classification",
+        tuning=tuning.description,
+        dataset=dataset_description(data_args),
+        hub_dataset=data_args.dataset_name,
+        loading_snippet=text_loading_snippet(output_dir, tuning_args.use_peft, label_names),
+    )
+    return run.finish(
+        trainer,
+        tokenized,
+        label_names,
+        description,
+        train_metrics,
+        merged_export=merged_export if tuning_args.merge_adapter else None,
+        push_merged=tuning_args.push_merged,
+    )
+
+
+def cached_trainer(model, tuning, tuning_args: TuningArguments, tokenized, collator, training_args, trainer_kwargs):
+    """A Trainer over the top k layers, fed from cached activations of the frozen bottom (built once)."""
+    from ftpeft.cache.prefix import default_cache_root, prepare_cached_training
+    from ftpeft.core.param_groups import build_param_groups
+    from ftpeft.core.trainer import FtpeftTrainer
+
+    # LR groups from the complete model: the cached one no longer has its bottom layers
+    param_groups = build_param_groups(
+        model,
+        training_args.learning_rate,
+        tuning_args.head_lr,
+        tuning_args.layer_decay,
+        training_args.weight_decay,
+        layers=tuning.layers,
+    )
+    splits = {"train": tokenized["train"], "validation": tokenized["validation"]}
+    cache_root = tuning_args.activation_cache_dir or default_cache_root()
+    batch_size = training_args.per_device_eval_batch_size
+    cached_model, cached, cached_collator, _ = prepare_cached_training(
+        model, tuning_args.unfreeze_last_k, splits, collator, cache_root, tuning_args.cache_dtype, batch_size,
+        training_args,
+    )  # fmt: skip
+    return FtpeftTrainer(
+        model=cached_model,
+        param_groups=param_groups,
+        train_dataset=cached["train"],
+        eval_dataset=cached["validation"],
+        data_collator=cached_collator,
+        keep_all_columns=True,
+        **trainer_kwargs,
+    )
