@@ -1,8 +1,13 @@
-"""The ``ftpeft`` console script: ``ftpeft push OUTPUT_DIR --hub_model_id me/name`` for a finished run."""
+"""The ``ftpeft`` console script.
+
+ftpeft push OUTPUT_DIR --hub_model_id me/name     # a finished run to the Hub
+ftpeft ladder --time_budget 20m [recipe flags]    # which fine-tuning strategy for this data, measured
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ftpeft.core.errors import FtpeftError, run_cli
 
@@ -16,11 +21,19 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--hub_private_repo", "--hub-private-repo", action="store_true", default=None)
     push.add_argument("--hub_token", "--hub-token", default=None, help="Default: the token from `hf auth login`.")
     push.add_argument("--merged", action="store_true", help="Push OUTPUT_DIR/merged (from --merge_adapter).")
+    # the ladder takes the recipes' own flags, so its parser is the ladder's (see ftpeft ladder --help)
+    commands.add_parser("ladder", help="Probe every layer, run the strategies within a budget, choose on validation.")
     return parser
 
 
 @run_cli
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ladder"]:
+        from ftpeft.ladder.run import run_ladder
+
+        run_ladder(argv[1:])
+        return 0
     args = _parser().parse_args(argv)
     from ftpeft.core.hub import PushTarget, check_finished_run, push_run, resolve_token
 

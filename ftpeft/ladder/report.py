@@ -1,0 +1,204 @@
+"""Choosing on validation and writing the ladder: ladder.json, ladder.md, ladder.png and the recommendation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ftpeft.core.outputs import atomic_write_text, write_json
+
+MIN_TOLERANCE = 0.005  # half a point
+SMALL_DATA_PER_CLASS = 1000  # below this many training rows per class the write-up's "small data" cases apply
+
+
+@dataclasses.dataclass
+class RungRow:
+    """One rung over its seeds: what it scored on validation (chooses) and test (shown), and what it cost."""
+
+    name: str
+    what: str
+    command: str
+    status: str  # done | skipped | failed
+    reason: str = ""
+    val_accuracy: list[float] = dataclasses.field(default_factory=list)
+    val_macro_f1: list[float] = dataclasses.field(default_factory=list)
+    test_accuracy: list[float] = dataclasses.field(default_factory=list)
+    train_seconds: list[float] = dataclasses.field(default_factory=list)
+    trainable_params: int | None = None
+    peak_rss_mb: float | None = None
+    estimated_seconds: float | None = None
+
+    def mean(self, key: str) -> float | None:
+        values = getattr(self, key)
+        return statistics.mean(values) if values else None
+
+    def sd(self, key: str) -> float | None:
+        values = getattr(self, key)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def score(self, metric: str) -> float | None:
+        return self.mean("val_accuracy" if metric == "accuracy" else "val_macro_f1")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "what": self.what,
+            "status": self.status,
+            "reason": self.reason,
+            "val_accuracy": self.mean("val_accuracy"),
+            "val_accuracy_sd": self.sd("val_accuracy"),
+            "val_macro_f1": self.mean("val_macro_f1"),
+            "test_accuracy": self.mean("test_accuracy"),
+            "test_accuracy_sd": self.sd("test_accuracy"),
+            "train_seconds": self.mean("train_seconds"),
+            "trainable_params": self.trainable_params,
+            "peak_rss_mb": self.peak_rss_mb,
+            "estimated_seconds": self.estimated_seconds,
+            "seeds": len(self.val_accuracy),
+            "command": self.command,
+        }
+
+
+def default_tolerance(best: float, n_val: int) -> float:
+    """The larger of half a point and one binomial standard error of the best score on the validation size."""
+    return max(MIN_TOLERANCE, math.sqrt(max(best * (1 - best), 0.0) / max(n_val, 1)))
+
+
+def choose(rows: list[RungRow], metric: str, n_val: int, tolerance: float | None) -> tuple[RungRow | None, float]:
+    """The cheapest finished rung within ``tolerance`` of the best VALIDATION score (test is never read here)."""
+    done = [row for row in rows if row.status == "done" and row.score(metric) is not None]
+    if not done:
+        return None, tolerance or MIN_TOLERANCE
+    best = max(row.score(metric) for row in done)
+    tolerance = default_tolerance(best, n_val) if tolerance is None else tolerance
+    near = [row for row in done if row.score(metric) >= best - tolerance - 1e-12]
+    return min(near, key=lambda row: (row.mean("train_seconds"), -row.score(metric))), tolerance
+
+
+def pareto(rows: list[RungRow], metric: str) -> list[RungRow]:
+    """Finished rungs that no other rung beats on both validation score and train time."""
+    done = [r for r in rows if r.status == "done"]
+    return [
+        r
+        for r in done
+        if not any(
+            o.score(metric) >= r.score(metric)
+            and o.mean("train_seconds") <= r.mean("train_seconds")
+            and (o.score(metric) > r.score(metric) or o.mean("train_seconds") < r.mean("train_seconds"))
+            for o in done
+        )
+    ]
+
+
+def scenario(
+    recommended: RungRow, rows: list[RungRow], metric: str, per_class: float, probe_from_top: int, tolerance: float
+) -> str:
+    """The write-up's scenario that the figures point to, with the figures."""
+    size = "small" if per_class < SMALL_DATA_PER_CLASS else "large"
+    done = {r.name: r for r in rows if r.status == "done"}
+    head = done.get("head_only") or done.get("probe_head")
+    best = max((r for r in rows if r.status == "done"), key=lambda r: r.score(metric))
+    gap = (best.score(metric) - head.score(metric)) * 100 if head else None
+    if recommended.name in ("probe_head", "head_only"):
+        case = (
+            "earlier-layer features (different domain)"
+            if probe_from_top > 0 and recommended.name == "probe_head"
+            else "a head on frozen features (similar domain)"
+        )
+    elif recommended.name.startswith("last_k"):
+        case = "fine-tune the top layers (similar domain, enough data)"
+    else:
+        case = "fine-tune everything (different domain, enough data)"
+    facts = [
+        (
+            f"{per_class:,.0f} training rows per class ({size} data by the write-up's rule of thumb, < "
+            f"{SMALL_DATA_PER_CLASS:,} = small)"
+        ),
+        f"the best probe layer sits {probe_from_top} below the top",
+    ]
+    if gap is not None:
+        facts.append(f"{head.name} trails the best rung by {gap:.1f} points (tolerance {tolerance * 100:.1f})")
+    return f"scenario: {case}; " + "; ".join(facts) + "."
+
+
+def write_outputs(
+    output_dir: Path, rows: list[RungRow], recommended: RungRow | None, tolerance: float, metric: str, extra: dict
+) -> None:
+    """ladder.json, ladder.md and ladder.png in ``output_dir``."""
+    payload = {
+        "rungs": [row.as_json() for row in rows],
+        "recommended": recommended.name if recommended else None,
+        "tolerance": tolerance,
+        "metric": metric,
+        **extra,
+    }
+    write_json(output_dir / "ladder.json", payload)
+    atomic_write_text(output_dir / "ladder.md", render_markdown(rows, recommended, tolerance, metric, extra))
+    save_ladder_plot(output_dir / "ladder.png", rows, recommended, metric)
+
+
+def _fmt(value: float | None, sd: float | None = None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def render_markdown(
+    rows: list[RungRow], recommended: RungRow | None, tolerance: float, metric: str, extra: dict
+) -> str:
+    lines = [
+        "# Strategy ladder",
+        "",
+        (
+            f"Chosen on validation {metric}: the cheapest rung within {tolerance * 100:.2f} points of the best. Test is "
+            "scored once per run for this table and never used to choose."
+        ),
+        "",
+        (
+            "| rung | what | val accuracy | val macro-F1 | test accuracy | train s | trainable params | process peak RSS MB "
+            "| status | command |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        star = " **recommended**" if recommended is row else ""
+        status = row.status + (f": {row.reason}" if row.reason else "")
+        params = f"{row.trainable_params:,}" if row.trainable_params is not None else "-"
+        rss = f"{row.peak_rss_mb:,.0f}" if row.peak_rss_mb is not None else "-"
+        lines.append(
+            f"| {row.name}{star} | {row.what} | {_fmt(row.mean('val_accuracy'), row.sd('val_accuracy'))} | "
+            f"{_fmt(row.mean('val_macro_f1'))} | {_fmt(row.mean('test_accuracy'), row.sd('test_accuracy'))} | "
+            f"{_fmt(row.mean('train_seconds'), digits=1)} | {params} | {rss} | {status} | `{row.command}` |"
+        )
+    if extra.get("recommendation"):
+        lines += ["", extra["recommendation"]]
+    lines += ["", "![ladder](ladder.png) ![transfer curve](transfer_curve.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def save_ladder_plot(path: Path, rows: list[RungRow], recommended: RungRow | None, metric: str) -> None:
+    """Validation score against train time (log x), the Pareto front joined, the recommendation starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.status == "done"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in done:
+        x, y = max(row.mean("train_seconds"), 1e-2), row.score(metric)
+        ax.scatter([x], [y], s=120 if row is recommended else 40, marker="*" if row is recommended else "o")
+        ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted(pareto(rows, metric), key=lambda r: r.mean("train_seconds"))
+    if len(front) > 1:
+        ax.plot([max(r.mean("train_seconds"), 1e-2) for r in front], [r.score(metric) for r in front], "--",
+                color="grey", label="Pareto front")  # fmt: skip
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="train seconds (log)", ylabel=f"validation {metric}", title="strategy ladder")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,460 @@
+"""Running the ladder: parse, probe every layer, run the rungs cheapest first within the budget, resume, choose.
+
+``run_ladder(argv)`` serves both ``ftpeft ladder`` and ``recipes/ladder.py``. Every rung is a real run of
+the recipe's job function, in this process, on the same data and seeds, with the recipe's own flags: the
+command printed for a rung reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftpeft.core.config import RunArguments, parse_args
+from ftpeft.core.errors import FtpeftError
+from ftpeft.core.outputs import write_json
+from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
+from ftpeft.ladder.probe import PROBE_DIR, ProbeLayer, ProbeResult
+from ftpeft.ladder.report import RungRow, choose, scenario, write_outputs
+from ftpeft.ladder.rungs import Rung, build_rungs, choose_ks, estimate_seconds
+from ftpeft.tuning.args import TuningArguments
+
+logger = logging.getLogger("ftpeft")
+MANIFEST_FILE = "ladder_manifest.json"
+RUNGS_DIR = "rungs"
+IMAGE_FLAGS = ("--image_dir", "--labels_csv", "--image_column", "--pretrained_file", "--image_size")
+OWN_FLAGS = (*LADDER_FLAGS, "output_dir", "overwrite_output_dir")
+
+
+@dataclasses.dataclass
+class Modality:
+    """What differs between a text and an image ladder: the recipe, its arguments, defaults and job."""
+
+    name: str
+    recipe: str
+    argument_types: tuple
+    defaults: dict[str, Any]
+
+
+def modality_spec(name: str) -> Modality:
+    from transformers import TrainingArguments
+
+    if name == "image":
+        from ftpeft.vision.args import ImageDataArguments, ImageModelArguments
+        from ftpeft.vision.job import DEFAULTS
+
+        types = (ImageModelArguments, ImageDataArguments, TuningArguments, RunArguments, TrainingArguments)
+        return Modality("image", "recipes/image_cls.py", types, DEFAULTS)
+    from ftpeft.text.args import ModelArguments, TextDataArguments
+    from ftpeft.text.job import DEFAULTS
+
+    types = (ModelArguments, TextDataArguments, TuningArguments, RunArguments, TrainingArguments)
+    return Modality("text", "recipes/bert_cls.py", types, DEFAULTS)
+
+
+def _values(argv: list[str], flag: str) -> list[str] | None:
+    """The values given to ``flag`` (either spelling, with '=' or as following tokens), or None."""
+    spellings = {f"--{flag}", f"--{flag.replace('_', '-')}"}
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if name in spellings:
+            if eq:
+                return [value]
+            rest = []
+            for following in argv[i + 1 :]:
+                if following.startswith("--"):
+                    break
+                rest.append(following)
+            return rest
+    return None
+
+
+def infer_modality(argv: list[str]) -> str:
+    """--modality if given; else image when a timm model name or an image data flag is given; else text."""
+    given = _values(argv, "modality")
+    if given and given[0] != "auto":
+        return given[0]
+    if any(_values(argv, flag[2:]) is not None for flag in IMAGE_FLAGS):
+        return "image"
+    models = _values(argv, "model_name_or_path")
+    if models:
+        import timm
+
+        name = models[0]
+        if name.startswith(("hf-hub:", "local-dir:", "timm/")) or timm.is_model(name):
+            return "image"
+    return "text"
+
+
+def strip_flags(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the flags ``names`` and their values."""
+    spellings = {f"--{n}" for n in names} | {f"--{n.replace('_', '-')}" for n in names}
+    kept, skipping = [], False
+    for token in argv:
+        if token.startswith("--"):
+            skipping = token.partition("=")[0] in spellings
+            if skipping:
+                continue
+        elif skipping:
+            continue
+        kept.append(token)
+    return kept
+
+
+class PeakRss:
+    """Peak resident memory of this process while the block runs, sampled every 0.2 s (psutil)."""
+
+    def __enter__(self):
+        import psutil
+
+        self.process, self.peak, self.done = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.done.wait(0.2)
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.peak_mb = max(self.peak, self.process.memory_info().rss) / 2**20
+
+
+def _main_decides(value):
+    """Every rank takes the main process's decision (ranks time things differently)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def prepare_output_dir(output_dir: Path, manifest: dict, overwrite: bool, is_main: bool) -> None:
+    """A ladder's own dir is resumable: the same command continues it; a different one is refused as usual."""
+    existing = output_dir / MANIFEST_FILE
+    if existing.is_file():
+        previous = json.loads(existing.read_text())
+        if previous == manifest:
+            logger.info("ladder: resuming in %s (finished rungs are kept)", output_dir)
+            return
+        if not overwrite:
+            raise FtpeftError(
+                f"--output_dir {output_dir} holds a ladder run with other arguments; pass --overwrite_output_dir "
+                "to start afresh there, or choose another --output_dir."
+            )
+    elif output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        shown = ", ".join(sorted(p.name for p in output_dir.iterdir())[:5])
+        raise FtpeftError(
+            f"--output_dir {output_dir} is not empty ({shown}); pass --overwrite_output_dir to write into it, "
+            "or choose another --output_dir."
+        )
+    if is_main:
+        if overwrite:
+            for name in (RUNGS_DIR, PROBE_DIR):
+                shutil.rmtree(output_dir / name, ignore_errors=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(existing, manifest)
+
+
+def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, probe, run the rungs within the budget, choose on validation, write the ladder; returns ladder.json."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    modality = modality_spec(infer_modality(argv))
+    defaults = {**modality.defaults, "output_dir": "outputs/ladder"}
+    parsed = parse_args((*modality.argument_types, LadderArguments), argv, defaults)
+    *recipe_args, ladder_args = parsed
+    training_args, run_args = recipe_args[4], recipe_args[3]
+    output_dir = Path(training_args.output_dir)
+    base_argv = strip_flags(argv, OWN_FLAGS)
+    ladder_flags = [t for t in argv if t not in base_argv and t not in strip_flags(argv, LADDER_FLAGS)]
+    manifest = {"modality": modality.name, "recipe_flags": base_argv, "ladder_flags": ladder_flags}
+    from ftpeft.core.lifecycle import setup_logging
+
+    setup_logging(training_args)
+    is_main = training_args.process_index == 0
+    prepare_output_dir(output_dir, manifest, run_args.overwrite_output_dir, is_main)
+    started = time.perf_counter()
+
+    # --- 1. the transfer probe: one frozen pass, a regression per layer ----------------------------------
+    probe, data_facts, num_layers = run_probe(modality.name, recipe_args, ladder_args, output_dir, is_main)
+    best_probe = probe.best(ladder_args.metric)
+    ks = choose_ks(num_layers, best_probe.depth, probe.num_layers)
+    logger.info("ladder: best probe layer %s; last-k rungs k = %s", best_probe.name, ks)
+
+    # --- 2. the rungs, cheapest first, within the budget ----------------------------------------------------
+    epochs = training_args.num_train_epochs
+    use_cache = modality.name == "text" and epochs >= 2  # the cache pays from the second epoch on
+    rungs = build_rungs(ladder_args.rung_names, num_layers, ks, use_cache)
+    rows_by_split = data_facts["rows"]
+    estimates = {r.name: estimate_seconds(r, probe.seconds_per_row, rows_by_split, epochs) for r in rungs}
+    seeds = [training_args.seed + i for i in range(ladder_args.seeds)]
+    rows: list[RungRow] = []
+    if "probe_head" in ladder_args.rung_names:
+        rows.append(probe_row(best_probe, probe, modality, base_argv, output_dir, data_facts))
+    ratios: list[float] = []
+    for rung in sorted(rungs, key=lambda r: estimates[r.name]):
+        row = run_rung(
+            rung, seeds, modality, base_argv, output_dir, estimates[rung.name], ratios,
+            ladder_args.budget_seconds - (time.perf_counter() - started),
+        )  # fmt: skip
+        rows.append(row)
+    order = {name: i for i, name in enumerate(ladder_args.rung_names)}
+    rows.sort(key=lambda row: order.get(row.name, len(order)))
+
+    # --- 3. choose on validation, write the ladder, print the command ------------------------------------------
+    recommended, tolerance = choose(rows, ladder_args.metric, rows_by_split.get("validation", 0), ladder_args.tolerance)
+    extra = {
+        "modality": modality.name,
+        "seeds": seeds,
+        "budget_seconds": ladder_args.budget_seconds,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "best_probe_layer": dataclasses.asdict(best_probe),
+        "last_k": list(ks),
+        "data": data_facts,
+    }
+    if recommended is not None:
+        per_class = rows_by_split.get("train", 0) / max(data_facts["num_classes"], 1)
+        extra["recommendation"] = (
+            f"Recommended: **{recommended.name}** ({recommended.what}), validation {ladder_args.metric} "
+            f"{recommended.score(ladder_args.metric):.4f} in {recommended.mean('train_seconds'):.1f} s of training. "
+            + scenario(recommended, rows, ladder_args.metric, per_class, probe.num_layers - best_probe.depth, tolerance)
+            + f"\n\n    {recommended.command}"
+        )
+    if is_main:
+        write_outputs(output_dir, rows, recommended, tolerance, ladder_args.metric, extra)
+        print(extra.get("recommendation", "no rung finished: see ladder.md for the reasons").replace("**", ""))
+    return json.loads((output_dir / "ladder.json").read_text()) if is_main else {}
+
+
+def rung_command(modality: Modality, argv: list[str]) -> str:
+    shown = strip_flags(argv, ("overwrite_output_dir",))
+    return f"accelerate launch {modality.recipe} {shlex.join(shown)}"
+
+
+def run_rung(
+    rung: Rung,
+    seeds: list[int],
+    modality: Modality,
+    base_argv: list[str],
+    output_dir: Path,
+    estimate: float,
+    ratios: list[float],
+    seconds_left: float,
+) -> RungRow:
+    """Run (or take from an earlier, killed ladder) every seed of one rung; a refusal becomes the row's reason."""
+    from ftpeft.core.outputs import write_json
+
+    runs_dir = output_dir / RUNGS_DIR
+    argv_of = {
+        seed: [*base_argv, *rung.flags, "--seed", str(seed), "--output_dir", str(runs_dir / f"{rung.name}-seed{seed}"),
+               "--overwrite_output_dir"]
+        for seed in seeds
+    }  # fmt: skip
+    row = RungRow(rung.name, rung.what, rung_command(modality, argv_of[seeds[0]]), "done")
+    calibration = statistics.median(ratios) if ratios else 1.0
+    row.estimated_seconds = round(estimate * calibration, 1)
+    for seed in seeds:
+        result_file = runs_dir / f"{rung.name}-seed{seed}.json"
+        if result_file.is_file():
+            result = json.loads(result_file.read_text())
+        else:
+            needed = estimate * calibration
+            if _main_decides(needed > seconds_left):
+                row.status, row.reason = "skipped", f"estimated {needed:.0f} s > {max(seconds_left, 0):.0f} s left"
+                logger.warning("ladder: %s skipped (%s)", rung.name, row.reason)
+                break
+            logger.warning("ladder: %s, seed %d (estimated %.0f s, %.0f s left)", rung.name, seed, needed, seconds_left)
+            start = time.perf_counter()
+            result = run_one(modality, argv_of[seed])
+            wall = time.perf_counter() - start
+            seconds_left -= wall
+            if result["status"] == "done":
+                ratios.append(wall / max(estimate, 1e-6))
+            if Path(runs_dir).parent.is_dir() and _is_main():
+                write_json(result_file, result)
+        if result["status"] != "done":
+            row.status, row.reason = result["status"], result["reason"]
+            break
+        row.val_accuracy.append(result["eval_accuracy"])
+        row.val_macro_f1.append(result["eval_macro_f1"])
+        if result.get("test_accuracy") is not None:
+            row.test_accuracy.append(result["test_accuracy"])
+        row.train_seconds.append(result["train_seconds"])
+        row.trainable_params = result["trainable_params"]
+        row.peak_rss_mb = max(row.peak_rss_mb or 0.0, result["peak_rss_mb"])
+    return row
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def run_one(modality: Modality, argv: list[str]) -> dict[str, Any]:
+    """One run of the recipe's job in this process; its metrics, or why it could not run."""
+    parsed = None
+    try:
+        parsed = parse_args(modality.argument_types, argv, modality.defaults)
+        job = _job(modality.name)
+        with PeakRss() as rss:
+            metrics = job(*parsed, config=parsed.resolved)
+    except FtpeftError as error:
+        return {"status": "failed", "reason": str(error)}
+    except Exception as error:  # a rung that crashes is a row with its reason, not the end of the ladder
+        logger.exception("ladder: rung failed")
+        return {"status": "failed", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+    freeze = Path(parsed[4].output_dir) / "freeze_report.json"
+    return {
+        "status": "done",
+        "eval_accuracy": metrics["eval_accuracy"],
+        "eval_macro_f1": metrics["eval_macro_f1"],
+        "test_accuracy": metrics.get("test_accuracy"),
+        "train_seconds": metrics["train_runtime"],
+        "trainable_params": json.loads(freeze.read_text())["trainable_params"] if freeze.is_file() else None,
+        "peak_rss_mb": round(rss.peak_mb, 1),
+    }
+
+
+def _job(modality: str):
+    if modality == "image":
+        from ftpeft.vision.job import train_image_classifier
+
+        return train_image_classifier
+    from ftpeft.text.job import train_classifier
+
+    return train_classifier
+
+
+# --- the probe ------------------------------------------------------------------------------------------------
+
+
+def run_probe(modality: str, recipe_args, ladder_args, output_dir: Path, is_main: bool):
+    """(ProbeResult, data facts, trainable-group count) — computed once; a resumed ladder reads it back."""
+    from accelerate import PartialState
+
+    from ftpeft.ladder.probe import name_layers, save_transfer_curve
+
+    saved = output_dir / PROBE_DIR / "probe.json"
+    with PartialState().main_process_first():
+        if not saved.is_file():
+            result, facts, num_layers = (probe_text if modality == "text" else probe_images)(recipe_args)
+            name_layers(result.layers, result.num_layers, modality)
+            if is_main:
+                write_json(saved, {"probe": dataclasses.asdict(result), "data": facts, "num_layers": num_layers})
+                save_transfer_curve(output_dir, result, modality, ladder_args.metric)
+    payload = json.loads(saved.read_text())
+    probe = payload["probe"]
+    probe["layers"] = [ProbeLayer(**layer) for layer in probe["layers"]]
+    return ProbeResult(**probe), payload["data"], payload["num_layers"]
+
+
+def probe_text(recipe_args):
+    from transformers import AutoModel, DataCollatorWithPadding
+
+    from ftpeft.core.freezing import layer_map
+    from ftpeft.ladder.probe import probe_layers, text_layer_features
+    from ftpeft.text.data import load_tokenized_data
+    from ftpeft.text.modeling import resolve_model_path
+
+    model_args, data_args, _, _, training_args = recipe_args
+    model_path = resolve_model_path(model_args)
+    data = load_tokenized_data(model_args, model_path, data_args, training_args)
+    model = AutoModel.from_pretrained(model_path).eval()
+    collator = DataCollatorWithPadding(data.tokenizer)
+    start = time.perf_counter()
+    features = {
+        split: text_layer_features(model, dataset, collator, training_args.per_device_eval_batch_size)
+        for split, dataset in data.tokenized.items()
+    }
+    seconds = time.perf_counter() - start
+    labels = {split: np.asarray(dataset["labels"]) for split, dataset in data.tokenized.items()}
+    layers = probe_layers(features, labels, training_args.seed)
+    rows = {split: len(dataset) for split, dataset in data.tokenized.items()}
+    depth = features["train"]["mean"].shape[1] - 1
+    result = ProbeResult(layers, depth, seconds, sum(rows.values()), {"hidden": features["train"]["mean"].shape[2]})
+    facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
+    return result, facts, layer_map(model).num_layers
+
+
+def probe_images(recipe_args):
+    from ftpeft.core.freezing import layer_map
+    from ftpeft.ladder.probe import image_stage_features, probe_layers
+    from ftpeft.vision.data import TransformedImages, build_transforms, load_image_classification_data
+    from ftpeft.vision.models import create_timm_model, resolve_image_model
+
+    model_args, data_args, _, _, training_args = recipe_args
+    name, weights = resolve_image_model(model_args.model_name_or_path, model_args.pretrained_file, data_args.is_demo)
+    data = load_image_classification_data(data_args, training_args.seed, model_args.cache_dir)
+    model = create_timm_model(name, len(data.label_names), model_args.pretrained, weights, model_args.cache_dir)
+    _, eval_transform, _ = build_transforms(model, data_args)
+    start = time.perf_counter()
+    features = {
+        split: image_stage_features(model, TransformedImages(images, eval_transform), 64)
+        for split, images in data.splits.items()
+    }
+    seconds = time.perf_counter() - start
+    labels = {split: np.asarray(images.labels) for split, images in data.splits.items()}
+    layers = probe_layers(features, labels, training_args.seed)
+    rows = {split: len(images) for split, images in data.splits.items()}
+    widths = features["train"]["widths"].tolist()
+    result = ProbeResult(layers, len(widths) - 1, seconds, sum(rows.values()), {"widths": widths})
+    facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
+    return result, facts, layer_map(model).num_layers
+
+
+def keep_flags(argv: list[str], names: set[str]) -> list[str]:
+    """The flags of ``argv`` named in ``names`` (with their values); the rest dropped."""
+    others = {token.partition("=")[0][2:].replace("-", "_") for token in argv if token.startswith("--")} - names
+    return strip_flags(argv, tuple(others))
+
+
+def probe_row(
+    best: ProbeLayer, probe: ProbeResult, modality: Modality, base_argv: list[str], output_dir: Path, facts
+) -> RungRow:
+    """The cheapest rung: logistic regression on the best probe layer's frozen features."""
+    from ftpeft.features.args import FeatureArguments
+    from ftpeft.vision.args import ImageDataArguments
+
+    # extract_features.py takes the data flags (and the model) the ladder was given
+    accepted = {f.name for t in (FeatureArguments, ImageDataArguments) for f in dataclasses.fields(t)}
+    model = keep_flags(base_argv, accepted - {"layer", "pooling", "feature_dir", "modality"})
+    layer = str(best.depth) if modality.name == "text" else ("pre_logits" if best.depth == probe.num_layers else "")
+    extract = [
+        "python", "recipes/extract_features.py", "--modality", modality.name, *model,
+        *(["--layer", layer] if layer else []), "--pooling", best.pooling, "--feature_dir", str(output_dir / "features"),
+    ]  # fmt: skip
+    head = ["python", "recipes/train_head.py", "--features_dir", str(output_dir / "features"), "--head", "logreg",
+            "--output_dir", str(output_dir / "probe_head")]  # fmt: skip
+    width = probe.feature_dims.get("hidden") or max(probe.feature_dims.get("widths", [0]))
+    row = RungRow(
+        "probe_head",
+        f"logistic regression on frozen {best.name} features",
+        f"{shlex.join(extract)} && {shlex.join(head)}",
+        "done",
+        val_accuracy=[best.val_accuracy],
+        val_macro_f1=[best.val_macro_f1],
+        test_accuracy=[best.test_accuracy] if best.test_accuracy is not None else [],
+        # its cost: the frozen pass over the data (shared by every probe layer) plus this layer's fit
+        train_seconds=[round(probe.forward_seconds + best.fit_seconds, 2)],
+        trainable_params=(width + 1) * max(facts["num_classes"], 2),
+    )
+    return row
