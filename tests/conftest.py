@@ -1,5 +1,5 @@
-"""Test-wide settings: one torch thread (2-thread torch is several times slower for tiny models on the
-reference machine), no Hub (any call fails fast), tiny models and data made here."""
+"""Test-wide settings and the shared fixtures: one torch thread (2-thread torch is several times slower for tiny
+models on the reference machine), no Hub (any call fails fast). Fixtures only: the builders are in helpers.py."""
 
 import os
 
@@ -11,7 +11,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["WANDB_DISABLED"] = "true"
 
 import pytest
-from text_fixtures import make_text_files, make_tiny_text_model
+from helpers import make_text_files, make_tiny_text_model
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-from recipe_helpers import ROOT
+from helpers import ROOT
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {

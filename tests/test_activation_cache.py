@@ -4,8 +4,17 @@ import copy
 
 import pytest
 import torch
-from test_freezing import ARCHITECTURES, tiny_model
-from text_fixtures import make_tokenizer
+from helpers import (
+    ARCHITECTURES,
+    ROOT,
+    TEXT_RUN_FILES,
+    accelerate_bin,
+    load_recipe,
+    make_tokenizer,
+    run,
+    tiny_args,
+    tiny_model,
+)
 from transformers import DataCollatorWithPadding
 
 from ftpeft import FtpeftError, unfreeze_last
@@ -19,6 +28,7 @@ from ftpeft.cache.prefix import (
     frozen_fingerprint,
 )
 from ftpeft.core.freezing import keep_in_eval
+from ftpeft.tuning.args import TuningArguments
 
 TEXTS = ["good film was great", "bad plot and boring actor", "the movie", "really quite superb story and fine"]
 
@@ -35,9 +45,9 @@ def test_cached_forward_equals_full_forward(model_type, k):
     model = tiny_model(model_type).eval()
     if k == 0 and model_type == "deberta-v2":
         with pytest.raises(FtpeftError, match="not supported for deberta-v2"):
-            check_cacheable(model, k, False, False)
+            check_cacheable(model, k)
         return
-    check_cacheable(model, k, False, False)
+    check_cacheable(model, k)
     batch = encoded(model_type)
     expected = model(**batch).logits
     states = boundary_states(model, k, batch)
@@ -134,21 +144,21 @@ def test_stale_or_damaged_caches_are_never_reused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "k,train_embeddings,use_peft,message",
+    "unfreeze_last,train_embeddings,use_peft,message",
     [
-        (None, False, False, "needs --unfreeze_last k"),
-        (2, True, False, "--train_embeddings"),
-        (2, False, True, "--use_peft"),
+        ("all", False, False, "needs --unfreeze_last k"),
+        ("2", True, False, "cannot be used with --train_embeddings"),
+        ("2", False, True, "cannot be used with --use_peft"),
     ],
 )
-def test_inexact_setups_are_refused(k, train_embeddings, use_peft, message):
+def test_inexact_setups_are_refused(unfreeze_last, train_embeddings, use_peft, message):
     with pytest.raises(FtpeftError, match=message):
-        check_cacheable(tiny_model("bert"), k, train_embeddings, use_peft)
+        TuningArguments(
+            unfreeze_last=unfreeze_last, cache_frozen=True, train_embeddings=train_embeddings, use_peft=use_peft
+        )
 
 
 def cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache_dir):
-    from test_bert_cls import tiny_args
-
     return tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2", "--cache_frozen",
                      "--activation_cache_dir", str(cache_dir))  # fmt: skip
 
@@ -177,14 +187,12 @@ def test_cached_training_keeps_head_lr_and_layer_decay(tmp_path):
 def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(
     tiny_bert_dir, text_csv_dir, tmp_path, caplog, k
 ):
-    from recipe_helpers import load_recipe
-    from test_bert_cls import EXPECTED_FILES
     from transformers import AutoModelForSequenceClassification
 
     bert_cls = load_recipe("bert_cls")
     out, cache = tmp_path / "run", tmp_path / "cache"
     bert_cls.main(cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--unfreeze-last", k])
-    assert {p.name for p in out.iterdir()} == EXPECTED_FILES
+    assert {p.name for p in out.iterdir()} == TEXT_RUN_FILES
     assert len(list(cache.iterdir())) == 2  # train + validation
     saved = AutoModelForSequenceClassification.from_pretrained(out)
     original = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
@@ -201,8 +209,6 @@ def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(
 
 @pytest.mark.slow
 def test_two_ranks_share_one_cache(tiny_bert_dir, text_csv_dir, tmp_path):
-    from recipe_helpers import ROOT, accelerate_bin, run
-
     args = cached_recipe_args(tiny_bert_dir, text_csv_dir, tmp_path / "ddp", tmp_path / "cache")
     result = run([accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu_ddp.yaml"),
                   str(ROOT / "recipes/bert_cls.py"), *args])  # fmt: skip

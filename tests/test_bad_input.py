@@ -3,9 +3,16 @@ and leaves every file that existed before the run byte-identical."""
 
 import pandas as pd
 import pytest
-from recipe_helpers import ROOT, accelerate_bin, load_recipe, run, snapshot
-from test_bert_cls import tiny_args
-from text_fixtures import make_text_files, make_tiny_text_model
+from helpers import (
+    ROOT,
+    accelerate_bin,
+    load_recipe,
+    make_text_files,
+    make_tiny_text_model,
+    run,
+    snapshot,
+    tiny_args,
+)
 
 from ftpeft.core.errors import run_cli
 
@@ -48,6 +55,11 @@ TEXT_CASES = [
         "label column missing",
         lambda w: edit_csv(w["data"] / "train.csv", label=None) or [],
         "--label_column 'label' not found in the train split; columns: ['text']",
+    ),
+    (
+        "label column misnamed",
+        lambda w: ["--label_column", "stars"],
+        "--label_column 'stars' not found in the train split; columns: ['text', 'label']",
     ),
     (
         "text column misnamed",
@@ -128,15 +140,7 @@ TEXT_CASES = [
 
 @pytest.fixture(scope="session")
 def other_models(tmp_path_factory):
-    from text_fixtures import VOCAB, make_tokenizer
-    from transformers import AlbertConfig, AutoModelForSequenceClassification
-
-    albert = tmp_path_factory.mktemp("albert")
-    AutoModelForSequenceClassification.from_config(
-        AlbertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=37, embedding_size=16)
-    ).save_pretrained(albert)  # fmt: skip
-    make_tokenizer().save_pretrained(albert)
+    albert = make_tiny_text_model(tmp_path_factory.mktemp("albert"), "albert", num_layers=2)
     distilbert = make_tiny_text_model(tmp_path_factory.mktemp("distilbert"), "distilbert")
     return {"albert": str(albert), "distilbert": distilbert}
 
@@ -158,6 +162,7 @@ def test_text_recipe_bad_input(workspace, other_models, setup, message, capsys, 
     assert snapshot(workspace["root"]) == before
 
 
+@pytest.mark.slow  # accelerate's launcher in a subprocess
 def test_bad_accelerate_config_path_names_the_file(tmp_path):
     missing = tmp_path / "no_such_config.yaml"
     result = run(

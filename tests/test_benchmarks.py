@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from recipe_helpers import ROOT
+from helpers import ROOT, load_recipe
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -44,7 +44,6 @@ def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_bert_dir, tmp_pat
 def test_same_config_case_uses_the_plain_trainers_hyperparameters():
     """The overhead row compares code, not settings: its recipe args must resolve to the baseline's."""
     import run_benchmarks
-    from recipe_helpers import load_recipe
 
     case = next(c for c in run_benchmarks.text_cases(quick=False) if c.name == "ftpeft, full FT, same config")
     argv = run_benchmarks.case_argv(case, ROOT / "unused", ROOT / "unused_cache", quick=False, model=None)

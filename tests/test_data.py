@@ -2,7 +2,7 @@
 
 import pandas as pd
 import pytest
-from text_fixtures import make_text_files
+from helpers import make_text_files
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.text.args import TextDataArguments

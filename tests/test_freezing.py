@@ -2,26 +2,10 @@
 
 import pytest
 import torch
-from text_fixtures import make_tokenizer, tiny_config
+from helpers import ARCHITECTURES, text_batch, tiny_config, tiny_model
 from transformers import AutoModelForSequenceClassification
 
 from ftpeft import FtpeftError, build_param_groups, layer_map, unfreeze_last
-
-ARCHITECTURES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "mpnet", "modernbert"]
-NO_TOKEN_TYPES = {"distilbert", "mpnet", "modernbert", "deberta-v2"}
-
-
-def tiny_model(model_type):
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(tiny_config(model_type))
-
-
-def batch(model_type):
-    encoded = make_tokenizer()(["good film was great", "bad plot and boring actor"], padding=True, return_tensors="pt")
-    if model_type in NO_TOKEN_TYPES:
-        encoded.pop("token_type_ids", None)
-    encoded["labels"] = torch.tensor([1, 0])
-    return encoded
 
 
 def train_steps(model, model_type, steps=3):
@@ -29,7 +13,7 @@ def train_steps(model, model_type, steps=3):
     optimizer = torch.optim.AdamW(build_param_groups(model, 1e-2), lr=1e-2)
     for _ in range(steps):
         optimizer.zero_grad()
-        model(**batch(model_type)).loss.backward()
+        model(**text_batch(model_type)).loss.backward()
         optimizer.step()
 
 
@@ -67,11 +51,7 @@ def test_k_larger_than_model_is_a_clear_error(k):
 
 
 def test_albert_shared_layers_are_refused():
-    from transformers import AlbertConfig
-
-    model = AutoModelForSequenceClassification.from_config(
-        AlbertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-    )
+    model = AutoModelForSequenceClassification.from_config(tiny_config("albert", num_layers=2))
     with pytest.raises(FtpeftError, match="ALBERT shares"):
         unfreeze_last(model, 1)
 

@@ -5,10 +5,9 @@ from unittest import mock
 
 import pytest
 import yaml
+from helpers import load_recipe, snapshot, tiny_args
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects
-from recipe_helpers import load_recipe, snapshot
-from test_bert_cls import tiny_args
 
 from ftpeft import cli
 from ftpeft.core.errors import run_cli
@@ -79,7 +78,7 @@ def test_push_sends_adapter_card_and_config_but_no_checkpoints(finished_lora_run
     assert fake.calls[0] == ("create_repo", "me/minilm-sent", {"private": True, "exist_ok": True})
     assert fake.uploaded == {
         "README.md", "adapter_config.json", "adapter_model.safetensors", "classification_report.md",
-        "confusion_matrix.png", "freeze_report.json", "metrics.json", "run_args.yaml", "tokenizer.json",
+        "confusion_matrix.png", "freeze_report.json", "learning_curve.png", "metrics.json", "resolved_settings.json", "run_args.yaml", "tokenizer.json",
         "tokenizer_config.json", "training_args.bin",
     }  # fmt: skip
     assert any(p.name.startswith("checkpoint-") for p in finished_lora_run.iterdir())  # present, not pushed

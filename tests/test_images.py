@@ -9,17 +9,17 @@ import sys
 
 import pytest
 import torch
-from image_fixtures import (
+from helpers import (
     CLASSES,
     RECIPES,
-    TINY_ARGS,
-    TINY_MODEL,
+    TIMM_ARGS,
+    TIMM_MODEL,
     load_recipe,
+    snapshot,
     subprocess_env,
     write_class_folders,
     write_kaggle_layout,
 )
-from recipe_helpers import snapshot
 
 from ftpeft.core.errors import run_cli
 from ftpeft.core.freezing import keep_frozen_norms_in_eval, unfreeze_last
@@ -82,7 +82,7 @@ def test_class_folders_with_stratified_split(tmp_path):
                 "--image_dir",
                 "{images}",
                 "--model_name_or_path",
-                TINY_MODEL,
+                TIMM_MODEL,
                 "--unfreeze_last",
                 "9",
             ],
@@ -124,7 +124,7 @@ def test_only_intended_parameters_change(k, trained_prefixes):
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(TINY_MODEL, num_classes=3)
+    model = timm.create_model(TIMM_MODEL, num_classes=3)
     unfreeze_last(model, k)
     pinned = keep_frozen_norms_in_eval(model)
     before, stats_before = {n: p.detach().clone() for n, p in model.named_parameters()}, _bn_stats(model)
@@ -152,6 +152,8 @@ EXPECTED_FILES = {
     "model.safetensors",
     "config.json",
     "run_args.yaml",
+    "resolved_settings.json",
+    "learning_curve.png",
     "freeze_report.json",
     "metrics.json",
     "confusion_matrix.png",
@@ -173,7 +175,7 @@ def test_recipe_writes_a_reloadable_timm_model(kaggle, tmp_path, unfreeze):
             str(csv),
             "--image_dir",
             str(images),
-            *TINY_ARGS,
+            *TIMM_ARGS,
             "--unfreeze-last",
             unfreeze,
             "--output_dir",
@@ -192,14 +194,14 @@ def test_recipe_writes_a_reloadable_timm_model(kaggle, tmp_path, unfreeze):
         and json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
     )
     config = json.loads((out / "config.json").read_text())
-    assert config["architecture"] == TINY_MODEL and config["label_names"] == list(CLASSES)
+    assert config["architecture"] == TIMM_MODEL and config["label_names"] == list(CLASSES)
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     frozen = json.loads((out / "freeze_report.json").read_text())
     assert frozen["trainable_layers"] == {"0": [], "2": [3, 4], "all": [1, 2, 3, 4]}[unfreeze]
     x = torch.randn(2, 3, 32, 32)
     by_dir = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     by_file = timm.create_model(
-        TINY_MODEL,
+        TIMM_MODEL,
         pretrained=True,
         num_classes=3,
         pretrained_cfg_overlay={"file": str(out / "model.safetensors"), "num_classes": 3},  # keeps the head
@@ -237,7 +239,7 @@ def test_two_rank_accelerate_launch(tmp_path):
         str(RECIPES / "image_cls.py"),
         "--image_dir",
         str(root),
-        *TINY_ARGS,
+        *TIMM_ARGS,
         "--output_dir",
         str(out),
         "--max_steps",
@@ -253,4 +255,9 @@ def test_two_rank_accelerate_launch(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
-    assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] >= 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # 2 steps x 2 ranks x 4 images: both ranks fed the optimizer
+    assert metrics["train_samples_per_second"] * metrics["train_runtime"] == pytest.approx(16, rel=0.05)
+    # 3 of the 24 images held out (10 %, stratified), each scored once: the sampler's padding duplicate is dropped
+    assert "(eval split, 3 examples)" in (out / "classification_report.md").read_text()
+    assert round(metrics["eval_accuracy"] * 3) == pytest.approx(metrics["eval_accuracy"] * 3)

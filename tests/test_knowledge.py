@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-sys.path.insert(0, str(Path(__file__).parent))
-import knowledge_fixtures as fx
-from recipe_helpers import snapshot
+from helpers import (
+    RECIPES,
+    ROOT,
+    TABLE_DIM,
+    TABLE_KEYS,
+    load_recipe,
+    make_tiny_text_model,
+    make_wordpiece_tokenizer,
+    snapshot,
+    subprocess_env,
+    table_vectors,
+    write_glove,
+    write_knowledge_dataset,
+    write_npy,
+    write_safetensors,
+)
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.knowledge.args import KnowledgeArguments
@@ -33,19 +40,20 @@ from ftpeft.knowledge.model import (
 )
 from ftpeft.knowledge.table import KnowledgeTable, load_knowledge_table, read_knowledge_file, vader_lexicon_path
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "knowledge_cls.py"
-sys.path.insert(0, str(ROOT / "recipes"))
+RECIPE = RECIPES / "knowledge_cls.py"
+knowledge_cls = load_recipe("knowledge_cls")
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    return fx.make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer BertModel (no head) with the WordPiece tokenizer over the table's words."""
+    directory = tmp_path_factory.mktemp("tiny_kb_bert")
+    return make_tiny_text_model(directory, "bert", num_layers=2, tokenizer=make_wordpiece_tokenizer(), head=False)
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    return load_knowledge_table([fx.write_glove(tmp_path_factory.mktemp("kb") / "kb.txt")])
+    return load_knowledge_table([write_glove(tmp_path_factory.mktemp("kb") / "kb.txt")])
 
 
 def _model(tiny_bert, table, mode="add", **settings):
@@ -63,17 +71,17 @@ def _batch(tiny_bert, texts, table):
 
 
 # --- tables ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("writer", [fx.write_glove, fx.write_npy, fx.write_safetensors])
+@pytest.mark.parametrize("writer", [write_glove, write_npy, write_safetensors])
 def test_formats_read_the_same_table(tmp_path, writer):
-    suffix = {fx.write_glove: ".txt", fx.write_npy: ".npy", fx.write_safetensors: ".safetensors"}[writer]
+    suffix = {write_glove: ".txt", write_npy: ".npy", write_safetensors: ".safetensors"}[writer]
     keys, vectors = read_knowledge_file(writer(tmp_path / f"kb{suffix}"))
-    assert keys == fx.TABLE_KEYS
-    np.testing.assert_allclose(vectors, fx.table_vectors(), atol=1e-5)
+    assert keys == TABLE_KEYS
+    np.testing.assert_allclose(vectors, table_vectors(), atol=1e-5)
 
 
 def test_word2vec_header_and_vader_lexicon(tmp_path):
-    keys, vectors = read_knowledge_file(fx.write_glove(tmp_path / "w2v.vec", header=True))
-    assert len(keys) == len(fx.TABLE_KEYS) and vectors.shape == (len(fx.TABLE_KEYS), fx.TABLE_DIM)
+    keys, vectors = read_knowledge_file(write_glove(tmp_path / "w2v.vec", header=True))
+    assert len(keys) == len(TABLE_KEYS) and vectors.shape == (len(TABLE_KEYS), TABLE_DIM)
     keys, vectors = read_knowledge_file(vader_lexicon_path())
     assert vectors.shape[1] == 12 and len(keys) > 7000 and len(set(keys)) == len(keys)
     good = vectors[keys.index("good")]
@@ -81,8 +89,8 @@ def test_word2vec_header_and_vader_lexicon(tmp_path):
 
 
 def test_several_sources_are_concatenated_over_the_union_of_keys(tmp_path):
-    first = fx.write_glove(tmp_path / "a.txt", keys=["good", "bad"], vectors=np.ones((2, 2), np.float32))
-    second = fx.write_glove(tmp_path / "b.txt", keys=["bad", "paris"], vectors=np.full((2, 3), 2, np.float32))
+    first = write_glove(tmp_path / "a.txt", keys=["good", "bad"], vectors=np.ones((2, 2), np.float32))
+    second = write_glove(tmp_path / "b.txt", keys=["bad", "paris"], vectors=np.full((2, 3), 2, np.float32))
     merged = load_knowledge_table([first, second])
     assert merged.keys == ["good", "bad", "paris"] and merged.dim == 5
     np.testing.assert_array_equal(merged.vectors, [[1, 1, 0, 0, 0], [1, 1, 2, 2, 2], [0, 0, 2, 2, 2]])
@@ -165,15 +173,15 @@ def test_late_fusion_shapes_and_mention_mean(tiny_bert, table, mode):
     batch, _ = _batch(tiny_bert, ["good and bad film", "the movie"], table)
     batch["example_knowledge_ids"] = torch.tensor([[table.id_of("great")], [1]])
     batch["knowledge_vectors"] = torch.ones(2, 3)
-    assert model.config.external_dim == fx.TABLE_DIM * 2 + 3
+    assert model.config.external_dim == TABLE_DIM * 2 + 3
     external = model.external_features(
         batch["knowledge_ids"], batch["example_knowledge_ids"], batch["knowledge_vectors"], 2
     )
     vectors = torch.from_numpy(table.vectors)
     good, bad, great = (table.keys.index(k) for k in ("good", "bad", "great"))
-    torch.testing.assert_close(external[0, : fx.TABLE_DIM], (vectors[good] + vectors[bad]) / 2)
-    assert (external[1, : 2 * fx.TABLE_DIM] == 0).all()  # no mention, unknown ID -> zero
-    torch.testing.assert_close(external[0, fx.TABLE_DIM : 2 * fx.TABLE_DIM], vectors[great])
+    torch.testing.assert_close(external[0, :TABLE_DIM], (vectors[good] + vectors[bad]) / 2)
+    assert (external[1, : 2 * TABLE_DIM] == 0).all()  # no mention, unknown ID -> zero
+    torch.testing.assert_close(external[0, TABLE_DIM : 2 * TABLE_DIM], vectors[great])
     assert model(**batch).logits.shape == (2, 2)
 
 
@@ -232,9 +240,10 @@ def test_save_and_auto_load_give_identical_logits(tiny_bert, table, tmp_path, mo
     torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "ftpeft-knowledge" and config["encoder_config"]["model_type"] == "bert"
-    assert config["inject_mode"] == mode and config["knowledge_dim"] == fx.TABLE_DIM
+    assert config["inject_mode"] == mode and config["knowledge_dim"] == TABLE_DIM
 
 
+@pytest.mark.slow  # a fresh interpreter; in-process loading is test_save_and_auto_load_give_identical_logits
 def test_auto_classes_know_the_model_after_import_ftpeft(tiny_bert, table, tmp_path):
     _model(tiny_bert, table, "concat").save_pretrained(tmp_path)
     code = (
@@ -276,7 +285,7 @@ def test_unknown_architecture_is_refused(tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(FtpeftError, match="--inject add: encoder type 'gpt2' is not in ftpeft.freezing.ARCHITECTURES"):
+    with pytest.raises(FtpeftError, match=r"--inject add: encoder type 'gpt2' is not in ftpeft\.ARCHITECTURES"):
         build_knowledge_model(str(tmp_path), ["a", "b"], torch.zeros(2, 3), inject_mode="add")
 
 
@@ -291,10 +300,8 @@ def _recipe_argv(tiny_bert, data, output_dir, *extra):
 
 
 def test_recipe_add_with_entity_spans_counts_unknown_entities(tiny_bert, tmp_path):
-    import knowledge_cls
-
-    data = fx.write_dataset(tmp_path / "train.jsonl")
-    kb = fx.write_glove(tmp_path / "kb.txt")
+    data = write_knowledge_dataset(tmp_path / "train.jsonl")
+    kb = write_glove(tmp_path / "kb.txt")
     output = tmp_path / "run"
     metrics = knowledge_cls.main(
         _recipe_argv(tiny_bert, data, output, "--inject", "add", "--knowledge_file", str(kb), "--entity_column",
@@ -311,23 +318,29 @@ def test_recipe_add_with_entity_spans_counts_unknown_entities(tiny_bert, tmp_pat
     namespace: dict = {}
     exec(snippet, namespace)  # the card's loading code runs as written  # noqa: S102
     assert namespace["logits"].shape == (1, 2)
-    assert KnowledgeTable.from_keys_file(output / "knowledge_keys.txt").keys == fx.TABLE_KEYS
-    assert json.loads((output / "metrics.json").read_text())["knowledge_train_unknown"] >= 0
+    assert KnowledgeTable.from_keys_file(output / "knowledge_keys.txt").keys == TABLE_KEYS
+    saved = json.loads((output / "metrics.json").read_text())
+    assert {k: v for k, v in saved.items() if k.startswith("knowledge_")} == {
+        k: v for k, v in metrics.items() if k.startswith("knowledge_")
+    }
+    assert saved["knowledge_train_examples"] + saved["knowledge_validation_examples"] == 18  # 2 x 9 rows
     report = json.loads((output / "freeze_report.json").read_text())
+    # exactly the projection (TABLE_DIM -> 32), the classifier (32 -> 2) and the learned unknown vector train
+    assert report["trainable_params"] == (TABLE_DIM * 32 + 32) + (32 * 2 + 2) + TABLE_DIM
     assert report["groups"]["head"]["trainable"] < report["groups"]["head"]["total"]  # the table stayed frozen
 
 
 def test_recipe_concat_with_feature_and_id_columns_and_lora(tiny_bert, tmp_path):
-    import knowledge_cls
-
-    data = fx.write_dataset(tmp_path / "train.jsonl")
-    kb = fx.write_npy(tmp_path / "kb.npy")
+    data = write_knowledge_dataset(tmp_path / "train.jsonl")
+    kb = write_npy(tmp_path / "kb.npy")
     output = tmp_path / "run"
     metrics = knowledge_cls.main(
         _recipe_argv(tiny_bert, data, output, "--inject", "concat", "--knowledge_file", str(kb), "--knowledge_column",
                      "features", "entity_id", "--use_peft", "--lora_r", "2", "--unfreeze_last", "0")
     )  # fmt: skip
-    assert metrics["knowledge_train_unknown"] > 0  # 'not-in-table' IDs
+    # rows j = 0, 3, 6 of each of the 2 copies have the ID 'not-in-table'; word matching finds only table keys
+    assert metrics["knowledge_train_unknown"] + metrics["knowledge_validation_unknown"] == 6
+    assert metrics["knowledge_train_examples"] + metrics["knowledge_validation_examples"] == 18
     config = json.loads((output / "merged" / "config.json").read_text())
     assert config["num_example_ids"] == 1 and config["example_vector_dim"] == 3 and not config["token_knowledge"]
     assert (output / "adapter_model.safetensors").is_file()
@@ -345,19 +358,17 @@ def test_recipe_concat_with_feature_and_id_columns_and_lora(tiny_bert, tmp_path)
     ],
 )
 def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, extra, message):
-    import knowledge_cls
-
     from ftpeft.core.errors import run_cli
 
     data = tmp_path / "train.jsonl"
-    rows = [json.loads(line) for line in fx.write_dataset(tmp_path / "base.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in write_knowledge_dataset(tmp_path / "base.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows):
         row["nan_features"] = [1.0, float("nan") if i == 3 else 0.0]
         row["bad_spans"] = [[0, 99, "good"]]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "nope.bin").write_text("x")
     if "--knowledge_file" not in extra:
-        extra = [*extra, "--knowledge_file", str(fx.write_glove(tmp_path / "kb.txt"))]
+        extra = [*extra, "--knowledge_file", str(write_glove(tmp_path / "kb.txt"))]
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -368,13 +379,7 @@ def test_recipe_bad_input_exits_2_naming_the_flag(tiny_bert, tmp_path, capsys, e
     assert snapshot(tmp_path) == before  # nothing the user had was changed
 
 
-def test_help_and_shipped_configs_parse():
-    import knowledge_cls
-
-    result = subprocess.run(
-        check=False, args=[sys.executable, str(RECIPE), "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0 and "--inject" in result.stdout and "--knowledge_file" in result.stdout
+def test_shipped_configs_parse():  # --help of the script: test_bert_cls.py::test_help_of_every_recipe
     configs = sorted((ROOT / "recipes" / "configs" / "knowledge_cls").glob("*.yaml"))
     assert configs
     for path in configs:
@@ -386,8 +391,8 @@ def test_help_and_shipped_configs_parse():
 
 @pytest.mark.slow
 def test_two_rank_ddp_run_with_injection(tiny_bert, tmp_path):
-    data = fx.write_dataset(tmp_path / "train.jsonl", repeat=4)
-    kb = fx.write_glove(tmp_path / "kb.txt")
+    data = write_knowledge_dataset(tmp_path / "train.jsonl", repeat=4)
+    kb = write_glove(tmp_path / "kb.txt")
     output = tmp_path / "run"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -395,13 +400,17 @@ def test_two_rank_ddp_run_with_injection(tiny_bert, tmp_path):
         *_recipe_argv(tiny_bert, data, output, "--inject", "add", "--knowledge_file", str(kb), "--unfreeze_last", "1",
                       "--unknown_entity", "learned", "--entity_column", "entities"),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = subprocess_env(CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
         check=False, args=command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
     assert "test_accuracy" not in metrics and "eval_accuracy" in metrics
+    # 4 x 9 rows, 25 % held out: both ranks' examples counted once, the sampler's padding duplicate dropped
+    assert metrics["knowledge_train_examples"] + metrics["knowledge_validation_examples"] == 36
+    assert "(eval split, 9 examples)" in (output / "classification_report.md").read_text()
+    assert round(metrics["eval_accuracy"] * 9) == pytest.approx(metrics["eval_accuracy"] * 9)
     assert "2 process(es)" in (output / "README.md").read_text()  # the card records both ranks
 
 

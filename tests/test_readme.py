@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from recipe_helpers import ROOT
+from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -13,9 +13,8 @@ import time
 
 import pytest
 import torch
-from recipe_helpers import RECIPES, ROOT, python_recipe, snapshot, subprocess_env
+from helpers import RECIPES, ROOT, python_recipe, snapshot, subprocess_env, tiny_args
 from safetensors.torch import load_file
-from test_bert_cls import tiny_args
 
 pytestmark = pytest.mark.slow
 STEPS = ["--max_steps", "120", "--save_strategy", "steps", "--save_steps", "20", "--save_total_limit", "2",

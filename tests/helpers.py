@@ -1,0 +1,434 @@
+"""The one shared helpers module of the tests: paths and recipe loading, subprocess runs, tiny models and tokenizers
+built from configs (no Hub), and the data makers of each capability (text, images, knowledge).
+
+Plain functions and constants only: pytest fixtures live in conftest.py, and test modules import from here, never
+from each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import random
+import runpy
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+
+# --- recipes, subprocesses, snapshots -----------------------------------------------------------------------------
+
+
+def load_recipe(name: str):
+    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a child process: one torch thread, offline, this checkout first on the import path."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        check=False, args=args, cwd=ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def python_recipe(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(RECIPES / f"{name}.py"), *args], timeout=timeout)
+
+
+def run_scripts_here(argvs: dict[str, list[str]]) -> dict[str, list]:
+    """Run each argv (a script's path, then its arguments) as ``python <argv>`` would, in this interpreter:
+    the script's ``__main__`` with that ``sys.argv``. Returns key -> [exit code, stdout, stderr]: SystemExit's
+    code, or 1 and the traceback on stderr for any other exception."""
+    results, saved_argv = {}, sys.argv
+    try:
+        for key, argv in argvs.items():
+            sys.argv, stdout, stderr, code = list(argv), io.StringIO(), io.StringIO(), 0
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    runpy.run_path(argv[0], run_name="__main__")
+                except SystemExit as exit:
+                    code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+                except Exception:  # noqa: BLE001  (what the interpreter does with an uncaught one: exit 1)
+                    traceback.print_exc()
+                    code = 1
+            results[key] = [code, stdout.getvalue(), stderr.getvalue()]
+    finally:
+        sys.argv = saved_argv
+    return results
+
+
+def run_recipe_scripts(
+    invocations: dict[str, list[str]], fresh_interpreter: bool, timeout: int = 300
+) -> dict[str, subprocess.CompletedProcess]:
+    """Run recipes as scripts: ``invocations`` maps a key to [recipe name, *args]; each result has the exit code,
+    stdout and stderr that ``python recipes/<name>.py *args`` would give.
+
+    ``fresh_interpreter`` runs them all in ONE new interpreter (one start-up of several seconds: the imports of torch
+    and transformers); otherwise they run in this one."""
+    argvs = {key: [str(RECIPES / f"{name}.py"), *args] for key, (name, *args) in invocations.items()}
+    if fresh_interpreter:
+        code = "import helpers, json, sys; print(json.dumps(helpers.run_scripts_here(json.loads(sys.argv[1]))))"
+        pythonpath = os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+        result = run([sys.executable, "-c", code, json.dumps(argvs)], timeout=timeout, PYTHONPATH=pythonpath)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    else:
+        outputs = run_scripts_here(argvs)
+    return {key: subprocess.CompletedProcess(argvs[key], *outputs[key]) for key in argvs}
+
+
+def accelerate_bin() -> str:
+    return str(Path(sys.executable).with_name("accelerate"))
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- tiny text models -------------------------------------------------------------------------------------------
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "boring", "terrible"]
+FILLER = ["the", "film", "was", "a", "plot", "actor", "movie", "story", "very", "quite", "really", "and"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = SPECIALS + POSITIVE + NEGATIVE + FILLER
+
+# every architecture the layer table knows; each tiny model has 4 layers
+ARCHITECTURES = ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "mpnet", "modernbert"]
+NO_TOKEN_TYPES = {"distilbert", "mpnet", "modernbert", "deberta-v2"}
+
+
+def make_tokenizer():
+    """A word-level fast tokenizer over VOCAB with BERT-style [CLS] ... [SEP] and offsets."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+
+
+def tiny_config(model_type: str, num_labels: int = 2, num_layers: int = 4, vocab_size: int = len(VOCAB)):
+    """A 32-wide config of ``model_type`` (every type of ARCHITECTURES, and ALBERT)."""
+    from transformers import AutoConfig
+
+    common = {"vocab_size": vocab_size, "num_labels": num_labels, "pad_token_id": 0}
+    if model_type == "distilbert":
+        return AutoConfig.for_model(model_type, dim=32, n_layers=num_layers, n_heads=2, hidden_dim=37, **common)
+    kw = dict(hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=37, **common)
+    if model_type in ("electra", "albert"):
+        kw["embedding_size"] = 16
+    if model_type == "modernbert":
+        kw.update(bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, global_attn_every_n_layers=2)
+    if model_type in ("roberta", "xlm-roberta", "mpnet"):
+        kw.update(max_position_embeddings=80)
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def tiny_model(model_type: str = "bert", num_layers: int = 4):
+    """A seeded tiny sequence-classification model of ``model_type``, in memory."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(tiny_config(model_type, num_layers=num_layers))
+
+
+def make_tiny_text_model(
+    directory: Path, model_type: str = "bert", num_layers: int = 4, tokenizer=None, head: bool = True
+) -> str:
+    """Save a seeded tiny model + tokenizer in HF format (what --model_name_or_path points at).
+
+    ``tokenizer`` defaults to the word-level one over VOCAB; ``head=False`` saves the bare encoder (AutoModel)."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    tokenizer = tokenizer or make_tokenizer()
+    torch.manual_seed(0)
+    config = tiny_config(model_type, num_layers=num_layers, vocab_size=len(tokenizer))
+    model = (AutoModelForSequenceClassification if head else AutoModel).from_config(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def text_batch(model_type: str = "bert"):
+    """Two labelled sentences, tokenized for ``model_type``."""
+    import torch
+
+    encoded = make_tokenizer()(["good film was great", "bad plot and boring actor"], padding=True, return_tensors="pt")
+    if model_type in NO_TOKEN_TYPES:
+        encoded.pop("token_type_ids", None)
+    encoded["labels"] = torch.tensor([1, 0])
+    return encoded
+
+
+# --- text data and the text recipe -----------------------------------------------------------------------------
+
+
+def sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if label else NEGATIVE)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def make_rows(n: int, seed: int, string_labels: bool = True) -> list[dict]:
+    """Alternating labels (the majority-class rate of any even split is exactly 0.5); one sentiment word decides."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        rows.append({"text": sentence(rng, label), "label": ("pos" if label else "neg") if string_labels else label})
+    return rows
+
+
+def make_text_files(directory: Path, fmt: str = "csv", sizes=(64, 16, 16), string_labels: bool = True) -> Path:
+    """train / validation / test files in ``fmt`` with a learnable good/bad sentiment signal."""
+    import pandas as pd
+
+    for split, n, seed in zip(("train", "validation", "test"), sizes, (1, 2, 3)):
+        frame = pd.DataFrame(make_rows(n, seed, string_labels))
+        path = directory / f"{split}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "json":
+            path.write_text(frame.to_json(orient="records"))
+        elif fmt == "jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        elif fmt == "parquet":
+            frame.to_parquet(path)
+    return directory
+
+
+# what a full (not LoRA) bert_cls run writes to --output_dir
+TEXT_RUN_FILES = {
+    "README.md",
+    "classification_report.md",
+    "config.json",
+    "confusion_matrix.png",
+    "freeze_report.json",
+    "metrics.json",
+    "model.safetensors",
+    "run_args.yaml",
+    "resolved_settings.json",
+    "learning_curve.png",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_args.bin",
+}
+
+
+def tiny_args(model_dir, data_dir, output_dir, *extra) -> list[str]:
+    """bert_cls argv for a 2-step run on the tiny model and the files of make_text_files; ``extra`` overrides."""
+    return [
+        "--model_name_or_path",
+        str(model_dir),
+        "--train_file",
+        str(data_dir / "train.csv"),
+        "--validation_file",
+        str(data_dir / "validation.csv"),
+        "--test_file",
+        str(data_dir / "test.csv"),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
+
+
+# --- images -------------------------------------------------------------------------------------------------------
+
+TIMM_MODEL = "test_resnet"  # timm's own test model: 0.37 M parameters, 4 stages, BatchNorm
+TIMM_ARGS = ["--model_name_or_path", TIMM_MODEL, "--image_size", "32"]
+CLASSES = ("beagle", "collie", "pug")
+
+
+def _jpeg(path: Path, class_index: int, seed: int) -> None:
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    pixels = rng.randint(0, 60, size=(40, 48, 3)).astype("uint8")
+    pixels[..., class_index] += 180  # each class a different dominant colour: learnable in a few steps
+    Image.fromarray(pixels).save(path, format="JPEG")
+
+
+def write_kaggle_layout(root: Path, per_class: int = 6, corrupt: bool = True) -> tuple[Path, Path]:
+    """ROOT/labels.csv (id,breed) + ROOT/train/<id>.jpg; one extra listed file is corrupt. Returns (csv, dir)."""
+    images = root / "train"
+    images.mkdir(parents=True)
+    rows = ["id,breed"]
+    for c, name in enumerate(CLASSES):
+        for i in range(per_class):
+            image_id = f"{name[:2]}{i:03d}"
+            _jpeg(images / f"{image_id}.jpg", c, seed=100 * c + i)
+            rows.append(f"{image_id},{name}")
+    if corrupt:
+        (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+        rows.append("broken,pug")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv", images
+
+
+def write_class_folders(root: Path, per_class: int = 6, classes=CLASSES) -> Path:
+    """ROOT/<class>/<i>.jpg, ``per_class`` images of each class."""
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            _jpeg(root / name / f"{i}.jpg", c, seed=1000 + 100 * c + i)
+    return root
+
+
+# --- knowledge injection: a WordPiece tokenizer, tables, data ------------------------------------------------------
+
+KB_WORDS = [
+    "the", "film", "was", "good", "bad", "great", "awful", "movie", "i", "liked", "hated", "it", "not",
+    "very", "new", "york", "paris", "acme", "corp", "is", "a", "city", "and", "so", ":)", "!", ".", ",",
+]  # fmt: skip
+KB_PIECES = ["un", "##believ", "##able", "##s"]  # "unbelievable" -> 3 pieces; "goods" -> good ##s
+TABLE_KEYS = ["good", "bad", "great", "awful", "unbelievable", "new york", "acme corp", ":)"]
+TABLE_DIM = 4
+
+
+def make_wordpiece_tokenizer():
+    """A fast WordPiece tokenizer (lower-casing, BERT pre-tokenisation, [CLS] $A [SEP] with offsets)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + KB_WORDS + KB_PIECES)}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # keeps ":)" whole; punctuation words are in the vocab
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
+
+
+def table_vectors(keys=TABLE_KEYS, dim=TABLE_DIM, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(len(keys), dim)).astype(np.float32)
+
+
+def write_glove(path: Path, keys=TABLE_KEYS, vectors=None, header=False) -> Path:
+    """word2vec/GloVe text; multi-word keys are written tab-separated (the only way they fit in text)."""
+    vectors = table_vectors(keys) if vectors is None else vectors
+    lines = [f"{len(keys)} {vectors.shape[1]}"] if header else []
+    for key, vector in zip(keys, vectors):
+        values = [f"{v:.6f}" for v in vector]
+        lines.append("\t".join([key, *values]) if " " in key else " ".join([key, *values]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_npy(path: Path, keys=TABLE_KEYS, vectors=None) -> Path:
+    np.save(path, table_vectors(keys) if vectors is None else vectors)
+    path.with_suffix(".txt").write_text("\n".join(keys) + "\n")
+    return path
+
+
+def write_safetensors(path: Path, keys=TABLE_KEYS, vectors=None) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file(
+        {"vectors": table_vectors(keys) if vectors is None else vectors}, str(path), metadata={"keys": json.dumps(keys)}
+    )
+    return path
+
+
+KB_TEXTS = [
+    ("the film was good", "positive"),
+    ("i liked it :) great movie", "positive"),
+    ("very good film", "positive"),
+    ("unbelievable film , great", "positive"),
+    ("the movie was bad", "negative"),
+    ("i hated it , awful", "negative"),
+    ("not good , very bad", "negative"),
+    ("awful film !", "negative"),
+]
+
+
+def entity_spans(text: str) -> list[dict]:
+    """Spans of every table key (and one unknown entity 'paris') in ``text``, as an entity column holds them."""
+    spans = []
+    for key in TABLE_KEYS + ["paris"]:
+        start = text.find(key)
+        if start >= 0:
+            spans.append({"start": start, "end": start + len(key), "key": key})
+    return spans
+
+
+def write_knowledge_dataset(
+    path: Path, repeat: int = 2, extra_texts: tuple[str, ...] = ("new york is a city and paris",)
+) -> Path:
+    """A jsonl file: text, label, entities (spans), entity_id (an ID) and features (3 floats) columns.
+
+    Row j of each repeat has entity_id 'not-in-table' when j % 3 == 0 (3 of the 9 rows), a table key otherwise."""
+    rows = []
+    texts = KB_TEXTS + [(t, "positive") for t in extra_texts]
+    for i in range(repeat):
+        for j, (text, label) in enumerate(texts):
+            rows.append(
+                {
+                    "text": text,
+                    "label": label,
+                    "entities": entity_spans(text),
+                    "entity_id": TABLE_KEYS[j % len(TABLE_KEYS)] if j % 3 else "not-in-table",
+                    "features": [float(j), 0.5, -1.0 * i],
+                }
+            )
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
