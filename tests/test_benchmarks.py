@@ -9,11 +9,29 @@ from helpers import ROOT, load_recipe
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+@pytest.fixture(scope="module")
+def tiny_minilm_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with the packaged MiniLM's vocabulary and tokenizer: the smoke runs read real demo
+    tweets, which a tiny word-level vocabulary would map to [UNK] (and the tokenizer check rightly refuses)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ftpeft.text.modeling import default_text_model_path
+
+    source = default_text_model_path()
+    config = AutoConfig.from_pretrained(
+        source, num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=37
+    )
+    folder = tmp_path_factory.mktemp("tiny_minilm")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.mark.slow
-def test_quick_benchmark_writes_table_chart_and_ratios(tiny_bert_dir, tmp_path):
+def test_quick_benchmark_writes_table_chart_and_ratios(tiny_minilm_dir, tmp_path):
     import run_benchmarks
 
-    path = run_benchmarks.main(["--quick", "--model_name_or_path", tiny_bert_dir, "--results_dir", str(tmp_path)])
+    path = run_benchmarks.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
     table = path.read_text()
     data = json.loads((tmp_path / "benchmark_quick.json").read_text())
     expected = run_benchmarks.text_cases(quick=True) + run_benchmarks.image_cases(quick=True)
@@ -27,10 +45,10 @@ def test_quick_benchmark_writes_table_chart_and_ratios(tiny_bert_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_bert_dir, tmp_path):
+def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_minilm_dir, tmp_path):
     import partial_tuning
 
-    path = partial_tuning.main(["--quick", "--model_name_or_path", tiny_bert_dir, "--results_dir", str(tmp_path)])
+    path = partial_tuning.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
     data = json.loads((tmp_path / "partial_tuning_quick.json").read_text())
     assert [row["case"] for row in data["rows"]] == [case.name for case in partial_tuning.cases()]
     table = path.read_text()

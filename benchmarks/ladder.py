@@ -1,0 +1,130 @@
+"""What does the ladder cost, and does it choose well? The default ladder against one full fine-tuning run.
+
+    python benchmarks/ladder.py                       # text demo (MiniLM, tweets) then image demo (Lite0, MNIST)
+    python benchmarks/ladder.py --settings text       # one of them
+
+For each setting, in the same run: the default ladder (1 seed) as one process, then one full fine-tuning run
+of the same recipe on the same data as another. It reports the ladder's wall time against the full run's,
+the recommended rung's validation score against the best rung's (goal: within the tolerance), its train time
+against full fine-tuning's (goal: at most 0.5x) and the transfer curve. Writes benchmarks/results/ladder.md,
+ladder.json and ladder_transfer_<setting>.png (copies of the ladders' transfer curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SETTINGS = {
+    # 2,000 tweets keep one ladder under half an hour on 2 CPU cores
+    "text": ["--demo_train_samples", "2000", "--per_device_train_batch_size", "16"],
+    "image": ["--modality", "image", "--num_train_epochs", "1", "--max_train_samples", "2000"],
+}
+
+
+def timed(argv: list[str], log: Path) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    start = time.perf_counter()
+    with log.open("w") as stream:
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT,
+                                check=False)  # fmt: skip
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed; see {log}")
+    return time.perf_counter() - start
+
+
+def run_setting(name: str, workdir: Path) -> dict:
+    flags = SETTINGS[name]
+    ladder_dir, full_dir = workdir / f"ladder_{name}", workdir / f"full_{name}"
+    ladder_wall = timed(["recipes/ladder.py", *flags, "--output_dir", str(ladder_dir)], workdir / f"ladder_{name}.log")
+    recipe = "recipes/image_cls.py" if name == "image" else "recipes/bert_cls.py"
+    recipe_flags = [f for f in flags if f not in ("--modality", "image")]
+    full_wall = timed([recipe, *recipe_flags, "--unfreeze_last", "all", "--output_dir", str(full_dir)],
+                      workdir / f"full_{name}.log")  # fmt: skip
+    ladder = json.loads((ladder_dir / "ladder.json").read_text())
+    full_metrics = json.loads((full_dir / "metrics.json").read_text())
+    shutil.copy(ladder_dir / "transfer_curve.png", RESULTS / f"ladder_transfer_{name}.png")
+    shutil.copy(ladder_dir / "ladder.png", RESULTS / f"ladder_{name}.png")
+    shutil.copy(ladder_dir / "ladder.md", RESULTS / f"ladder_{name}.md")
+    done = [r for r in ladder["rungs"] if r["status"] == "done"]
+    best = max(done, key=lambda r: r["val_accuracy"])
+    chosen = next(r for r in done if r["name"] == ladder["recommended"])
+    next((r for r in done if r["name"] == "full"), None)
+    return {
+        "setting": name,
+        "flags": flags,
+        "ladder_wall_s": round(ladder_wall, 1),
+        "full_run_wall_s": round(full_wall, 1),
+        "ladder_vs_full_wall": round(ladder_wall / full_wall, 2),
+        "recommended": chosen["name"],
+        "recommended_val": chosen["val_accuracy"],
+        "recommended_test": chosen["test_accuracy"],
+        "best": best["name"],
+        "best_val": best["val_accuracy"],
+        "tolerance": ladder["tolerance"],
+        "within_tolerance": best["val_accuracy"] - chosen["val_accuracy"] <= ladder["tolerance"] + 1e-12,
+        "recommended_train_s": chosen["train_seconds"],
+        "full_train_s": full_metrics["train_runtime"],
+        "recommended_vs_full_train": round(chosen["train_seconds"] / full_metrics["train_runtime"], 3),
+        "recommended_vs_best_train": round(chosen["train_seconds"] / best["train_seconds"], 3),
+        "full_run_test": full_metrics.get("test_accuracy"),
+        "best_probe_layer": ladder["best_probe_layer"]["name"],
+        "rungs": ladder["rungs"],
+    }
+
+
+def write(rows: list[dict], command: str) -> None:
+    lines = [
+        "# The strategy ladder against one full fine-tuning run",
+        "",
+        f"Command: `{command}` (1 seed; each setting's ladder and its full fine-tuning run in the same benchmark run,",
+        "one after the other, on 2 CPU cores). Choice on validation accuracy; test is shown, never used to choose.",
+        "",
+        ("| setting | ladder wall | full FT wall | ratio | recommended (val / test) | best rung (val) | tolerance | "
+        "within | rec. train s vs full FT | vs best rung | best probe layer |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {r['ladder_wall_s']:.0f} s | {r['full_run_wall_s']:.0f} s | {r['ladder_vs_full_wall']:.2f}x "
+            f"| {r['recommended']} ({r['recommended_val']:.4f} / {r['recommended_test']:.4f}) | {r['best']} "
+            f"({r['best_val']:.4f}) | {r['tolerance'] * 100:.2f} pt | {'yes' if r['within_tolerance'] else 'no'} | "
+            f"{r['recommended_vs_full_train']:.2f}x | {r['recommended_vs_best_train']:.2f}x | {r['best_probe_layer']} |"
+        )
+    for r in rows:
+        lines += ["", f"## {r['setting']}: rungs", "", (f"![transfer curve](ladder_transfer_{r['setting']}.png) "
+                  f"![ladder](ladder_{r['setting']}.png)"), "", "| rung | status | val acc | test acc | train s |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for rung in r["rungs"]:
+            val = f"{rung['val_accuracy']:.4f}" if rung["val_accuracy"] is not None else "-"
+            test = f"{rung['test_accuracy']:.4f}" if rung["test_accuracy"] is not None else "-"
+            seconds = f"{rung['train_seconds']:.1f}" if rung["train_seconds"] is not None else "-"
+            lines.append(f"| {rung['name']} | {rung['status']} {rung['reason']} | {val} | {test} | {seconds} |")
+    (RESULTS / "ladder.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "ladder.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["text", "image"])
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = []
+        for name in args.settings:
+            rows.append(run_setting(name, Path(workdir)))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "rungs"}), flush=True)
+            write(rows, "python benchmarks/ladder.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The strategy ladder on a tiny BERT: schema, resume, budget, choice on validation only, refused rungs."""
+
+import json
+import time
+
+import pytest
+from helpers import ROOT, accelerate_bin, load_recipe, run
+
+from ftpeft.core.errors import FtpeftError
+from ftpeft.ladder.report import RungRow, choose, default_tolerance
+from ftpeft.ladder.run import infer_modality, strip_flags
+
+ladder = load_recipe("ladder")
+FAST = ["--max_steps", "6", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no"]
+
+
+def ladder_args(model_dir, data_dir, out, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--train_file", str(data_dir / "train.csv"),
+        "--validation_file", str(data_dir / "validation.csv"), "--test_file", str(data_dir / "test.csv"),
+        "--output_dir", str(out), *FAST, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_ladder(tiny_bert_dir, text_csv_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ladder") / "out"
+    argv = ladder_args(tiny_bert_dir, text_csv_dir, out, "--time_budget", "10m", "--lora_target_modules", "nope")
+    return argv, out, ladder.main(argv)
+
+
+@pytest.mark.slow
+def test_the_ladder_completes_with_the_schema_and_its_files(finished_ladder):
+    _, out, result = finished_ladder
+    assert {"ladder.md", "ladder.json", "ladder.png", "transfer_curve.png", "transfer_curve.md"} <= {
+        p.name for p in out.iterdir()
+    }
+    names = [row["name"] for row in result["rungs"]]
+    assert names == ["probe_head", "head_only", "last_k_small", "last_k_large", "lora", "full"]
+    for row in result["rungs"]:
+        assert {"name", "val_accuracy", "test_accuracy", "train_seconds", "trainable_params", "command"} <= set(row)
+    done = [row for row in result["rungs"] if row["status"] == "done"]
+    assert result["recommended"] in {row["name"] for row in done}
+    assert 0.005 <= result["tolerance"] < 0.2
+    full = next(row for row in result["rungs"] if row["name"] == "full")
+    assert (
+        full["command"].startswith("accelerate launch recipes/bert_cls.py ")
+        and "--unfreeze_last all" in full["command"]
+    )
+    assert full["trainable_params"] == 45_654  # the whole tiny BERT + head
+    head = next(row for row in result["rungs"] if row["name"] == "head_only")
+    assert head["trainable_params"] < full["trainable_params"] / 10
+
+
+@pytest.mark.slow
+def test_a_refused_rung_is_a_row_with_its_reason(finished_ladder):
+    _, _, result = finished_ladder
+    lora = next(row for row in result["rungs"] if row["name"] == "lora")
+    assert lora["status"] == "failed" and "--lora_target_modules ['nope'] match no module" in lora["reason"]
+
+
+@pytest.mark.slow
+def test_the_same_command_resumes_and_a_killed_rung_is_run_again(finished_ladder):
+    argv, out, first = finished_ladder
+    results = sorted((out / "rungs").glob("*.json"))
+    stamps = {p.name: p.stat().st_mtime_ns for p in results}
+    (out / "rungs" / "head_only-seed42.json").unlink()  # as if the ladder was killed during head_only
+    again = ladder.main(argv)
+    changed = {p.name for p in sorted((out / "rungs").glob("*.json")) if p.stat().st_mtime_ns != stamps.get(p.name)}
+    assert changed == {"head_only-seed42.json"}
+    assert [r["val_accuracy"] for r in again["rungs"]] == [r["val_accuracy"] for r in first["rungs"]]
+    with pytest.raises(FtpeftError, match="holds a ladder run with other arguments"):
+        ladder.main([*argv, "--seeds", "2"])
+
+
+def test_the_budget_skips_rungs_and_says_why(tiny_bert_dir, text_csv_dir, tmp_path):
+    start = time.perf_counter()
+    result = ladder.main(ladder_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", "--time_budget", "0.01s"))
+    trained = [row for row in result["rungs"] if row["name"] != "probe_head"]
+    assert trained and all(row["status"] == "skipped" for row in trained)
+    assert all(row["reason"].startswith("estimated ") and "s left" in row["reason"] for row in trained)
+    assert result["recommended"] == "probe_head"  # the probe itself always runs
+    assert time.perf_counter() - start < 60
+
+
+def row(name, val, test, seconds):
+    return RungRow(name, name, "cmd", "done", val_accuracy=[val], val_macro_f1=[val], test_accuracy=[test],
+                   train_seconds=[seconds])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        # test prefers 'full' by far; validation says 'last_k' is as good and cheaper: validation wins
+        ([row("full", 0.90, 0.99, 100), row("last_k", 0.899, 0.60, 40), row("head", 0.80, 0.95, 5)], "last_k"),
+        # outside the tolerance, the better validation score wins whatever its cost
+        ([row("full", 0.95, 0.50, 100), row("head", 0.80, 0.99, 5)], "full"),
+    ],
+)
+def test_selection_reads_validation_only(rows, expected):
+    chosen, tolerance = choose(rows, "accuracy", n_val=4000, tolerance=None)
+    assert chosen.name == expected and tolerance == pytest.approx(
+        default_tolerance(max(r.score("accuracy") for r in rows), 4000)
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,modality",
+    [
+        (["--train_file", "x.csv"], "text"),
+        (["--image_dir", "imgs"], "image"),
+        (["--model_name_or_path", "resnet50"], "image"),
+        (["--model_name_or_path", "bert-base-uncased"], "text"),
+        (["--modality", "image"], "image"),
+    ],
+)
+def test_modality_is_inferred_from_the_flags(argv, modality):
+    assert infer_modality(argv) == modality
+
+
+def test_strip_flags_removes_flags_and_their_values():
+    argv = ["--rungs", "lora", "full", "--seeds=2", "--learning_rate", "1e-3", "--output_dir", "o"]
+    assert strip_flags(argv, ("rungs", "seeds", "output_dir")) == ["--learning_rate", "1e-3"]
+
+
+@pytest.mark.slow
+def test_the_ladder_runs_on_two_ddp_ranks(tiny_bert_dir, text_csv_dir, tmp_path):
+    out = tmp_path / "out"
+    argv = ladder_args(tiny_bert_dir, text_csv_dir, out, "--rungs", "probe_head", "head_only", "full")
+    config = str(ROOT / "accelerate_configs/cpu_ddp.yaml")
+    result = run(
+        [accelerate_bin(), "launch", "--config_file", config, str(ROOT / "recipes/ladder.py"), *argv], timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr
+    ladder_json = json.loads((out / "ladder.json").read_text())
+    assert [row["status"] for row in ladder_json["rungs"]] == ["done", "done", "done"]
+    full = json.loads((out / "rungs" / "full-seed42" / "metrics.json").read_text())
+    # 6 steps x 2 ranks x 8 examples: both ranks trained the rung together
+    assert full["train_samples_per_second"] * full["train_runtime"] == pytest.approx(96, rel=0.05)
