@@ -2,6 +2,7 @@
 
 ftpeft push OUTPUT_DIR --hub_model_id me/name     # a finished run to the Hub
 ftpeft ladder --time_budget 20m [recipe flags]    # which fine-tuning strategy for this data, measured
+ftpeft predict OUTPUT_DIR --input test.csv --output preds.csv   # id, label, one probability column per class
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--merged", action="store_true", help="Push OUTPUT_DIR/merged (from --merge_adapter).")
     # the ladder takes the recipes' own flags, so its parser is the ladder's (see ftpeft ladder --help)
     commands.add_parser("ladder", help="Probe every layer, run the strategies within a budget, choose on validation.")
+    # predict's flags are dataclass fields (see ftpeft predict --help)
+    commands.add_parser("predict", help="Score a file of texts or a folder of images with a finished run -> CSV.")
     return parser
 
 
@@ -34,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
         run_ladder(argv[1:])
         return 0
+    if argv[:1] == ["predict"]:
+        from ftpeft.predict.job import main as predict_main
+
+        predict_main(argv[1:])
+        return 0
     args = _parser().parse_args(argv)
     from ftpeft.core.hub import PushTarget, check_finished_run, push_run, resolve_token
 
@@ -44,3 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     url = push_run(args.output_dir, PushTarget(args.hub_model_id, args.hub_private_repo, token), merged=args.merged)
     print(f"pushed {args.output_dir} to {url}")
     return 0
+
+
+if __name__ == "__main__":  # accelerate launch -m ftpeft.cli predict ...
+    main()

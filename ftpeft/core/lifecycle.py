@@ -35,6 +35,7 @@ RUN_ARGS_FILE = "run_args.yaml"
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 REPORT_FILE = "classification_report.md"
+LABEL_NAMES_FILE = "label_names.json"  # next to a LoRA adapter: its base model's config does not know the labels
 STAGING_DIR = ".ftpeft-staging"
 
 
@@ -123,6 +124,8 @@ class Run:
         loading snippet); it gets a card too, and ``push_merged`` pushes it instead of the output dir.
         """
         save_model_atomically(trainer, self.output_dir, write_model)
+        if trainer.is_world_process_zero() and (self.output_dir / "adapter_config.json").is_file():
+            write_json(self.output_dir / LABEL_NAMES_FILE, label_names)  # what `ftpeft predict` names the classes by
         metrics = evaluate_and_report(
             trainer, splits["validation"], splits.get("test"), label_names, self.output_dir, train_metrics
         )

@@ -115,6 +115,11 @@ def save_torch_head(module: nn.Module, output_dir: str | Path, config: dict) -> 
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(Path(output_dir) / TORCH_FILE))
+    save_head_config(output_dir, config)
+
+
+def save_head_config(output_dir: str | Path, config: dict) -> None:
+    """head_config.json: the head's type, sizes, labels and the feature metadata (backbones, layer) it was trained on."""
     atomic_write_text(Path(output_dir) / HEAD_CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
 
 

@@ -122,19 +122,21 @@ def train_head(head_args: HeadArguments, run_args: RunArguments, config: dict[st
     print({k: round(v, 4) for k, v in metrics.items() if k.endswith("accuracy")}, f"trained in {train_seconds:.1f} s")
 
     # --- 4. save the head (+ a complete timm model when it fits one), card ----------------------------------------
+    # head_config.json records the backbones and layer the features came from: `ftpeft predict` reruns them
+    head_config = {
+        "head": head_args.head,
+        "in_features": int(x_train.shape[1]),
+        "num_classes": len(label_names),
+        "hidden_size": head_args.hidden_size,
+        "label_names": label_names,
+        "features": {k: metadata.get(k) for k in ("request", "modality", "weights_files", "key", "seed")},
+    }
     if head_args.head in heads.SKLEARN_HEADS:
         heads.save_sklearn_head(classifier, head_args.output_dir)
+        heads.save_head_config(head_args.output_dir, head_config)
         trainable = heads.sklearn_parameter_count(classifier)
         snippet = f'from ftpeft import load_sklearn_head\nclf = load_sklearn_head("{head_args.output_dir}")'
     else:
-        head_config = {
-            "head": head_args.head,
-            "in_features": int(x_train.shape[1]),
-            "num_classes": len(label_names),
-            "hidden_size": head_args.hidden_size,
-            "label_names": label_names,
-            "features": {k: metadata.get(k) for k in ("request", "modality", "weights_files", "key", "seed")},
-        }
         heads.save_torch_head(classifier, head_args.output_dir, head_config)
         trainable = sum(p.numel() for p in classifier.parameters())
         snippet = (

@@ -92,17 +92,19 @@ def tokenize_with_knowledge(
     layout: KnowledgeLayout,
     args: KnowledgeArguments,
     num_proc: int | None = None,
+    check_coverage: bool = True,
 ):
     """Tokenise every split (no padding) and add the knowledge inputs the layout asks for, in one pass.
 
     Keeps only the model inputs, ``labels`` and the knowledge columns. A tokenizer that turns most training
-    words into its unknown token is refused first.
+    words into its unknown token is refused first (``check_coverage``; off for a trained model's own tokenizer).
     """
     from ftpeft.text.modeling import check_tokenizer_covers, training_text_sample
 
     if not getattr(tokenizer, "is_fast", False):
         raise FtpeftError("knowledge injection aligns mentions with offset_mapping, which needs a fast tokenizer.")
-    check_tokenizer_covers(tokenizer, training_text_sample(datasets, text_columns))
+    if check_coverage:
+        check_tokenizer_covers(tokenizer, training_text_sample(datasets, text_columns))
     token_level = layout.token_knowledge and table is not None
     entity_column = args.entity_column
 

@@ -1,0 +1,108 @@
+"""``ftpeft predict``: one finished run, one input, one CSV -- under ``accelerate launch`` each rank scores its
+share of the rows and the main process writes the merged file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ftpeft.predict.args import PredictArguments
+from ftpeft.predict.runs import SavedRun
+
+LOADERS = {  # run kind -> "module:function" building its predictor (imported on use: each pulls its own stack)
+    "text": "ftpeft.predict.text:load_text_predictor",
+    "knowledge": "ftpeft.predict.text:load_text_predictor",
+    "adapter": "ftpeft.predict.text:load_adapter_predictor",
+    "timm": "ftpeft.predict.image:load_image_predictor",
+    "head": "ftpeft.predict.heads:load_head_predictor",
+}
+
+
+def parse_predict_args(argv: list[str]) -> PredictArguments:
+    """``OUTPUT_DIR --input ... --output ...`` (the first word is --run_dir) through the recipes' parser."""
+    from ftpeft.core.config import parse_args
+
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--run_dir", *argv]
+    (args,) = parse_args((PredictArguments,), argv)
+    return args
+
+
+def input_modality(run: SavedRun) -> str:
+    """What --input must be for this run: 'image' (a folder) or 'text' (a file)."""
+    if run.kind == "timm":
+        return "image"
+    if run.kind == "head":
+        from ftpeft.predict.heads import head_config
+
+        return head_config(run)["features"].get("modality") or "image"
+    return "text"
+
+
+def load_predictor(run: SavedRun, device):
+    import importlib
+
+    module, function = LOADERS[run.kind].split(":")
+    return getattr(importlib.import_module(module), function)(run, device)
+
+
+def predict(args: PredictArguments) -> Path | None:
+    """Score ``args.input`` with the run in ``args.run_dir`` and write ``args.output``; returns its path on the
+    main process (None on the others). The output, the run and the input are checked before any model loads."""
+    from accelerate import PartialState
+
+    from ftpeft.features.extract import batched, distributed_map
+    from ftpeft.predict.inputs import read_inputs
+    from ftpeft.predict.runs import detect_run
+    from ftpeft.predict.writer import check_output, prediction_columns, skipped_list_path, write_predictions
+
+    # CPU ranks (set by parse_args when launched without a GPU) must be asked for, or each rank runs alone
+    state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes"))
+    check_output(args.output, args.overwrite)
+    run = detect_run(args.run_dir)
+    with state.main_process_first():  # the main process fills the datasets cache, the others read it
+        inputs = read_inputs(args.input, input_modality(run), args.id_column, args.strict_images)
+        predictor = load_predictor(run, state.device)
+        prediction_columns(args.id_column, predictor.label_names)  # a clash of names is refused before the work
+        predictor.prepare(inputs, args.text_columns)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(inputs),
+        desc="predicting",
+        unit="row",
+        disable=not state.is_main_process or len(inputs) <= args.batch_size,
+    )
+
+    def score(indices: list[int]) -> np.ndarray:
+        parts = []
+        for batch in batched(indices, args.batch_size):
+            parts.append(predictor.probabilities(batch))
+            bar.update(min(len(batch) * state.num_processes, bar.total - bar.n))
+        return np.concatenate(parts) if parts else np.zeros((0, len(predictor.label_names)))
+
+    probabilities = distributed_map(len(inputs), score, "predicting")  # rank order = row order
+    bar.close()
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+    written = write_predictions(args.output, args.id_column, inputs.ids, predictor.label_names, probabilities)
+    skipped = getattr(inputs, "skipped", [])
+    if skipped:
+        from ftpeft.core.outputs import atomic_write_text
+
+        listed = skipped_list_path(args.output)
+        atomic_write_text(listed, "\n".join(skipped) + "\n")
+        print(f"warning: {len(skipped)} unreadable image(s) skipped, listed in {listed}", file=sys.stderr)
+    print(f"wrote {len(inputs)} predictions ({run.kind} model {run.model_dir}) to {written}")
+    state.wait_for_everyone()
+    return written
+
+
+def main(argv: list[str]) -> Path | None:
+    return predict(parse_predict_args(argv))

@@ -1,0 +1,216 @@
+"""Predictors over texts: a transformers classifier (or a LoRA adapter on its base) and a knowledge model.
+
+Inputs are encoded exactly as the recipes encoded their evaluation split (same text columns, truncation at the
+run's ``--max_seq_length``, the knowledge ids of the run's columns), then padded per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftpeft.core.errors import FtpeftError
+from ftpeft.predict.inputs import TableInput
+from ftpeft.predict.runs import SavedRun
+
+
+def softmax(logits: torch.Tensor) -> np.ndarray:
+    """Class probabilities in float64 (the CSV keeps every digit)."""
+    return torch.softmax(logits.detach().double(), dim=-1).cpu().numpy()
+
+
+def max_seq_length(run: SavedRun) -> int:
+    """The run's --max_seq_length (run_args.yaml keeps it unless it was the dataclass default)."""
+    import dataclasses
+
+    from ftpeft.text.args import TextDataArguments
+
+    default = next(f.default for f in dataclasses.fields(TextDataArguments) if f.name == "max_seq_length")
+    return int(run.setting("max_seq_length", default))
+
+
+def choose_text_columns(inputs: TableInput, trained: list[str] | None, flag: list[str] | None) -> list[str]:
+    """--text_columns, else the columns the run was trained on, else the recipes' guess; each must be in the input."""
+    from types import SimpleNamespace
+
+    from ftpeft.text.data import resolve_text_columns
+
+    if flag and trained and len(flag) != len(trained):
+        raise FtpeftError(f"--text_columns {flag}: the model was trained on {len(trained)} text column(s) {trained}.")
+    if flag or trained:
+        columns = list(flag or trained)
+        missing = [c for c in columns if c not in inputs.columns]
+        if missing:
+            source = "--text_columns" if flag else "the text column(s) the model was trained on"
+            raise FtpeftError(
+                f"--input {inputs.path} lacks {source} {missing}; its columns: {inputs.columns}. "
+                + ("Pass --text_columns with the input's names." if not flag else "")
+            )
+        return columns
+    try:
+        return resolve_text_columns(inputs.columns, SimpleNamespace(text_columns=None))
+    except FtpeftError as error:
+        raise FtpeftError(f"--input {inputs.path}: {error}") from None
+
+
+def encode_texts(rows, tokenizer, columns: list[str], max_length: int):
+    """Tokenise ``columns`` of ``rows`` as ``ftpeft.text.data.tokenize`` does (no padding; the collator pads)."""
+
+    def encode(batch):
+        texts = [["" if t is None else str(t) for t in batch[c]] for c in columns]
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    return rows.select_columns(columns).map(encode, batched=True, remove_columns=columns, desc="tokenising")
+
+
+def load_tokenizer(folder) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as error:
+        raise FtpeftError(f"{folder}: could not load its tokenizer ({str(error).splitlines()[0]}).") from None
+
+
+class TextPredictor:
+    """A sequence classifier + its tokenizer; ``probabilities(rows)`` = softmax of its logits."""
+
+    modality = "text"
+
+    def __init__(self, run: SavedRun, model, tokenizer, label_names: list[str], device):
+        self.run, self.tokenizer, self.label_names, self.device = run, tokenizer, label_names, device
+        self.model = model.to(device).eval()
+        self.encoded = None
+
+    def prepare(self, inputs: TableInput, text_columns: list[str] | None) -> None:
+        from transformers import DataCollatorWithPadding
+
+        columns = choose_text_columns(inputs, self.run.setting("text_columns"), text_columns)
+        self.encoded = encode_texts(inputs.rows, self.tokenizer, columns, max_seq_length(self.run))
+        self.collate = DataCollatorWithPadding(self.tokenizer)
+
+    @torch.no_grad()
+    def probabilities(self, indices: list[int]) -> np.ndarray:
+        batch = self.collate([self.encoded[i] for i in indices])
+        logits = self.model(**{name: value.to(self.device) for name, value in batch.items()}).logits
+        return softmax(logits)
+
+
+def _label_names(config) -> list[str]:
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def load_text_predictor(run: SavedRun, device) -> TextPredictor:
+    """A transformers classifier folder (a full run, or merged/ of a LoRA run)."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification
+
+    from ftpeft.core.artifacts import check_model_folder
+
+    check_model_folder(run.model_dir)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(run.model_dir))
+    except (OSError, ValueError, SafetensorError) as error:
+        raise FtpeftError(f"{run.model_dir}: could not load the model ({str(error).splitlines()[0]}).") from None
+    predictor_class = KnowledgePredictor if run.kind == "knowledge" else TextPredictor
+    return predictor_class(run, model, load_tokenizer(run.model_dir), _label_names(model.config), device)
+
+
+def load_adapter_predictor(run: SavedRun, device) -> TextPredictor:
+    """A LoRA adapter on the base model named in adapter_config.json, with the head it was trained with."""
+    from peft import AutoPeftModelForSequenceClassification
+
+    from ftpeft.core.artifacts import check_model_folder, read_json_file
+    from ftpeft.core.card import adapter_label_kwargs
+    from ftpeft.core.lifecycle import LABEL_NAMES_FILE
+    from ftpeft.predict.runs import ADAPTER_CONFIG
+
+    labels_file = run.run_dir / LABEL_NAMES_FILE
+    if not labels_file.is_file():
+        raise FtpeftError(
+            f"{run.run_dir}: a LoRA adapter without {LABEL_NAMES_FILE} (runs write it since `ftpeft predict` "
+            "exists), so its class names are unknown; rerun with --merge_adapter and predict from its merged/ folder."
+        )
+    try:
+        label_names = [str(name) for name in json.loads(labels_file.read_text())]
+    except ValueError as error:
+        raise FtpeftError(f"{labels_file}: not valid JSON ({error}).") from None
+    check_model_folder(run.run_dir)
+    base = read_json_file(run.run_dir / ADAPTER_CONFIG, "a LoRA adapter").get("base_model_name_or_path")
+    try:
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            str(run.run_dir), **adapter_label_kwargs(label_names)
+        )
+    except (OSError, ValueError) as error:
+        raise FtpeftError(
+            f"{run.run_dir}: could not load the adapter on its base model {base} ({str(error).splitlines()[0]})."
+        ) from None
+    return TextPredictor(run, model, load_tokenizer(run.run_dir), label_names, device)
+
+
+class KnowledgePredictor(TextPredictor):
+    """A knowledge-injection model: texts plus the knowledge inputs of the columns it was trained with."""
+
+    def prepare(self, inputs: TableInput, text_columns: list[str] | None) -> None:
+        from datasets import DatasetDict
+
+        from ftpeft.knowledge.data import KnowledgeCollator, tokenize_with_knowledge
+
+        columns = choose_text_columns(inputs, self.run.setting("text_columns"), text_columns)
+        layout, table, knowledge_args = self._knowledge_inputs(inputs)
+        wanted = columns + list(knowledge_args.knowledge_column or []) + [knowledge_args.entity_column]
+        rows = inputs.rows.select_columns([c for c in dict.fromkeys(wanted) if c])  # no labels or ids
+        self.encoded = tokenize_with_knowledge(
+            DatasetDict({"predict": rows}), self.tokenizer, columns, max_seq_length(self.run), table, layout,
+            knowledge_args, check_coverage=False,
+        )["predict"]  # fmt: skip
+        self.collate = KnowledgeCollator(self.tokenizer)
+
+    def _knowledge_inputs(self, inputs: TableInput):
+        """(layout, table of keys or None, the run's knowledge arguments), checked against the input's columns."""
+        from ftpeft.knowledge.args import KnowledgeArguments
+        from ftpeft.knowledge.data import KnowledgeLayout
+        from ftpeft.knowledge.job import KEYS_FILE
+        from ftpeft.knowledge.table import KnowledgeTable
+
+        config = self.model.config
+        if config.inject_mode == "none":
+            return KnowledgeLayout(False, [], {}), None, KnowledgeArguments(inject="none")
+        knowledge_columns = list(self.run.setting("knowledge_column") or [])
+        entity_column = self.run.setting("entity_column") if config.token_knowledge else None
+        flags = {column: "--knowledge_column" for column in knowledge_columns}
+        if entity_column:
+            flags[entity_column] = "--entity_column"
+        for column, flag in flags.items():
+            if column not in inputs.columns:
+                raise FtpeftError(
+                    f"--input {inputs.path} lacks the column '{column}' that {self.run.run_dir} was trained with "
+                    f"({flag} {column}); its columns: {inputs.columns}."
+                )
+        id_columns, vector_columns = [], {}
+        for column in knowledge_columns:
+            first = next((v for v in inputs.rows[column] if v is not None), None)
+            if isinstance(first, (list, tuple)):
+                vector_columns[column] = len(first)
+            else:
+                id_columns.append(column)
+        layout = KnowledgeLayout(bool(config.token_knowledge), id_columns, vector_columns)
+        if len(id_columns) != config.num_example_ids or layout.example_vector_dim != config.example_vector_dim:
+            raise FtpeftError(
+                f"--input {inputs.path}: the knowledge columns {knowledge_columns} give {len(id_columns)} ID column(s) "
+                f"and {layout.example_vector_dim} floats; the model was trained with {config.num_example_ids} and "
+                f"{config.example_vector_dim}."
+            )
+        table = None
+        if config.token_knowledge or id_columns:
+            keys_file = self.run.model_dir / KEYS_FILE
+            if not keys_file.is_file():
+                raise FtpeftError(f"{keys_file}: missing; the model needs it to find knowledge ids (re-copy the run).")
+            table = KnowledgeTable.from_keys_file(keys_file)
+        arguments = KnowledgeArguments(
+            inject=config.inject_mode, knowledge_column=knowledge_columns or None, entity_column=entity_column
+        )
+        return layout, table, arguments
