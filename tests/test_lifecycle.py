@@ -72,3 +72,15 @@ def test_staged_writes_keep_the_old_file_on_error_and_use_the_umask_mode(tmp_pat
     with staged(folder, directory=True) as tmp:
         (tmp / "a.npy").write_bytes(b"x")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755 and (folder / "a.npy").read_bytes() == b"x"
+
+
+def test_report_to_tensorboard_writes_event_files_offline(tiny_bert_dir, text_csv_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "1", "--logging_steps", "1")
+    bert_cls.main([*argv, "--report_to", "tensorboard"])
+    events = sorted(out.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars and "eval/accuracy" in scalars
