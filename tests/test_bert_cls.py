@@ -180,6 +180,8 @@ def test_two_cpu_ranks_with_accelerate(tiny_bert_dir, text_csv_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr
+    assert "engine: DDP wraps the model (accelerate: MULTI_CPU, 2 process(es))" in result.stderr
+    assert "rank 1: model wrapped by DistributedDataParallel; holds" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     # 2 steps x 2 ranks x 8 examples: both ranks fed the optimizer
     assert metrics["train_samples_per_second"] * metrics["train_runtime"] == pytest.approx(32, rel=0.05)

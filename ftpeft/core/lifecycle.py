@@ -22,6 +22,7 @@ import numpy as np
 from ftpeft.core.card import RunSummary, write_model_card
 from ftpeft.core.config import RunArguments, command_line, save_resolved_config
 from ftpeft.core.curves import CURVE_FILE, GroupLearningRates, save_learning_curve
+from ftpeft.core.engine import EngineReport, check_engine
 from ftpeft.core.freezing import FreezeReport, count_parameters
 from ftpeft.core.hub import PushTarget, push_run, validate_push_args
 from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
@@ -101,6 +102,7 @@ class Run:
         epoch_timer = EpochTimer()
         trainer.add_callback(epoch_timer)
         trainer.add_callback(self.group_lrs)
+        trainer.add_callback(EngineReport(trainer))
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=self.resume_from)
         self.train_runtime_s = time.perf_counter() - start
@@ -158,9 +160,15 @@ class Run:
 
 
 def start_run(
-    recipe: str, config: dict[str, Any], training_args, run_args: RunArguments, keep_all_columns: bool = False
+    recipe: str,
+    config: dict[str, Any],
+    training_args,
+    run_args: RunArguments,
+    keep_all_columns: bool = False,
+    cache_frozen: bool = False,
 ) -> Run:
-    """Checks before any work: the output dir, resume, Hub push; then the derived settings, logged and kept."""
+    """Checks before any work: the engine asked for is the one accelerate set up (and can run ``cache_frozen``),
+    the output dir, resume, Hub push; then the derived settings, logged and kept."""
     from transformers import set_seed
 
     setup_logging(training_args)
@@ -171,6 +179,7 @@ def start_run(
         training_args.world_size,
         training_args.local_process_index,
     )
+    check_engine(training_args, cache_frozen=cache_frozen)
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
     resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     push = validate_push_args(training_args)  # we push once, after everything is saved locally

@@ -66,7 +66,14 @@ def train_classifier(
     from ftpeft.tuning.lora import write_merged_model
 
     tuning_args.require_supported("bert_cls", peft=True, cache=True)
-    run = start_run("bert_cls", config, training_args, run_args, keep_all_columns=tuning_args.cache_frozen)
+    run = start_run(
+        "bert_cls",
+        config,
+        training_args,
+        run_args,
+        keep_all_columns=tuning_args.cache_frozen,
+        cache_frozen=tuning_args.cache_frozen,
+    )
     model_path = resolve_model_path(model_args)
 
     # --- data ------------------------------------------------------------------------------------------

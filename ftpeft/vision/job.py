@@ -66,7 +66,9 @@ def train_image_classifier(
     )
 
     tuning_args.require_supported("image_cls", peft=False, cache=False)
-    run = start_run("image_cls", config, training_args, run_args, keep_all_columns=True)
+    run = start_run(
+        "image_cls", config, training_args, run_args, keep_all_columns=True, cache_frozen=tuning_args.cache_frozen
+    )
     with training_args.main_process_first(desc="converting the demo weights"):
         model_name, weights_file = resolve_image_model(
             model_args.model_name_or_path, model_args.pretrained_file, data_args.is_demo

@@ -1,0 +1,156 @@
+"""Which engine wraps the model (DDP, FSDP, DeepSpeed): the one the user asked for, or a clear error before any work.
+
+accelerate decides the engine from what ``accelerate launch`` exports (ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED,
+FSDP_*) and the devices it finds. When the two disagree it does not fail: accelerate 1.15 applies FSDP only to
+GPU-like ranks and DeepSpeed only off CPU, so an FSDP or ZeRO config on CPU ranks silently trains with plain DDP.
+``check_engine`` compares what was asked with what accelerate set up and refuses a mismatch;
+``EngineReport`` logs, once the Trainer has wrapped the model, the wrapper and what each rank holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+
+from transformers import TrainerCallback
+
+from ftpeft.core.errors import FtpeftError
+
+logger = logging.getLogger("ftpeft")
+
+# accelerate turns these distributed types into FSDP when FSDP is asked for (AcceleratorState.__init__)
+_FSDP_CAPABLE = {
+    "MULTI_GPU",
+    "MULTI_XPU",
+    "MULTI_NPU",
+    "MULTI_MLU",
+    "MULTI_SDAA",
+    "MULTI_MUSA",
+    "MULTI_HPU",
+    "MULTI_NEURON",
+    "FSDP",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRequest:
+    """What the launch asked for: ``engine`` is FSDP, DEEPSPEED or None (plain data parallel)."""
+
+    engine: str | None
+    detail: str  # "FSDP version 2", "ZeRO stage 3"
+    source: str  # where the request came from, for the error message
+
+    @property
+    def shards_parameters(self) -> bool:
+        """Whether each rank holds only part of the parameters (FSDP full/hybrid shard, ZeRO-3)."""
+        if self.engine == "FSDP":
+            return True
+        return self.engine == "DEEPSPEED" and self.detail.endswith("3")
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def asked_engine(training_args, environ: Mapping[str, str] | None = None) -> EngineRequest:
+    """The engine the launch asked for: accelerate launch's exports first, then TrainingArguments' own fields."""
+    environ = os.environ if environ is None else environ
+    deepspeed_arg = getattr(training_args, "deepspeed", None)
+    if _flag(environ, "ACCELERATE_USE_DEEPSPEED") or deepspeed_arg:
+        stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        if stage is None and isinstance(deepspeed_arg, dict):
+            stage = deepspeed_arg.get("zero_optimization", {}).get("stage")
+        source = "the accelerate config" if _flag(environ, "ACCELERATE_USE_DEEPSPEED") else "--deepspeed"
+        return EngineRequest("DEEPSPEED", f"ZeRO stage {stage if stage is not None else '?'}", source)
+    fsdp_arg = getattr(training_args, "fsdp", None)
+    if _flag(environ, "ACCELERATE_USE_FSDP") or fsdp_arg:
+        version = environ.get("FSDP_VERSION") or str((training_args.fsdp_config or {}).get("version", 1))
+        source = "the accelerate config" if _flag(environ, "ACCELERATE_USE_FSDP") else "--fsdp"
+        return EngineRequest("FSDP", f"FSDP version {version}", source)
+    return EngineRequest(None, "data parallel", "the launch")
+
+
+def engine_mismatch(asked: EngineRequest, distributed_type: str) -> str | None:
+    """Why accelerate's ``distributed_type`` cannot give the engine asked for, or None when it can."""
+    if asked.engine == "FSDP" and distributed_type not in _FSDP_CAPABLE:
+        where = (
+            "a single process" if distributed_type == "NO" else "CPU ranks" if distributed_type == "MULTI_CPU" else ""
+        )
+        return (
+            f"{asked.source} asks for FSDP ({asked.detail}) but accelerate set up {distributed_type}"
+            f"{f' ({where})' if where else ''}: accelerate applies FSDP only to 2+ GPU-like ranks and would silently "
+            "train without sharding; on CPU use accelerate_configs/cpu_ddp.yaml (DDP), or run FSDP on GPUs."
+        )
+    if asked.engine == "DEEPSPEED" and distributed_type != "DEEPSPEED":
+        return (
+            f"{asked.source} asks for DeepSpeed ({asked.detail}) but accelerate set up {distributed_type}: accelerate "
+            "starts DeepSpeed only on GPU-like ranks (not with use_cpu / ACCELERATE_USE_CPU) and would silently train "
+            "with plain DDP; on CPU use accelerate_configs/cpu_ddp.yaml (DDP), or run DeepSpeed on GPUs."
+        )
+    return None
+
+
+def refused_flags(asked: EngineRequest, cache_frozen: bool = False) -> str | None:
+    """Why a flag cannot run under the asked engine, or None."""
+    if cache_frozen and asked.shards_parameters:
+        engine = "FSDP" if asked.engine == "FSDP" else f"DeepSpeed {asked.detail}"
+        return (
+            f"--cache_frozen cannot run under {engine}: the cached model swaps the frozen bottom modules for their "
+            "cached activations, which sharded parameters do not allow; drop --cache_frozen or launch with DDP."
+        )
+    return None
+
+
+def check_engine(training_args, cache_frozen: bool = False) -> EngineRequest:
+    """Refuse (FtpeftError, exit 2) an engine accelerate will not give, or a flag it cannot run; log the engine."""
+    asked = asked_engine(training_args)
+    state = training_args.distributed_state
+    distributed_type = "NO" if state is None else str(state.distributed_type).split(".")[-1]
+    reason = engine_mismatch(asked, distributed_type) or refused_flags(asked, cache_frozen)
+    if reason:
+        raise FtpeftError(reason)
+    if training_args.process_index == 0:
+        wraps = asked.detail if asked.engine else ("DDP" if training_args.world_size > 1 else "no wrapper")
+        logger.info(
+            "engine: %s wraps the model (accelerate: %s, %d process(es))",
+            wraps,
+            distributed_type,
+            training_args.world_size,
+        )
+    return asked
+
+
+def local_parameter_bytes(model) -> tuple[int, int]:
+    """(bytes of parameters this rank holds, bytes of the full parameters); DTensor shards count their local part."""
+    held = full = 0
+    for param in model.parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        held += local.numel() * local.element_size()
+        # a ZeRO-3 parameter is empty locally; its full size is in ds_numel
+        full += getattr(param, "ds_numel", param.numel()) * param.element_size()
+    return held, full
+
+
+class EngineReport(TrainerCallback):
+    """At the start of training, logs the class that wraps the model and the parameter bytes each rank holds."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.wrapper: str | None = None
+        self.held_bytes: int | None = None
+        self.full_bytes: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        wrapped = self.trainer.model_wrapped
+        self.wrapper = type(wrapped).__name__
+        self.held_bytes, self.full_bytes = local_parameter_bytes(wrapped)
+        logger.warning(
+            "rank %d: model wrapped by %s; holds %s of %s parameter bytes (%.0f%%)",
+            args.process_index,
+            self.wrapper,
+            f"{self.held_bytes:,}",
+            f"{self.full_bytes:,}",
+            100 * self.held_bytes / max(self.full_bytes, 1),
+        )
