@@ -1,5 +1,6 @@
 """The engine the user asked for (DDP, FSDP, DeepSpeed) is the one accelerate sets up, or the run stops before any work."""
 
+import re
 import types
 
 import pytest
@@ -111,3 +112,11 @@ def test_fsdp_config_on_cpu_ranks_exits_2_instead_of_training_with_ddp(tiny_bert
     # the launcher exits 1 with its own ChildFailedError traceback, reporting each rank's usage exit code
     assert "exitcode  : 2" in result.stderr and "DistributedDataParallel" not in result.stderr
     assert not out.exists()  # before any work
+
+
+def test_the_launching_table_names_existing_tests():
+    readme = (ROOT / "README.md").read_text()
+    launching = readme.split("## Launching", 1)[1].split("\n## ", 1)[0]
+    assert "| where | command | tested |" in launching
+    named = set(re.findall(r"tests/test_\w+\.py", launching))
+    assert named and all((ROOT / path).is_file() for path in named)
