@@ -5,11 +5,16 @@
     python recipes/bert_cls.py --help                                  # same as a one-process launch
 
 Features (flag):
-- only the top k encoder layers + pooler + head train (--unfreeze_last k; 0 = head, all = full);
-  embeddings stay frozen unless --train_embeddings
+- only the top k encoder layers + pooler + head train (--unfreeze_last k; 0 = the readout: pooler + head,
+  all = full); embeddings stay frozen unless --train_embeddings
+- the readout (--pooling auto|cls|mean): [CLS] + pooler (the stock model) or mean pooling over tokens; auto
+  takes mean for a frozen encoder (k = 0) of a mean-pooled sentence-transformers checkpoint (the demo's MiniLM)
+- a class-weighted loss for imbalanced labels (--class_weights balanced|none|FILE)
 - a separate LR for the new head (--head_lr) and layer-wise LR decay (--layer_decay)
 - LoRA adapters with the head saved alongside (--use_peft, --lora_r, --lora_layers, --merge_adapter)
 - frozen-prefix activation cache: the frozen bottom runs once, only the top k layers train (--cache_frozen)
+- staged unfreezing in one run: LP-FT, the readout first, then the top k layers (--lp_ft, --lp_fraction), or
+  gradual unfreezing, one more layer per epoch, top first (--gradual_unfreeze, --unfreeze_every)
 - data: Hub (--dataset_name), local csv/json/parquet (--train_file ...), or the offline demo tweets
 - every TrainingArguments flag (--learning_rate, --bf16, --push_to_hub, --report_to, ...)
 
@@ -36,7 +41,7 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.text.job import train_classifier  # heavy imports after parsing keep --help instant
+    from ftpeft.text.job import train_classifier  # after parsing: --help and bad flags load no model or data code
 
     return train_classifier(*args, config=args.resolved)
 

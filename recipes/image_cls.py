@@ -13,6 +13,12 @@ Features (flag):
   timm's group_matcher; frozen BatchNorm layers stay in eval mode (their running statistics never move)
 - head / backbone learning rates: --head_lr for the new head, --learning_rate for the backbone,
   layer-wise decay (--layer_decay)
+- staged unfreezing in one run: LP-FT (--lp_ft) or gradual unfreezing of the stages (--gradual_unfreeze)
+- a class-weighted loss for imbalanced classes (--class_weights balanced|none|FILE)
+- frozen-stage cache (--cache_frozen, with --unfreeze_last k): the frozen stages run once per image, their
+  output is cached on disk (--activation_cache_dir, --cache_dtype) and only the top k stages + head train
+  from it; training images then go through the evaluation transform (no augmentation), or
+  --cache_augmented_views N caches N augmented views of each. The saved model is the complete timm model
 - data: class folders (--image_dir), Kaggle CSV (--labels_csv --image_dir --id_column --label_column
   --image_ext), Hub (--dataset_name --image_column), or offline MNIST digits (default)
 - unreadable images are found up front, skipped and listed in skipped_images.txt (--strict_images: fail)
@@ -42,7 +48,7 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.vision.job import train_image_classifier  # heavy imports after parsing keep --help instant
+    from ftpeft.vision.job import train_image_classifier  # after parsing: --help and bad flags load no model or data code
 
     return train_image_classifier(*args, config=args.resolved)
 

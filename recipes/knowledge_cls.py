@@ -14,8 +14,8 @@ Features (flag):
   per-example features from columns of floats or IDs looked up in the table (--knowledge_column)
 - the knowledge table is frozen unless --train_knowledge; unknown entities get a zero vector or a
   learned one (--unknown_entity learned) and are counted in metrics.json and the model card
-- everything of bert_cls.py: --unfreeze_last k, --head_lr, --layer_decay, LoRA (--use_peft), Hub or
-  local data, and every TrainingArguments flag
+- everything of bert_cls.py: --unfreeze_last k, --head_lr, --layer_decay, --lp_ft, --gradual_unfreeze, LoRA (--use_peft),
+  --class_weights, Hub or local data, and every TrainingArguments flag (the readout is [CLS] + pooler)
 
 Writes to --output_dir: the model (a ``ftpeft-knowledge`` transformers model: reload it with
 ``AutoModelForSequenceClassification`` after ``import ftpeft``) + tokenizer, or with --use_peft the adapter
@@ -43,7 +43,7 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.knowledge.job import train_knowledge_classifier  # heavy imports after parsing keep --help instant
+    from ftpeft.knowledge.job import train_knowledge_classifier  # after parsing: --help and bad flags load no model or data code
 
     return train_knowledge_classifier(*args, config=args.resolved)
 

@@ -34,7 +34,7 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.features.jobs import train_head  # heavy imports after parsing keep --help instant
+    from ftpeft.features.jobs import train_head  # after parsing: --help and bad flags load no model or data code
 
     return train_head(*args, config=args.resolved)
 
