@@ -41,7 +41,8 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.text.job import train_classifier  # after parsing: --help and bad flags load no model or data code
+    # imported after parsing: --help and bad flags load no model or data code
+    from ftpeft.text.job import train_classifier
 
     return train_classifier(*args, config=args.resolved)
 

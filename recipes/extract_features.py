@@ -42,7 +42,8 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     feature_args, data_args = parse(argv)
-    from ftpeft.features.jobs import export_features  # after parsing: --help and bad flags load no model or data code
+    # imported after parsing: --help and bad flags load no model or data code
+    from ftpeft.features.jobs import export_features
 
     return export_features(feature_args, data_args)
 

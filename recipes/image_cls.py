@@ -48,7 +48,8 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.vision.job import train_image_classifier  # after parsing: --help and bad flags load no model or data code
+    # imported after parsing: --help and bad flags load no model or data code
+    from ftpeft.vision.job import train_image_classifier
 
     return train_image_classifier(*args, config=args.resolved)
 

@@ -43,7 +43,8 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.knowledge.job import train_knowledge_classifier  # after parsing: --help and bad flags load no model or data code
+    # imported after parsing: --help and bad flags load no model or data code
+    from ftpeft.knowledge.job import train_knowledge_classifier
 
     return train_knowledge_classifier(*args, config=args.resolved)
 

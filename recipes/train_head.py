@@ -34,7 +34,8 @@ def parse(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    from ftpeft.features.jobs import train_head  # after parsing: --help and bad flags load no model or data code
+    # imported after parsing: --help and bad flags load no model or data code
+    from ftpeft.features.jobs import train_head
 
     return train_head(*args, config=args.resolved)
 
