@@ -101,6 +101,21 @@ def accelerate_bin() -> str:
     return str(Path(sys.executable).with_name("accelerate"))
 
 
+def launch_recipe_on_two_cpu_ranks(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of recipes/<name>.py on 2 CPU ranks (accelerate_configs/cpu_ddp.yaml)."""
+    config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
+    return run([accelerate_bin(), "launch", "--config_file", str(config), str(RECIPES / f"{name}.py"), *args])
+
+
+def assert_rank_zero_built_the_cache(result: subprocess.CompletedProcess, cache_dir: Path) -> None:
+    """A 2-rank --cache_frozen run succeeded, rank 0 built the activation caches (train + validation), rank 1
+    found them valid and read them."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0: activation cache for train built" in result.stderr
+    assert "process 1: activation cache for train reused" in result.stderr
+    assert len(list(cache_dir.iterdir())) == 2
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under ``directory``."""
     return {

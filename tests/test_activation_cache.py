@@ -6,12 +6,11 @@ import pytest
 import torch
 from helpers import (
     ARCHITECTURES,
-    ROOT,
     TEXT_RUN_FILES,
-    accelerate_bin,
+    assert_rank_zero_built_the_cache,
+    launch_recipe_on_two_cpu_ranks,
     load_recipe,
     make_tokenizer,
-    run,
     tiny_args,
     tiny_model,
 )
@@ -210,10 +209,5 @@ def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(
 @pytest.mark.slow
 def test_two_ranks_share_one_cache(tiny_bert_dir, text_csv_dir, tmp_path):
     args = cached_recipe_args(tiny_bert_dir, text_csv_dir, tmp_path / "ddp", tmp_path / "cache")
-    result = run([accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu_ddp.yaml"),
-                  str(ROOT / "recipes/bert_cls.py"), *args])  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "process 0: activation cache for train built" in result.stderr
-    assert "process 1: activation cache for train reused" in result.stderr
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert_rank_zero_built_the_cache(launch_recipe_on_two_cpu_ranks("bert_cls", *args), tmp_path / "cache")
     assert (tmp_path / "ddp" / "metrics.json").is_file()

@@ -9,34 +9,37 @@ states and whose layer list holds only the top k layers: the rest of the archite
 
 A cache directory is keyed by a hash of the frozen weights, the boundary, the architecture config, the
 tokenised inputs and the dtype; it is written to a temporary name, renamed into place, and checked
-(sizes + sha256) before any reuse, so a stale or damaged cache is never read.
+(sizes + sha256) before any reuse, so a stale or damaged cache is never read (``ftpeft.cache.store``,
+shared with the image cache).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ftpeft.cache.store import (
+    BoundaryStore,
+    ModuleSwaps,
+    SplitCollator,
+    activations_at,
+    build_on_main_first,
+    default_cache_root,
+    open_or_build,
+    weights_fingerprint,
+    write_store,
+)
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.freezing import ARCHITECTURES, layer_map
-from ftpeft.core.outputs import staged
 
-CACHE_FORMAT_VERSION = 1
-STATES_FILE, OFFSETS_FILE, META_FILE = "states.npy", "offsets.npy", "meta.json"
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+__all__ = ["BoundaryStore", "default_cache_root"]  # kept importable from here
 # modules the base model applies between the embeddings and the first layer (replaced by identity)
 INPUT_PROJECTIONS = {"electra": ("embeddings_project",)}
 EMPTY_LAYER_LIST_UNSUPPORTED = {"deberta-v2", "deberta"}
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("FTPEFT_CACHE", Path.home() / ".cache" / "ftpeft")) / "activations"
 
 
 def check_cacheable(model: nn.Module, k: int) -> None:
@@ -82,25 +85,19 @@ class CachedPrefixModel(nn.Module):
         model_type = base.config.model_type
         layout = ARCHITECTURES[model_type]
         self.model = model
-        self._swaps: list[tuple[nn.Module, str, nn.Module]] = []
+        self._swaps = ModuleSwaps()
         self._input = _CachedInput()
         layers_parent, _, layers_name = layout.layers.rpartition(".")
         parent = base.get_submodule(layers_parent) if layers_parent else base
         all_layers = getattr(parent, layers_name)
-        self._swap(base, "embeddings", self._input)
+        self._swaps.swap(base, "embeddings", self._input)
         for name in INPUT_PROJECTIONS.get(model_type, ()):
             if hasattr(base, name):
-                self._swap(base, name, nn.Identity())
-        self._swap(parent, layers_name, nn.ModuleList(list(all_layers)[len(all_layers) - k :]))
-
-    def _swap(self, parent: nn.Module, name: str, replacement: nn.Module) -> None:
-        self._swaps.append((parent, name, getattr(parent, name)))
-        setattr(parent, name, replacement)
+                self._swaps.swap(base, name, nn.Identity())
+        self._swaps.swap(parent, layers_name, nn.ModuleList(list(all_layers)[len(all_layers) - k :]))
 
     def restore(self) -> nn.Module:
-        for parent, name, original in reversed(self._swaps):
-            setattr(parent, name, original)
-        self._swaps.clear()
+        self._swaps.restore()
         return self.model
 
     def forward(self, boundary_states, attention_mask, labels=None):
@@ -110,10 +107,6 @@ class CachedPrefixModel(nn.Module):
             return self.model(input_ids=dummy_ids, attention_mask=attention_mask, labels=labels)
         finally:
             self._input.value = None
-
-
-class _Captured(Exception):
-    pass
 
 
 def _boundary_module(model: nn.Module, k: int) -> nn.Module:
@@ -127,26 +120,10 @@ def _boundary_module(model: nn.Module, k: int) -> nn.Module:
     return projections[-1] if projections else base.embeddings
 
 
-@torch.no_grad()
 def boundary_states(model: nn.Module, k: int, batch: dict) -> torch.Tensor:
     """Hidden states entering the first trainable layer, for one padded batch (eval mode, bottom only)."""
-    captured = {}
-
-    def grab(_module, _inputs, output):
-        captured["states"] = output[0] if isinstance(output, tuple) else output
-        raise _Captured  # the layers above are not needed: stop the forward here
-
-    handle = _boundary_module(model, k).register_forward_hook(grab)
-    was_training = model.training
-    model.eval()
-    try:
-        model(**{key: v for key, v in batch.items() if key != "labels"})
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return captured["states"]
+    inputs = {key: v for key, v in batch.items() if key != "labels"}
+    return activations_at(model, _boundary_module(model, k), at_output=True, **inputs)
 
 
 def frozen_fingerprint(model: nn.Module, k: int) -> str:
@@ -154,14 +131,9 @@ def frozen_fingerprint(model: nn.Module, k: int) -> str:
     layers = layer_map(model)
     frozen = set(layers.embeddings) | set(layers.other)
     frozen |= {name for names in layers.layers[: layers.num_layers - k] for name in names}
-    digest = hashlib.sha256()
-    digest.update(json.dumps(model.base_model.config.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(f"boundary={layers.num_layers - k}".encode())
+    description = {"config": model.base_model.config.to_dict(), "boundary": layers.num_layers - k}
     tensors = [(n, p) for n, p in model.named_parameters() if n in frozen] + list(model.named_buffers())
-    for name, tensor in sorted(tensors, key=lambda item: item[0]):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return weights_fingerprint(tensors, description)
 
 
 def inputs_fingerprint(dataset) -> str:
@@ -174,45 +146,6 @@ def inputs_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
-class BoundaryStore:
-    """One split's cached boundary states: a ragged [total_tokens, hidden] memmap + row offsets."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.meta = json.loads((directory / META_FILE).read_text())
-        self.offsets = np.load(directory / OFFSETS_FILE)
-        self.states = np.load(directory / STATES_FILE, mmap_mode="r")
-        self.dtype = DTYPES[self.meta["dtype"]]
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def get(self, index: int) -> torch.Tensor:
-        rows = np.array(self.states[self.offsets[index] : self.offsets[index + 1]])  # a copy: torch wants writable
-        tensor = torch.from_numpy(rows)
-        return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
-
-    @staticmethod
-    def is_valid(directory: Path) -> bool:
-        """Complete and undamaged: every file present, sizes and hashes as recorded at write time."""
-        try:
-            meta = json.loads((directory / META_FILE).read_text())
-            states, offsets = directory / STATES_FILE, directory / OFFSETS_FILE
-            return (
-                meta.get("version") == CACHE_FORMAT_VERSION
-                and states.stat().st_size == meta["states_bytes"]
-                and _file_sha256(offsets) == meta["offsets_sha256"]
-                and _file_sha256(states) == meta["states_sha256"]
-            )
-        except (OSError, ValueError, KeyError):
-            return False
-
-
 def build_store(model, k, dataset, collator, directory: Path, dtype: str, batch_size: int, key_meta: dict) -> None:
     """Compute boundary states for every row of ``dataset`` and write them atomically to ``directory``."""
     from tqdm.auto import tqdm
@@ -220,38 +153,18 @@ def build_store(model, k, dataset, collator, directory: Path, dtype: str, batch_
     lengths = [len(ids) for ids in dataset["input_ids"]]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(lengths)
-    hidden = model.base_model.config.hidden_size
-    storage_dtype = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[dtype]
-    with staged(directory, directory=True) as staging:
-        states = np.lib.format.open_memmap(
-            staging / STATES_FILE, mode="w+", dtype=storage_dtype, shape=(int(offsets[-1]), hidden)
-        )
-        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+
+    def chunks():
         for start in tqdm(range(0, len(dataset), batch_size), desc=f"caching frozen layers ({directory.name[:8]})"):
             rows = dataset.select_columns(columns)[start : start + batch_size]
-            features = [{c: rows[c][i] for c in columns} for i in range(len(rows["input_ids"]))]
-            batch = collator(features)
-            output = boundary_states(model, k, batch).to(DTYPES[dtype])
+            output = boundary_states(
+                model, k, collator([{c: rows[c][i] for c in columns} for i in range(len(rows[columns[0]]))])
+            )
             for i in range(output.shape[0]):
-                row = start + i
-                values = output[i, : lengths[row]]
-                if dtype == "bfloat16":
-                    values = values.view(torch.uint16)
-                states[offsets[row] : offsets[row + 1]] = values.cpu().numpy()
-        states.flush()
-        del states
-        np.save(staging / OFFSETS_FILE, offsets)
-        meta = dict(
-            key_meta,
-            version=CACHE_FORMAT_VERSION,
-            dtype=dtype,
-            rows=len(lengths),
-            hidden_size=hidden,
-            states_bytes=(staging / STATES_FILE).stat().st_size,
-            offsets_sha256=_file_sha256(staging / OFFSETS_FILE),
-            states_sha256=_file_sha256(staging / STATES_FILE),
-        )
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+                yield int(offsets[start + i]), output[i, : lengths[start + i]]
+
+    write_store(directory, offsets, chunks(), dtype, key_meta)
 
 
 def cached_split(
@@ -262,12 +175,8 @@ def cached_split(
     The index dataset holds ``labels``, ``cache_index`` (row in the store) and ``cache_split`` (``tag``).
     """
     meta = {"model": model_hash, "inputs": inputs_fingerprint(dataset), "k": k, "dtype": dtype}
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
-    directory = Path(cache_root) / key
-    reused = BoundaryStore.is_valid(directory)
-    if not reused:
-        build_store(model, k, dataset, collator, directory, dtype, batch_size, meta)
-    store = BoundaryStore(directory)
+    build = lambda directory: build_store(model, k, dataset, collator, directory, dtype, batch_size, meta)
+    store, reused = open_or_build(cache_root, meta, build)
     index = dataset.select_columns(["labels"]).add_column("cache_index", list(range(len(dataset))))
     index = index.add_column("cache_split", [tag] * len(dataset))
     return index, store, reused
@@ -281,21 +190,16 @@ def prepare_cached_training(
     The main process builds the caches first; other ranks then find them valid and read them. The index
     datasets carry no model inputs: train them with ``remove_unused_columns=False`` (``keep_all_columns``).
     """
-    import logging
-
     model_hash = frozen_fingerprint(model, k)
-    indexes, stores, reused = {}, {}, {}
-    with training_args.main_process_first(desc="caching the frozen layers"):
-        for tag, (split, dataset) in enumerate(splits.items()):
-            indexes[split], stores[tag], reused[split] = cached_split(
-                model, k, dataset, collator, cache_root, dtype, batch_size, model_hash, tag
-            )
-    for split, was_reused in reused.items():
-        logging.getLogger("ftpeft").warning(
-            "process %d: activation cache for %s %s", training_args.process_index, split,
-            "reused" if was_reused else "built",
-        )  # fmt: skip
-    return CachedPrefixModel(model, k), indexes, SplitCollator(stores), reused
+    indexes, stores, reused = build_on_main_first(
+        training_args,
+        splits,
+        lambda split, tag: cached_split(
+            model, k, splits[split], collator, cache_root, dtype, batch_size, model_hash, tag
+        ),
+    )
+    cached_collator = SplitCollator({tag: CachedStatesCollator(store) for tag, store in stores.items()})
+    return CachedPrefixModel(model, k), indexes, cached_collator, reused
 
 
 class CachedStatesCollator:
@@ -317,13 +221,3 @@ class CachedStatesCollator:
             "attention_mask": mask,
             "labels": torch.tensor([int(f["labels"]) for f in features]),
         }
-
-
-class SplitCollator:
-    """Routes each batch to the store of the split it came from (train and eval splits share a Trainer)."""
-
-    def __init__(self, stores: dict[int, BoundaryStore]):
-        self.collators = {tag: CachedStatesCollator(store) for tag, store in stores.items()}
-
-    def __call__(self, features: list[dict]) -> dict:
-        return self.collators[int(features[0]["cache_split"])](features)

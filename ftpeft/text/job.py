@@ -144,18 +144,10 @@ def train_classifier(
 def cached_trainer(model, tuning, tuning_args: TuningArguments, tokenized, collator, training_args, trainer_kwargs):
     """A Trainer over the top k layers, fed from cached activations of the frozen bottom (built once)."""
     from ftpeft.cache.prefix import default_cache_root, prepare_cached_training
-    from ftpeft.core.param_groups import build_param_groups
     from ftpeft.core.trainer import FtpeftTrainer
+    from ftpeft.tuning.apply import cached_model_param_groups
 
-    # LR groups from the complete model: the cached one no longer has its bottom layers
-    param_groups = build_param_groups(
-        model,
-        training_args.learning_rate,
-        tuning_args.head_lr,
-        tuning_args.layer_decay,
-        training_args.weight_decay,
-        layers=tuning.layers,
-    )
+    param_groups = cached_model_param_groups(model, tuning, tuning_args, training_args)
     splits = {"train": tokenized["train"], "validation": tokenized["validation"]}
     cache_root = tuning_args.activation_cache_dir or default_cache_root()
     batch_size = training_args.per_device_eval_batch_size

@@ -49,7 +49,7 @@ def apply_tuning(
     newly_initialised = sorted(newly_initialised)
     k = tuning_args.unfreeze_last_k
     layers = layer_map(model)
-    if tuning_args.cache_frozen:
+    if tuning_args.cache_frozen and layers.source != "timm":  # timm models are checked on a real batch (cache.stages)
         from ftpeft.cache.prefix import check_cacheable
 
         check_cacheable(model, k)
@@ -88,3 +88,18 @@ def apply_tuning(
     if pinned:
         logger.info("BatchNorm layers pinned to eval mode: %d", len(pinned))
     return TuningReport(model, layers, report, description, pinned, lora_config)
+
+
+def cached_model_param_groups(model: nn.Module, tuning: TuningReport, tuning_args: TuningArguments, training_args):
+    """The optimizer's LR groups (head LR, layer decay, weight decay) computed on the complete ``model``, before a
+    frozen-prefix cache swaps its bottom out: the cached model trains the same Parameter objects with them."""
+    from ftpeft.core.param_groups import build_param_groups
+
+    return build_param_groups(
+        model,
+        training_args.learning_rate,
+        tuning_args.head_lr,
+        tuning_args.layer_decay,
+        training_args.weight_decay,
+        layers=tuning.layers,
+    )

@@ -90,6 +90,15 @@ class ImageDataArguments:
     color_jitter: float = dataclasses.field(
         default=0.4, metadata={"help": "Training: colour-jitter strength (0 = off).", "range": NON_NEGATIVE}
     )
+    cache_augmented_views: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "With --cache_frozen: cache N views of each training image through the training transform and "
+            "draw one at random each time it is used (N x the caching time and disk). Default: one view through "
+            "the evaluation transform (no augmentation).",
+            "range": COUNT,
+        },
+    )
     demo_train_samples: int = dataclasses.field(
         default=4000,
         metadata={"help": "Offline MNIST demo: training digits (validation is split from them).", "range": COUNT},

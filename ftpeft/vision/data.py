@@ -47,6 +47,21 @@ class ImageList:
             digest.update(f"{item}\t{label}\n".encode())
         return digest.hexdigest()[:16]
 
+    def content_fingerprint(self) -> str:
+        """A hash of the labels and the image contents: a file's bytes (read, not decoded), else its pixels.
+
+        Unlike ``fingerprint`` it changes when a file is replaced under the same name (activation-cache keys).
+        """
+        digest = hashlib.sha256(self.source.encode())
+        for item, label in zip(self.items, self.labels):
+            digest.update(f"{label}\t".encode())
+            if isinstance(item, str) and Path(item).is_file():
+                digest.update(Path(item).read_bytes())
+            else:
+                image = self.reader(item)
+                digest.update(f"{image.mode}{image.size}".encode() + image.tobytes())
+        return digest.hexdigest()
+
 
 @dataclasses.dataclass
 class ImageSplits:
@@ -67,6 +82,10 @@ class TransformedImages:
 
     def __getitem__(self, index: int) -> dict:
         return {"pixel_values": self.transform(self.images.image(index)), "labels": self.images.labels[index]}
+
+    def fingerprint(self) -> str:
+        """What the model is fed: the images' contents and the transform (sizes, normalisation, augmentation)."""
+        return hashlib.sha256(f"{self.images.content_fingerprint()}|{self.transform!r}".encode()).hexdigest()
 
 
 def _read_file(path: str):

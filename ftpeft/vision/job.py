@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.config import RunArguments
+from ftpeft.core.errors import FtpeftError
 from ftpeft.tuning.args import TuningArguments
 from ftpeft.vision.args import ImageDataArguments, ImageModelArguments
 
@@ -65,7 +66,9 @@ def train_image_classifier(
         zero_init_head,
     )
 
-    tuning_args.require_supported("image_cls", peft=False, cache=False)
+    tuning_args.require_supported("image_cls", peft=False, cache=True)
+    if data_args.cache_augmented_views and not tuning_args.cache_frozen:
+        raise FtpeftError("--cache_augmented_views needs --cache_frozen (without it every epoch draws new views).")
     run = start_run(
         "image_cls", config, training_args, run_args, keep_all_columns=True, cache_frozen=tuning_args.cache_frozen
     )
@@ -100,24 +103,43 @@ def train_image_classifier(
     tuning = apply_tuning(model, tuning_args)
     run.save_config(tuning.freeze)
 
-    # --- train -----------------------------------------------------------------------------------------
+    # --- train (optionally from cached activations of the frozen stages) -------------------------------
     train_transform, eval_transform, data_config = build_transforms(model, data_args)
+    if tuning_args.cache_frozen and not data_args.cache_augmented_views:
+        train_transform = eval_transform  # the cached stages see each image once: a random view would be frozen in
+        logger.warning(CACHE_TRANSFORM_NOTE)
+    elif tuning_args.cache_frozen:
+        logger.warning("--cache_frozen: caching %d augmented views per training image", data_args.cache_augmented_views)
     datasets = {
         split: TransformedImages(images, train_transform if split == "train" else eval_transform)
         for split, images in data.splits.items()
     }
-    trainer = ImageClassificationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["validation"],
-        data_collator=default_data_collator,
-        compute_metrics=make_compute_metrics(data.label_names),
-        head_lr=tuning_args.head_lr,
-        layer_decay=tuning_args.layer_decay,
-        layers=tuning.layers,
-    )
+    trainer_kwargs = {
+        "args": training_args,
+        "compute_metrics": make_compute_metrics(data.label_names),
+        "head_lr": tuning_args.head_lr,
+        "layer_decay": tuning_args.layer_decay,
+        "layers": tuning.layers,
+    }
+    inputs = {
+        "model": model,
+        "train_dataset": datasets["train"],
+        "eval_dataset": datasets["validation"],
+        "data_collator": default_data_collator,
+    }
+    if tuning_args.cache_frozen:  # the top stages train from cached activations of the frozen ones (built once)
+        inputs = cached_training_inputs(model, tuning, tuning_args, data_args, datasets, data.splits, training_args)
+    trainer = ImageClassificationTrainer(**inputs, **trainer_kwargs)
     train_metrics = run.train(trainer)
+    if tuning_args.cache_frozen:  # put the frozen stages back: evaluate and save the complete model on real images
+        cached_run = trainer
+        trainer = ImageClassificationTrainer(
+            model=cached_run.model.restore(),
+            eval_dataset=datasets["validation"],
+            data_collator=default_data_collator,
+            **trainer_kwargs,
+        )
+        trainer.state = cached_run.state  # the learning curve keeps the training history
 
     # --- evaluate, save (a stock timm model), card, push -----------------------------------------------
     def write_model(folder: Path) -> None:
@@ -134,4 +156,59 @@ def train_image_classifier(
         loading_snippet=image_loading_snippet(training_args.output_dir),
         notes=[f"{len(data.skipped)} unreadable image(s) skipped (skipped_images.txt)"] if data.skipped else [],
     )
+    if tuning_args.cache_frozen:
+        description.notes.append(cache_card_note(data_args.cache_augmented_views))
     return run.finish(trainer, datasets, data.label_names, description, train_metrics, write_model=write_model)
+
+
+CACHE_TRANSFORM_NOTE = (
+    "--cache_frozen: training images go through the evaluation transform (no random crop, flip, rotation or "
+    "colour jitter): the cached frozen stages see each image once. --cache_augmented_views N caches N augmented "
+    "views per image instead."
+)
+
+
+def cache_card_note(views: int | None) -> str:
+    if views:
+        return (
+            f"Trained with --cache_frozen: the frozen stages' output was cached for {views} augmented view(s) of each "
+            "training image (training transform), one drawn at random each time an image was used."
+        )
+    return (
+        "Trained with --cache_frozen: the frozen stages ran once per training image, through the evaluation "
+        "transform, so training used no data augmentation (no random crop, flip, rotation or colour jitter)."
+    )
+
+
+def cached_training_inputs(model, tuning, tuning_args: TuningArguments, data_args, datasets, images, training_args):
+    """The Trainer's model, data and optimizer groups for training the top k stages + head from cached
+    activations of the frozen stages (built once; the validation split is cached too)."""
+    from ftpeft.cache.stages import StageSource, prepare_cached_stages
+    from ftpeft.cache.store import default_cache_root
+    from ftpeft.tuning.apply import cached_model_param_groups
+
+    param_groups = cached_model_param_groups(model, tuning, tuning_args, training_args)
+    views = {"train": data_args.cache_augmented_views or 1, "validation": 1}
+    sources = {
+        split: StageSource(datasets[split], images[split].labels, datasets[split].fingerprint(), views[split])
+        for split in views
+    }
+    model.to(training_args.device)  # the frozen stages run once, where the model trains (Trainer would move it)
+    cached_model, examples, collator, _ = prepare_cached_stages(
+        model,
+        tuning_args.unfreeze_last_k,
+        tuning.layers,
+        sources,
+        tuning_args.activation_cache_dir or default_cache_root(),
+        tuning_args.cache_dtype,
+        training_args.per_device_train_batch_size,  # on CPU, large conv batches run slower per image
+        training_args,
+    )
+    return {
+        "model": cached_model,
+        "param_groups": param_groups,
+        "train_dataset": examples["train"],
+        "eval_dataset": examples["validation"],
+        "data_collator": collator,
+        "input_name": "boundary_states",
+    }

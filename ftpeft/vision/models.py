@@ -71,14 +71,18 @@ def create_timm_model(
 
 
 class ImageClassificationTrainer(FtpeftTrainer):
-    """FtpeftTrainer for a plain timm model: batches are {"pixel_values", "labels"}, loss is cross-entropy."""
+    """FtpeftTrainer for a plain timm model: batches are {"pixel_values", "labels"}, loss is cross-entropy.
 
-    def __init__(self, *args, **kwargs):
+    ``input_name`` is the batch key fed to the model (``boundary_states`` when training from the cache).
+    """
+
+    def __init__(self, *args, input_name: str = "pixel_values", **kwargs):
         super().__init__(*args, keep_all_columns=True, **kwargs)  # forward(x)'s signature would drop pixel_values
         self.label_names = ["labels"]  # timm's forward(x) has no 'labels' argument to detect
+        self.input_name = input_name
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits = model(inputs["pixel_values"])
+        logits = model(inputs[self.input_name])
         loss = nn.functional.cross_entropy(logits, inputs["labels"])
         return (loss, {"logits": logits}) if return_outputs else loss
 
