@@ -89,8 +89,10 @@ def write(rows: list[dict], command: str) -> None:
         f"Command: `{command}` (1 seed; each setting's ladder and its full fine-tuning run in the same benchmark run,",
         "one after the other, on 2 CPU cores). Choice on validation accuracy; test is shown, never used to choose.",
         "",
-        ("| setting | ladder wall | full FT wall | ratio | recommended (val / test) | best rung (val) | tolerance | "
-        "within | rec. train s vs full FT | vs best rung | best probe layer |"),
+        (
+            "| setting | ladder wall | full FT wall | ratio | recommended (val / test) | best rung (val) | tolerance | "
+            "within | rec. train s vs full FT | vs best rung | best probe layer |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -26,6 +26,7 @@ from ftpeft.features.heads import attach_head, load_sklearn_head, load_torch_hea
 from ftpeft.knowledge.data import knowledge_batch
 from ftpeft.knowledge.model import KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification
 from ftpeft.knowledge.table import KnowledgeTable
+from ftpeft.text.pooling import MeanPoolingConfig, MeanPoolingForSequenceClassification
 from ftpeft.tuning.apply import TuningReport, apply_tuning
 
 __version__ = "0.1.0"
@@ -39,6 +40,8 @@ __all__ = [
     "KnowledgeInjectionForSequenceClassification",
     "KnowledgeTable",
     "LayerMap",
+    "MeanPoolingConfig",
+    "MeanPoolingForSequenceClassification",
     "TuningReport",
     "apply_tuning",
     "attach_head",

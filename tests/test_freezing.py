@@ -20,9 +20,9 @@ def train_steps(model, model_type, steps=3):
 def expected_trainable(layers, k, train_embeddings=False):
     if k is None:
         return None  # everything
-    names = set(layers.head)
+    names = set(layers.head) | set(layers.top)  # k=0 trains the readout: head + pooler / final norm
     if k:
-        names |= set(layers.top) | {n for layer in layers.layers[-k:] for n in layer}
+        names |= {n for layer in layers.layers[-k:] for n in layer}
     if train_embeddings:
         names |= set(layers.embeddings)
     return names

@@ -197,9 +197,10 @@ def _train_steps(model, batch, steps=3):
 @pytest.mark.parametrize(
     "mode, k, train_knowledge, unknown, expect_changed",
     [
-        ("add", 0, False, "zero", {"knowledge_projection", "classifier"}),
+        # k=0 trains the readout: the pooler is the head's input (ftpeft.unfreeze_last)
+        ("add", 0, False, "zero", {"knowledge_projection", "classifier", "pooler"}),
         ("add", 1, False, "learned", {"knowledge_projection", "classifier", "layer.1", "pooler", "unknown_knowledge"}),
-        ("concat", 0, True, "zero", {"fusion", "classifier", KNOWLEDGE_TABLE}),
+        ("concat", 0, True, "zero", {"fusion", "classifier", "pooler", KNOWLEDGE_TABLE}),
         ("gate", 1, False, "zero", {"fusion", "classifier", "layer.1", "pooler"}),
     ],
 )
@@ -325,8 +326,9 @@ def test_recipe_add_with_entity_spans_counts_unknown_entities(tiny_bert, tmp_pat
     }
     assert saved["knowledge_train_examples"] + saved["knowledge_validation_examples"] == 18  # 2 x 9 rows
     report = json.loads((output / "freeze_report.json").read_text())
-    # exactly the projection (TABLE_DIM -> 32), the classifier (32 -> 2) and the learned unknown vector train
-    assert report["trainable_params"] == (TABLE_DIM * 32 + 32) + (32 * 2 + 2) + TABLE_DIM
+    # exactly the projection (TABLE_DIM -> 32), the encoder's pooler (k=0 trains the readout: 32 -> 32), the
+    # classifier (32 -> 2) and the learned unknown vector train
+    assert report["trainable_params"] == (TABLE_DIM * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2) + TABLE_DIM
     assert report["groups"]["head"]["trainable"] < report["groups"]["head"]["total"]  # the table stayed frozen
 
 

@@ -55,6 +55,8 @@ RULE_CASES = [
     ("bert_cls", ["--lora_layers", "0"], "--lora_layers must be >= 1, got 0."),
     ("bert_cls", ["--cache_dtype", "int8"], "--cache_dtype must be float16, bfloat16 or float32, got 'int8'."),
     ("bert_cls", ["--unfreeze_last", "-3"], "--unfreeze_last must be >= 0 or 'all'/-1, got -3."),
+    ("bert_cls", ["--pooling", "max"], "--pooling must be auto, cls or mean, got 'max'."),
+    ("image_cls", ["--class_weights", "weights.json"], "--class_weights weights.json: no such file"),
     # TrainingArguments: the TRAINING_RULES table
     ("bert_cls", ["--learning_rate", "nan"], "--learning_rate must be a finite number > 0, got nan."),
     ("bert_cls", ["--learning_rate", "inf"], "--learning_rate must be a finite number > 0, got inf."),
@@ -133,6 +135,7 @@ ACCEPTED_CASES = [
     ("bert_cls", ["--num_train_epochs", "0", "--max_steps", "5"]),  # max_steps wins over epochs
     ("bert_cls", ["--eval_strategy", "epoch", "--eval_steps", "0"]),  # eval_steps unused
     ("bert_cls", ["--seed", "0", "--data_seed", "4294967295"]),
+    ("knowledge_cls", ["--class_weights", "balanced", "--pooling", "cls"]),
     ("image_cls", ["--hflip", "1", "--rotation_degrees", "0", "--crop_pct", "1", "--color_jitter", "0"]),
     ("train_head", ["--weight_decay", "0", "--head", "mlp"]),
 ]
@@ -172,8 +175,11 @@ def test_help_shows_the_allowed_values(capsys):
 # --- every field has a rule, and the rule is enforced -----------------------------------------------------------
 
 # str fields that take one of a fixed set of values (a new one belongs here and needs "choices")
-ENUM_FIELDS = {"cache_dtype", "inject", "unknown_entity", "modality", "pooling", "head"}
-CUSTOM_CHECKED = {"unfreeze_last"}  # 'all' or a layer count: parsed and checked by unfreeze_last_k
+ENUM_FIELDS = {"cache_dtype", "inject", "unknown_entity", "modality", "pooling", "head", "metric"}
+CUSTOM_CHECKED = {
+    "unfreeze_last",  # 'all' or a layer count: parsed and checked by unfreeze_last_k
+    "class_weights",  # balanced, none or a weights file: checked (file read) by check_class_weights
+}
 
 
 def argument_dataclasses() -> list[type]:
@@ -239,8 +245,13 @@ def _bad_value(field: dataclasses.Field, base: type):
     ids=lambda value: getattr(value, "name", getattr(value, "__name__", "")),
 )
 def test_every_declared_rule_is_enforced(cls, field, base):
+    required = {  # fields without a default (e.g. predict's run dir) get a harmless value
+        f.name: "x"
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     with pytest.raises(FtpeftError, match=f"^--{field.name} must be"):
-        cls(**{field.name: _bad_value(field, base)})
+        cls(**{**required, field.name: _bad_value(field, base)})
 
 
 def test_training_rules_name_real_fields():

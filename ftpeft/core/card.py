@@ -145,7 +145,10 @@ def adapter_label_kwargs(label_names: list[str]) -> dict:
     }
 
 
-def text_loading_snippet(output_dir: str, adapter: bool, label_names: list[str] | None = None) -> str:
+def text_loading_snippet(
+    output_dir: str, adapter: bool, label_names: list[str] | None = None, needs_ftpeft: bool = False
+) -> str:
+    """How to load a text run's model; ``needs_ftpeft``: its model type is one ``import ftpeft`` registers."""
     if adapter:
         kwargs = adapter_label_kwargs(label_names or [])
         return (
@@ -161,7 +164,8 @@ def text_loading_snippet(output_dir: str, adapter: bool, label_names: list[str] 
             'logits = model(**tokenizer("great film", return_tensors="pt")).logits'
         )
     return (
-        "from transformers import pipeline\n"
+        ("import ftpeft  # registers the model type with the Auto classes\n" if needs_ftpeft else "")
+        + "from transformers import pipeline\n"
         f'classifier = pipeline("text-classification", model="{output_dir}")\n'
         'print(classifier("great film"))'
     )

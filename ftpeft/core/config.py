@@ -23,13 +23,35 @@ from transformers import HfArgumentParser
 
 from ftpeft.core.errors import FtpeftError, redact
 from ftpeft.core.outputs import atomic_write_text
-from ftpeft.core.validation import RULE_KEYS, check_training_values, rule_text
+from ftpeft.core.validation import COUNT, PERCENTAGE, RULE_KEYS, check_training_values, rule_text
 
 
 @dataclasses.dataclass
 class RunArguments:
     overwrite_output_dir: bool = dataclasses.field(
         default=False, metadata={"help": "Allow writing into a non-empty --output_dir (files there may be replaced)."}
+    )
+
+
+@dataclasses.dataclass
+class SplitArguments:
+    """How every recipe makes and trims its splits (the data arguments of text and image recipes extend it)."""
+
+    validation_split_percentage: int = dataclasses.field(
+        default=10,
+        metadata={
+            "help": "Stratified, seeded %% of train held out for validation when none is given.",
+            "range": PERCENTAGE,
+        },
+    )
+    max_train_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many training examples.", "range": COUNT}
+    )
+    max_eval_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many validation examples.", "range": COUNT}
+    )
+    max_test_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Keep at most this many test examples.", "range": COUNT}
     )
 
 

@@ -228,10 +228,12 @@ def freeze_report(model: nn.Module, spec: str, layers: LayerMap | None = None) -
 def unfreeze_last(
     model: nn.Module, k: int | None, train_embeddings: bool = False, layers: LayerMap | None = None
 ) -> FreezeReport:
-    """Make only the top ``k`` layers (+ top + head) trainable; ``k=None`` trains everything, ``k=0`` the head.
+    """Make only the top ``k`` layers (+ top + head) trainable; ``k=None`` trains everything.
 
-    Sets ``requires_grad`` on every parameter of ``model`` and returns what it did. ``layers`` is the
-    model's layer map when the caller has it already.
+    ``k=0`` trains the readout: the head and the top (a BERT pooler, ModernBERT's final norm). A pooler is
+    the head's input: a sentence-embedding checkpoint's pooler was never trained as a readout, and frozen it
+    leaves a head-only run at the majority class. Sets ``requires_grad`` on every parameter of ``model`` and
+    returns what it did. ``layers`` is the model's layer map when the caller has it already.
     """
     if k is None:
         for param in model.parameters():
@@ -243,10 +245,8 @@ def unfreeze_last(
             f"--unfreeze_last {k} is larger than the model's {layers.num_layers} layers; "
             f"use 0..{layers.num_layers} or 'all'."
         )
-    trainable = set(layers.head)
-    if k > 0:
-        trainable |= set(layers.top)
-        trainable |= {name for names in layers.layers[layers.num_layers - k :] for name in names}
+    trainable = set(layers.head) | set(layers.top)
+    trainable |= {name for names in layers.layers[layers.num_layers - k :] for name in names}
     if train_embeddings:
         trainable |= set(layers.embeddings)
     for name, param in model.named_parameters():

@@ -87,6 +87,12 @@ class Run:
     def is_main(self) -> bool:
         return self.training_args.process_index == 0
 
+    def record(self, name: str, given: Any, used: Any, why: str) -> None:
+        """A choice the job made beyond TrainingArguments (a readout, class weights): logged, and kept in
+        resolved_settings.json by ``save_config``."""
+        logger.info("setting %s: %r -> %r (%s)", name, given, used, why)
+        self.settings[name] = {"given": given, "used": used, "why": why}
+
     def save_config(self, freeze: FreezeReport | None = None) -> None:
         """run_args.yaml (reruns with --config), resolved_settings.json and freeze_report.json."""
         if not self.training_args.should_save:

@@ -6,9 +6,13 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Sequence
 
+import torch
+from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ftpeft.core.class_weights import weighted_cross_entropy
 from ftpeft.core.freezing import LayerMap
 from ftpeft.core.param_groups import build_param_groups
 from ftpeft.core.settings import derived_settings, resolve_settings
@@ -34,10 +38,13 @@ class FtpeftTrainer(Trainer):
     """Trainer whose optimizer uses ``build_param_groups`` (head LR, layer decay, no decay on biases/norms).
 
     ``keep_all_columns`` is for batches whose inputs ``forward()`` does not name (timm's ``forward(x)``,
-    cached activations). The settings a classification run needs (``average_tokens_across_devices`` off:
-    that option rescales the loss by the number of ranks, which is wrong for per-example losses) come from
-    ``ftpeft.core.settings``; a recipe resolves them before building the Trainer, and used directly this
-    class applies (and logs) whichever are still missing.
+    cached activations). ``class_weights`` (one weight per class id) makes the loss a class-weighted
+    cross-entropy on the logits of any model (peft-wrapped, knowledge injection, cached prefix): the
+    batch's weighted mean, which Trainer averages over gradient accumulation steps. The settings a
+    classification run needs (``average_tokens_across_devices`` off: that option rescales the loss by the
+    number of ranks, which is wrong for per-example losses) come from ``ftpeft.core.settings``; a recipe
+    resolves them before building the Trainer, and used directly this class applies (and logs) whichever
+    are still missing.
     """
 
     def __init__(
@@ -49,6 +56,7 @@ class FtpeftTrainer(Trainer):
         param_groups: list[dict] | None = None,
         layers: LayerMap | None = None,
         keep_all_columns: bool = False,
+        class_weights: Sequence[float] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -59,6 +67,25 @@ class FtpeftTrainer(Trainer):
         self.layers = layers  # the model's layer map, when the caller already has it
         # groups built beforehand, e.g. on the complete model before --cache_frozen swapped its bottom out
         self.param_groups = param_groups
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        if self.class_weights is not None:
+            self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = self.classification_loss(logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def classification_loss(self, logits, labels):
+        """Cross-entropy, class-weighted when the Trainer has ``class_weights``."""
+        if self.class_weights is None:
+            return nn.functional.cross_entropy(logits, labels)
+        return weighted_cross_entropy(logits, labels, self.class_weights)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

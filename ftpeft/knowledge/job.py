@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.config import RunArguments
+from ftpeft.core.errors import FtpeftError
 from ftpeft.knowledge.args import KnowledgeArguments
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.job import TEXT_TRAINER_DEFAULTS
@@ -39,6 +40,7 @@ def train_knowledge_classifier(
     """Train, evaluate and save one knowledge-injection classifier; returns the final metrics."""
     import torch
 
+    from ftpeft.core.class_weights import class_weights_for_run
     from ftpeft.core.lifecycle import ModelDescription, start_run
     from ftpeft.core.metrics import make_compute_metrics
     from ftpeft.core.outputs import atomic_write_text
@@ -56,8 +58,11 @@ def train_knowledge_classifier(
     from ftpeft.text.modeling import base_model_name, resolve_model_path
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import MERGED_DIR
+    from ftpeft.tuning.schedules import staged_unfreezing
 
     tuning_args.require_supported("knowledge_cls", peft=True, cache=False)
+    if model_args.pooling == "mean":
+        raise FtpeftError("--pooling mean: not supported by knowledge_cls (its fusion reads [CLS] + pooler); use cls.")
     run = start_run("knowledge_cls", config, training_args, run_args)
     model_path = resolve_model_path(model_args)
     inject = knowledge_args.inject
@@ -95,15 +100,19 @@ def train_knowledge_classifier(
         knowledge_sources=table.sources if table else [],
         **(layout.model_settings() if inject != "none" else {}),
     )
+    newly_initialised = newly_initialised_parameters(model)
     tuning = apply_tuning(
         model,
         tuning_args,
-        newly_initialised_parameters(model),  # injection, fusion, head: always trained
+        newly_initialised,  # injection, fusion, head: always trained
         then=lambda m: set_knowledge_trainable(m, knowledge_args.train_knowledge),  # the table is data unless asked
     )
     model = tuning.model
-    tuning_text = f"{tuning.description}; --inject {inject}, knowledge table "
-    tuning_text += "trained" if knowledge_args.train_knowledge else "frozen"
+    # --lp_ft / --gradual_unfreeze: the encoder's groups join at their steps; injection, fusion and head from step 0
+    unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised)
+    class_weights, loss_note = class_weights_for_run(
+        run, tuning_args.class_weights, data.tokenized["train"]["labels"], data.label_names
+    )
     run.save_config(tuning.freeze)
 
     # --- train -----------------------------------------------------------------------------------------
@@ -119,8 +128,14 @@ def train_knowledge_classifier(
         layer_decay=tuning_args.layer_decay,
         adapter_lr=tuning_args.lora_lr if tuning_args.use_peft else None,
         layers=tuning.layers,
+        class_weights=class_weights,
     )
+    if unfreezing:
+        trainer.add_callback(unfreezing)
     train_metrics = run.train(trainer)
+    tuning_text = unfreezing.describe(tuning.description) if unfreezing else tuning.description
+    tuning_text += f"; --inject {inject}, knowledge table "
+    tuning_text += "trained" if knowledge_args.train_knowledge else "frozen"
 
     # --- evaluate, save, card, push ---------------------------------------------------------------------
     keys_text = "\n".join(table.keys) + "\n" if table is not None else None
@@ -145,7 +160,7 @@ def train_knowledge_classifier(
         hub_dataset=data_args.dataset_name,
         loading_snippet=loading_snippet(str(reload_dir), layout),
         tags=["knowledge-injection", f"inject-{inject}"],
-        notes=knowledge_notes,
+        notes=[*knowledge_notes, *([loss_note] if loss_note else [])],
     )
     return run.finish(
         trainer,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from ftpeft.core.config import SplitArguments
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.validation import COUNT, PERCENTAGE, check_fields
+from ftpeft.core.validation import COUNT, check_fields
 
 
 @dataclasses.dataclass
@@ -20,10 +21,23 @@ class ModelArguments:
     trust_remote_code: bool = dataclasses.field(
         default=False, metadata={"help": "Run modelling code shipped with the checkpoint. Off unless you ask."}
     )
+    pooling: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "bert_cls: how the classifier reads the encoder. 'cls': [CLS] + pooler (the stock model; "
+            "pipeline() loads it as is); 'mean': masked mean of the tokens (a model class that needs `import "
+            "ftpeft` to load); 'auto': mean for a mean-pooled sentence-transformers checkpoint when the encoder "
+            "is frozen (--unfreeze_last 0), else cls. knowledge_cls always reads [CLS] + pooler.",
+            "choices": ("auto", "cls", "mean"),
+        },
+    )
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclasses.dataclass
-class TextDataArguments:
+class TextDataArguments(SplitArguments):
     dataset_name: str | None = dataclasses.field(
         default=None, metadata={"help": "Hub dataset id (e.g. glue). Default: the built-in offline demo tweets."}
     )
@@ -41,22 +55,6 @@ class TextDataArguments:
     )
     label_column: str = dataclasses.field(
         default="label", metadata={"help": "Column holding the labels (strings or ints)."}
-    )
-    validation_split_percentage: int = dataclasses.field(
-        default=10,
-        metadata={
-            "help": "Stratified, seeded %% of train held out for validation when none is given.",
-            "range": PERCENTAGE,
-        },
-    )
-    max_train_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many training rows.", "range": COUNT}
-    )
-    max_eval_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many validation rows.", "range": COUNT}
-    )
-    max_test_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many test rows.", "range": COUNT}
     )
     max_seq_length: int = dataclasses.field(
         default=128, metadata={"help": "Truncate tokenised inputs to this length.", "range": COUNT}

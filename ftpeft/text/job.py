@@ -57,13 +57,16 @@ def train_classifier(
     from transformers import DataCollatorWithPadding
 
     from ftpeft.core.card import text_loading_snippet
+    from ftpeft.core.class_weights import class_weights_for_run
     from ftpeft.core.lifecycle import ModelDescription, start_run
     from ftpeft.core.metrics import make_compute_metrics
     from ftpeft.core.trainer import FtpeftTrainer
     from ftpeft.text.data import dataset_description, load_tokenized_data
     from ftpeft.text.modeling import base_model_name, load_sequence_classifier, resolve_model_path
+    from ftpeft.text.pooling import checkpoint_pooling, readout_note, resolve_pooling
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import write_merged_model
+    from ftpeft.tuning.schedules import staged_unfreezing
 
     tuning_args.require_supported("bert_cls", peft=True, cache=True)
     run = start_run(
@@ -75,15 +78,25 @@ def train_classifier(
         cache_frozen=tuning_args.cache_frozen,
     )
     model_path = resolve_model_path(model_args)
+    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    pooling, why = resolve_pooling(
+        model_args.pooling, checkpoint_pooling(model_path, **hub), tuning_args.unfreeze_last_k, tuning_args.use_peft
+    )
+    run.record("pooling", model_args.pooling, pooling, why)
 
     # --- data ------------------------------------------------------------------------------------------
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
 
     # --- model and tuning ------------------------------------------------------------------------------
-    model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names)
+    model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling)
     tuning = apply_tuning(model, tuning_args, newly_initialised)
     model = tuning.model
+    # --lp_ft / --gradual_unfreeze: the backbone's groups join at their steps (the head is all that is new)
+    unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised)
+    class_weights, loss_note = class_weights_for_run(
+        run, tuning_args.class_weights, tokenized["train"]["labels"], label_names
+    )
     run.save_config(tuning.freeze)
 
     # --- train (optionally from cached frozen-layer activations) ---------------------------------------
@@ -96,6 +109,7 @@ def train_classifier(
         "adapter_lr": tuning_args.lora_lr if tuning_args.use_peft else None,
         "layers": tuning.layers,
         "processing_class": tokenizer,
+        "class_weights": class_weights,
     }
     if tuning_args.cache_frozen:
         trainer = cached_trainer(model, tuning, tuning_args, tokenized, collator, training_args, trainer_kwargs)
@@ -107,6 +121,8 @@ def train_classifier(
             data_collator=collator,
             **trainer_kwargs,
         )
+    if unfreezing:
+        trainer.add_callback(unfreezing)
     train_metrics = run.train(trainer)
     if tuning_args.cache_frozen:  # put the frozen part back: evaluate and save the complete model on real inputs
         model = trainer.model.restore()
@@ -125,10 +141,11 @@ def train_classifier(
         base_model=base_model_name(model_args),
         library_name="peft" if tuning_args.use_peft else "transformers",
         pipeline_tag="text-classification",
-        tuning=tuning.description,
+        tuning=unfreezing.describe(tuning.description) if unfreezing else tuning.description,
         dataset=dataset_description(data_args),
         hub_dataset=data_args.dataset_name,
-        loading_snippet=text_loading_snippet(output_dir, tuning_args.use_peft, label_names),
+        loading_snippet=text_loading_snippet(output_dir, tuning_args.use_peft, label_names, pooling == "mean"),
+        notes=[readout_note(pooling, model_args.pooling, why), *([loss_note] if loss_note else [])],
     )
     return run.finish(
         trainer,

@@ -107,8 +107,9 @@ def training_text_sample(splits, text_columns: list[str], rows: int = SAMPLE_ROW
     return [str(text) for column in text_columns for text in sample[column] if text is not None]
 
 
-def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_names: list[str]):
-    """AutoModelForSequenceClassification with ``id2label``/``label2id`` set from the data.
+def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_names: list[str], pooling: str = "cls"):
+    """AutoModelForSequenceClassification with ``id2label``/``label2id`` set from the data; with
+    ``pooling="mean"`` the mean-pooling classifier of ``ftpeft.text.pooling`` around the same encoder.
 
     Returns (model, names of newly initialised parameters) -- the new head, which is always trained.
     """
@@ -123,6 +124,10 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
         "trust_remote_code": model_args.trust_remote_code,
     }
     try:
+        if pooling == "mean":
+            from ftpeft.text.pooling import build_mean_pooling_classifier
+
+            return build_mean_pooling_classifier(model_path, label_names, **common)
         config = AutoConfig.from_pretrained(
             model_path,
             num_labels=len(label_names),

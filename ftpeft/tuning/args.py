@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from ftpeft.core.class_weights import check_class_weights
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.validation import COUNT, FRACTION, POSITIVE, SHARE, check_fields
+from ftpeft.core.validation import COUNT, FRACTION, POSITIVE, SHARE, between, check_fields
 
 # what to use instead, per recipe, when it refuses a tuning flag
 UNSUPPORTED_HINTS = {
@@ -20,8 +21,8 @@ class TuningArguments:
     unfreeze_last: str = dataclasses.field(
         default="all",
         metadata={
-            "help": "Train only the top K encoder layers/stages (+ pooler + head): 0 = head only, "
-            "'all' or -1 = full fine-tuning."
+            "help": "Train only the top K encoder layers/stages (+ pooler + head): 0 = the readout only (head + "
+            "pooler / final norm), 'all' or -1 = full fine-tuning."
         },
     )
     train_embeddings: bool = dataclasses.field(
@@ -65,6 +66,13 @@ class TuningArguments:
     push_merged: bool = dataclasses.field(
         default=False, metadata={"help": "With --push_to_hub and --use_peft: push the merged model, not the adapter."}
     )
+    class_weights: str = dataclasses.field(
+        default="none",
+        metadata={
+            "help": "Class-weighted cross-entropy for imbalanced labels: 'balanced' (n_samples / (n_classes * "
+            "count) on the training labels), 'none', or a JSON/CSV FILE mapping every label to a weight >= 0."
+        },
+    )
 
     cache_frozen: bool = dataclasses.field(
         default=False,
@@ -84,8 +92,39 @@ class TuningArguments:
         },
     )
 
+    lp_ft: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "LP-FT (Kumar et al. 2022): train the readout alone (what --unfreeze_last 0 trains: head + pooler) "
+            "for --lp_fraction of the steps, a probe, then the layers --unfreeze_last asks for from that head; one run."
+        },
+    )
+    lp_fraction: float = dataclasses.field(
+        default=0.5,
+        metadata={
+            "help": "With --lp_ft: the share of the training steps spent on the readout alone.",
+            "range": between(0, 1, low_open=True, high_open=True),
+        },
+    )
+    gradual_unfreeze: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Gradual unfreezing (ULMFiT): start with the readout, then unfreeze one more layer (top first) "
+            "per epoch (or per --unfreeze_every steps), down to what --unfreeze_last allows."
+        },
+    )
+    unfreeze_every: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "With --gradual_unfreeze: optimizer steps between two unfreezings. Default: one epoch, or the run "
+            "split into equal stages (head, then each group) when it has fewer epochs than stages.",
+            "range": COUNT,
+        },
+    )
+
     def __post_init__(self):
         check_fields(self)
+        check_class_weights(self.class_weights)  # balanced, none, or a readable file of valid weights
         unfreeze_last_k(self.unfreeze_last)  # validates early, before any model is loaded
         # the cached prefix must stay frozen, or a cached run would differ from an uncached one
         if self.cache_frozen and self.unfreeze_last_k is None:
@@ -98,6 +137,24 @@ class TuningArguments:
             raise FtpeftError("--cache_frozen cannot be used with --use_peft: LoRA adapters below the boundary train.")
         if (self.merge_adapter or self.push_merged) and not self.use_peft:
             raise FtpeftError("--merge_adapter/--push_merged only make sense with --use_peft.")
+        self._check_staged_unfreezing()
+
+    def _check_staged_unfreezing(self) -> None:
+        if self.unfreeze_every is not None and not self.gradual_unfreeze:
+            raise FtpeftError("--unfreeze_every only makes sense with --gradual_unfreeze.")
+        if not (self.lp_ft or self.gradual_unfreeze):
+            return
+        flag = "--lp_ft" if self.lp_ft else "--gradual_unfreeze"
+        if self.lp_ft and self.gradual_unfreeze:
+            raise FtpeftError(
+                "--lp_ft and --gradual_unfreeze cannot be combined: both start with the head alone; pick one."
+            )
+        if self.use_peft:
+            raise FtpeftError(f"{flag} unfreezes layers of the model; it cannot be used with --use_peft (LoRA).")
+        if self.unfreeze_last_k == 0:
+            raise FtpeftError(
+                f"{flag} needs --unfreeze_last k >= 1 or 'all': with 0 only the head trains, so nothing unfreezes later."
+            )
 
     def require_supported(self, recipe: str, peft: bool, cache: bool) -> None:
         """Refuse, before any work, what ``recipe`` cannot do (LoRA, the frozen-prefix cache)."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from ftpeft.core.config import SplitArguments
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.validation import COUNT, FRACTION, NON_NEGATIVE, PERCENTAGE, PROBABILITY, SHARE, between, check_fields
+from ftpeft.core.validation import COUNT, FRACTION, NON_NEGATIVE, PROBABILITY, SHARE, between, check_fields
 
 
 @dataclasses.dataclass
@@ -34,7 +35,7 @@ class ImageModelArguments:
 
 
 @dataclasses.dataclass
-class ImageDataArguments:
+class ImageDataArguments(SplitArguments):
     image_dir: str | None = dataclasses.field(
         default=None,
         metadata={"help": "Folder of images: one sub-folder per class, or (with --labels_csv) the image files."},
@@ -51,22 +52,6 @@ class ImageDataArguments:
     dataset_name: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset with an image column."})
     dataset_config_name: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset config."})
     image_column: str = dataclasses.field(default="image", metadata={"help": "--dataset_name: the image column."})
-    validation_split_percentage: int = dataclasses.field(
-        default=10,
-        metadata={
-            "help": "Stratified, seeded %% of train held out for validation when none is given.",
-            "range": PERCENTAGE,
-        },
-    )
-    max_train_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many training images.", "range": COUNT}
-    )
-    max_eval_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many validation images.", "range": COUNT}
-    )
-    max_test_samples: int | None = dataclasses.field(
-        default=None, metadata={"help": "Keep at most this many test images.", "range": COUNT}
-    )
     strict_images: bool = dataclasses.field(
         default=False,
         metadata={"help": "Fail on unreadable images instead of skipping them (listed in skipped_images.txt)."},

@@ -53,9 +53,12 @@ def train_image_classifier(
     """Train, evaluate and save one timm image classifier; returns the final metrics."""
     from transformers import default_data_collator
 
+    from ftpeft.core.class_weights import class_weights_for_run
     from ftpeft.core.lifecycle import ModelDescription, start_run
     from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.settings import resolve_settings
     from ftpeft.tuning.apply import apply_tuning
+    from ftpeft.tuning.schedules import staged_unfreezing
     from ftpeft.vision.data import TransformedImages, build_transforms, load_image_classification_data, write_skipped
     from ftpeft.vision.models import (
         ImageClassificationTrainer,
@@ -82,6 +85,7 @@ def train_image_classifier(
         data = load_image_classification_data(data_args, training_args.seed, model_args.cache_dir)
     sizes = {split: len(images) for split, images in data.splits.items()}
     logger.info("data: %s, %d classes, %d skipped", sizes, len(data.label_names), len(data.skipped))
+    run.settings.update(resolve_settings(training_args, lone_last_batch(training_args, sizes["train"])))
     if training_args.should_save and data.skipped:
         skipped_file = write_skipped(training_args.output_dir, data.skipped)
         logger.warning("%d unreadable image(s) skipped: see %s", len(data.skipped), skipped_file)
@@ -101,6 +105,10 @@ def train_image_classifier(
         logger.warning("%s starts from random weights (pass --pretrained or --pretrained_file).", model_name)
     # frozen BatchNorm layers are pinned to eval mode: their running statistics never move
     tuning = apply_tuning(model, tuning_args)
+    unfreezing = staged_unfreezing(tuning_args, tuning)  # --lp_ft / --gradual_unfreeze
+    class_weights, loss_note = class_weights_for_run(
+        run, tuning_args.class_weights, data.splits["train"].labels, data.label_names
+    )
     run.save_config(tuning.freeze)
 
     # --- train (optionally from cached activations of the frozen stages) -------------------------------
@@ -120,6 +128,7 @@ def train_image_classifier(
         "head_lr": tuning_args.head_lr,
         "layer_decay": tuning_args.layer_decay,
         "layers": tuning.layers,
+        "class_weights": class_weights,
     }
     inputs = {
         "model": model,
@@ -130,6 +139,8 @@ def train_image_classifier(
     if tuning_args.cache_frozen:  # the top stages train from cached activations of the frozen ones (built once)
         inputs = cached_training_inputs(model, tuning, tuning_args, data_args, datasets, data.splits, training_args)
     trainer = ImageClassificationTrainer(**inputs, **trainer_kwargs)
+    if unfreezing:
+        trainer.add_callback(unfreezing)
     train_metrics = run.train(trainer)
     if tuning_args.cache_frozen:  # put the frozen stages back: evaluate and save the complete model on real images
         cached_run = trainer
@@ -146,11 +157,12 @@ def train_image_classifier(
         save_timm_model(model, folder, data.label_names, data_config)
 
     trained = tuning.freeze.trainable_layers or "none, head only"
+    tuning_text = f"--unfreeze_last {tuning_args.unfreeze_last} (trainable stages: {trained})"
     description = ModelDescription(
         base_model=model_name,
         library_name="timm",
         pipeline_tag="image-classification",
-        tuning=f"--unfreeze_last {tuning_args.unfreeze_last} (trainable stages: {trained})",
+        tuning=unfreezing.describe(tuning_text) if unfreezing else tuning_text,
         dataset=data.description,
         hub_dataset=data_args.dataset_name,
         loading_snippet=image_loading_snippet(training_args.output_dir),
@@ -158,6 +170,8 @@ def train_image_classifier(
     )
     if tuning_args.cache_frozen:
         description.notes.append(cache_card_note(data_args.cache_augmented_views))
+    if loss_note:
+        description.notes.append(loss_note)
     return run.finish(trainer, datasets, data.label_names, description, train_metrics, write_model=write_model)
 
 
@@ -212,3 +226,14 @@ def cached_training_inputs(model, tuning, tuning_args: TuningArguments, data_arg
         "data_collator": collator,
         "input_name": "boundary_states",
     }
+
+
+def lone_last_batch(training_args, train_rows: int) -> list:
+    """Drop a last training batch of ONE image: BatchNorm cannot normalise a batch of one in training mode."""
+    from ftpeft.core.settings import SettingChange
+
+    per_step = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    if train_rows % per_step != 1 or training_args.dataloader_drop_last:
+        return []
+    why = f"{train_rows} training images leave a last batch of 1, which BatchNorm cannot train on"
+    return [SettingChange("dataloader_drop_last", False, True, why)]

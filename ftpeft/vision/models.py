@@ -83,7 +83,7 @@ class ImageClassificationTrainer(FtpeftTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = model(inputs[self.input_name])
-        loss = nn.functional.cross_entropy(logits, inputs["labels"])
+        loss = self.classification_loss(logits, inputs["labels"])  # class-weighted with --class_weights
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
