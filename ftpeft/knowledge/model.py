@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.wrapped_models import classification_output, encoder_config_from_dict, register_auto
 
 MODEL_TYPE = "ftpeft-knowledge"
 INJECT_MODES = ("none", "add", "concat", "gate")
@@ -102,8 +103,7 @@ class KnowledgeInjectionConfig(PretrainedConfig):
     @property
     def encoder(self) -> PretrainedConfig:
         """The wrapped encoder's config object (built from the stored dict)."""
-        settings = dict(self.encoder_config)
-        return AutoConfig.for_model(settings.pop("model_type"), **settings)
+        return encoder_config_from_dict(self.encoder_config)
 
     @property
     def external_dim(self) -> int:
@@ -287,13 +287,7 @@ class KnowledgeInjectionForSequenceClassification(PreTrainedModel):
             external = self.external_features(knowledge_ids, example_knowledge_ids, knowledge_vectors, pooled.shape[0])
             features = self.fusion(features, external)
         logits = self.classifier(features)
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-            else:
-                loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return classification_output(logits, labels, self.config.num_labels)
 
 
 def set_knowledge_trainable(model: nn.Module, trainable: bool) -> list[str]:
@@ -371,16 +365,7 @@ def newly_initialised_parameters(model: nn.Module) -> list[str]:
 
 def register() -> None:
     """Make AutoConfig / AutoModelForSequenceClassification know ``ftpeft-knowledge`` (idempotent)."""
-    try:
-        AutoConfig.register(MODEL_TYPE, KnowledgeInjectionConfig)
-    except ValueError:  # already registered
-        pass
-    try:
-        AutoModelForSequenceClassification.register(
-            KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification
-        )
-    except ValueError:
-        pass
+    register_auto(MODEL_TYPE, KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification)
 
 
 register()

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.wrapped_models import classification_output, encoder_config_from_dict, register_auto
 
 MODEL_TYPE = "ftpeft-mean-pooling"
 
@@ -52,8 +53,7 @@ class MeanPoolingConfig(PretrainedConfig):
     @property
     def encoder(self) -> PretrainedConfig:
         """The wrapped encoder's config object (built from the stored dict)."""
-        settings = dict(self.encoder_config)
-        return AutoConfig.for_model(settings.pop("model_type"), **settings)
+        return encoder_config_from_dict(self.encoder_config)
 
 
 class MeanPoolingForSequenceClassification(PreTrainedModel):
@@ -103,13 +103,7 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
         outputs = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **encoder_kwargs)
         features = torch.tanh(self.dense(self.pooled(outputs.last_hidden_state, attention_mask)))
         logits = self.classifier(self.dropout(features))
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-            else:
-                loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return classification_output(logits, labels, self.config.num_labels)
 
 
 def build_mean_pooling_classifier(
@@ -221,14 +215,7 @@ def readout_note(pooling: str, requested: str, why: str) -> str:
 
 def register() -> None:
     """Make AutoConfig / AutoModelForSequenceClassification know ``ftpeft-mean-pooling`` (idempotent)."""
-    try:
-        AutoConfig.register(MODEL_TYPE, MeanPoolingConfig)
-    except ValueError:  # already registered
-        pass
-    try:
-        AutoModelForSequenceClassification.register(MeanPoolingConfig, MeanPoolingForSequenceClassification)
-    except ValueError:
-        pass
+    register_auto(MODEL_TYPE, MeanPoolingConfig, MeanPoolingForSequenceClassification)
 
 
 register()
