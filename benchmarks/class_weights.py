@@ -13,6 +13,7 @@ Writes benchmarks/results/class_weights.md and .json.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def run_once(case_args: list[str], seed: int, output_dir: Path, quick: bool, mod
         "seed": seed,
         **{name: metrics.get(name) for name in METRICS},
         "train_runtime_s": metrics["train_runtime"],
+        "load_average": round(os.getloadavg()[0], 1),  # train times only compare on an otherwise idle machine
         "weights": settings.get("class_weights", {}).get("used"),
     }
 
@@ -76,7 +78,8 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
             f"Command: `{command}`. Packaged MiniLM-L6, 4,000 demo tweets (10% held out for validation; 71% "
             "negative), `--unfreeze-last 2`, the recipe's defaults otherwise (1 epoch, batch 32, LR 3e-4 with "
             f"layer decay 0.8, head 1e-3), 1,000 fixed test tweets; seeds {', '.join(map(str, rows[0]['seeds']))}, "
-            "the two cases alternating. Mean ± sd over seeds."
+            "the two cases alternating. Mean ± sd over seeds. Train time is Trainer's train_runtime: it compares "
+            "only on an otherwise idle machine (the load average after each run is in the JSON)."
         ),
         "",
         (

@@ -59,6 +59,19 @@ def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_minilm_dir, tmp_p
     assert "+0.0 | 1.00x" in table
 
 
+@pytest.mark.slow
+def test_quick_class_weights_sweep_writes_both_cases_per_seed(tiny_minilm_dir, tmp_path):
+    import class_weights
+
+    path = class_weights.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
+    data = json.loads((tmp_path / "class_weights_quick.json").read_text())
+    assert [row["case"] for row in data["rows"]] == ["none", "balanced"]
+    assert all(row["seeds"] == [42, 43] for row in data["rows"])
+    assert data["rows"][0]["weights"] is None and set(data["rows"][1]["weights"]) == {"negative", "positive"}
+    table = path.read_text()
+    assert "| none | - |" in table and "| balanced | negative " in table
+
+
 def test_same_config_case_uses_the_plain_trainers_hyperparameters():
     """The overhead row compares code, not settings: its recipe args must resolve to the baseline's."""
     import run_benchmarks
