@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import ROOT, parse_benchmark_args
+from run_benchmarks import ROOT, parse_benchmark_args, write_sweep_results
 
 SEEDS = (42, 43, 44)
 CASES = {"none": ["--class_weights", "none"], "balanced": ["--class_weights", "balanced"]}
@@ -113,15 +113,7 @@ def main(argv: list[str] | None = None) -> Path:
                 )
                 runs[case].append(row)
                 print(json.dumps({"case": case, **row}), flush=True)
-    rows = summarise(runs)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "class_weights_quick" if args.quick else "class_weights"
-    command = "python benchmarks/class_weights.py" + (" --quick" if args.quick else "")
-    (args.results_dir / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-    path = args.results_dir / f"{stem}.md"
-    write_table(rows, command, path)
-    print(path.read_text())
-    return path
+    return write_sweep_results(args, "class_weights", summarise(runs), write_table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import Case, parse_benchmark_args, run_case
+from run_benchmarks import Case, parse_benchmark_args, run_case, write_sweep_results
 
 SEEDS = (42, 43, 44)
 
@@ -110,15 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
                     ),
                     flush=True,
                 )
-    rows = summarise(runs)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "partial_tuning_quick" if args.quick else "partial_tuning"
-    command = "python benchmarks/partial_tuning.py" + (" --quick" if args.quick else "")
-    (args.results_dir / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-    path = args.results_dir / f"{stem}.md"
-    write_table(rows, command, path)
-    print(path.read_text())
-    return path
+    return write_sweep_results(args, "partial_tuning", summarise(runs), write_table)
 
 
 if __name__ == "__main__":

@@ -281,6 +281,18 @@ def notes(rows: list[dict], flops_per_sample: float | None, peak_flops: float) -
     return out
 
 
+def write_sweep_results(args: argparse.Namespace, name: str, rows: list[dict], write_table) -> Path:
+    """RESULTS_DIR/<name>[_quick].json and .md (rendered by ``write_table(rows, command, path)``); prints the table."""
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_quick" if args.quick else name
+    command = f"python benchmarks/{name}.py" + (" --quick" if args.quick else "")
+    (args.results_dir / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    path = args.results_dir / f"{stem}.md"
+    write_table(rows, command, path)
+    print(path.read_text())
+    return path
+
+
 def parse_benchmark_args(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     """The flags every benchmark script takes, and the environment its case processes run in."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
