@@ -125,10 +125,12 @@ def train_classifier(
         trainer.add_callback(unfreezing)
     train_metrics = run.train(trainer)
     if tuning_args.cache_frozen:  # put the frozen part back: evaluate and save the complete model on real inputs
-        model = trainer.model.restore()
+        cached_run = trainer
+        model = cached_run.model.restore()
         trainer = FtpeftTrainer(
             model=model, eval_dataset=tokenized["validation"], data_collator=collator, **trainer_kwargs
         )
+        trainer.state = cached_run.state  # the learning curve keeps the training history (as the image job does)
 
     # --- evaluate, save, card, push ---------------------------------------------------------------------
     output_dir = str(run.output_dir)
