@@ -72,12 +72,35 @@ def test_quick_class_weights_sweep_writes_both_cases_per_seed(tiny_minilm_dir, t
     assert "| none | - |" in table and "| balanced | negative " in table
 
 
-def test_same_config_case_uses_the_plain_trainers_hyperparameters():
-    """The overhead row compares code, not settings: its recipe args must resolve to the baseline's."""
+@pytest.mark.slow
+def test_quick_overhead_benchmark_alternates_pairs_and_reports_the_median(tiny_minilm_dir, tmp_path):
+    import overhead
+
+    path = overhead.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
+    rows = json.loads((tmp_path / "overhead_quick.json").read_text())["rows"]
+    assert [row["pair"] for row in rows] == [1, 2]
+    assert all(row["ratio"] == pytest.approx(row["ftpeft"] / row["plain"]) for row in rows)
+    assert "**Median ratio" in path.read_text()
+
+
+def _overhead_case():
+    import overhead
+
+    return overhead.cases(100)[1]
+
+
+def _suite_case():
     import run_benchmarks
 
-    case = next(c for c in run_benchmarks.text_cases(quick=False) if c.name == "ftpeft, full FT, same config")
-    argv = run_benchmarks.case_argv(case, ROOT / "unused", ROOT / "unused_cache", quick=False, model=None)
+    return next(c for c in run_benchmarks.text_cases(quick=False) if c.name == "ftpeft, full FT, same config")
+
+
+@pytest.mark.parametrize("make_case", [_suite_case, _overhead_case])
+def test_same_config_case_uses_the_plain_trainers_hyperparameters(make_case, tmp_path):
+    """The overhead rows compare code, not settings: their recipe args must resolve to the baseline's."""
+    import run_benchmarks
+
+    argv = run_benchmarks.case_argv(make_case(), tmp_path / "out", tmp_path / "cache", quick=False, model=None)
     _, _, tuning_args, _, training_args = load_recipe("bert_cls").parse(argv)
     assert training_args.learning_rate == 5e-5 and tuning_args.head_lr == 5e-5 and tuning_args.layer_decay == 1
     assert training_args.per_device_train_batch_size == int(run_benchmarks.BATCH_SIZE)
