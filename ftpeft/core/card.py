@@ -38,6 +38,7 @@ class RunSummary:
     tags: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     learning_curve: bool = False  # learning_curve.png sits next to the card
+    data_quality: str = ""  # markdown table of the data report's counts (data_report.json)
 
 
 def hardware_description() -> str:
@@ -91,6 +92,9 @@ def render_model_card(summary: RunSummary) -> str:
     pct = 100 * summary.trainable_params / max(summary.total_params, 1)
     notes = "".join(f"- {note}\n" for note in summary.notes)
     curve = "\n![learning curve](learning_curve.png)\n" if summary.learning_curve else ""
+    data_quality = (
+        f"\n## Data quality (data_report.json)\n\n{summary.data_quality.strip()}\n" if summary.data_quality else ""
+    )
     text = f"""---
 {header}
 ---
@@ -113,7 +117,7 @@ Fine-tuned from `{summary.base_model}` with the ftpeft recipe `{summary.recipe}`
 - Data: {summary.dataset} ({sizes}); labels: {labels}
 - Hardware: {summary.hardware}
 - Training time: {runtime}
-{notes}
+{notes}{data_quality}
 ## Results
 
 | metric | value |

@@ -53,6 +53,21 @@ class SplitArguments:
     max_test_samples: int | None = dataclasses.field(
         default=None, metadata={"help": "Keep at most this many test examples.", "range": COUNT}
     )
+    drop_duplicates: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Drop rows whose content (text, image bytes) occurred earlier in the same split. Default: "
+            "keep them; either way they are counted in data_report.json."
+        },
+    )
+    strict_data: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Fail before training when any row would be dropped (blank text, missing label, unreadable "
+            "image) or a validation/test row also occurs in train. Default: drop such rows, keep leaked ones, "
+            "and report both in the log and data_report.json."
+        },
+    )
 
 
 class FtpeftArgumentParser(HfArgumentParser):

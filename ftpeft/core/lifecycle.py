@@ -22,6 +22,7 @@ import numpy as np
 from ftpeft.core.card import RunSummary, write_model_card
 from ftpeft.core.config import RunArguments, command_line, save_resolved_config
 from ftpeft.core.curves import CURVE_FILE, GroupLearningRates, save_learning_curve
+from ftpeft.core.data_report import DataReport
 from ftpeft.core.engine import EngineReport, check_engine
 from ftpeft.core.freezing import FreezeReport, count_parameters
 from ftpeft.core.hub import PushTarget, push_run, validate_push_args
@@ -78,6 +79,7 @@ class Run:
     settings: dict[str, dict[str, Any]]  # what ftpeft derived: resolved_settings.json
     train_runtime_s: float | None = None
     group_lrs: GroupLearningRates = dataclasses.field(default_factory=GroupLearningRates)
+    data_report: DataReport | None = None  # data_report.json and the card's data table
 
     @property
     def output_dir(self) -> Path:
@@ -93,8 +95,15 @@ class Run:
         logger.info("setting %s: %r -> %r (%s)", name, given, used, why)
         self.settings[name] = {"given": given, "used": used, "why": why}
 
+    def report_data(self, report: DataReport) -> None:
+        """The data report: its summary line is logged (a warning when rows were dropped or leak), and it is
+        kept for ``save_config`` (data_report.json) and the card."""
+        log = logger.warning if report.problems() else logger.info
+        log("%s", report.summary())
+        self.data_report = report
+
     def save_config(self, freeze: FreezeReport | None = None) -> None:
-        """run_args.yaml (reruns with --config), resolved_settings.json and freeze_report.json."""
+        """run_args.yaml (reruns with --config), resolved_settings.json, freeze_report.json, data_report.json."""
         if not self.training_args.should_save:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +111,8 @@ class Run:
         write_json(self.output_dir / SETTINGS_FILE, self.settings)
         if freeze is not None:
             freeze.save(self.output_dir)
+        if self.data_report is not None:
+            self.data_report.save(self.output_dir)
 
     def train(self, trainer) -> dict[str, Any]:
         """``trainer.train`` (resuming where asked), timed; returns the train_* metrics."""
@@ -152,6 +163,7 @@ class Run:
             metrics={k: v for k, v in metrics.items() if k.endswith(("accuracy", "f1", "loss"))},
             train_runtime_s=self.train_runtime_s,
             learning_curve=drawn,
+            data_quality=self.data_report.card_markdown() if self.data_report else "",
             **dataclasses.asdict(description),
         )
         write_model_card(self.output_dir, summary)

@@ -81,6 +81,7 @@ def train_knowledge_classifier(
         )  # fmt: skip
 
     data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
+    run.report_data(data.report)
     layout = knowledge_layout(data.raw, knowledge_args)
     knowledge_metrics, knowledge_notes = knowledge_report(
         knowledge_stats(data.tokenized), knowledge_args.unknown_entity

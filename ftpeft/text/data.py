@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
 from ftpeft.core.errors import FtpeftError
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.demo import DEMO_TWEETS_NAME, demo_tweets
@@ -122,20 +124,67 @@ def _label_names(raw, label_column: str) -> list[str]:
     return [str(v) for v in sorted(values)]
 
 
-def encode_labels(raw, label_column: str):
-    """Map labels (strings or ints) to ids 0..C-1 with names from the training split.
-
-    Returns (datasets with an int 'labels' ClassLabel column, label names). Rows with label -1 / None
-    (unlabelled test sets such as GLUE's) are dropped from validation/test. A validation or test label
-    never seen in training is an error.
-    """
-    from datasets import ClassLabel
-
+def require_columns(raw, text_columns: list[str], label_column: str) -> None:
+    """Every split has the text and label columns (an error names the split and lists its columns)."""
     for split, dataset in raw.items():
         if label_column not in dataset.column_names:
             raise FtpeftError(
                 f"--label_column '{label_column}' not found in the {split} split; columns: {dataset.column_names}."
             )
+        missing = [c for c in text_columns if c not in dataset.column_names]
+        if missing:
+            raise FtpeftError(
+                f"text column(s) {missing} not found in the {split} split; columns: {dataset.column_names}."
+            )
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))  # readers give None or NaN
+
+
+def text_key(texts: tuple) -> tuple[str, ...]:
+    """What makes two rows the same for duplicates and leakage: their texts, stripped of outer whitespace."""
+    return tuple("" if _is_missing(t) else str(t).strip() for t in texts)
+
+
+def check_text_rows(raw, text_columns: list[str], label_column: str, drop_duplicates: bool, sources: dict[str, str]):
+    """Drop the rows that cannot be trained or scored on (empty/blank text, a missing label: None, NaN or a
+    Hub ClassLabel's -1 of unlabelled test sets) and, with ``drop_duplicates``, repeated texts.
+
+    Returns (the datasets with those rows removed, {split: SplitCheck}); every drop is logged."""
+    from datasets import ClassLabel, DatasetDict
+
+    require_columns(raw, text_columns, label_column)
+    kept, checks = {}, {}
+    for split, dataset in raw.items():
+        columns = dataset.select_columns([*text_columns, label_column]).to_dict()
+        is_class_label = isinstance(dataset.features[label_column], ClassLabel)
+        texts = list(zip(*(columns[c] for c in text_columns)))
+        reasons = [
+            "blank_text"
+            if any(k == "" for k in text_key(row))
+            else "missing_label"
+            if _is_missing(label) or (is_class_label and label == -1)
+            else None
+            for row, label in zip(texts, columns[label_column])
+        ]
+        check = check_split(sources.get(split, split), reasons, [text_key(row) for row in texts], drop_duplicates)
+        if check.drop_note():
+            logger.warning("%s split (%s): dropped %s", split, check.source, check.drop_note())
+        kept[split] = dataset if len(check.keep) == len(dataset) else dataset.select(check.keep)
+        checks[split] = check
+    return DatasetDict(kept), checks
+
+
+def encode_labels(raw, label_column: str):
+    """Map labels (strings or ints) to ids 0..C-1 with names from the training split.
+
+    Returns (datasets with an int 'labels' ClassLabel column, label names). Expects the rows without a label
+    dropped (``check_text_rows``). A validation or test label never seen in training is an error.
+    """
+    from datasets import ClassLabel
+
+    require_columns(raw, [], label_column)
     feature = raw["train"].features[label_column]
     names = _label_names(raw, label_column)
     if len(names) < 2:
@@ -146,8 +195,6 @@ def encode_labels(raw, label_column: str):
     name_to_id = {name: i for i, name in enumerate(names)}
 
     def to_id(value):
-        if value is None or (is_class_label and value == -1):
-            return -1
         return value if is_class_label else name_to_id.get(str(value), -2)
 
     encoded = {}
@@ -158,7 +205,6 @@ def encode_labels(raw, label_column: str):
             raise FtpeftError(
                 f"the {split} split has label(s) {unseen[:5]} never seen in training (training labels: {names})."
             )
-        dataset = dataset.filter(lambda batch: [i >= 0 for i in batch["labels"]], batched=True)
         if label_column != "labels":
             dataset = dataset.remove_columns(label_column)
         encoded[split] = dataset.cast_column("labels", ClassLabel(names=names))
@@ -171,7 +217,8 @@ def split_and_limit(datasets, data_args: TextDataArguments, seed: int):
     """Add a stratified, seeded validation split when none exists; apply --max_*_samples."""
     if len(datasets["train"]) == 0:
         raise FtpeftError(
-            "the training set is empty (after dropping unlabelled rows); check --train_file / --label_column."
+            "the training set is empty (after dropping rows with blank text or no label); check --train_file / "
+            "--label_column / --text_columns."
         )
     if "validation" not in datasets:
         fraction = data_args.validation_split_percentage / 100
@@ -224,13 +271,56 @@ def tokenize(
     return DatasetDict(tokenized)
 
 
+def split_sources(data_args: TextDataArguments, splits) -> dict[str, str]:
+    """What each split was read from, for the data report."""
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    if data_args.train_file:
+        return {split: Path(files[split]).name for split in splits if files.get(split)}
+    return {split: f"{dataset_description(data_args)} [{split}]" for split in splits}
+
+
+def text_data_report(datasets, checks: dict[str, SplitCheck], text_columns: list[str], data_args) -> DataReport:
+    """The data report of the splits as used (labels, leakage) on top of the row checks of their sources."""
+    keys, labels = {}, {}
+    for split, dataset in datasets.items():
+        columns = dataset.select_columns(text_columns).to_dict()
+        keys[split] = [text_key(row) for row in zip(*(columns[c] for c in text_columns))]
+        names = dataset.features["labels"].names
+        labels[split] = [names[i] for i in dataset["labels"]]
+    held_out = f"held out from train ({data_args.validation_split_percentage}%)"
+    return build_report(checks, keys, labels, data_args.drop_duplicates, held_out)
+
+
 def load_text_classification_data(data_args: TextDataArguments, seed: int, cache_dir: str | None = None):
-    """Raw data -> labels encoded, validation split made, limits applied. Returns (datasets, label names, text columns)."""
+    """Raw data -> unusable rows dropped, labels encoded, validation split made, limits applied.
+
+    Returns (datasets, label names, text columns, data report); ``--strict_data`` turns a drop or leakage
+    into an error here, before any tokenising."""
     raw = load_raw_text_datasets(data_args, cache_dir)
     text_columns = resolve_text_columns(raw["train"].column_names, data_args)
+    raw, checks = check_text_rows(
+        raw, text_columns, data_args.label_column, data_args.drop_duplicates, split_sources(data_args, raw)
+    )
     datasets, label_names = encode_labels(raw, data_args.label_column)
     datasets = split_and_limit(datasets, data_args, seed)
-    return datasets, label_names, text_columns
+    report = text_data_report(datasets, checks, text_columns, data_args)
+    if data_args.strict_data:
+        refuse_problems(report)
+    return datasets, label_names, text_columns, report
+
+
+def count_truncated(datasets, tokenizer, text_columns: list[str], max_length: int) -> dict[str, int]:
+    """Per split, the rows whose (pair of) texts is longer than ``max_length`` tokens (cut when tokenised)."""
+    counts = {}
+    for split, dataset in datasets.items():
+        columns = dataset.select_columns(text_columns).to_dict()
+        texts = [["" if t is None else str(t) for t in columns[c]] for c in text_columns]
+        counts[split] = 0
+        for start in range(0, len(dataset), 1000):
+            batch = [column[start : start + 1000] for column in texts]
+            encoded = tokenizer(*batch, truncation=False, verbose=False)  # verbose: no "longer than" warning
+            counts[split] += sum(len(ids) > max_length for ids in encoded["input_ids"])
+    return counts
 
 
 @dataclasses.dataclass
@@ -242,6 +332,7 @@ class TextData:
     tokenized: Any  # DatasetDict of model inputs + labels
     label_names: list[str]
     text_columns: list[str]
+    report: DataReport  # rows read, dropped, duplicated, leaked, truncated (data_report.json)
 
 
 def load_tokenized_data(
@@ -259,7 +350,7 @@ def load_tokenized_data(
 
     tokenizer = load_tokenizer(model_args, model_path)
     with training_args.main_process_first(desc="loading and tokenising"):
-        raw, label_names, text_columns = load_text_classification_data(
+        raw, label_names, text_columns, report = load_text_classification_data(
             data_args, training_args.seed, model_args.cache_dir
         )
         if encode is None:
@@ -268,5 +359,7 @@ def load_tokenized_data(
             )
         else:
             tokenized = encode(raw, tokenizer, text_columns)
+    truncated = count_truncated(raw, tokenizer, text_columns, data_args.max_seq_length)
+    report = report.with_truncation(truncated, data_args.max_seq_length)
     logger.info("data: %s, labels %s", {k: len(v) for k, v in tokenized.items()}, label_names)
-    return TextData(tokenizer, raw, tokenized, label_names, text_columns)
+    return TextData(tokenizer, raw, tokenized, label_names, text_columns, report)

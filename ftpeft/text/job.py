@@ -87,6 +87,7 @@ def train_classifier(
     # --- data ------------------------------------------------------------------------------------------
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
+    run.report_data(data.report)
 
     # --- model and tuning ------------------------------------------------------------------------------
     model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling)
