@@ -101,7 +101,7 @@ def test_same_config_case_uses_the_plain_trainers_hyperparameters(make_case, tmp
     import run_benchmarks
 
     argv = run_benchmarks.case_argv(make_case(), tmp_path / "out", tmp_path / "cache", quick=False, model=None)
-    _, _, tuning_args, _, training_args = load_recipe("bert_cls").parse(argv)
+    _, _, tuning_args, _, _, training_args = load_recipe("bert_cls").parse(argv)
     assert training_args.learning_rate == 5e-5 and tuning_args.head_lr == 5e-5 and tuning_args.layer_decay == 1
     assert training_args.per_device_train_batch_size == int(run_benchmarks.BATCH_SIZE)
     assert training_args.warmup_steps == 0.06 and training_args.weight_decay == 0.0

@@ -1,0 +1,157 @@
+"""``--hp_search N`` for text classifiers: Optuna trials on the validation split, then one run of the best settings.
+
+    metrics = search_then_train(parsed, parse)   # parsed: bert_cls's arguments; parse: its parser
+
+Every trial builds its own model from a copy of the tuning arguments with the trial's values
+(``ftpeft.search.study``). With ``--cache_frozen`` the frozen prefix is cached once, before the first trial,
+and every trial trains its top k layers from that one cache (their frozen weights are checked to be the
+cached ones). After the search the best trial's settings are written to a ``best.yaml``, parsed back with
+the recipe's own parser, and trained once by ``train_classifier``: the model in the output dir is exactly
+what ``--config best.yaml`` gives, and only it sees the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ftpeft.core.errors import FtpeftError
+
+logger = logging.getLogger("ftpeft")
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    study: Any  # optuna.Study
+    space: Any  # ftpeft.search.space.SearchSpace
+    best_config: dict[str, Any]  # what best.yaml holds
+    wall_s: float
+
+
+def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "bert_cls") -> dict[str, Any]:
+    """Search, train the best settings once (validation, then test, as any run), write hp_search.md,
+    hp_search.png and best.yaml next to the model; returns the final run's metrics plus the search's summary."""
+    from ftpeft.core.outputs import check_output_dir
+    from ftpeft.search.report import BEST_FILE, search_summary, write_best_yaml, write_search_report
+    from ftpeft.text.job import train_classifier
+
+    model_args, data_args, tuning_args, search_args, run_args, training_args = parsed
+    search_args.check_with(tuning_args, training_args)
+    # refuse a non-empty output dir now, not after the trials
+    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
+    outcome = search_classifier(model_args, data_args, tuning_args, search_args, training_args, parsed.resolved)
+    summary = search_summary(outcome.study, outcome.space, search_args.hp_search_metric)
+    header = (
+        f"best of {summary['trials']} trials ({summary['metric']} {summary['best_value']:.4f} on validation, "
+        f"trial {summary['best_trial']}; trial 0, the given settings: {summary['given_value']})"
+    )
+    with tempfile.TemporaryDirectory() as folder:  # parsed by the recipe's parser, as --config best.yaml would be
+        write_best_yaml(Path(folder) / BEST_FILE, outcome.best_config, recipe, header)
+        final = parse(["--config", str(Path(folder) / BEST_FILE)])
+    model_args, data_args, tuning_args, _, run_args, training_args = final
+    logger.info("training the best settings once: %s", summary["best_values"])
+    metrics = train_classifier(model_args, data_args, tuning_args, run_args, training_args, config=final.resolved)
+    if training_args.process_index == 0:
+        output_dir = Path(training_args.output_dir)
+        write_best_yaml(output_dir / BEST_FILE, outcome.best_config, recipe, header)
+        write_search_report(output_dir, outcome.study, outcome.space, search_args.hp_search_metric, outcome.wall_s)
+    return {**metrics, "hp_search": {**summary, "wall_s": round(outcome.wall_s, 1)}}
+
+
+def search_classifier(model_args, data_args, tuning_args, search_args, training_args, config) -> SearchOutcome:
+    """Run ``--hp_search`` trials of a text classifier on the train and validation splits only."""
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from ftpeft.core.class_weights import compute_class_weights
+    from ftpeft.core.lifecycle import setup_logging
+    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.search.report import best_config
+    from ftpeft.search.space import build_space
+    from ftpeft.search.study import SearchTrainer, TrialModels, run_search, search_training_args
+    from ftpeft.text.data import load_tokenized_data
+    from ftpeft.text.modeling import load_sequence_classifier, resolve_model_path
+    from ftpeft.text.pooling import checkpoint_pooling, resolve_pooling
+    from ftpeft.tuning.apply import apply_tuning
+
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise FtpeftError("--hp_search needs Optuna: pip install -e '.[tune]'.") from None
+    tuning_args.require_supported("bert_cls", peft=True, cache=True)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    model_path = resolve_model_path(model_args)
+    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    trained_with = checkpoint_pooling(model_path, **hub)
+    data = load_tokenized_data(model_args, model_path, data_args, training_args)
+    splits = {"train": data.tokenized["train"], "validation": data.tokenized["validation"]}  # never the test split
+
+    def build(trial_tuning):
+        """A fresh model tuned as ``trial_tuning`` says (the readout follows the trial's depth)."""
+        pooling, _ = resolve_pooling(
+            model_args.pooling, trained_with, trial_tuning.unfreeze_last_k, trial_tuning.use_peft
+        )
+        model, newly_initialised = load_sequence_classifier(model_args, model_path, data.label_names, pooling)
+        return apply_tuning(model, trial_tuning, newly_initialised)
+
+    given = build(tuning_args)  # the layer count bounds --unfreeze_last; with the cache, its prefix is cached
+    space = build_space(
+        search_args.fields(tuning_args.use_peft), tuning_args, training_args.learning_rate, given.layers.num_layers
+    )
+    logger.info("hp search space: %s", "; ".join(space.describe()))
+    collator = DataCollatorWithPadding(data.tokenizer)
+    with tempfile.TemporaryDirectory(prefix="ftpeft-trials-") as trial_dir:
+        trial_args = search_training_args(training_args, trial_dir)
+        train_data, eval_data, wrap = splits["train"], splits["validation"], None
+        if tuning_args.cache_frozen:
+            train_data, eval_data, collator, wrap = shared_prefix_cache(
+                given.model, tuning_args, splits, collator, trial_args
+            )
+        class_weights = compute_class_weights(tuning_args.class_weights, splits["train"]["labels"], data.label_names)
+        trainer = SearchTrainer(
+            args=trial_args,
+            trial_models=TrialModels(space, tuning_args, trial_args, build, wrap),
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            data_collator=collator,
+            compute_metrics=make_compute_metrics(data.label_names),
+            processing_class=data.tokenizer,
+            keep_all_columns=tuning_args.cache_frozen,
+            class_weights=class_weights,
+        )
+        start = time.perf_counter()
+        study = run_search(trainer, space, search_args.hp_search, search_args.hp_search_metric, training_args.seed)
+        wall_s = time.perf_counter() - start
+    return SearchOutcome(study, space, best_config(config, study.best_trial.params), wall_s)
+
+
+def shared_prefix_cache(model, tuning_args, splits, collator, training_args):
+    """Cache the frozen prefix of ``model`` once; return (train index, validation index, collator, wrap), where
+    ``wrap(trial_model)`` swaps a trial model's prefix out for the cache after checking its frozen weights are the
+    cached ones (a trial samples only what trains above the boundary)."""
+    from ftpeft.cache.prefix import (
+        CachedPrefixModel,
+        default_cache_root,
+        frozen_fingerprint,
+        prepare_cached_training,
+    )
+
+    k = tuning_args.unfreeze_last_k
+    cache_root = tuning_args.activation_cache_dir or default_cache_root()
+    _, cached, cached_collator, _ = prepare_cached_training(
+        model, k, splits, collator, cache_root, tuning_args.cache_dtype, training_args.per_device_eval_batch_size,
+        training_args,
+    )  # fmt: skip
+    cached_prefix = frozen_fingerprint(model, k)
+
+    def wrap(trial_model):
+        if frozen_fingerprint(trial_model, k) != cached_prefix:
+            raise FtpeftError("--hp_search --cache_frozen: a trial's frozen layers differ from the cached ones.")
+        return CachedPrefixModel(trial_model, k)
+
+    return cached["train"], cached["validation"], cached_collator, wrap
