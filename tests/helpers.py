@@ -256,6 +256,7 @@ TEXT_RUN_FILES = {
     "classification_report.md",
     "config.json",
     "confusion_matrix.png",
+    "data_report.json",
     "freeze_report.json",
     "metrics.json",
     "model.safetensors",

@@ -153,6 +153,7 @@ EXPECTED_FILES = {
     "config.json",
     "run_args.yaml",
     "resolved_settings.json",
+    "data_report.json",
     "learning_curve.png",
     "freeze_report.json",
     "metrics.json",

@@ -325,6 +325,8 @@ def test_recipe_add_with_entity_spans_counts_unknown_entities(tiny_bert, tmp_pat
         k: v for k, v in metrics.items() if k.startswith("knowledge_")
     }
     assert saved["knowledge_train_examples"] + saved["knowledge_validation_examples"] == 18  # 2 x 9 rows
+    data_report = json.loads((output / "data_report.json").read_text())["splits"]
+    assert data_report["train"]["rows_read"] == 18 and data_report["train"]["duplicates"] == 9  # the second copies
     report = json.loads((output / "freeze_report.json").read_text())
     # exactly the projection (TABLE_DIM -> 32), the encoder's pooler (k=0 trains the readout: 32 -> 32), the
     # classifier (32 -> 2) and the learned unknown vector train

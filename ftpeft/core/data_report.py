@@ -20,6 +20,7 @@ from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import write_json
 
 DATA_REPORT_FILE = "data_report.json"
+SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 DROP_REASONS = {  # reason key -> how a message says it
     "blank_text": "empty or blank text",
     "missing_label": "missing label",
@@ -129,7 +130,7 @@ class DataReport:
         parts = []
         for name, r in self.splits.items():
             read = f"{r.rows_read} read" if r.rows_read is not None else r.source
-            notes = [f"{n} {DROP_REASONS[reason]}" for reason, n in r.dropped.items() if n]
+            notes = [f"{n} dropped: {DROP_REASONS[reason]}" for reason, n in r.dropped.items() if n]
             if r.duplicates:
                 notes.append(f"{r.duplicates} duplicate(s) {'dropped' if r.duplicates_dropped else 'kept'}")
             if r.in_train:
@@ -147,7 +148,7 @@ class DataReport:
         header.append("labels")
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, r in self.splits.items():
-            dropped = ", ".join(f"{n} {DROP_REASONS[reason]}" for reason, n in r.dropped.items() if n) or "0"
+            dropped = ", ".join(f"{DROP_REASONS[reason]}: {n:,}" for reason, n in r.dropped.items() if n) or "0"
             duplicates = f"{r.duplicates} ({'dropped' if r.duplicates_dropped else 'kept'})" if r.duplicates else "0"
             labels = ", ".join(f"{label}: {n:,}" for label, n in list(r.label_counts.items())[:20])
             labels += " ..." if len(r.label_counts) > 20 else ""
@@ -183,7 +184,8 @@ def build_report(
     source (a split without one was ``held_out_source``)."""
     train_keys = set(used_keys["train"])
     splits = {}
-    for name, keys in used_keys.items():
+    for name in sorted(used_keys, key=lambda split: (SPLIT_ORDER.get(split, len(SPLIT_ORDER)), split)):
+        keys = used_keys[name]
         check = checks.get(name)
         splits[name] = SplitReport(
             source=check.source if check else held_out_source,

