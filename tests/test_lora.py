@@ -56,6 +56,10 @@ def test_exactly_lora_head_and_top_layers_train(k, lora_layers, adapted_layers, 
         "base_model.model.classifier.modules_to_save.default.weight",
         "base_model.model.classifier.modules_to_save.default.bias",
     }
+    assert {n for n in changed if "pooler" in n} == {  # the readout trains as at --unfreeze_last 0
+        "base_model.model.bert.pooler.modules_to_save.default.dense.weight",
+        "base_model.model.bert.pooler.modules_to_save.default.dense.bias",
+    }
     others = {n for n in changed if "lora_" not in n and "modules_to_save" not in n}
     assert others == set()
 

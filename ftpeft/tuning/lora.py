@@ -2,7 +2,9 @@
 
 How LoRA combines with ``--unfreeze_last k``: adapters go on the layers *below* the top k; the top k layers
 are trained in full and saved with the adapter (peft ``modules_to_save``), as is the head. ``k=0`` (or
-'all', the default) puts adapters on every layer (or the top ``--lora_layers``).
+'all', the default) puts adapters on every layer (or the top ``--lora_layers``). The readout that
+``--unfreeze_last 0`` trains (head + pooler / final norm) is always trained in full with LoRA too: a
+checkpoint's pooler may never have been trained as a readout (sentence-transformers models are mean-pooled).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def build_lora_config(
             f"--unfreeze_last {unfreeze_last} / --lora_layers {lora_layers}: the model has only {num_layers} layers."
         )
     modules_to_save = set(_top_level_modules(layers.head)) | set(_top_level_modules(newly_initialised))
+    if model_type in ARCHITECTURES:  # the readout, as --unfreeze_last 0 trains it
+        modules_to_save |= set(ARCHITECTURES[model_type].top)
     layers_pattern = _layers_attribute(model)
     adapted = list(range(num_layers))
     if unfreeze_last:
@@ -81,7 +85,6 @@ def build_lora_config(
         if layers_path is None:
             raise FtpeftError(f"--unfreeze_last with --use_peft needs a known architecture, not '{model_type}'.")
         modules_to_save |= {f"{layers_path}.{i}" for i in range(num_layers - unfreeze_last, num_layers)}
-        modules_to_save |= {path for path in ARCHITECTURES[model_type].top}
     if lora_layers:
         adapted = [i for i in adapted if i >= num_layers - lora_layers]
     restrict = adapted != list(range(num_layers))
