@@ -51,8 +51,10 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
         )
     lines += [
         "",
-        f"**Median ratio {statistics.median(ratios):.3f}x** (min {min(ratios):.3f}x, max {max(ratios):.3f}x, "
-        f"{len(ratios)} pairs; target >= 0.97x).",
+        (
+            f"**Median ratio {statistics.median(ratios):.3f}x** (min {min(ratios):.3f}x, max {max(ratios):.3f}x, "
+            f"{len(ratios)} pairs; target >= 0.97x)."
+        ),
         "",
     ]
     path.write_text("\n".join(lines))

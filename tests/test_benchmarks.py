@@ -105,3 +105,15 @@ def test_same_config_case_uses_the_plain_trainers_hyperparameters(make_case, tmp
     assert training_args.learning_rate == 5e-5 and tuning_args.head_lr == 5e-5 and tuning_args.layer_decay == 1
     assert training_args.per_device_train_batch_size == int(run_benchmarks.BATCH_SIZE)
     assert training_args.warmup_steps == 0.06 and training_args.weight_decay == 0.0
+
+
+@pytest.mark.slow
+def test_quick_lora_defaults_sweep_chooses_on_validation_and_compares_with_full_ft(tiny_minilm_dir, tmp_path):
+    import lora_defaults
+
+    path = lora_defaults.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
+    data = json.loads((tmp_path / "lora_defaults_quick.json").read_text())
+    sweep = {row["case"]: row["val_mean_sd"][0] for row in data["sweep"]}
+    assert len(sweep) == 2 and sweep[data["chosen"]] == max(sweep.values())
+    assert data["final"][-1]["case"] == lora_defaults.FULL
+    assert "RSS / full FT" in path.read_text()
