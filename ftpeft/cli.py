@@ -3,6 +3,7 @@
 ftpeft push OUTPUT_DIR --hub_model_id me/name     # a finished run to the Hub
 ftpeft ladder --time_budget 20m [recipe flags]    # which fine-tuning strategy for this data, measured
 ftpeft predict OUTPUT_DIR --input test.csv --output preds.csv   # id, label, one probability column per class
+ftpeft app OUTPUT_DIR                             # a local page to try the model (pip install 'ftpeft[app]')
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("ladder", help="Probe every layer, run the strategies within a budget, choose on validation.")
     # predict's flags are dataclass fields (see ftpeft predict --help)
     commands.add_parser("predict", help="Score a file of texts or a folder of images with a finished run -> CSV.")
+    app = commands.add_parser("app", help="A local Gradio page: type a text or upload an image, see the probabilities.")
+    app.add_argument("output_dir", help="The --output_dir of a finished run (any kind `ftpeft predict` reads).")
+    app.add_argument("--host", default="127.0.0.1", help="Address to serve on; 0.0.0.0 opens it to the network.")
+    app.add_argument("--port", type=int, default=None, help="Default: the first free port from 7860.")
+    app.add_argument("--share", action="store_true", help="Also a public gradio.live link (goes through the Internet).")
     return parser
 
 
@@ -43,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         predict_main(argv[1:])
         return 0
     args = _parser().parse_args(argv)
+    if args.command == "app":
+        from ftpeft.app.page import serve
+
+        serve(args.output_dir, host=args.host, port=args.port, share=args.share)
+        return 0
     from ftpeft.core.hub import PushTarget, check_finished_run, push_run, resolve_token
 
     check_finished_run(args.output_dir, args.merged)
