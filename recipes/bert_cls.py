@@ -19,10 +19,13 @@ Features (flag):
   head_lr, layer_decay (+ LoRA rank/alpha/LR, depth where asked) on the validation split, reusing one --cache_frozen
   cache; then the best settings train once (needs pip install -e '.[tune]')
 - data: Hub (--dataset_name), local csv/json/parquet (--train_file ...), or the offline demo tweets
+- a data-quality report per split: rows read, dropped (blank text, no label), duplicates (--drop_duplicates
+  drops them), rows also in train (leakage), labels, the share cut at --max_seq_length; --strict_data fails
+  on any drop or leakage
 - every TrainingArguments flag (--learning_rate, --bf16, --push_to_hub, --report_to, ...)
 
 Writes to --output_dir: the model + tokenizer (or adapter), run_args.yaml, freeze_report.json,
-metrics.json, confusion_matrix.png, classification_report.md and a model card (README.md); with --hp_search also
+data_report.json, metrics.json, confusion_matrix.png, classification_report.md and a model card (README.md); with --hp_search also
 hp_search.md (the trials), hp_search.png and best.yaml (reruns with --config best.yaml).
 """
 

@@ -22,12 +22,15 @@ Features (flag):
 - data: class folders (--image_dir), Kaggle CSV (--labels_csv --image_dir --id_column --label_column
   --image_ext), Hub (--dataset_name --image_column), or offline MNIST digits (default)
 - unreadable images are found up front, skipped and listed in skipped_images.txt (--strict_images: fail)
+- a data-quality report per split: rows read, dropped (unreadable image, no label), duplicate images
+  (--drop_duplicates drops them), images also in train (leakage), labels; --strict_data fails on any drop
+  or leakage
 - transforms from timm's data config (--image_size, --crop_pct, --hflip, --rotation_degrees, ...)
 - every TrainingArguments flag (--num_train_epochs, --bf16, --push_to_hub, --report_to, ...)
 
 Writes to --output_dir: model.safetensors + config.json (timm format: reload with
 timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)), run_args.yaml, freeze_report.json,
-metrics.json, confusion_matrix.png, classification_report.md and a model card (README.md).
+data_report.json, metrics.json, confusion_matrix.png, classification_report.md and a model card (README.md).
 """
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ Features (flag):
 - the knowledge table is frozen unless --train_knowledge; unknown entities get a zero vector or a
   learned one (--unknown_entity learned) and are counted in metrics.json and the model card
 - everything of bert_cls.py: --unfreeze_last k, --head_lr, --layer_decay, --lp_ft, --gradual_unfreeze, LoRA (--use_peft),
-  --class_weights, Hub or local data, and every TrainingArguments flag (the readout is [CLS] + pooler)
+  --class_weights, Hub or local data, the data-quality report (--drop_duplicates, --strict_data), and every
+  TrainingArguments flag (the readout is [CLS] + pooler)
 
 Writes to --output_dir: the model (a ``ftpeft-knowledge`` transformers model: reload it with
 ``AutoModelForSequenceClassification`` after ``import ftpeft``) + tokenizer, or with --use_peft the adapter
 plus the merged model in merged/; knowledge_keys.txt (row i+2 of the table = line i), run_args.yaml,
-freeze_report.json, metrics.json, confusion_matrix.png, classification_report.md and a model card.
+freeze_report.json, data_report.json, metrics.json, confusion_matrix.png, classification_report.md and a model card.
 """
 
 from __future__ import annotations

