@@ -190,6 +190,9 @@ def test_recipe_writes_a_reloadable_timm_model(kaggle, tmp_path, unfreeze):
         ]
     )
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
+    train_report = json.loads((out / "data_report.json").read_text())["splits"]["train"]
+    assert (train_report["rows_read"], train_report["dropped"]) == (19, {"unreadable_image": 1})  # broken.jpg
+    assert "| train | labels.csv | 19 | unreadable image: 1 |" in (out / "README.md").read_text()
     assert (
         "eval_accuracy" in metrics
         and json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
