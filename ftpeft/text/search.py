@@ -143,11 +143,11 @@ def shared_prefix_cache(model, tuning_args, splits, collator, training_args):
 
     k = tuning_args.unfreeze_last_k
     cache_root = tuning_args.activation_cache_dir or default_cache_root()
+    cached_prefix = frozen_fingerprint(model, k)  # before preparing: that swaps the prefix out of ``model``
     _, cached, cached_collator, _ = prepare_cached_training(
         model, k, splits, collator, cache_root, tuning_args.cache_dtype, training_args.per_device_eval_batch_size,
         training_args,
     )  # fmt: skip
-    cached_prefix = frozen_fingerprint(model, k)
 
     def wrap(trial_model):
         if frozen_fingerprint(trial_model, k) != cached_prefix:

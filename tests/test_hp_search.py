@@ -1,0 +1,179 @@
+"""--hp_search N: every trial's optimizer and model use the sampled values (not only TrainingArguments'), the frozen-
+prefix cache is built once for all trials, best.yaml reruns, the test split is scored once, bad combinations are
+refused before any work."""
+
+import re
+
+import pytest
+import yaml
+from helpers import TEXT_RUN_FILES, load_recipe, tiny_args
+
+from ftpeft.core.errors import FtpeftError
+
+optuna = pytest.importorskip("optuna")
+
+bert_cls = load_recipe("bert_cls")
+SEARCH_FILES = {"hp_search.md", "hp_search.png", "best.yaml"}
+NUM_LAYERS = 4  # the tiny BERT of helpers.make_tiny_text_model
+LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
+
+
+@pytest.fixture
+def trial_records(monkeypatch):
+    """What each trial's Trainer really trained: the trial's params, its model, its optimizer (recorded when
+    Trainer creates it, after the trial's values were applied)."""
+    from ftpeft.search.study import SearchTrainer
+
+    records, create = [], SearchTrainer.create_optimizer
+
+    def recording(self, model=None):
+        optimizer = create(self, model)
+        lrs = group_lr_by_name(self.model, optimizer)  # now: the scheduler changes them as it steps
+        records.append({"params": dict(self._trial.params), "model": self.model, "lrs": lrs})
+        return optimizer
+
+    monkeypatch.setattr(SearchTrainer, "create_optimizer", recording)
+    return records
+
+
+def group_lr_by_name(model, optimizer) -> dict[str, float]:
+    """Parameter name -> the LR of the optimizer group holding that Parameter object."""
+    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    return {name: lr_of[id(param)] for name, param in model.named_parameters() if id(param) in lr_of}
+
+
+def expected_lr(name: str, used: dict) -> float:
+    if "classifier" in name:
+        return used["head_lr"]
+    if "lora_" in name:
+        return used["lora_lr"]
+    layer = LAYER.search(name)
+    depth = int(layer.group(1)) + 1 if layer else 0 if "embeddings" in name else NUM_LAYERS + 1  # pooler: the top
+    return used["learning_rate"] * used["layer_decay"] ** (NUM_LAYERS + 1 - depth)
+
+
+def check_trial_used_its_values(record: dict, given) -> None:
+    _, _, tuning_args, _, _, training_args = given
+    used = {
+        "learning_rate": training_args.learning_rate,
+        "head_lr": tuning_args.head_lr,
+        "layer_decay": tuning_args.layer_decay,
+        "lora_lr": tuning_args.lora_lr,
+        "lora_r": tuning_args.lora_r,
+        "lora_alpha": tuning_args.lora_alpha,
+        "unfreeze_last": tuning_args.unfreeze_last,
+        **record["params"],
+    }
+    model, lrs = record["model"], record["lrs"]
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert set(lrs) == trainable  # the optimizer holds exactly what trains
+    for name, lr in lrs.items():
+        assert lr == pytest.approx(expected_lr(name, used), rel=1e-9), name
+    k = NUM_LAYERS if used["unfreeze_last"] == "all" else int(used["unfreeze_last"])
+    if tuning_args.use_peft:
+        ranks = {(m.r["default"], m.lora_alpha["default"]) for m in model.modules() if hasattr(m, "lora_A")}
+        assert ranks == {(used["lora_r"], used["lora_alpha"])}
+    trained_layers = {int(LAYER.search(n).group(1)) for n in trainable if LAYER.search(n) and "lora_" not in n}
+    assert trained_layers == set(range(NUM_LAYERS - k, NUM_LAYERS))
+    assert any("embeddings" in name for name in trainable) == (used["unfreeze_last"] == "all")
+
+
+SEARCH_CASES = {  # the top layers with the default fields: test_best_yaml_reruns_...
+    "LoRA: + lora_r, lora_alpha, lora_lr": ["--use_peft", "--unfreeze-last", "0"],
+    "depth": pytest.param(["--hp_search_fields", "unfreeze_last", "head_lr", "layer_decay"], marks=pytest.mark.slow),
+}
+
+
+@pytest.mark.parametrize("extra", SEARCH_CASES.values(), ids=SEARCH_CASES.keys())
+def test_each_trial_trains_with_its_sampled_values(tiny_bert_dir, text_csv_dir, tmp_path, trial_records, extra):
+    from ftpeft.text.search import search_then_train
+
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, tmp_path / "run", "--hp_search", "4", "--seed", "3", *extra)
+    parsed = bert_cls.parse(argv)
+    metrics = search_then_train(parsed, bert_cls.parse)
+
+    trials = trial_records[:4]  # then the final run's optimizer, which is no trial's
+    assert [sorted(r["params"]) for r in trials] == [sorted(trials[0]["params"])] * 4
+    assert len({tuple(sorted(r["params"].items())) for r in trials}) == 4  # four different settings
+    for record in trials:
+        check_trial_used_its_values(record, parsed)
+    assert parsed.resolved == bert_cls.parse(argv).resolved  # the parsed arguments were not changed
+    assert vars(parsed[2]) == vars(bert_cls.parse(argv)[2])
+    # trial 0 is the settings as given
+    given = {"learning_rate": 3e-4, "head_lr": 1e-3, "layer_decay": 0.8, "lora_r": 8, "lora_alpha": 16,
+             "lora_lr": 2e-3, "unfreeze_last": "all"}  # fmt: skip
+    assert trials[0]["params"] == {name: given[name] for name in trials[0]["params"]}
+    assert metrics["hp_search"]["trials"] == 4 and "test_accuracy" in metrics
+
+
+def test_best_yaml_reruns_the_best_trial_and_the_report_lists_every_trial(
+    tiny_bert_dir, text_csv_dir, tmp_path, trial_records
+):
+    out = tmp_path / "run"
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2", "--hp_search", "3",
+                     "--eval_strategy", "steps", "--eval_steps", "1")  # fmt: skip
+    metrics = bert_cls.main(argv)
+    for record in trial_records[:3]:  # learning_rate, head_lr and layer_decay reached every trial
+        check_trial_used_its_values(record, bert_cls.parse(argv))
+    names = {p.name for p in out.iterdir()}
+    assert SEARCH_FILES | TEXT_RUN_FILES <= names
+    best = metrics["hp_search"]["best_values"]
+    rerun = bert_cls.parse(["--config", str(out / "best.yaml")])
+    _, _, tuning_args, search_args, _, training_args = rerun
+    assert search_args.hp_search is None  # the rerun trains once
+    assert (training_args.learning_rate, tuning_args.head_lr, tuning_args.layer_decay) == pytest.approx(
+        (best["learning_rate"], best["head_lr"], best["layer_decay"])
+    )
+    assert yaml.safe_load((out / "run_args.yaml").read_text()) == rerun.resolved  # the final model is that rerun
+    report = (out / "hp_search.md").read_text()
+    rows = [line for line in report.splitlines() if re.match(r"\| \d", line)]
+    assert len(rows) == 3 and f"| {metrics['hp_search']['best_trial']} (best) |" in report
+    assert all(row.split("|")[-3].strip() == "2" for row in rows if "complete" in row)  # evaluated at steps 1, 2
+    assert "test" not in "".join(rows)
+    assert "test_accuracy" in metrics and "eval_accuracy" in metrics  # the final model: validation, then test once
+
+
+def test_cache_is_built_once_and_every_trial_trains_from_it(
+    tiny_bert_dir, text_csv_dir, tmp_path, trial_records, monkeypatch
+):
+    from ftpeft.cache import prefix
+
+    builds, build_store = [], prefix.build_store
+    monkeypatch.setattr(prefix, "build_store", lambda *a, **kw: builds.append(a[4]) or build_store(*a, **kw))
+    cache = tmp_path / "cache"
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, tmp_path / "run", "--unfreeze-last", "2", "--hp_search", "3",
+                     "--cache_frozen", "--activation_cache_dir", str(cache))  # fmt: skip
+    metrics = bert_cls.main(argv)
+    assert len(builds) == 2 and len(list(cache.iterdir())) == 2  # train + validation, once for all (and the final run)
+    trials = trial_records[:3]
+    assert all(isinstance(r["model"], prefix.CachedPrefixModel) for r in trials)
+    assert len({id(r["model"].model) for r in trials}) == 3  # a fresh model per trial, on the one cache
+    for record in trials:
+        used = record["params"]
+        lrs = {round(lr, 12) for lr in record["lrs"].values()}
+        lr, decay = used["learning_rate"], used["layer_decay"]
+        assert lrs == {round(x, 12) for x in (used["head_lr"], lr, lr * decay, lr * decay**2)}
+    assert "test_accuracy" in metrics
+
+
+REFUSED = {
+    "depth with the cache": (
+        ["--unfreeze-last", "2", "--cache_frozen", "--hp_search", "2", "--hp_search_fields", "unfreeze_last"],
+        "--hp_search_fields unfreeze_last cannot be used with --cache_frozen",
+    ),
+    "LoRA fields without LoRA": (["--hp_search", "2", "--hp_search_fields", "lora_r"], "LoRA fields need --use_peft"),
+    "fields without a search": (["--hp_search_fields", "head_lr"], "--hp_search_fields only makes sense with"),
+    "no trials": (["--hp_search", "0"], "--hp_search must be >= 1"),
+    "unknown field": (["--hp_search", "2", "--hp_search_fields", "dropout"], "--hp_search_fields must be"),
+    "staged unfreezing": (["--hp_search", "2", "--lp_ft", "--unfreeze-last", "2"], "cannot be combined with --lp_ft"),
+}
+
+
+@pytest.mark.parametrize("extra,message", REFUSED.values(), ids=REFUSED.keys())
+def test_bad_search_settings_are_refused_before_any_work(tmp_path, extra, message, monkeypatch):
+    import ftpeft.text.search
+
+    monkeypatch.setattr(ftpeft.text.search, "search_classifier", lambda *a, **kw: pytest.fail("searched"))
+    argv = ["--output_dir", str(tmp_path / "run"), "--model_name_or_path", str(tmp_path / "never-read"), *extra]
+    with pytest.raises(FtpeftError, match=re.escape(message)):
+        bert_cls.main(argv)
