@@ -67,17 +67,16 @@ def build_page(scorer: RunScorer):
                         for i, column in enumerate(scorer.text_columns)
                     ]
                     if scorer.knowledge_columns:
-                        example = {column: None for column in scorer.knowledge_columns}
-                        inputs.append(gr.Textbox(label="knowledge columns (JSON)", value=json.dumps(example), lines=3))
+                        example = json.dumps({column: "..." for column in scorer.knowledge_columns})
+                        inputs.append(gr.Textbox(label="knowledge columns (JSON)", placeholder=example, lines=3))
                 button = gr.Button("Predict", variant="primary", elem_id="ftpeft-predict")
                 probabilities = gr.Label(
                     num_top_classes=len(scorer.label_names), label="class probabilities", elem_id="ftpeft-probabilities"
                 )
             with gr.Column(scale=1):
                 gr.Markdown(model_card(run.run_dir), elem_id="ftpeft-card")
-        button.click(predict, inputs, probabilities, api_name=PREDICT_API)
-        if scorer.modality == "text" and not scorer.knowledge_columns:
-            inputs[-1].submit(predict, inputs, probabilities, api_name=False)  # Enter in the last box predicts too
+        # one request at a time: the predictor holds the prepared input between prepare() and probabilities()
+        button.click(predict, inputs, probabilities, api_name=PREDICT_API, concurrency_limit=1)
     return page
 
 
