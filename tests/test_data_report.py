@@ -20,9 +20,9 @@ bert_cls = load_recipe("bert_cls")
 LONG_TEXT = " ".join(["the film was very good and"] * 4)  # 24 words: cut at --max_seq_length 12
 
 
-def unique_rows(n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
+def unique_rows(n: int, seed: int, exclude: set[str] = frozenset(), string_labels: bool = True) -> list[dict]:
     rows, seen = [], set(exclude)
-    for row in make_rows(4 * n, seed):
+    for row in make_rows(4 * n, seed, string_labels):
         if row["text"] not in seen and len(rows) < n:
             seen.add(row["text"])
             rows.append(row)
@@ -100,6 +100,16 @@ def test_text_report_counts_drops_duplicates_leakage_and_labels(
         {"neg": 4, "pos": 5},
     )
     assert report["validation"]["in_train"] == 0 and train["in_train"] is None
+
+
+def test_integer_labels_with_an_empty_cell_keep_their_names(tmp_path):
+    rows = unique_rows(12, seed=1, string_labels=False) + [{"text": "good plot", "label": None}]
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)  # the reader turns the column into floats
+    pd.DataFrame(unique_rows(4, seed=2, string_labels=False)).to_csv(tmp_path / "validation.csv", index=False)
+    args = TextDataArguments(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "validation.csv"))
+    _, names, _, report = load_text_classification_data(args, seed=0)
+    assert names == ["0", "1"] and report.splits["train"].dropped == {"missing_label": 1}  # not "0.0", "1.0"
+    assert report.splits["validation"].label_counts == {"0": 2, "1": 2}
 
 
 def test_a_held_out_validation_split_says_so_and_shows_leaked_copies(tmp_path):

@@ -121,7 +121,7 @@ def _label_names(raw, label_column: str) -> list[str]:
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     values = [v for v in raw["train"].unique(label_column) if v is not None]
-    return [str(v) for v in sorted(values)]
+    return [label_text(v) for v in sorted(values)]
 
 
 def require_columns(raw, text_columns: list[str], label_column: str) -> None:
@@ -136,10 +136,31 @@ def require_columns(raw, text_columns: list[str], label_column: str) -> None:
             raise FtpeftError(
                 f"text column(s) {missing} not found in the {split} split; columns: {dataset.column_names}."
             )
+        for column in [*text_columns, label_column]:
+            _require_scalar_column(dataset, split, column)
+
+
+def _require_scalar_column(dataset, split: str, column: str) -> None:
+    """A text or label column holds one string or number per row: JSON lists, objects or a mix of types
+    (which datasets keeps as raw JSON) would fail deep inside arrow or the tokenizer."""
+    from datasets import ClassLabel, Value
+
+    feature = dataset.features[column]
+    if not isinstance(feature, (Value, ClassLabel)):
+        kind = "values of mixed types" if type(feature).__name__ == "Json" else f"{type(feature).__name__} values"
+        raise FtpeftError(
+            f"column '{column}' of the {split} split holds {kind}; each row needs one string or number there "
+            "(fix the file: no lists, objects or mixed types in a column)."
+        )
 
 
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))  # readers give None or NaN
+
+
+def label_text(value) -> str:
+    """A label's name: 1.0 reads as "1" (a CSV column of integer labels with an empty cell is read as floats)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def text_key(texts: tuple) -> tuple[str, ...]:
@@ -195,12 +216,12 @@ def encode_labels(raw, label_column: str):
     name_to_id = {name: i for i, name in enumerate(names)}
 
     def to_id(value):
-        return value if is_class_label else name_to_id.get(str(value), -2)
+        return value if is_class_label else name_to_id.get(label_text(value), -2)
 
     encoded = {}
     for split, dataset in raw.items():
         dataset = dataset.map(lambda batch: {"labels": [to_id(v) for v in batch[label_column]]}, batched=True)
-        unseen = sorted({str(v) for v, i in zip(dataset[label_column], dataset["labels"]) if i == -2})
+        unseen = sorted({label_text(v) for v, i in zip(dataset[label_column], dataset["labels"]) if i == -2})
         if unseen:
             raise FtpeftError(
                 f"the {split} split has label(s) {unseen[:5]} never seen in training (training labels: {names})."
