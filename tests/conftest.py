@@ -12,6 +12,28 @@ os.environ["WANDB_DISABLED"] = "true"
 
 import pytest
 from helpers import make_text_files, make_tiny_text_model
+from hypothesis import HealthCheck, Phase, settings
+
+# The fuzz suite (test_fuzz.py): CI runs the same few examples every time; HYPOTHESIS_PROFILE=long runs many more
+# and, with -m fuzz_long, the long lane's deeper tests too. Examples train tiny models: no deadline.
+_FUZZ = {
+    "deadline": None,
+    "phases": [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no "explain": minutes of reruns
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+settings.register_profile("ci", derandomize=True, database=None, max_examples=6, print_blob=True, **_FUZZ)
+settings.register_profile("long", max_examples=150, print_blob=True, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fuzz_long tests run only in the long lane (HYPOTHESIS_PROFILE=long)."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "long":
+        return
+    skip = pytest.mark.skip(reason="long fuzz lane: set HYPOTHESIS_PROFILE=long")
+    for item in items:
+        if "fuzz_long" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from each other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -448,3 +449,87 @@ def write_knowledge_dataset(
             )
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+# --- fuzzing: the property every entry point keeps on any input -----------------------------------------------------
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one entry-point call gave: the exit code (0, SystemExit's code, or 1 for an uncaught exception, whose
+    traceback is then in ``stderr``), the captured output, and the return value."""
+
+    code: int
+    stdout: str
+    stderr: str
+    result: object = None
+
+
+def call_entry_point(main, argv: list[str]) -> Outcome:
+    """``main(argv)`` as its script's ``__main__`` runs it (run_cli: FtpeftError -> one line, exit 2), in this
+    process, stdout and stderr captured."""
+    from ftpeft.core.errors import run_cli
+
+    stdout, stderr, result, code = io.StringIO(), io.StringIO(), None, 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            result = run_cli(main)(list(argv))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        except Exception:  # noqa: BLE001  (what the interpreter does with an uncaught one: traceback, exit 1)
+            traceback.print_exc()
+            code = 1
+    return Outcome(code, stdout.getvalue(), stderr.getvalue(), result)
+
+
+def assert_clean_outcome(
+    outcome: Outcome,
+    user_files: dict[Path, dict[str, str]],
+    output_dir: Path | None = None,
+    complete: tuple[str, ...] = (),
+) -> None:
+    """The fuzz property: exit 0 or 2, no traceback, an error is one ``error: ...`` line, every folder in
+    ``user_files`` (folder -> its ``snapshot`` before the call) byte-identical, and ``output_dir`` either absent
+    after an error (it did not exist before) or holding every file of ``complete`` after a success."""
+    from hypothesis import currently_in_test_context, event
+
+    if currently_in_test_context():  # the share of runs that got as far as training: --hypothesis-show-statistics
+        event(f"exit {outcome.code}")
+    shown = f"exit {outcome.code}\n{outcome.stderr[-4000:]}"
+    assert outcome.code in (0, 2), shown
+    assert TRACEBACK not in outcome.stderr + outcome.stdout, shown
+    if outcome.code == 2:
+        assert outcome.stderr.rstrip().splitlines()[-1].startswith("error: "), shown
+    for folder, before in user_files.items():
+        assert snapshot(folder) == before, f"{folder} changed\n{shown}"
+    if output_dir is not None:
+        if outcome.code == 2:
+            left = sorted(p.name for p in output_dir.iterdir()) if output_dir.exists() else []
+            assert not left, f"a failed run left {output_dir}: {left}\n{shown}"
+        else:
+            missing = [name for name in complete if not (output_dir / name).exists()]
+            assert not missing, f"a successful run lacks {missing} in {output_dir}\n{shown}"
+
+
+def damage_file(path: Path, how: str, where: float, noise: bytes = b"") -> None:
+    """Damage a file as a half-copy or a bad disk would: ``truncate`` it at fraction ``where`` of its size,
+    ``overwrite`` bytes from there with ``noise``, ``replace`` it by ``noise``, ``empty`` it, or ``delete`` it."""
+    data = path.read_bytes()
+    cut = int(len(data) * where)
+    if how == "truncate":
+        path.write_bytes(data[:cut])
+    elif how == "overwrite":
+        path.write_bytes(data[:cut] + noise + data[cut + len(noise) :])
+    elif how == "replace":
+        path.write_bytes(noise)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "delete":
+        path.unlink()
+    else:
+        raise ValueError(f"unknown damage {how!r}")
+
+
+DAMAGES = ("truncate", "overwrite", "replace", "empty", "delete")

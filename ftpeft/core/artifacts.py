@@ -7,11 +7,13 @@ large weights; a damaged or missing piece is one line naming the file and what t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError, first_line
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 WEIGHT_NAMES = ("model.safetensors", "adapter_model.safetensors")
@@ -102,6 +104,19 @@ def weight_files(folder: str | Path) -> list[Path]:
     return files
 
 
+def check_transformers_config(folder: str | Path) -> None:
+    """config.json builds its transformers config class: a value of the wrong type (``"hidden_size": null``) or out
+    of its range is refused here, naming the file, instead of deep inside the model's loading."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(folder)
+    except Exception as error:  # transformers and huggingface_hub raise many types for a bad value  # noqa: BLE001
+        raise FtpeftError(
+            f"{Path(folder) / 'config.json'}: not a valid config ({first_line(error)}); {REFETCH}."
+        ) from None
+
+
 def check_model_folder(folder: str | Path) -> None:
     """A local transformers model folder: config.json readable, every safetensors weight file whole.
 
@@ -109,6 +124,28 @@ def check_model_folder(folder: str | Path) -> None:
     """
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
-        read_json_file(folder / "config.json", "a model folder")
+        config = read_json_file(folder / "config.json", "a model folder")
+        if "model_type" in config:  # a transformers config (a timm one has no model_type)
+            check_transformers_config(folder)
     for path in weight_files(folder):
         check_safetensors(path)
+
+
+def config_mismatch(error: BaseException) -> bool:
+    """Whether ``error`` is transformers refusing weights whose shapes differ from what config.json describes."""
+    return isinstance(error, RuntimeError) and "ignore_mismatched_sizes" in str(error)
+
+
+@contextlib.contextmanager
+def loading_model(model_path: str | Path) -> Iterator[None]:
+    """Load a model inside this: weights that do not fit its config.json (a hand-edited or half-copied config, a
+    config from another model) end as one line naming the folder instead of transformers' RuntimeError."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not config_mismatch(error):
+            raise
+        raise FtpeftError(
+            f"{model_path}: the weights do not fit its config.json (tensor shapes differ: a damaged or edited "
+            f"config.json, or one from another model); {REFETCH}."
+        ) from None

@@ -23,6 +23,12 @@ class FtpeftError(Exception):
     """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a one-line error quotes."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
     """Remove Hub tokens (and any explicitly given secret) from ``text``."""
     for secret in secrets:

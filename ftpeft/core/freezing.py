@@ -25,15 +25,19 @@ class ArchitectureLayout:
     embeddings: tuple[str, ...]
     layers: str
     top: tuple[str, ...] = ()  # trained together with the top layer (pooler, final norm)
+    # position ids that start after the padding index (RoBERTa-style): max_position_embeddings - this is the limit
+    # of --max_seq_length; None: no absolute position embeddings (rotary), no limit
+    position_offset: int | None = 0
 
 
 _BERT_LIKE = ArchitectureLayout(embeddings=("embeddings",), layers="encoder.layer", top=("pooler",))
+_ROBERTA_LIKE = dataclasses.replace(_BERT_LIKE, position_offset=2)
 
 ARCHITECTURES: dict[str, ArchitectureLayout] = {
     "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "camembert": _BERT_LIKE,
+    "roberta": _ROBERTA_LIKE,
+    "xlm-roberta": _ROBERTA_LIKE,
+    "camembert": _ROBERTA_LIKE,
     "distilbert": ArchitectureLayout(embeddings=("embeddings",), layers="transformer.layer"),
     "electra": ArchitectureLayout(embeddings=("embeddings", "embeddings_project"), layers="encoder.layer"),
     # relative-position tables are shared by every layer, so they belong with the embeddings
@@ -41,8 +45,12 @@ ARCHITECTURES: dict[str, ArchitectureLayout] = {
         embeddings=("embeddings", "encoder.rel_embeddings", "encoder.LayerNorm", "encoder.conv"), layers="encoder.layer"
     ),
     "deberta": ArchitectureLayout(embeddings=("embeddings", "encoder.rel_embeddings"), layers="encoder.layer"),
-    "mpnet": ArchitectureLayout(embeddings=("embeddings", "encoder.relative_attention_bias"), layers="encoder.layer"),
-    "modernbert": ArchitectureLayout(embeddings=("embeddings",), layers="layers", top=("final_norm",)),
+    "mpnet": ArchitectureLayout(
+        embeddings=("embeddings", "encoder.relative_attention_bias"), layers="encoder.layer", position_offset=2
+    ),
+    "modernbert": ArchitectureLayout(
+        embeddings=("embeddings",), layers="layers", top=("final_norm",), position_offset=None
+    ),
 }
 
 UNSUPPORTED: dict[str, str] = {

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftpeft.core.artifacts import loading_model
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import atomic_write_text, staged
 
@@ -282,14 +283,16 @@ def load_text_backbones(feature_args) -> list[Backbone]:
     from transformers import AutoModel
 
     from ftpeft.text.args import ModelArguments
-    from ftpeft.text.modeling import base_model_name, load_tokenizer, resolve_model_path
+    from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_tokenizer, resolve_model_path
 
     backbones = []
     for name in feature_args.model_name_or_path or [None]:
         model_args = ModelArguments(model_name_or_path=name)
         path = resolve_model_path(model_args)
+        check_max_seq_length(model_args, path, feature_args.max_seq_length)
         try:
-            model = AutoModel.from_pretrained(path).eval()
+            with loading_model(path):
+                model = AutoModel.from_pretrained(path).eval()
         except (OSError, ValueError) as error:
             raise FtpeftError(f"--model_name_or_path {path}: {str(error).splitlines()[0]}") from None
         settings = {"modality": "text", "max_seq_length": feature_args.max_seq_length}

@@ -55,7 +55,7 @@ def train_knowledge_classifier(
     from ftpeft.knowledge.model import build_knowledge_model, newly_initialised_parameters, set_knowledge_trainable
     from ftpeft.knowledge.table import load_knowledge_table, vader_lexicon_path
     from ftpeft.text.data import dataset_description, load_tokenized_data
-    from ftpeft.text.modeling import base_model_name, resolve_model_path
+    from ftpeft.text.modeling import base_model_name, check_max_seq_length, resolve_model_path
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import MERGED_DIR
     from ftpeft.tuning.schedules import staged_unfreezing
@@ -65,6 +65,7 @@ def train_knowledge_classifier(
         raise FtpeftError("--pooling mean: not supported by knowledge_cls (its fusion reads [CLS] + pooler); use cls.")
     run = start_run("knowledge_cls", config, training_args, run_args)
     model_path = resolve_model_path(model_args)
+    check_max_seq_length(model_args, model_path, data_args.max_seq_length)
     inject = knowledge_args.inject
 
     # --- knowledge and data ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError, first_line
 from ftpeft.predict.inputs import TableInput
 from ftpeft.predict.runs import SavedRun
 
@@ -71,8 +71,8 @@ def load_tokenizer(folder) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as error:
-        raise FtpeftError(f"{folder}: could not load its tokenizer ({str(error).splitlines()[0]}).") from None
+    except Exception as error:  # a damaged tokenizer file raises many types (TypeError, KeyError, ...)  # noqa: BLE001
+        raise FtpeftError(f"{folder}: could not load its tokenizer ({first_line(error)}).") from None
 
 
 class TextPredictor:

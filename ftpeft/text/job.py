@@ -62,7 +62,7 @@ def train_classifier(
     from ftpeft.core.metrics import make_compute_metrics
     from ftpeft.core.trainer import FtpeftTrainer
     from ftpeft.text.data import dataset_description, load_tokenized_data
-    from ftpeft.text.modeling import base_model_name, load_sequence_classifier, resolve_model_path
+    from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_sequence_classifier, resolve_model_path
     from ftpeft.text.pooling import checkpoint_pooling, readout_note, resolve_pooling
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import write_merged_model
@@ -78,6 +78,7 @@ def train_classifier(
         cache_frozen=tuning_args.cache_frozen,
     )
     model_path = resolve_model_path(model_args)
+    check_max_seq_length(model_args, model_path, data_args.max_seq_length)
     hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
     pooling, why = resolve_pooling(
         model_args.pooling, checkpoint_pooling(model_path, **hub), tuning_args.unfreeze_last_k, tuning_args.use_peft

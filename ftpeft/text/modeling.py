@@ -6,8 +6,8 @@ import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
-from ftpeft.core.artifacts import check_model_folder
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.artifacts import check_model_folder, loading_model
+from ftpeft.core.errors import FtpeftError, first_line
 from ftpeft.text.args import ModelArguments
 
 UNKNOWN_WORDS_LIMIT = 0.5  # refuse a tokenizer that maps more of the training words than this to its unknown token
@@ -46,6 +46,38 @@ def resolve_model_path(model_args: ModelArguments) -> str:
     return str(Path(name).expanduser()) if looks_local else name
 
 
+def position_limit(config) -> int | None:
+    """How many tokens the model's position embeddings take (None: no absolute positions, e.g. rotary ones)."""
+    from ftpeft.core.freezing import ARCHITECTURES
+
+    layout = ARCHITECTURES.get(config.model_type)
+    offset = layout.position_offset if layout else 0
+    positions = getattr(config, "max_position_embeddings", None)
+    relative_only = not getattr(config, "position_biased_input", True)  # DeBERTa without absolute positions
+    if offset is None or relative_only or not isinstance(positions, int):
+        return None
+    return positions - offset
+
+
+def check_max_seq_length(model_args: ModelArguments, model_path: str, max_seq_length: int) -> None:
+    """Refuse, before any work, a --max_seq_length longer than the model's position embeddings: a text that long
+    would fail inside the model's forward pass at the first long batch."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_path, revision=model_args.model_revision, cache_dir=model_args.cache_dir
+        )
+    except (OSError, ValueError):
+        return  # the model loader names what is wrong with it
+    limit = position_limit(config)
+    if limit is not None and max_seq_length > limit:
+        raise FtpeftError(
+            f"--max_seq_length {max_seq_length} is longer than the {limit} positions {model_path} takes "
+            f"(max_position_embeddings in its config.json); use --max_seq_length {limit} or less."
+        )
+
+
 def load_tokenizer(model_args: ModelArguments, model_path: str):
     from transformers import AutoTokenizer
 
@@ -57,8 +89,8 @@ def load_tokenizer(model_args: ModelArguments, model_path: str):
             cache_dir=model_args.cache_dir,
             trust_remote_code=model_args.trust_remote_code,
         )
-    except (OSError, ValueError) as error:
-        raise FtpeftError(f"could not load the tokenizer from {source}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # a damaged tokenizer file raises many types (TypeError, KeyError, ...)  # noqa: BLE001
+        raise FtpeftError(f"could not load the tokenizer from {source}: {first_line(error)}") from None
     # transformers builds an empty tokenizer from a folder without tokenizer files: every word would be unknown
     vocabulary = set(tokenizer.get_vocab())
     if vocabulary <= set(tokenizer.all_special_tokens):
@@ -123,21 +155,24 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
         "cache_dir": model_args.cache_dir,
         "trust_remote_code": model_args.trust_remote_code,
     }
-    try:
-        if pooling == "mean":
-            from ftpeft.text.pooling import build_mean_pooling_classifier
+    with loading_model(model_path):
+        try:
+            if pooling == "mean":
+                from ftpeft.text.pooling import build_mean_pooling_classifier
 
-            return build_mean_pooling_classifier(model_path, label_names, **common)
-        config = AutoConfig.from_pretrained(
-            model_path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-            **common,
-        )
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            model_path, config=config, output_loading_info=True, **common
-        )
-    except (OSError, ValueError, SafetensorError) as error:
-        raise FtpeftError(f"could not load --model_name_or_path {model_path}: {str(error).splitlines()[0]}") from None
+                return build_mean_pooling_classifier(model_path, label_names, **common)
+            config = AutoConfig.from_pretrained(
+                model_path,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+                **common,
+            )
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_path, config=config, output_loading_info=True, **common
+            )
+        except (OSError, ValueError, SafetensorError) as error:
+            raise FtpeftError(
+                f"could not load --model_name_or_path {model_path}: {str(error).splitlines()[0]}"
+            ) from None
     return model, sorted(info["missing_keys"])

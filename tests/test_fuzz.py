@@ -1,0 +1,758 @@
+"""Property-based fuzzing of every entry point (issue 17 item 4): generated argument lists, data files and damaged
+model, tokenizer, image and feature files, on tiny models.
+
+The property (helpers.assert_clean_outcome): exit 0 or 2, never a traceback, an error is one line, no partial output
+directory is left behind, and no file the user had changes. Each failure the fuzzer found is a named ``@example``
+(or a plain case) below, fixed in ftpeft.
+
+CI runs the derandomised "ci" profile (tests/conftest.py: the same few examples per test, a few minutes in all);
+``HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py`` runs many more examples and the ``fuzz_long`` tests.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from helpers import (
+    DAMAGES,
+    TABLE_KEYS,
+    TEXT_RUN_FILES,
+    TIMM_ARGS,
+    TIMM_MODEL,
+    assert_clean_outcome,
+    call_entry_point,
+    damage_file,
+    load_recipe,
+    make_tiny_text_model,
+    make_wordpiece_tokenizer,
+    snapshot,
+    tiny_args,
+    write_class_folders,
+    write_glove,
+    write_knowledge_dataset,
+    write_npy,
+    write_safetensors,
+)
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from ftpeft import cli
+
+bert_cls = load_recipe("bert_cls")
+image_cls = load_recipe("image_cls")
+knowledge_cls = load_recipe("knowledge_cls")
+extract_features = load_recipe("extract_features")
+train_head = load_recipe("train_head")
+
+# what every successful Trainer run writes, whatever its kind (LoRA or full, text or image)
+RUN_FILES = ("metrics.json", "README.md", "run_args.yaml")
+
+# --- argument values: valid ones (kept cheap: a run trains at most a few steps) and invalid ones ------------------
+
+GARBAGE = st.sampled_from(["", " ", "nan", "inf", "-inf", "1e309", "abc", "1,5", "0x10", "None", "[]", "--", "é"])
+
+
+def _number_text(value) -> str:
+    return repr(value) if isinstance(value, float) and math.isfinite(value) else str(value)
+
+
+def numbers(valid: st.SearchStrategy, cap: float | None = None) -> st.SearchStrategy[str]:
+    """A flag's value as a command-line token: mostly ``valid`` values, else any number or non-number. ``cap``: a
+    size or step count that costs time or memory; no generated number above it (10**12 steps is valid, not cheap)."""
+    anything = st.one_of(
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0, -1, 1, 0.5, 1.0, 1e-300, 2**63]),
+        GARBAGE,
+    )
+    if cap is not None:
+        anything = anything.filter(lambda v: isinstance(v, str) or not (v > cap))  # NaN passes
+    return st.one_of(valid, valid, anything).map(_number_text)
+
+
+def choices(values, invalid=("", "x", "ALL", "none ", "1.5")) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(values), st.sampled_from(invalid))
+
+
+# the TrainingArguments flags of validation.TRAINING_RULES and ftpeft's own flags; max_steps/epochs stay tiny
+TRAINER_FLAGS = {
+    "learning_rate": numbers(st.floats(1e-6, 1.0)),
+    "weight_decay": numbers(st.floats(0, 1)),
+    "num_train_epochs": numbers(st.floats(0.01, 0.1), cap=0.1),
+    "max_steps": numbers(st.sampled_from([1, 2]), cap=2),
+    "per_device_train_batch_size": numbers(st.integers(1, 64), cap=10**4),
+    "per_device_eval_batch_size": numbers(st.integers(1, 64), cap=10**4),
+    "gradient_accumulation_steps": numbers(st.integers(1, 3), cap=3),
+    "warmup_steps": numbers(st.one_of(st.integers(0, 5), st.floats(0, 0.99)), cap=10**6),
+    "logging_steps": numbers(st.integers(1, 5), cap=10**4),
+    "max_grad_norm": numbers(st.floats(0, 10)),
+    "label_smoothing_factor": numbers(st.floats(0, 0.99)),
+    "adam_beta1": numbers(st.floats(0, 0.999)),
+    "adam_beta2": numbers(st.floats(0, 0.999)),
+    "adam_epsilon": numbers(st.floats(1e-12, 1e-3)),
+    "seed": numbers(st.integers(0, 2**32 - 1)),
+    "lr_scheduler_type": choices(["linear", "cosine", "constant", "constant_with_warmup"]),
+}
+TUNING_FLAGS = {
+    "unfreeze_last": st.one_of(numbers(st.integers(-1, 6)), choices(["all", "ALL", "0"])),
+    "head_lr": numbers(st.floats(1e-6, 1.0)),
+    "layer_decay": numbers(st.floats(0.01, 1.0)),
+    "lora_r": numbers(st.integers(1, 8), cap=64),
+    "lora_alpha": numbers(st.integers(1, 32), cap=10**6),
+    "lora_dropout": numbers(st.floats(0, 0.99)),
+    "lora_lr": numbers(st.floats(1e-6, 1.0)),
+    "lora_layers": numbers(st.integers(1, 6), cap=10**4),
+    "lp_fraction": numbers(st.floats(0.01, 0.99)),
+    "unfreeze_every": numbers(st.integers(1, 3), cap=10**4),
+    "class_weights": choices(["balanced", "none"], invalid=("", "Balanced", "missing.json")),
+    "cache_dtype": choices(["float16", "bfloat16", "float32"]),
+}
+TUNING_SWITCHES = ("use_peft", "lp_ft", "gradual_unfreeze", "cache_frozen", "train_embeddings", "merge_adapter")
+TEXT_FLAGS = {
+    **TRAINER_FLAGS,
+    **TUNING_FLAGS,
+    "max_seq_length": numbers(st.integers(1, 600), cap=10**4),
+    "pooling": choices(["auto", "cls", "mean"]),
+    "validation_split_percentage": numbers(st.integers(1, 99)),
+    "max_train_samples": numbers(st.integers(1, 80), cap=10**6),
+    "max_eval_samples": numbers(st.integers(1, 20)),
+    "max_test_samples": numbers(st.integers(1, 20)),
+}
+
+
+@st.composite
+def flag_lists(draw, flags: dict, switches: tuple[str, ...] = (), most: int = 4) -> list[str]:
+    """A few of ``flags`` with generated values (either spelling: --lora_r / --lora-r), plus some ``switches``."""
+    names = draw(st.lists(st.sampled_from(sorted(flags)), max_size=most, unique=True))
+    argv = []
+    for name in names:
+        spelled = name.replace("_", "-") if draw(st.booleans()) else name
+        value = draw(flags[name])
+        argv += [f"--{spelled}={value}"] if value.startswith("-") else [f"--{spelled}", value]
+    argv += [f"--{switch}" for switch in draw(st.lists(st.sampled_from(switches), max_size=2, unique=True))]
+    return argv
+
+
+def scratch() -> Path:
+    """A fresh folder for one generated example (function-scoped fixtures do not reset between examples)."""
+    return Path(tempfile.mkdtemp(prefix="fuzz-"))
+
+
+# --- bert_cls: arguments -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@given(extra=flag_lists(TEXT_FLAGS, TUNING_SWITCHES))
+def test_text_recipe_arguments(tiny_bert_dir, text_csv_dir, extra):
+    work = scratch()
+    try:
+        out = work / "out"
+        user = {Path(tiny_bert_dir): snapshot(Path(tiny_bert_dir)), text_csv_dir: snapshot(text_csv_dir)}
+        argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--max_steps", "1", *extra)
+        outcome = call_entry_point(bert_cls.main, argv)
+        assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_unused = (TEXT_RUN_FILES, example)
+
+
+# --- bert_cls: data files ------------------------------------------------------------------------------------------
+
+CELL_TEXT = st.one_of(
+    st.sampled_from(["good film", "bad plot", "", " ", "\t", "nan", "NULL", "0", "\n", '"', ",", "é ü 中文 🙂"]),
+    st.text(max_size=30),
+    st.integers(1000, 20000).map(lambda n: "good film " * n),  # very long cells
+)
+LABEL = st.one_of(
+    st.sampled_from(["pos", "neg", "pos", "neg", "", " ", "nan", "0", "1", "1.5", "-1", "Pos", "pos "]),
+    st.integers(-3, 3),
+    st.text(max_size=5),
+)
+JSON_VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.lists(st.integers(), max_size=2))
+ENCODINGS = ("utf-8", "utf-8-sig", "latin-1", "utf-16", "cp1252")
+
+
+@st.composite
+def text_tables(draw) -> tuple[str, bytes]:
+    """A training file: (suffix, bytes). Rows of generated text/label cells (a single row or class possible), as
+    CSV in some encoding, JSON records or JSON lines, with now and then a missing, extra or wrongly typed column."""
+    import csv
+    import io
+    import json
+
+    good_row = st.tuples(
+        st.sampled_from(["good film", "bad plot", "great story", "awful actor"]), st.sampled_from(["pos", "neg"])
+    )
+    rows = draw(st.lists(st.one_of(good_row, good_row, st.tuples(CELL_TEXT, LABEL)), min_size=1, max_size=12))
+    header = draw(st.sampled_from([("text", "label"), ("text", "label"), ("text",), ("label", "text"), ("t", "label")]))
+    fmt = draw(st.sampled_from(["csv", "csv", "json", "jsonl"]))
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        for text, label in rows:
+            record = {"text": text, "label": label, "t": text}
+            writer.writerow([record[column] for column in header])
+        return ".csv", buffer.getvalue().encode(draw(st.sampled_from(ENCODINGS)), errors="replace")
+    records = []
+    for text, label in rows:
+        record = {"text": text, "label": label, "t": text}
+        record = {column: record[column] for column in header}
+        if draw(st.integers(0, 4)) == 0:  # a wrongly typed or missing cell
+            column = draw(st.sampled_from(header))
+            record[column] = draw(JSON_VALUE)
+        records.append(record)
+    if fmt == "json":
+        return ".json", json.dumps(records).encode()
+    return ".jsonl", "".join(json.dumps(record) + "\n" for record in records).encode()
+
+
+MIXED_LABEL_TYPES = (
+    b'[{"label": null, "text": "good film"}, {"label": "pos", "text": "bad"}, {"label": false, "text": "a"}]'
+)
+LONG_CELL = b"text,label\ngood film,pos\n" + b"good film " * 600 + b",neg\n"
+
+
+@pytest.mark.slow
+@example(train=(".json", MIXED_LABEL_TYPES), validation=None, long_seq=False).via(
+    "found: a JSON label column of mixed types -> ArrowNotImplementedError"
+)
+@example(train=(".csv", LONG_CELL), validation=None, long_seq=True).via(
+    "found: --max_seq_length 1000 > the model's 512 positions -> RuntimeError in forward"
+)
+@given(train=text_tables(), validation=st.one_of(st.none(), text_tables()), long_seq=st.booleans())
+def test_text_recipe_data_files(tiny_bert_dir, text_csv_dir, train, validation, long_seq):
+    work = scratch()
+    try:
+        out, data = work / "out", work / "data"
+        data.mkdir()
+        (data / f"train{train[0]}").write_bytes(train[1])
+        argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--train_file", str(data / f"train{train[0]}"))
+        argv = [a for a in argv if a not in ("--test_file", str(text_csv_dir / "test.csv"))]
+        if validation is None:
+            argv = [a for a in argv if a not in ("--validation_file", str(text_csv_dir / "validation.csv"))]
+        else:
+            (data / f"validation{validation[0]}").write_bytes(validation[1])
+            argv += ["--validation_file", str(data / f"validation{validation[0]}")]
+        if long_seq:  # longer than the tiny model's 512 positions
+            argv += ["--max_seq_length", "1000"]
+        user = {Path(tiny_bert_dir): snapshot(Path(tiny_bert_dir)), data: snapshot(data)}
+        outcome = call_entry_point(bert_cls.main, [*argv, "--max_steps", "1"])
+        assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- bert_cls: damaged model and tokenizer files -------------------------------------------------------------------
+
+MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
+FILE_DAMAGE = st.tuples(st.sampled_from(DAMAGES), st.floats(0, 1), st.binary(min_size=1, max_size=64))
+# a JSON value where a config expects a number, string or list: the "broken config.json" that still parses
+CONFIG_KEYS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings", "model_type",
+    "architectures", "hidden_act", "layer_norm_eps", "type_vocab_size", "pad_token_id", "hidden_dropout_prob",
+)  # fmt: skip
+TOKENIZER_KEYS = ("model_max_length", "tokenizer_class", "unk_token", "pad_token", "cls_token", "backend")
+
+
+def edit_json(path: Path, key: str, value) -> None:
+    import json
+
+    data = json.loads(path.read_text())
+    if value is _DELETE:
+        data.pop(key, None)
+    else:
+        data[key] = value
+    path.write_text(json.dumps(data))
+
+
+_DELETE = object()
+JSON_EDIT_VALUE = st.one_of(
+    st.just(_DELETE),
+    JSON_VALUE,
+    st.sampled_from([0, -1, 1, 3, 10**9, "", "bert", "gpt2", "nope", ["BertModel"]]),
+)
+
+
+@pytest.mark.slow
+@given(
+    damage=st.one_of(
+        st.tuples(st.just("bytes"), st.sampled_from(MODEL_FILES), FILE_DAMAGE),
+        st.tuples(st.just("config"), st.sampled_from(CONFIG_KEYS), JSON_EDIT_VALUE),
+        st.tuples(st.just("tokenizer_config"), st.sampled_from(TOKENIZER_KEYS), JSON_EDIT_VALUE),
+    )
+)
+@example(damage=("config", "hidden_size", _DELETE)).via("found: weights that do not fit config.json -> RuntimeError")
+@example(damage=("config", "hidden_size", None)).via("found: a config value of the wrong type -> StrictDataclass error")
+@example(damage=("tokenizer_config", "tokenizer_class", False)).via("found: a non-string tokenizer_class -> TypeError")
+def test_text_recipe_damaged_model_folder(tiny_bert_dir, text_csv_dir, damage):
+    work = scratch()
+    try:
+        out, model = work / "out", work / "model"
+        shutil.copytree(tiny_bert_dir, model)
+        kind, name, how = damage
+        if kind == "bytes":
+            damage_file(model / name, *how)
+        else:
+            edit_json(model / f"{kind}.json", name, how)
+        user = {model: snapshot(model), text_csv_dir: snapshot(text_csv_dir)}
+        outcome = call_entry_point(bert_cls.main, tiny_args(model, text_csv_dir, out, "--max_steps", "1"))
+        assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- image_cls: arguments and damaged images -----------------------------------------------------------------------
+
+IMAGE_FLAGS = {
+    **TRAINER_FLAGS,
+    **TUNING_FLAGS,
+    "image_size": numbers(st.integers(8, 48), cap=64),
+    "crop_pct": numbers(st.floats(0.05, 1.0)),
+    "hflip": numbers(st.floats(0, 1)),
+    "rotation_degrees": numbers(st.floats(0, 180)),
+    "crop_scale_min": numbers(st.floats(0.01, 1.0)),
+    "color_jitter": numbers(st.floats(0, 2)),
+    "drop_rate": numbers(st.floats(0, 0.99)),
+    "validation_split_percentage": numbers(st.integers(1, 99)),
+}
+
+
+def odd_image(path: Path, kind: str) -> None:
+    """An image file that decodes but is unusual: 1 pixel, grayscale, RGBA, 16-bit, palette, a tall strip."""
+    import numpy as np
+    from PIL import Image
+
+    if kind == "one_pixel":
+        Image.new("RGB", (1, 1), (200, 10, 10)).save(path, format="JPEG")
+    elif kind == "grayscale":
+        Image.new("L", (20, 20), 128).save(path, format="JPEG")
+    elif kind == "rgba_png":
+        Image.new("RGBA", (20, 20), (1, 2, 3, 4)).save(path, format="PNG")  # a PNG behind a .jpg name
+    elif kind == "sixteen_bit":
+        Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(path, format="PNG")
+    elif kind == "palette":
+        Image.new("P", (20, 20), 3).save(path, format="GIF")
+    elif kind == "strip":
+        Image.new("RGB", (2000, 1), (0, 0, 255)).save(path, format="JPEG")
+
+
+ODD_IMAGES = ("one_pixel", "grayscale", "rgba_png", "sixteen_bit", "palette", "strip")
+IMAGE_DAMAGE = st.one_of(
+    st.tuples(st.just("bytes"), FILE_DAMAGE),
+    st.tuples(st.just("odd"), st.sampled_from(ODD_IMAGES)),
+    st.tuples(st.just("stray"), st.sampled_from(["empty_folder", "text_file", "empty_class"])),
+)
+
+
+def damage_image_folders(root: Path, damages) -> None:
+    """Apply generated damage to the images under ``root`` (class folders of write_class_folders)."""
+    images = sorted(root.rglob("*.jpg"))
+    for index, (kind, how) in damages:
+        target = images[index % len(images)]
+        if not target.exists():
+            continue
+        if kind == "bytes":
+            damage_file(target, *how)
+        elif kind == "odd":
+            odd_image(target, how)
+        elif how == "empty_folder":
+            (root / "zz_empty").mkdir(exist_ok=True)
+        elif how == "text_file":
+            (target.parent / "notes.txt").write_text("not an image")
+        else:  # every image of one class unreadable
+            for other in target.parent.glob("*.jpg"):
+                other.write_bytes(b"\xff\xd8 broken")
+
+
+@pytest.mark.slow
+@given(
+    damages=st.lists(st.tuples(st.integers(0, 100), IMAGE_DAMAGE), max_size=3),
+    extra=flag_lists(IMAGE_FLAGS, ("strict_images", "lp_ft", "cache_frozen", "use_peft"), most=2),
+)
+def test_image_recipe_images_and_arguments(damages, extra):
+    work = scratch()
+    try:
+        out, images = work / "out", write_class_folders(work / "images", per_class=3)
+        damage_image_folders(images, damages)
+        user = {images: snapshot(images)}
+        argv = ["--image_dir", str(images), *TIMM_ARGS, "--output_dir", str(out), "--max_steps", "1",
+                "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
+                "--validation_split_percentage", "34", *extra]  # fmt: skip
+        outcome = call_entry_point(image_cls.main, argv)
+        assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- knowledge_cls: knowledge tables, entity spans and feature columns ---------------------------------------------
+
+TABLE_LINE = st.one_of(
+    st.tuples(st.sampled_from(TABLE_KEYS + ["", " ", "good", "é", "a b"]), st.lists(st.floats(), max_size=5)).map(
+        lambda kv: " ".join([kv[0], *map(str, kv[1])])
+    ),
+    st.text(max_size=20),
+    st.sampled_from(["8 4", "1 1 1", "good 1 2 3 x", "good\t1\t2\t3\t4", "\n"]),
+)
+
+
+@st.composite
+def knowledge_tables(draw, folder: Path) -> list[str]:
+    """--knowledge_file value(s): a generated word2vec/GloVe text, or a good .npy/.safetensors/text table damaged."""
+    kind = draw(st.sampled_from(["text", "npy", "safetensors", "glove"]))
+    if kind == "text":
+        path = folder / "kb.txt"
+        path.write_text("\n".join(draw(st.lists(TABLE_LINE, max_size=6))) + "\n")
+        return [str(path)]
+    path = {"npy": write_npy, "safetensors": write_safetensors, "glove": write_glove}[kind](
+        folder / {"npy": "kb.npy", "safetensors": "kb.safetensors", "glove": "kb.txt"}[kind]
+    )
+    victim = path.with_suffix(".txt") if kind == "npy" and draw(st.booleans()) else path
+    damage_file(victim, *draw(FILE_DAMAGE))
+    return [str(path)]
+
+
+SPAN_VALUE = st.one_of(st.integers(-5, 60), st.none(), st.text(max_size=3), st.floats())
+
+
+@st.composite
+def knowledge_rows(draw) -> list[dict]:
+    """The rows of write_knowledge_dataset with generated edits of the entity spans and the feature column."""
+    import json
+
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [json.loads(line) for line in write_knowledge_dataset(Path(folder) / "d.jsonl").read_text().splitlines()]
+    for _ in range(draw(st.integers(0, 3))):
+        row = rows[draw(st.integers(0, len(rows) - 1))]
+        target = draw(st.sampled_from(["span", "spans", "features", "entity_id", "text"]))
+        if target == "span" and row["entities"]:
+            row["entities"][0][draw(st.sampled_from(["start", "end", "key"]))] = draw(SPAN_VALUE)
+        elif target == "spans":
+            row["entities"] = draw(st.one_of(JSON_VALUE, st.just([{}]), st.just([{"start": 0}])))
+        elif target == "features":
+            row["features"] = draw(st.one_of(JSON_VALUE, st.lists(st.floats(), max_size=5)))
+        elif target == "entity_id":
+            row["entity_id"] = draw(st.one_of(JSON_VALUE, st.text(max_size=5)))
+        else:
+            row["text"] = draw(CELL_TEXT)
+    return rows
+
+
+INJECT_SETUPS = (
+    ["--inject", "add", "--entity_column", "entities"],
+    ["--inject", "add"],
+    ["--inject", "concat", "--knowledge_column", "features"],
+    ["--inject", "gate", "--knowledge_column", "entity_id"],
+)
+KNOWLEDGE_FLAGS = {
+    "knowledge_dim": numbers(st.integers(1, 8), cap=10**4),
+    "fusion_hidden_size": numbers(st.integers(1, 16), cap=64),
+    "unknown_entity": choices(["zero", "learned"]),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_kb_bert(tmp_path_factory) -> Path:
+    """A 2-layer BertModel with the WordPiece tokenizer over the knowledge table's words."""
+    directory = tmp_path_factory.mktemp("tiny_kb_bert")
+    return Path(make_tiny_text_model(directory, num_layers=2, tokenizer=make_wordpiece_tokenizer(), head=False))
+
+
+@pytest.mark.slow
+@given(
+    data=st.data(),
+    rows=knowledge_rows(),
+    mode=st.sampled_from(INJECT_SETUPS),
+    extra=flag_lists(KNOWLEDGE_FLAGS, ("train_knowledge",), most=2),
+)
+def test_knowledge_recipe_tables_and_rows(tiny_kb_bert, data, rows, mode, extra):
+    import json
+
+    work = scratch()
+    try:
+        out, inputs = work / "out", work / "inputs"
+        inputs.mkdir()
+        tables = (
+            data.draw(knowledge_tables(inputs)) if data.draw(st.booleans()) else [str(write_glove(inputs / "g.txt"))]
+        )
+        (inputs / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        user = {inputs: snapshot(inputs), tiny_kb_bert: snapshot(tiny_kb_bert)}
+        argv = ["--model_name_or_path", str(tiny_kb_bert), "--train_file", str(inputs / "train.jsonl"),
+                "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "4",
+                "--validation_split_percentage", "25", "--eval_strategy", "no", "--save_strategy", "no",
+                "--knowledge_file", *tables, *mode, *extra]  # fmt: skip
+        outcome = call_entry_point(knowledge_cls.main, argv)
+        assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- extract_features.py and train_head.py -------------------------------------------------------------------------
+
+FEATURE_FLAGS = {
+    "batch_size": numbers(st.integers(1, 16), cap=10**4),
+    "image_size": numbers(st.integers(8, 48), cap=64),
+    "crop_pct": numbers(st.floats(0.05, 1.0)),
+    "validation_split_percentage": numbers(st.integers(1, 99)),
+    "seed": numbers(st.integers(0, 2**32 - 1)),
+    "layer": st.sampled_from(["pre_logits", "stages.1", "stages", "stem", "nope", "", "-1", "fc"]),
+    "pooling": choices(["cls", "mean"]),
+    "modality": choices(["image"], invalid=("", "Image", "audio")),
+}
+
+
+@pytest.mark.slow
+@given(
+    damages=st.lists(st.tuples(st.integers(0, 100), IMAGE_DAMAGE), max_size=3),
+    extra=flag_lists(FEATURE_FLAGS, ("strict_images", "pretrained"), most=3),
+)
+def test_extract_features_images_and_arguments(damages, extra):
+    work = scratch()
+    try:
+        feature_dir, images = work / "features", write_class_folders(work / "images", per_class=3)
+        damage_image_folders(images, damages)
+        user = {images: snapshot(images)}
+        argv = ["--image_dir", str(images), "--model_name_or_path", TIMM_MODEL, "--image_size", "32",
+                "--feature_dir", str(feature_dir), "--validation_split_percentage", "34", *extra]  # fmt: skip
+        outcome = call_entry_point(extract_features.main, argv)
+        assert_clean_outcome(outcome, user, feature_dir, ("latest.txt",))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory) -> Path:
+    """An extraction of test_resnet features of 3 x 4 class-folder images: a cache root with one key folder."""
+    root = tmp_path_factory.mktemp("feature_cache")
+    images = write_class_folders(root / "images", per_class=4)
+    extract_features.main(["--image_dir", str(images), "--model_name_or_path", TIMM_MODEL, "--image_size", "32",
+                           "--feature_dir", str(root / "features"), "--validation_split_percentage", "34"])  # fmt: skip
+    return root / "features"
+
+
+HEAD_FLAGS = {
+    "head": choices(["logreg", "linear_svm", "random_forest", "hist_gb", "linear", "mlp"]),
+    "regularization_c": numbers(st.floats(1e-4, 100)),
+    "max_iter": numbers(st.integers(1, 50), cap=200),
+    "n_estimators": numbers(st.integers(1, 10), cap=20),
+    "hidden_size": numbers(st.integers(1, 32), cap=256),
+    "epochs": numbers(st.integers(1, 3), cap=5),
+    "learning_rate": numbers(st.floats(1e-5, 1.0)),
+    "weight_decay": numbers(st.floats(0, 1)),
+    "batch_size": numbers(st.integers(1, 32), cap=10**4),
+    "seed": numbers(st.integers(0, 2**32 - 1)),
+}
+FEATURE_FILES = ("train-00000.safetensors", "validation-00000.safetensors", "metadata.json")
+METADATA_KEYS = ("format", "key", "request", "feature_dim", "split_sizes", "shards", "label_names")
+
+
+@pytest.mark.slow
+@given(
+    damage=st.one_of(
+        st.none(),
+        st.tuples(st.just("bytes"), st.sampled_from(FEATURE_FILES), FILE_DAMAGE),
+        st.tuples(st.just("metadata"), st.sampled_from(METADATA_KEYS), JSON_EDIT_VALUE),
+        st.tuples(st.just("latest"), st.just("latest.txt"), FILE_DAMAGE),
+    ),
+    extra=flag_lists(HEAD_FLAGS, most=4),
+)
+def test_train_head_feature_cache_and_arguments(feature_cache, damage, extra):
+    work = scratch()
+    try:
+        out, features = work / "out", work / "features"
+        shutil.copytree(feature_cache, features)
+        key_folder = next(p for p in features.iterdir() if p.is_dir())
+        if damage is not None:
+            kind, name, how = damage
+            if kind == "bytes":
+                damage_file(key_folder / name, *how)
+            elif kind == "metadata":
+                edit_json(key_folder / "metadata.json", name, how)
+            else:
+                damage_file(features / name, *how)
+        user = {features: snapshot(features)}
+        outcome = call_entry_point(train_head.main, ["--features_dir", str(features), "--output_dir", str(out), *extra])
+        assert_clean_outcome(outcome, user, out, ("metrics.json", "README.md", "run_args.yaml"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- the ftpeft commands: push, predict, ladder --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_text_run(tiny_bert_dir, text_csv_dir, tmp_path_factory) -> Path:
+    """A finished 1-step bert_cls run: what `ftpeft push` and `ftpeft predict` take."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    bert_cls.main(tiny_args(tiny_bert_dir, text_csv_dir, out, "--max_steps", "1"))
+    return out
+
+
+RUN_DIR_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "metrics.json",
+                 "README.md", "run_args.yaml", "resolved_settings.json")  # fmt: skip
+RUN_DIR_DAMAGE = st.one_of(
+    st.none(),
+    st.tuples(st.just("bytes"), st.sampled_from(RUN_DIR_FILES), FILE_DAMAGE),
+    st.tuples(
+        st.just("config"), st.sampled_from(CONFIG_KEYS + ("id2label", "label2id", "num_labels")), JSON_EDIT_VALUE
+    ),
+)
+
+
+def damaged_run_copy(run: Path, folder: Path, damage) -> Path:
+    copy = folder / "run"
+    shutil.copytree(run, copy)
+    if damage is not None:
+        kind, name, how = damage
+        if kind == "bytes":
+            damage_file(copy / name, *how)
+        else:
+            edit_json(copy / "config.json", name, how)
+    return copy
+
+
+HUB_IDS = st.one_of(st.sampled_from(["me/model", "", "/", "a/b/c", "me/" + "x" * 200, "-me/x", "me/x y"]), st.text())
+
+
+@pytest.mark.slow
+@given(
+    damage=RUN_DIR_DAMAGE,
+    target=st.sampled_from(["run", "missing", "file", "empty"]),
+    flags=st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(["--hub_model_id", "--hub-model-id"]), HUB_IDS),
+            st.tuples(st.sampled_from(["--hub_token"]), st.sampled_from(["hf_" + "a" * 30, "", " ", "x"])),
+            st.tuples(st.sampled_from(["--merged", "--hub_private_repo", "--nope"])),
+        ),
+        max_size=3,
+    ),
+)
+def test_push_command(finished_text_run, damage, target, flags, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)  # no login on the test machine either way
+    work = scratch()
+    try:
+        run = damaged_run_copy(finished_text_run, work, damage)
+        path = {"run": run, "missing": work / "nope", "file": run / "config.json", "empty": work / "empty"}[target]
+        (work / "empty").mkdir()
+        argv = ["push", str(path), *[f"{flag}={value[0]}" if value else flag for flag, *value in flags]]
+        user = {work: snapshot(work)}
+        outcome = call_entry_point(cli.main, argv)
+        assert outcome.code == 2, outcome.stdout  # offline: a push cannot succeed
+        assert_clean_outcome(outcome, user)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+PREDICT_FLAGS = {
+    "batch_size": numbers(st.integers(1, 8), cap=10**4),
+    "text_columns": st.sampled_from(["text", "t", "label", "", "text text"]),
+    "id_column": st.sampled_from(["id", "text", "", "label", "nope"]),
+}
+
+
+@pytest.mark.slow
+@given(
+    damage=RUN_DIR_DAMAGE,
+    table=text_tables(),
+    extra=flag_lists(PREDICT_FLAGS, ("overwrite", "strict_images"), most=2),
+    existing_output=st.booleans(),
+)
+def test_predict_command(finished_text_run, damage, table, extra, existing_output):
+    work = scratch()
+    try:
+        run = damaged_run_copy(finished_text_run, work, damage)
+        inputs, preds = work / "inputs", work / "preds"
+        inputs.mkdir()
+        (inputs / f"input{table[0]}").write_bytes(table[1])
+        if existing_output:
+            preds.mkdir()
+            (preds / "p.csv").write_text("mine\n")
+        user = {inputs: snapshot(inputs), run: snapshot(run)}
+        argv = ["predict", str(run), "--input", str(inputs / f"input{table[0]}"), "--output", str(preds / "p.csv")]
+        outcome = call_entry_point(cli.main, [*argv, *extra])
+        if existing_output:
+            if outcome.code != 0:
+                assert (preds / "p.csv").read_text() == "mine\n"  # a failed or refused predict keeps the old file
+            assert_clean_outcome(outcome, user)
+        else:
+            assert_clean_outcome(outcome, user, preds, ("p.csv",))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+LADDER_FLAGS = {
+    "time_budget": st.one_of(
+        st.sampled_from(["0.01s", "5m", "0", "-1m", "1e9h", "nan", "", "90 s", "1.5h"]), st.text()
+    ),
+    "seeds": numbers(st.integers(1, 2), cap=2),
+    "tolerance": numbers(st.floats(0, 0.99)),
+    "metric": choices(["accuracy", "macro_f1"]),
+    "modality": choices(["auto", "text", "image"]),
+    "max_steps": numbers(st.sampled_from([1, 2]), cap=2),
+    "learning_rate": numbers(st.floats(1e-6, 1.0)),
+}
+CHEAP_RUNGS = st.lists(st.sampled_from(["probe_head", "head_only", "lora", "nope"]), min_size=1, max_size=2)
+
+
+@pytest.mark.slow
+@given(extra=flag_lists(LADDER_FLAGS, most=3), rungs=CHEAP_RUNGS)
+def test_ladder_command(tiny_bert_dir, text_csv_dir, extra, rungs):
+    work = scratch()
+    try:
+        out = work / "out"
+        user = {Path(tiny_bert_dir): snapshot(Path(tiny_bert_dir)), text_csv_dir: snapshot(text_csv_dir)}
+        argv = ["ladder", *tiny_args(tiny_bert_dir, text_csv_dir, out, "--max_steps", "1", "--time_budget", "5m"),
+                "--rungs", *rungs, *extra]  # fmt: skip
+        outcome = call_entry_point(cli.main, argv)
+        assert_clean_outcome(outcome, user, out, ("ladder.json", "ladder.md"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+APP_FLAGS = st.lists(
+    st.one_of(
+        st.tuples(st.just("--port"), numbers(st.integers(1024, 65535))),
+        st.tuples(st.just("--host"), st.sampled_from(["127.0.0.1", "localhost", "", "999.1.1.1", "::1", "x y"])),
+        st.tuples(st.sampled_from(["--nope", "--merged"])),
+    ),
+    max_size=2,
+)
+
+
+@pytest.mark.slow
+@given(damage=RUN_DIR_DAMAGE, flags=APP_FLAGS, texts=st.lists(CELL_TEXT, min_size=1, max_size=3))
+def test_app_command(finished_text_run, damage, flags, texts, monkeypatch):
+    """`ftpeft app` up to the launch of the page (which would serve until stopped), then what the page scores."""
+    import gradio as gr
+
+    from ftpeft.app.scoring import load_scorer
+    from ftpeft.core.errors import FtpeftError
+
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda page, **kwargs: launched.append(kwargs))
+    work = scratch()
+    try:
+        run = damaged_run_copy(finished_text_run, work, damage)
+        argv = ["app", str(run), *[f"{flag}={value[0]}" if value else flag for flag, *value in flags]]
+        user = {work: snapshot(work)}
+        outcome = call_entry_point(cli.main, argv)
+        assert_clean_outcome(outcome, user)
+        if outcome.code != 0:
+            return
+        assert launched, outcome.stderr
+        scorer = load_scorer(run)
+        for text in texts:
+            try:
+                probabilities = scorer.score_text([text])
+            except FtpeftError:  # the page shows it as the error of this input
+                continue
+            assert set(probabilities) == {"neg", "pos"} and math.isclose(sum(probabilities.values()), 1, rel_tol=1e-5)
+        assert snapshot(work) == user[work]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
