@@ -13,15 +13,15 @@ from ftpeft.core.config import RunArguments
 from ftpeft.core.errors import FtpeftError
 from ftpeft.knowledge.args import KnowledgeArguments
 from ftpeft.text.args import ModelArguments, TextDataArguments
-from ftpeft.text.job import TEXT_TRAINER_DEFAULTS
+from ftpeft.text.job import TEXT_LR_DEFAULTS, TEXT_TRAINER_DEFAULTS
 from ftpeft.tuning.args import TuningArguments
 
 # The bare command's defaults: the offline demo (MiniLM + VADER on tweets) on 2 CPU cores.
 DEFAULTS: dict[str, Any] = {
     **TEXT_TRAINER_DEFAULTS,
+    **TEXT_LR_DEFAULTS,  # bert_cls.py's: the text-only arm of a comparison is the strong one (head_lr also
+    # covers the new injection/fusion modules)
     "output_dir": "outputs/knowledge_cls",
-    "learning_rate": 5e-5,
-    "head_lr": 1e-3,  # the injection/fusion modules and the head are new: they need a larger LR
     "unfreeze_last": "2",
 }
 KEYS_FILE = "knowledge_keys.txt"

@@ -28,10 +28,8 @@ TEXT_TRAINER_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "seed": 42,
 }
-# The bare command's defaults: the offline demo (MiniLM on tweets) on 2 CPU cores.
-DEFAULTS: dict[str, Any] = {
-    **TEXT_TRAINER_DEFAULTS,
-    "output_dir": "outputs/bert_cls",
+# The LRs every text recipe starts from (bert_cls.py and knowledge_cls.py alike).
+TEXT_LR_DEFAULTS: dict[str, Any] = {
     # Layer-wise LR decay: the pooler learns at 3e-4 and each layer below at 0.8x the one above. The few
     # layers --unfreeze-last k trains are the top ones, so they get the large LRs they need to adapt in one
     # epoch; full fine-tuning keeps MiniLM's bottom layer and embeddings near 7e-5
@@ -40,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "layer_decay": 0.8,
     "head_lr": 1e-3,  # a new head starves at the backbone's LR when few layers train
 }
+# The bare command's defaults: the offline demo (MiniLM on tweets) on 2 CPU cores.
+DEFAULTS: dict[str, Any] = {**TEXT_TRAINER_DEFAULTS, **TEXT_LR_DEFAULTS, "output_dir": "outputs/bert_cls"}
 
 
 def train_classifier(
