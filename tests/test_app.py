@@ -153,6 +153,17 @@ def served(run_dir: Path):
         page.close()
 
 
+def http_status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def api_probabilities(client, *inputs) -> dict:
     """The predict endpoint's answer (gr.Label's {"label", "confidences"}) as label -> probability."""
     answer = client.predict(*inputs, api_name="/predict")
@@ -234,6 +245,9 @@ def test_the_api_returns_predicts_probabilities_for_a_text(runs, kind, tmp_path)
     with served(run_dir) as url:
         client = Client(url, verbose=False)
         shown = [api_probabilities(client, text) for text in TEXTS]
+        weights = next(p for p in run_dir.iterdir() if p.suffix == ".safetensors")
+        assert http_status(f"{url}gradio_api/file={(run_dir / 'learning_curve.png').resolve()}") == 200
+        assert http_status(f"{url}gradio_api/file={weights.resolve()}") == 403  # only the card's pictures are served
     for text, probabilities in zip(TEXTS, shown):
         expected = predict_csv(run_dir, tmp_path, {"text": text})
         assert list(expected) == TEXT_LABELS
@@ -270,6 +284,8 @@ def test_the_api_returns_predicts_probabilities_for_an_uploaded_image(runs, kind
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
+    from ftpeft.app.scoring import load_scorer
+
     run_dir, images = runs.case(kind), runs.test_images()
     assert len(images) == len(CLASSES)
     broken = tmp_path / "broken.jpg"
@@ -279,6 +295,11 @@ def test_the_api_returns_predicts_probabilities_for_an_uploaded_image(runs, kind
         shown = [api_probabilities(client, handle_file(str(image))) for image in images]
         with pytest.raises(AppError, match="(?s)image.*Truncated File Read"):  # gradio's reader refuses it first
             client.predict(handle_file(str(broken)), api_name="/predict")
+    scorer = load_scorer(run_dir)  # called directly, the scorer refuses it too, and a text
+    with pytest.raises(FtpeftError, match="cannot read the image: .*Truncated File Read"):
+        scorer.score_image(broken)
+    with pytest.raises(FtpeftError, match="is an image model; give it an image"):
+        scorer.score_text(["the film was good"])
     for image, probabilities in zip(images, shown):
         expected = predict_csv(run_dir, tmp_path, image=image)
         assert list(expected) == list(CLASSES)
@@ -350,6 +371,8 @@ def test_a_text_typed_in_the_browser_shows_predicts_probabilities_and_the_model_
         driver.get(url)
         box = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "#ftpeft-text-0 textarea"))
         card = driver.find_element(By.ID, "ftpeft-card").text
+        curve = driver.find_element(By.CSS_SELECTOR, "#ftpeft-card img[alt='learning curve']")
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth > 0;", curve))
         shown, previous = [], None
         for text in TEXTS:
             box.clear()

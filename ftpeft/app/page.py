@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from ftpeft.app.scoring import RunScorer, load_scorer
@@ -24,18 +25,29 @@ def require_gradio() -> None:
         raise FtpeftError("ftpeft app needs gradio: pip install 'ftpeft[app]'.")
 
 
-def model_card(run_dir: Path) -> str:
-    """The run's README.md (the card every run writes) without its metadata header, or a line saying there is none."""
+def model_card(run_dir: Path) -> tuple[str, list[str]]:
+    """The run's README.md (the card every run writes) without its metadata header, its pictures (the learning
+    curve) linked through the server's file route; and those picture files, the only ones the server may send."""
     card = run_dir / "README.md"
     if not card.is_file():
-        return f"*{run_dir} has no README.md (model card).*"
+        return f"*{run_dir} has no README.md (model card).*", []
     text = card.read_text(encoding="utf-8")
     if text.startswith("---\n") and "\n---\n" in text[4:]:  # the Hub's YAML metadata: not for reading
         text = text[4:].split("\n---\n", 1)[1]
-    return text
+    pictures = []
+
+    def link(match) -> str:
+        path = (run_dir / match.group(2)).resolve()
+        if not path.is_file():
+            return match.group(0)
+        pictures.append(str(path))
+        return f"![{match.group(1)}](/gradio_api/file={path})"
+
+    text = re.sub(r"!\[([^\]]*)\]\(([^)\s:]+\.(?:png|jpg|jpeg|svg))\)", link, text)
+    return text, pictures
 
 
-def build_page(scorer: RunScorer):
+def build_page(scorer: RunScorer, card: str):
     """The page as a ``gr.Blocks``; the Predict button and the API call ``scorer`` through one function."""
     require_gradio()
     import gradio as gr
@@ -74,7 +86,7 @@ def build_page(scorer: RunScorer):
                     num_top_classes=len(scorer.label_names), label="class probabilities", elem_id="ftpeft-probabilities"
                 )
             with gr.Column(scale=1):
-                gr.Markdown(model_card(run.run_dir), elem_id="ftpeft-card")
+                gr.Markdown(card, elem_id="ftpeft-card")
         # one request at a time: the predictor holds the prepared input between prepare() and probabilities()
         button.click(predict, inputs, probabilities, api_name=PREDICT_API, concurrency_limit=1)
     return page
@@ -98,7 +110,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # one row per request: no 'tokenising' bar in the server's log
-    page = build_page(scorer)
+    card, pictures = model_card(scorer.run.run_dir)
+    page = build_page(scorer, card)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
     page.launch(
         server_name=host,
@@ -107,6 +120,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
         prevent_thread_lock=not block,
         quiet=not block,
         show_error=True,  # an unreadable upload says why on the page, not 'error'
+        allowed_paths=pictures,  # the card's pictures, not the run's weights
         theme=theme,
     )
     return page

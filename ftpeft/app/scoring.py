@@ -60,7 +60,7 @@ class RunScorer:
             raise FtpeftError(f"{self.run.run_dir} is a text model; give it a text, not an image.")
         good, skipped = verify_images([str(path)])
         if not good:
-            raise FtpeftError(f"cannot read the image: {skipped[0].split(chr(9))[-1]}")
+            raise FtpeftError(f"cannot read the image: {skipped[0].split(chr(9), 1)[1]}")  # path<TAB>reason
         return self._score(ImageInput(Path(path).parent, [str(path)], ["0"], []))
 
     def _score(self, inputs) -> dict[str, float]:
