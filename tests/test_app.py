@@ -224,6 +224,21 @@ def test_a_bad_output_dir_is_one_line_and_exit_2(tmp_path, capsys, make_dir, mes
     assert exit.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0 and message in err
 
 
+@pytest.mark.slow  # imports gradio
+def test_a_port_in_use_is_one_line_and_exit_2(tiny_bert_dir, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit:
+            cli.main(["app", tiny_bert_dir, "--port", str(port)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith(f"error: --host 127.0.0.1 --port {port}: cannot serve the page there"), err
+
+
 def test_the_app_flags_parse_with_local_defaults():
     args = cli._parser().parse_args(["app", "outputs/bert_cls"])
     assert (args.output_dir, args.host, args.port, args.share) == ("outputs/bert_cls", "127.0.0.1", None, False)

@@ -113,14 +113,18 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
     card, pictures = model_card(scorer.run.run_dir)
     page = build_page(scorer, card)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
-    page.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        prevent_thread_lock=not block,
-        quiet=not block,
-        show_error=True,  # an unreadable upload says why on the page, not 'error'
-        allowed_paths=pictures,  # the card's pictures, not the run's weights
-        theme=theme,
-    )
+    try:
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            prevent_thread_lock=not block,
+            quiet=not block,
+            show_error=True,  # an unreadable upload says why on the page, not 'error'
+            allowed_paths=pictures,  # the card's pictures, not the run's weights
+            theme=theme,
+        )
+    except OSError as error:  # a port in use, a host name that does not resolve
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FtpeftError(f"--host {host} --port {port or 'auto'}: cannot serve the page there ({reason}).") from None
     return page
