@@ -39,6 +39,12 @@ def derived_settings(
         wanted.append(("remove_unused_columns", False, "the batches carry inputs forward() does not name"))
     if push_at_end:
         wanted.append(("push_to_hub", False, "ftpeft pushes once, after the run is saved locally"))
+    checkpointing_kwargs = dict(training_args.activation_checkpointing_kwargs or {})
+    if training_args.activation_checkpointing and "use_reentrant" not in checkpointing_kwargs:
+        # reentrant checkpointing drops the parameter gradients of a block whose inputs do not require grad,
+        # which is what frozen bottom layers feed the first trained one
+        why = "non-reentrant checkpointing keeps gradients flowing above frozen layers (stated, not left to defaults)"
+        wanted.append(("activation_checkpointing_kwargs", {**checkpointing_kwargs, "use_reentrant": False}, why))
     if training_args.hub_token is not None:
         wanted.append(("hub_token", None, "the token is kept out of TrainingArguments (never written anywhere)"))
     changes = []

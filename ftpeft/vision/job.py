@@ -104,6 +104,7 @@ def train_image_classifier(
         zero_init_head(model)  # a zero head: no large random-logit gradients flow into the pretrained backbone
     else:
         logger.warning("%s starts from random weights (pass --pretrained or --pretrained_file).", model_name)
+    run.settings.update(resolve_settings(training_args, timm_checkpointing(model, training_args)))
     # frozen BatchNorm layers are pinned to eval mode: their running statistics never move
     tuning = apply_tuning(model, tuning_args)
     unfreezing = staged_unfreezing(tuning_args, tuning)  # --lp_ft / --gradual_unfreeze
@@ -227,6 +228,36 @@ def cached_training_inputs(model, tuning, tuning_args: TuningArguments, data_arg
         "data_collator": collator,
         "input_name": "boundary_states",
     }
+
+
+def timm_checkpointing(model, training_args) -> list:
+    """--gradient_checkpointing on a timm model: turns on timm's own ``set_grad_checkpointing``, non-reentrant.
+
+    Trainer enables checkpointing only on transformers models (a timm model has no ``activation_checkpointing_enable``),
+    so the returned change hands it from Trainer to timm; non-reentrant, because frozen bottom stages feed the
+    checkpointed blocks inputs without grad and reentrant checkpointing would then drop the trained stages' gradients.
+    """
+    from timm.layers import set_reentrant_ckpt
+
+    from ftpeft.core.settings import SettingChange
+
+    if not training_args.activation_checkpointing:
+        return []
+    kwargs = dict(training_args.activation_checkpointing_kwargs or {})
+    if kwargs.get("use_reentrant") or set(kwargs) - {"use_reentrant"}:
+        raise FtpeftError(
+            f"--gradient_checkpointing_kwargs {kwargs} cannot apply to a timm model: timm's set_grad_checkpointing "
+            "takes no options and ftpeft runs it non-reentrant (frozen stages would stop the gradients otherwise)."
+        )
+    set_reentrant_ckpt(False)  # timm reads this global (TIMM_REENTRANT_CKPT) in its checkpoint_seq
+    try:
+        model.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError) as error:
+        raise FtpeftError(f"--gradient_checkpointing: this timm model does not support it ({error}).") from None
+    why = (
+        "timm's set_grad_checkpointing(True) checkpoints the model's blocks (Trainer's own needs a transformers model)"
+    )
+    return [SettingChange("activation_checkpointing", True, False, why)]
 
 
 def lone_last_batch(training_args, train_rows: int) -> list:
