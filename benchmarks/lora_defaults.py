@@ -1,12 +1,13 @@
 """LoRA defaults chosen on validation, then LoRA (old and new defaults) against full fine-tuning over seeds.
 
-    python benchmarks/lora_defaults.py              # sweep (2 seeds x 8 configs) + 3 seeds x 3 finalists
+    python benchmarks/lora_defaults.py              # sweep (6 configs, seed 42) + 3 seeds x 3 finalists
     python benchmarks/lora_defaults.py --quick      # smoke run: a tiny model, a few steps (the test uses it)
 
 Same setting as partial_tuning.py (packaged MiniLM-L6, 2,000 demo tweets of which 10% are validation, 1 epoch,
 batch 8, 1,000 fixed test tweets). Phase 1, the sweep: rank, alpha, adapter and head LRs, target modules
 (query/value against every linear layer of the encoder) and whether the top layer also trains in full; each
-config runs on seeds 42 and 43 and is scored by its mean validation accuracy. Phase 2: the chosen config, the
+config runs on seed 42 and is scored by its validation accuracy (200 tweets: one standard error is about 2
+points, so the sweep separates only large differences; the 2 CPU cores allowed no more). Phase 2: the chosen config, the
 old defaults and full fine-tuning (the recipe's defaults) on seeds 42, 43 and 44. Test accuracy is in the
 table for every run but never chooses. Peak RSS is the Trainer process's, reported as a ratio to full FT.
 Every run is appended to RESULTS/lora_defaults_runs.jsonl and skipped on a rerun (an interrupted sweep
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from run_benchmarks import ROOT, Case, case_argv, parse_benchmark_args
 
-SWEEP_SEEDS, FINAL_SEEDS = (42, 43), (42, 43, 44)
+SWEEP_SEEDS, FINAL_SEEDS = (42,), (42, 43, 44)
 BERT = "recipes/bert_cls.py"
 ALL_LINEAR = ["--lora_target_modules", "query", "key", "value", "intermediate.dense", "output.dense"]
 OLD = "r 8, alpha 16, query/value, adapter LR 2e-3, head 1e-3 (old defaults)"
@@ -42,8 +43,6 @@ SWEEP = {
     "all linear, adapter LR 2e-3": lora(*ALL_LINEAR),
     "all linear, adapter LR 5e-3": lora(*ALL_LINEAR, "--lora_lr", "5e-3"),
     "all linear, adapter LR 1e-3": lora(*ALL_LINEAR, "--lora_lr", "1e-3"),
-    "all linear, r 16, alpha 32": lora(*ALL_LINEAR, "--lora_r", "16", "--lora_alpha", "32"),
-    "all linear, head LR 3e-3": lora(*ALL_LINEAR, "--head_lr", "3e-3"),
     "all linear + top layer in full (LR 3e-4)": lora(*ALL_LINEAR, "--unfreeze_last", "1", "--learning_rate", "3e-4"),
 }
 

@@ -117,3 +117,14 @@ def test_quick_lora_defaults_sweep_chooses_on_validation_and_compares_with_full_
     assert len(sweep) == 2 and sweep[data["chosen"]] == max(sweep.values())
     assert data["final"][-1]["case"] == lora_defaults.FULL
     assert "RSS / full FT" in path.read_text()
+
+
+@pytest.mark.slow
+def test_quick_readout_benchmark_runs_both_readouts_and_the_feature_route(tiny_minilm_dir, tmp_path):
+    import readout
+
+    path = readout.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
+    runs = json.loads((tmp_path / "readout_quick.json").read_text())["runs"]
+    assert [run["case"] for run in runs] == list(readout.CASES)
+    assert all(0 <= run["test_accuracy"] <= 1 and run["wall_s"] > 0 for run in runs)
+    assert "mean-pooled features + logistic regression" in path.read_text()

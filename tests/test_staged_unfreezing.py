@@ -115,7 +115,7 @@ def test_lp_ft_keeps_the_backbone_bit_identical_until_the_switch(tiny_bert_dir, 
     assert json.loads((out / "freeze_report.json").read_text())["trainable_layers"] == [3, 4]
 
 
-def test_held_groups_get_no_update_no_decay_and_keep_their_layer_decay_lr(tiny_bert_dir):
+def test_held_groups_get_no_update_no_decay_and_keep_their_layer_decay_lr(tiny_bert_dir, tmp_path):
     """Library use: an FtpeftTrainer with weight decay; held groups sit in the optimizer from step 0 with their
     layer-decay LR, yet AdamW leaves them (no decay, no moments) until their stage."""
     from datasets import Dataset
@@ -139,7 +139,7 @@ def test_held_groups_get_no_update_no_decay_and_keep_their_layer_decay_lr(tiny_b
     tuning_args = TuningArguments(unfreeze_last="2", gradual_unfreeze=True, unfreeze_every=2, layer_decay=0.5)
     tuning = apply_tuning(model, tuning_args, ["classifier.weight", "classifier.bias"])
     args = TrainingArguments(
-        output_dir="unused", max_steps=5, per_device_train_batch_size=8, learning_rate=1e-2, weight_decay=0.5,
+        output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=8, learning_rate=1e-2, weight_decay=0.5,
         save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
     )  # fmt: skip
     trainer = FtpeftTrainer(
