@@ -14,8 +14,15 @@ import sys
 from ftpeft.core.errors import FtpeftError, run_cli
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """argparse whose errors are ftpeft's one line and exit 2 (not a usage block), as every recipe's are."""
+
+    def error(self, message):  # argparse hook, also used by the subcommands' parsers
+        raise FtpeftError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ftpeft", description=__doc__)
+    parser = _CommandParser(prog="ftpeft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser("push", help="Push a finished run (model or adapter + card) to the Hub.")
     push.add_argument("output_dir", help="The --output_dir of a finished run.")

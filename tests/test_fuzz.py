@@ -133,7 +133,8 @@ def flag_lists(draw, flags: dict, switches: tuple[str, ...] = (), most: int = 4)
         spelled = name.replace("_", "-") if draw(st.booleans()) else name
         value = draw(flags[name])
         argv += [f"--{spelled}={value}"] if value.startswith("-") else [f"--{spelled}", value]
-    argv += [f"--{switch}" for switch in draw(st.lists(st.sampled_from(switches), max_size=2, unique=True))]
+    if switches:
+        argv += [f"--{switch}" for switch in draw(st.lists(st.sampled_from(switches), max_size=2, unique=True))]
     return argv
 
 
@@ -376,6 +377,7 @@ def damage_image_folders(root: Path, damages) -> None:
     damages=st.lists(st.tuples(st.integers(0, 100), IMAGE_DAMAGE), max_size=3),
     extra=flag_lists(IMAGE_FLAGS, ("strict_images", "lp_ft", "cache_frozen", "use_peft"), most=2),
 )
+@example(damages=[], extra=[]).via("found: 4 validation images < one eval batch, dropped by drop_last -> sklearn error")
 def test_image_recipe_images_and_arguments(damages, extra):
     work = scratch()
     try:
@@ -633,10 +635,11 @@ HUB_IDS = st.one_of(st.sampled_from(["me/model", "", "/", "a/b/c", "me/" + "x" *
         max_size=3,
     ),
 )
-def test_push_command(finished_text_run, damage, target, flags, monkeypatch):
-    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)  # no login on the test machine either way
-    work = scratch()
+@example(damage=None, target="run", flags=[("--nope",)]).via("found: an unknown flag printed argparse's usage block")
+def test_push_command(finished_text_run, damage, target, flags):
+    work, patch = scratch(), pytest.MonkeyPatch()
     try:
+        patch.setattr("huggingface_hub.get_token", lambda: None)  # no login on the test machine either way
         run = damaged_run_copy(finished_text_run, work, damage)
         path = {"run": run, "missing": work / "nope", "file": run / "config.json", "empty": work / "empty"}[target]
         (work / "empty").mkdir()
@@ -646,6 +649,7 @@ def test_push_command(finished_text_run, damage, target, flags, monkeypatch):
         assert outcome.code == 2, outcome.stdout  # offline: a push cannot succeed
         assert_clean_outcome(outcome, user)
     finally:
+        patch.undo()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -727,17 +731,22 @@ APP_FLAGS = st.lists(
 
 @pytest.mark.slow
 @given(damage=RUN_DIR_DAMAGE, flags=APP_FLAGS, texts=st.lists(CELL_TEXT, min_size=1, max_size=3))
-def test_app_command(finished_text_run, damage, flags, texts, monkeypatch):
+@example(damage=("bytes", "README.md", ("overwrite", 0.0, b"\x80")), flags=[], texts=["good film"]).via(
+    "found: a README.md that is not UTF-8 -> UnicodeDecodeError"
+)
+@example(damage=("bytes", "run_args.yaml", ("overwrite", 0.0, b"\x80")), flags=[], texts=["good film"]).via(
+    "found: a run_args.yaml that is not UTF-8 -> UnicodeDecodeError (ftpeft predict too)"
+)
+def test_app_command(finished_text_run, damage, flags, texts):
     """`ftpeft app` up to the launch of the page (which would serve until stopped), then what the page scores."""
     import gradio as gr
 
     from ftpeft.app.scoring import load_scorer
     from ftpeft.core.errors import FtpeftError
 
-    launched = []
-    monkeypatch.setattr(gr.Blocks, "launch", lambda page, **kwargs: launched.append(kwargs))
-    work = scratch()
+    launched, work, patch = [], scratch(), pytest.MonkeyPatch()
     try:
+        patch.setattr(gr.Blocks, "launch", lambda page, **kwargs: launched.append(kwargs))
         run = damaged_run_copy(finished_text_run, work, damage)
         argv = ["app", str(run), *[f"{flag}={value[0]}" if value else flag for flag, *value in flags]]
         user = {work: snapshot(work)}
@@ -755,4 +764,5 @@ def test_app_command(finished_text_run, damage, flags, texts, monkeypatch):
             assert set(probabilities) == {"neg", "pos"} and math.isclose(sum(probabilities.values()), 1, rel_tol=1e-5)
         assert snapshot(work) == user[work]
     finally:
+        patch.undo()
         shutil.rmtree(work, ignore_errors=True)

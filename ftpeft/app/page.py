@@ -31,7 +31,7 @@ def model_card(run_dir: Path) -> tuple[str, list[str]]:
     card = run_dir / "README.md"
     if not card.is_file():
         return f"*{run_dir} has no README.md (model card).*", []
-    text = card.read_text(encoding="utf-8")
+    text = card.read_text(encoding="utf-8", errors="replace")  # shown, not parsed: a damaged byte shows as �
     if text.startswith("---\n") and "\n---\n" in text[4:]:  # the Hub's YAML metadata: not for reading
         text = text[4:].split("\n---\n", 1)[1]
     pictures = []

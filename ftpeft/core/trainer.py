@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -32,6 +33,18 @@ def _strip_wrappers(name: str) -> str:
                 name = name.replace(prefix, "")
                 changed = True
     return name
+
+
+@contextlib.contextmanager
+def _keep_last_batch(args):
+    """--dataloader_drop_last is for training batches (a BatchNorm batch of one): evaluation and prediction score
+    every example, or a validation set smaller than one batch would be scored on nothing."""
+    drop_last = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop_last
 
 
 class FtpeftTrainer(Trainer):
@@ -70,6 +83,14 @@ class FtpeftTrainer(Trainer):
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         if self.class_weights is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with _keep_last_batch(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with _keep_last_batch(self.args):
+            return super().get_test_dataloader(test_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.class_weights is None or "labels" not in inputs:

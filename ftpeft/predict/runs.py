@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CONFIG = "config.json"
@@ -47,8 +47,8 @@ def read_run_settings(run_dir: Path) -> dict[str, Any]:
         if path.is_file():
             try:
                 settings = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as error:
-                raise FtpeftError(f"{path}: not valid YAML ({str(error).splitlines()[0]}).") from None
+            except (yaml.YAMLError, UnicodeDecodeError) as error:
+                raise FtpeftError(f"{path}: not valid YAML ({first_line(error)}).") from None
             if not isinstance(settings, dict):
                 raise FtpeftError(f"{path}: expected a mapping of flag names to values.")
             return settings
