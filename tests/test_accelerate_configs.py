@@ -35,3 +35,58 @@ def test_loads_with_accelerate_and_documents_its_command(path):
         assert config.fsdp_config["fsdp_use_orig_params"]  # partial freezing + per-group LRs need it
     if path.stem.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
+
+
+# --- SLURM templates: run with stand-in srun/scontrol/accelerate that record the launch line of each node ---------
+
+SBATCH = sorted((ROOT / "accelerate_configs" / "slurm").glob("*.sbatch"))
+SBATCH_CONFIG = {
+    "ddp": "multi_node.yaml",
+    "fsdp": "fsdp.yaml",
+    "deepspeed_zero2": "deepspeed_zero2.yaml",
+    "deepspeed_zero3": "deepspeed_zero3.yaml",
+}
+FAKE_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done  # srun's own options
+for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@"; done
+"""
+
+
+def test_one_slurm_template_per_engine():
+    assert {path.stem for path in SBATCH} == set(SBATCH_CONFIG)
+
+
+@pytest.mark.parametrize("path", SBATCH, ids=lambda p: p.stem)
+def test_slurm_template_launches_each_node_with_its_rank(path, tmp_path):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+    text = path.read_text()
+    assert f"sbatch accelerate_configs/slurm/{path.name}" in text and "#SBATCH --nodes=" in text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {
+        "srun": FAKE_SRUN,
+        "scontrol": '#!/bin/bash\n[ "$*" = "show hostnames gpu[07-09]" ] && printf "gpu07\\ngpu08\\ngpu09\\n"\n',
+        "accelerate": '#!/bin/bash\necho "$*" >> "$LAUNCH_LOG"\n',
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "launches.txt"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+    result = subprocess.run(
+        ["bash", str(path), "--unfreeze-last", "2"],
+        check=False,
+        env={**env, "LAUNCH_LOG": str(log)},
+        cwd=ROOT,
+        text=True,
+    )
+    assert result.returncode == 0
+    config = f"accelerate_configs/{SBATCH_CONFIG[path.stem]}"
+    assert load_config_from_file(str(ROOT / config)).distributed_type.value in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+    assert log.read_text().splitlines() == [
+        f"launch --config_file {config} --num_machines 3 --machine_rank {rank} --num_processes 24 "
+        "--main_process_ip gpu07 --main_process_port 29500 recipes/bert_cls.py --unfreeze-last 2"
+        for rank in range(3)
+    ]

@@ -21,7 +21,9 @@ def test_library_example_runs(tmp_path, monkeypatch):
     assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == {id(p) for p in trainable}
 
 
-@pytest.mark.parametrize("path", sorted(set(re.findall(r"(?:recipes|accelerate_configs)/[\w/]+\.(?:py|yaml)", README))))
+@pytest.mark.parametrize(
+    "path", sorted(set(re.findall(r"(?:recipes|accelerate_configs|scripts)/[\w/]+\.(?:py|yaml|sbatch|sh)", README)))
+)
 def test_every_file_the_readme_names_exists(path):
     assert (ROOT / path).is_file(), path
 
