@@ -12,23 +12,28 @@ CI runs the derandomised "ci" profile (tests/conftest.py: the same few examples 
 from __future__ import annotations
 
 import math
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from helpers import (
     DAMAGES,
+    RECIPES,
     TABLE_KEYS,
     TEXT_RUN_FILES,
     TIMM_ARGS,
     TIMM_MODEL,
+    TRACEBACK,
     assert_clean_outcome,
     call_entry_point,
     damage_file,
     load_recipe,
     make_tiny_text_model,
     make_wordpiece_tokenizer,
+    run,
     snapshot,
     tiny_args,
     write_class_folders,
@@ -217,6 +222,9 @@ def text_tables(draw) -> tuple[str, bytes]:
 MIXED_LABEL_TYPES = (
     b'[{"label": null, "text": "good film"}, {"label": "pos", "text": "bad"}, {"label": false, "text": "a"}]'
 )
+THREE_CLASSES = b"text,label\n" + b"".join(
+    b"%s film,%s\n" % (w, c) for w in (b"good", b"bad", b"fine", b"poor") for c in (b"a", b"b", b"c")
+)
 LONG_CELL = b"text,label\ngood film,pos\n" + b"good film " * 600 + b",neg\n"
 
 
@@ -226,6 +234,9 @@ LONG_CELL = b"text,label\ngood film,pos\n" + b"good film " * 600 + b",neg\n"
 )
 @example(train=(".csv", LONG_CELL), validation=None, long_seq=True).via(
     "found: --max_seq_length 1000 > the model's 512 positions -> RuntimeError in forward"
+)
+@example(train=(".csv", THREE_CLASSES), validation=None, long_seq=False).via(
+    "found: 3 classes on a 2-label checkpoint -> RuntimeError (the head did not fit)"
 )
 @given(train=text_tables(), validation=st.one_of(st.none(), text_tables()), long_seq=st.booleans())
 def test_text_recipe_data_files(tiny_bert_dir, text_csv_dir, train, validation, long_seq):
@@ -292,6 +303,7 @@ JSON_EDIT_VALUE = st.one_of(
 @example(damage=("config", "hidden_size", _DELETE)).via("found: weights that do not fit config.json -> RuntimeError")
 @example(damage=("config", "hidden_size", None)).via("found: a config value of the wrong type -> StrictDataclass error")
 @example(damage=("tokenizer_config", "tokenizer_class", False)).via("found: a non-string tokenizer_class -> TypeError")
+@example(damage=("config", "hidden_size", 0)).via("found: hidden_size 0 -> ZeroDivisionError while building the model")
 def test_text_recipe_damaged_model_folder(tiny_bert_dir, text_csv_dir, damage):
     work = scratch()
     try:
@@ -305,6 +317,32 @@ def test_text_recipe_damaged_model_folder(tiny_bert_dir, text_csv_dir, damage):
         user = {model: snapshot(model), text_csv_dir: snapshot(text_csv_dir)}
         outcome = call_entry_point(bert_cls.main, tiny_args(model, text_csv_dir, out, "--max_steps", "1"))
         assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.fuzz_long
+@given(
+    extra=flag_lists(TEXT_FLAGS, TUNING_SWITCHES, most=6),
+    train=text_tables(),
+    damage=st.one_of(st.none(), st.tuples(st.sampled_from(MODEL_FILES), FILE_DAMAGE)),
+)
+def test_text_recipe_everything_at_once(tiny_bert_dir, text_csv_dir, extra, train, damage):
+    """The long lane only: generated flags, a generated training file and a damaged model file in one run."""
+    work = scratch()
+    try:
+        out, data, model = work / "out", work / "data", work / "model"
+        data.mkdir()
+        shutil.copytree(tiny_bert_dir, model)
+        if damage is not None:
+            damage_file(model / damage[0], *damage[1])
+        (data / f"train{train[0]}").write_bytes(train[1])
+        argv = ["--model_name_or_path", str(model), "--train_file", str(data / f"train{train[0]}"),
+                "--output_dir", str(out), "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+                "--validation_split_percentage", "25", *extra]  # fmt: skip
+        user = {model: snapshot(model), data: snapshot(data)}
+        assert_clean_outcome(call_entry_point(bert_cls.main, argv), user, out, RUN_FILES)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -378,6 +416,9 @@ def damage_image_folders(root: Path, damages) -> None:
     extra=flag_lists(IMAGE_FLAGS, ("strict_images", "lp_ft", "cache_frozen", "use_peft"), most=2),
 )
 @example(damages=[], extra=[]).via("found: 4 validation images < one eval batch, dropped by drop_last -> sklearn error")
+@example(damages=[(0, ("bytes", ("truncate", 0.75, b"\x00")))], extra=[]).via(
+    "found: a truncated JPEG passed verify() and failed mid-training (OSError: image file is truncated)"
+)
 def test_image_recipe_images_and_arguments(damages, extra):
     work = scratch()
     try:
@@ -433,7 +474,8 @@ def knowledge_rows(draw) -> list[dict]:
     for _ in range(draw(st.integers(0, 3))):
         row = rows[draw(st.integers(0, len(rows) - 1))]
         target = draw(st.sampled_from(["span", "spans", "features", "entity_id", "text"]))
-        if target == "span" and row["entities"]:
+        spans = row["entities"]
+        if target == "span" and isinstance(spans, list) and spans and isinstance(spans[0], dict):
             row["entities"][0][draw(st.sampled_from(["start", "end", "key"]))] = draw(SPAN_VALUE)
         elif target == "spans":
             row["entities"] = draw(st.one_of(JSON_VALUE, st.just([{}]), st.just([{"start": 0}])))
@@ -495,6 +537,24 @@ def test_knowledge_recipe_tables_and_rows(tiny_kb_bert, data, rows, mode, extra)
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("entities", [False, 3, {"start": 0}], ids=["a bool", "a number", "an object"])
+def test_found_entity_cell_that_is_no_list(tiny_kb_bert, tmp_path, entities):
+    """Found by the fuzzer: an --entity_column cell that is not a list of spans was a TypeError traceback."""
+    import json
+
+    path = write_knowledge_dataset(tmp_path / "train.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["entities"] = entities
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["--model_name_or_path", str(tiny_kb_bert), "--train_file", str(path), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "1", "--validation_split_percentage", "25", "--knowledge_file",
+            str(write_glove(tmp_path / "g.txt")), "--inject", "add", "--entity_column", "entities"]  # fmt: skip
+    outcome = call_entry_point(knowledge_cls.main, argv)
+    assert_clean_outcome(outcome, {}, tmp_path / "out")
+    assert outcome.code == 2 and re.search(r"--entity_column entities: row \d+ is not a list of spans", outcome.stderr)
+
+
 # --- extract_features.py and train_head.py -------------------------------------------------------------------------
 
 FEATURE_FLAGS = {
@@ -513,6 +573,9 @@ FEATURE_FLAGS = {
 @given(
     damages=st.lists(st.tuples(st.integers(0, 100), IMAGE_DAMAGE), max_size=3),
     extra=flag_lists(FEATURE_FLAGS, ("strict_images", "pretrained"), most=3),
+)
+@example(damages=[(0, ("bytes", ("overwrite", 0.375, b"\x00")))], extra=[]).via(
+    "found: a JPEG with a broken data stream passed verify() and failed during extraction (OSError)"
 )
 def test_extract_features_images_and_arguments(damages, extra):
     work = scratch()
@@ -564,6 +627,8 @@ METADATA_KEYS = ("format", "key", "request", "feature_dim", "split_sizes", "shar
     ),
     extra=flag_lists(HEAD_FLAGS, most=4),
 )
+@example(damage=("metadata", "request", _DELETE), extra=[]).via("found: metadata.json without 'request' -> KeyError")
+@example(damage=("metadata", "label_names", ["one"]), extra=[]).via("label names fewer than the labels in the shards")
 def test_train_head_feature_cache_and_arguments(feature_cache, damage, extra):
     work = scratch()
     try:
@@ -667,6 +732,12 @@ PREDICT_FLAGS = {
     extra=flag_lists(PREDICT_FLAGS, ("overwrite", "strict_images"), most=2),
     existing_output=st.booleans(),
 )
+@example(
+    damage=("config", "hidden_size", _DELETE),
+    table=(".csv", b"text,label\ngood film,pos\n"),
+    extra=[],
+    existing_output=False,
+).via("found: a finished run whose config.json does not fit its weights -> RuntimeError")
 def test_predict_command(finished_text_run, damage, table, extra, existing_output):
     work = scratch()
     try:
@@ -737,6 +808,9 @@ APP_FLAGS = st.lists(
 @example(damage=("bytes", "run_args.yaml", ("overwrite", 0.0, b"\x80")), flags=[], texts=["good film"]).via(
     "found: a run_args.yaml that is not UTF-8 -> UnicodeDecodeError (ftpeft predict too)"
 )
+@example(damage=("config", "hidden_size", _DELETE), flags=[], texts=["good film"]).via(
+    "found: a finished run whose config.json does not fit its weights -> RuntimeError"
+)
 def test_app_command(finished_text_run, damage, flags, texts):
     """`ftpeft app` up to the launch of the page (which would serve until stopped), then what the page scores."""
     import gradio as gr
@@ -766,3 +840,50 @@ def test_app_command(finished_text_run, damage, flags, texts):
     finally:
         patch.undo()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- end to end: the found failures as real processes (what a user sees in the terminal) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def broken_inputs(tiny_bert_dir, finished_text_run, tmp_path_factory) -> dict[str, Path]:
+    """One input of each kind the fuzzer broke, built once: a model folder whose config.json lost hidden_size, a
+    tokenizer_config.json with a non-string class, a finished run whose run_args.yaml is not UTF-8."""
+    root = tmp_path_factory.mktemp("broken")
+    config = root / "config_model"
+    shutil.copytree(tiny_bert_dir, config)
+    edit_json(config / "config.json", "hidden_size", _DELETE)
+    tokenizer = root / "tokenizer_model"
+    shutil.copytree(tiny_bert_dir, tokenizer)
+    edit_json(tokenizer / "tokenizer_config.json", "tokenizer_class", False)
+    run = damaged_run_copy(finished_text_run, root, ("bytes", "run_args.yaml", ("overwrite", 0.0, b"\x80")))
+    return {"config": config, "tokenizer": tokenizer, "run": run, "root": root}
+
+
+@pytest.mark.slow
+def test_found_failures_end_to_end_in_real_processes(broken_inputs, text_csv_dir):
+    """python recipes/bert_cls.py and python -m ftpeft.cli in fresh processes: exit 2, one error line, no traceback."""
+    root = broken_inputs["root"]
+    before = snapshot(root)
+    calls = {
+        "weights that do not fit config.json": [
+            sys.executable, str(RECIPES / "bert_cls.py"),
+            *tiny_args(broken_inputs["config"], text_csv_dir, root / "out1", "--max_steps", "1"),
+        ],
+        "a non-string tokenizer_class": [
+            sys.executable, str(RECIPES / "bert_cls.py"),
+            *tiny_args(broken_inputs["tokenizer"], text_csv_dir, root / "out2", "--max_steps", "1"),
+        ],
+        "a run_args.yaml that is not UTF-8": [
+            sys.executable, "-m", "ftpeft.cli", "predict", str(broken_inputs["run"]),
+            "--input", str(text_csv_dir / "test.csv"), "--output", str(root / "p.csv"),
+        ],
+        "an unknown flag of ftpeft push": [sys.executable, "-m", "ftpeft.cli", "push", str(broken_inputs["run"]), "--x"],
+    }  # fmt: skip
+    for case, argv in calls.items():
+        result = run(argv)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and TRACEBACK not in result.stderr, (case, result.stderr[-3000:])
+        assert lines and lines[-1].startswith("error: "), (case, result.stderr[-3000:])
+    assert snapshot(root) == before
+    assert not any((root / name).exists() for name in ("out1", "out2", "p.csv"))

@@ -138,14 +138,18 @@ def config_mismatch(error: BaseException) -> bool:
 
 @contextlib.contextmanager
 def loading_model(model_path: str | Path) -> Iterator[None]:
-    """Load a model inside this: weights that do not fit its config.json (a hand-edited or half-copied config, a
-    config from another model) end as one line naming the folder instead of transformers' RuntimeError."""
+    """Load a model inside this: a model folder that transformers cannot build (weights that do not fit config.json,
+    a hand-edited or half-copied config such as ``"hidden_size": 0``) ends as one line naming the folder instead of
+    whatever transformers or torch raise from deep inside (RuntimeError, ZeroDivisionError, ...)."""
     try:
         yield
-    except RuntimeError as error:
-        if not config_mismatch(error):
-            raise
+    except FtpeftError:
+        raise
+    except Exception as error:  # the load boundary: anything raised here comes from the folder's files  # noqa: BLE001
+        if config_mismatch(error):
+            problem = "the weights do not fit its config.json (tensor shapes differ)"
+        else:
+            problem = f"the model cannot be built from its config.json ({type(error).__name__}: {first_line(error)})"
         raise FtpeftError(
-            f"{model_path}: the weights do not fit its config.json (tensor shapes differ: a damaged or edited "
-            f"config.json, or one from another model); {REFETCH}."
+            f"{model_path}: {problem}; a damaged or edited config.json, or one from another model; {REFETCH}."
         ) from None

@@ -253,7 +253,33 @@ def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
             np.concatenate([p["features"] for p in parts]),
             np.concatenate([p["labels"] for p in parts]),
         )
+    problem = _metadata_problem(metadata)  # after the shards: a cut shard is the likelier damage, named first
+    if problem:
+        raise FtpeftError(f"{folder / METADATA_FILE}: damaged ({problem}); {again}.")
+    classes = len(metadata["label_names"])
+    for split, (_, labels) in splits.items():
+        if labels.size and not (0 <= labels.min() and labels.max() < classes):
+            raise FtpeftError(
+                f"{folder}: the {split} labels run to {labels.max()} but metadata.json names {classes} classes; {again}."
+            )
     return splits, metadata
+
+
+METADATA_TYPES = {"label_names": list, "modality": str, "split_sizes": dict, "request": dict}  # what readers use
+
+
+def _metadata_problem(metadata: dict) -> str | None:
+    """What is missing or malformed in an extraction's metadata.json (None: what train_head and predict read is
+    there)."""
+    for key, kind in METADATA_TYPES.items():
+        if not isinstance(metadata.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    backbones = metadata["request"].get("backbones")
+    if not (isinstance(backbones, list) and backbones and all(isinstance(b, dict) and "model" in b for b in backbones)):
+        return "'request.backbones' is missing or malformed"
+    if "data" not in metadata["request"]:
+        return "'request.data' is missing"
+    return None
 
 
 # --- loading backbones and running them over a dataset ------------------------------------------------------

@@ -61,6 +61,8 @@ def parse_spans(value: Any, row: int, text: str, column: str) -> list[tuple[int,
             raise FtpeftError(
                 f"--entity_column {column}: row {row} is not a JSON list of spans ({value[:60]!r})."
             ) from None
+    if not isinstance(value, (list, tuple)):
+        raise FtpeftError(f"--entity_column {column}: row {row} is not a list of spans ({value!r:.60}).")
     spans = []
     for span in value:
         try:

@@ -318,7 +318,7 @@ def build_knowledge_model(
     (inject_mode, token_knowledge, num_example_ids, example_vector_dim, ...). Fails with FtpeftError
     when the encoder's architecture is not in ``ftpeft.ARCHITECTURES``.
     """
-    from ftpeft.core.artifacts import check_model_folder
+    from ftpeft.core.artifacts import check_model_folder, loading_model
     from ftpeft.core.freezing import ARCHITECTURES
 
     if Path(encoder_path).is_dir():
@@ -345,9 +345,10 @@ def build_knowledge_model(
         label2id={name: i for i, name in enumerate(label_names)},
         **settings,
     )
-    model = KnowledgeInjectionForSequenceClassification(config)
-    pretrained = AutoModel.from_pretrained(encoder_path)
-    missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
+    with loading_model(encoder_path):
+        model = KnowledgeInjectionForSequenceClassification(config)
+        pretrained = AutoModel.from_pretrained(encoder_path)
+        missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
         raise FtpeftError(
             f"--model_name_or_path {encoder_path}: encoder weights do not fit ({missing[:3]} {unexpected[:3]})."

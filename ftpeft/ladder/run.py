@@ -370,15 +370,18 @@ def run_probe(modality: str, recipe_args, ladder_args, output_dir: Path, is_main
 def probe_text(recipe_args):
     from transformers import AutoModel, DataCollatorWithPadding
 
+    from ftpeft.core.artifacts import loading_model
     from ftpeft.core.freezing import layer_map
     from ftpeft.ladder.probe import probe_layers, text_layer_features
     from ftpeft.text.data import load_tokenized_data
-    from ftpeft.text.modeling import resolve_model_path
+    from ftpeft.text.modeling import check_max_seq_length, resolve_model_path
 
     model_args, data_args, _, _, training_args = recipe_args
     model_path = resolve_model_path(model_args)
+    check_max_seq_length(model_args, model_path, data_args.max_seq_length)
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
-    model = AutoModel.from_pretrained(model_path).eval()
+    with loading_model(model_path):
+        model = AutoModel.from_pretrained(model_path).eval()
     collator = DataCollatorWithPadding(data.tokenizer)
     start = time.perf_counter()
     features = {

@@ -108,11 +108,12 @@ def load_text_predictor(run: SavedRun, device) -> TextPredictor:
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
 
-    from ftpeft.core.artifacts import check_model_folder
+    from ftpeft.core.artifacts import check_model_folder, loading_model
 
     check_model_folder(run.model_dir)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(run.model_dir))
+        with loading_model(run.model_dir):
+            model = AutoModelForSequenceClassification.from_pretrained(str(run.model_dir))
     except (OSError, ValueError, SafetensorError) as error:
         raise FtpeftError(f"{run.model_dir}: could not load the model ({str(error).splitlines()[0]}).") from None
     predictor_class = KnowledgePredictor if run.kind == "knowledge" else TextPredictor
@@ -123,7 +124,7 @@ def load_adapter_predictor(run: SavedRun, device) -> TextPredictor:
     """A LoRA adapter on the base model named in adapter_config.json, with the head it was trained with."""
     from peft import AutoPeftModelForSequenceClassification
 
-    from ftpeft.core.artifacts import check_model_folder, read_json_file
+    from ftpeft.core.artifacts import check_model_folder, loading_model, read_json_file
     from ftpeft.core.card import adapter_label_kwargs
     from ftpeft.core.lifecycle import LABEL_NAMES_FILE
     from ftpeft.predict.runs import ADAPTER_CONFIG
@@ -141,9 +142,10 @@ def load_adapter_predictor(run: SavedRun, device) -> TextPredictor:
     check_model_folder(run.run_dir)
     base = read_json_file(run.run_dir / ADAPTER_CONFIG, "a LoRA adapter").get("base_model_name_or_path")
     try:
-        model = AutoPeftModelForSequenceClassification.from_pretrained(
-            str(run.run_dir), **adapter_label_kwargs(label_names)
-        )
+        with loading_model(run.run_dir):
+            model = AutoPeftModelForSequenceClassification.from_pretrained(
+                str(run.run_dir), **adapter_label_kwargs(label_names)
+            )
     except (OSError, ValueError) as error:
         raise FtpeftError(
             f"{run.run_dir}: could not load the adapter on its base model {base} ({str(error).splitlines()[0]})."

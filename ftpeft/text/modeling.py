@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from ftpeft.core.artifacts import check_model_folder, loading_model
 from ftpeft.core.errors import FtpeftError, first_line
 from ftpeft.text.args import ModelArguments
 
+logger = logging.getLogger("ftpeft")
 UNKNOWN_WORDS_LIMIT = 0.5  # refuse a tokenizer that maps more of the training words than this to its unknown token
 SAMPLE_ROWS = 256
 SAMPLE_WORDS = 2000
@@ -168,11 +170,32 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
                 label2id={name: i for i, name in enumerate(label_names)},
                 **common,
             )
+            # a checkpoint's own head may have another number of classes: it is replaced (checked below)
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                model_path, config=config, output_loading_info=True, **common
+                model_path, config=config, output_loading_info=True, ignore_mismatched_sizes=True, **common
             )
         except (OSError, ValueError, SafetensorError) as error:
             raise FtpeftError(
                 f"could not load --model_name_or_path {model_path}: {str(error).splitlines()[0]}"
             ) from None
-    return model, sorted(info["missing_keys"])
+    return model, sorted(info["missing_keys"]) + new_head_only(model, model_path, info["mismatched_keys"])
+
+
+def new_head_only(model, model_path: str, mismatched: list) -> list[str]:
+    """The parameters of a checkpoint's head that do not fit the data's classes (re-initialised, they train); any
+    other weight that does not fit the config is a damaged or foreign config.json, refused naming the first one."""
+    from ftpeft.core.freezing import layer_map
+
+    names = [key for key, *_ in mismatched]
+    head = set(layer_map(model).head)
+    foreign = [(key, *shapes) for key, *shapes in mismatched if key not in head]
+    if foreign:
+        key, stored, expected = foreign[0]
+        raise FtpeftError(
+            f"{model_path}: the weights do not fit its config.json ({key}: {tuple(stored)} stored, "
+            f"{tuple(expected)} expected, and {len(foreign) - 1} more); a damaged or edited config.json, or one "
+            "from another model; re-download or re-copy it."
+        )
+    if names:
+        logger.warning("the checkpoint's head %s does not fit the %d classes: it starts anew", names, model.num_labels)
+    return names

@@ -114,7 +114,8 @@ def _read_file(path: str):
 
 
 def verify_images(paths: Sequence[str]) -> tuple[list[int], list[str]]:
-    """(indices of readable images, 'path<TAB>reason' of the rest). Opens and verifies each file once."""
+    """(indices of readable images, 'path<TAB>reason' of the rest). Verifies each file's structure, then decodes
+    it: verify() alone passes a truncated JPEG, which would then fail in the middle of training."""
     from PIL import Image
 
     good, skipped = [], []
@@ -122,6 +123,8 @@ def verify_images(paths: Sequence[str]) -> tuple[list[int], list[str]]:
         try:
             with Image.open(path) as image:
                 image.verify()
+            with Image.open(path) as image:  # verify() leaves the image unusable: open it again to decode
+                image.load()
             good.append(index)
         except FileNotFoundError:
             skipped.append(f"{path}\tmissing")
