@@ -12,7 +12,9 @@ EXPECTED = {
     "multi_gpu": ("MULTI_GPU", 8),
     "fsdp": ("FSDP", 8),
     "deepspeed_zero2": ("DEEPSPEED", 8),
+    "deepspeed_zero2_cpu": ("DEEPSPEED", 2),
     "deepspeed_zero3": ("DEEPSPEED", 8),
+    "deepspeed_zero3_cpu": ("DEEPSPEED", 2),
     "multi_node": ("MULTI_GPU", 16),
 }
 
@@ -34,7 +36,9 @@ def test_loads_with_accelerate_and_documents_its_command(path):
     if path.stem == "fsdp":
         assert config.fsdp_config["fsdp_use_orig_params"]  # partial freezing + per-group LRs need it
     if path.stem.startswith("deepspeed"):
-        assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
+        assert config.deepspeed_config["zero_stage"] == int(path.stem.split("_")[1].removeprefix("zero"))
+    if path.stem.endswith("_cpu") and path.stem.startswith("deepspeed"):
+        assert not config.use_cpu  # accelerate skips DeepSpeed with it; ftpeft picks gloo on CPU ranks
 
 
 # --- SLURM templates: run with stand-in srun/scontrol/accelerate that record the launch line of each node ---------

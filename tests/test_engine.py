@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import ROOT, accelerate_bin, run, tiny_args
 
+from ftpeft.core.config import launch_defaults, use_cpu_ranks_without_gpu
 from ftpeft.core.engine import EngineRequest, asked_engine, engine_mismatch, local_parameter_bytes, refused_flags
 
 
@@ -49,6 +50,8 @@ def test_asked_versus_what_accelerate_set_up(asked, distributed_type, refused):
     assert (reason is not None) == refused
     if refused:  # names both sides and what to do
         assert asked.detail in reason and f"accelerate set up {distributed_type}" in reason and "cpu_ddp.yaml" in reason
+        if asked.engine == "DEEPSPEED":
+            assert "drop use_cpu" in reason and "deepspeed_zero2_cpu.yaml" in reason
 
 
 def test_cache_frozen_is_refused_where_parameters_are_sharded():
@@ -72,6 +75,10 @@ def test_parameter_bytes_count_the_local_shard():
     assert local_parameter_bytes(model) == (40 * 4, 40 * 4)
     model.weight = Shard(model.weight.detach())
     assert local_parameter_bytes(model) == ((16 + 8) * 4, 40 * 4)
+    # a ZeRO-3 parameter between uses: empty, its shard in ds_tensor (a third here) and its size in ds_numel
+    model.bias = torch.nn.Parameter(torch.empty(0))
+    model.bias.ds_tensor, model.bias.ds_numel = torch.zeros(3), 8
+    assert local_parameter_bytes(model) == ((16 + 3) * 4, 40 * 4)
 
 
 FSDP_ON_CPU = """\
@@ -112,6 +119,62 @@ def test_fsdp_config_on_cpu_ranks_exits_2_instead_of_training_with_ddp(tiny_bert
     # the launcher exits 1 with its own ChildFailedError traceback, reporting each rank's usage exit code
     assert "exitcode  : 2" in result.stderr and "DistributedDataParallel" not in result.stderr
     assert not out.exists()  # before any work
+
+
+@pytest.mark.parametrize(
+    "env, cuda, cpu_flag, backend",
+    [
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true"}, False, None, "gloo"),
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true"}, True, None, None),  # GPUs
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, False, "true", None),  # DDP on CPU ranks, as before
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, False, None, None),  # one process: nothing to set
+    ],
+)
+def test_deepspeed_on_cpu_ranks_keeps_cpu_off_and_defaults_to_gloo(monkeypatch, env, cuda, cpu_flag, backend):
+    import os
+
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_USE_CPU", "ACCELERATE_USE_DEEPSPEED", "DS_ACCELERATOR"):
+        monkeypatch.setenv(key, "")  # recorded, so whatever the functions set is undone after the test
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    use_cpu_ranks_without_gpu()
+    assert os.environ.get("ACCELERATE_USE_CPU") == cpu_flag  # accelerate skips DeepSpeed when it is set
+    assert launch_defaults({"ddp_backend", "seed"}) == ({"ddp_backend": backend} if backend else {})
+    assert os.environ.get("DS_ACCELERATOR") == ("cpu" if backend else None)
+    assert launch_defaults({"seed"}) == {}  # a parser without TrainingArguments gets nothing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
+    tiny_bert_dir, text_csv_dir, tmp_path, stage
+):
+    import yaml
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    out = tmp_path / f"zero{stage}"
+    config = ROOT / "accelerate_configs" / f"deepspeed_zero{stage}_cpu.yaml"
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2")
+    result = run([accelerate_bin(), "launch", "--config_file", str(config), str(ROOT / "recipes/bert_cls.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f"engine: ZeRO stage {stage} wraps the model (accelerate: DEEPSPEED, 2 process(es))" in log
+    assert "DistributedDataParallel" not in log
+    held = re.findall(r"rank (\d): model wrapped by DeepSpeedEngine; holds ([\d,]+) of ([\d,]+) parameter bytes", log)
+    assert sorted(rank for rank, _, _ in held) == ["0", "1"]
+    for _, mine, full in held:  # ZeRO-2 keeps whole parameters on every rank; ZeRO-3 about half each
+        share = int(mine.replace(",", "")) / int(full.replace(",", ""))
+        assert share == 1.0 if stage == 2 else 0.4 < share < 0.6
+    assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
+    # through from_pretrained: ZeRO-3's consolidated save names LayerNorm parameters gamma/beta, which it maps back
+    before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    trained = ("bert.encoder.layer.2.", "bert.encoder.layer.3.", "bert.pooler.", "classifier.")
+    assert changed == {name for name in before if name.startswith(trained)}
+    assert pipeline("text-classification", model=str(out))("good film")[0]["label"] in ("neg", "pos")
 
 
 def test_the_launching_table_names_existing_tests():

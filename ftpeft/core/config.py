@@ -173,10 +173,34 @@ def use_cpu_ranks_without_gpu() -> bool:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
     # `accelerate launch --multi_gpu` exports ACCELERATE_USE_CPU=False itself: without CUDA that cannot hold
     asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
-    if launched and not torch.cuda.is_available() and not asked_for_cpu:
+    if launched and not torch.cuda.is_available() and not asked_for_cpu and not deepspeed_on_cpu_ranks():
         os.environ["ACCELERATE_USE_CPU"] = "true"
         return True
     return False
+
+
+def deepspeed_on_cpu_ranks() -> bool:
+    """Whether a DeepSpeed launch runs on ranks without a GPU; then DeepSpeed's CPU accelerator is selected.
+
+    accelerate starts DeepSpeed only with ``cpu`` off, and off a GPU it then finds no backend and gives every
+    rank world size 1; ``ddp_backend: gloo`` (``launch_defaults``) gives it the real ranks. Sets DS_ACCELERATOR=cpu
+    unless the user chose one.
+    """
+    import torch
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in ("1", "true", "yes")
+    if not (launched and deepspeed) or torch.cuda.is_available():
+        return False
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return True
+
+
+def launch_defaults(known_keys: set[str]) -> dict[str, Any]:
+    """Defaults the launch needs (YAML and command line still win): gloo for DeepSpeed on CPU ranks."""
+    if "ddp_backend" in known_keys and deepspeed_on_cpu_ranks():
+        return {"ddp_backend": "gloo"}
+    return {}
 
 
 def parse_args(
@@ -191,6 +215,7 @@ def parse_args(
     argv, _debug = _pop_flag(argv, "--debug", takes_value=False)
     parser = FtpeftArgumentParser(dataclass_types)
     known_keys = _field_names(dataclass_types)
+    parser.set_defaults(**launch_defaults(known_keys))
     if recipe_defaults:
         unknown = set(recipe_defaults) - known_keys
         if unknown:

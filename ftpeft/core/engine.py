@@ -2,7 +2,8 @@
 
 accelerate decides the engine from what ``accelerate launch`` exports (ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED,
 FSDP_*) and the devices it finds. When the two disagree it does not fail: accelerate 1.15 applies FSDP only to
-GPU-like ranks and DeepSpeed only off CPU, so an FSDP or ZeRO config on CPU ranks silently trains with plain DDP.
+GPU-like ranks and DeepSpeed only with ``use_cpu`` off, so an FSDP config on CPU ranks, or a ZeRO config with
+``use_cpu``, silently trains with plain DDP (DeepSpeed itself runs on CPU ranks: ``config.deepspeed_on_cpu_ranks``).
 ``check_engine`` compares what was asked with what accelerate set up and refuses a mismatch;
 ``EngineReport`` logs, once the Trainer has wrapped the model, the wrapper and what each rank holds.
 """
@@ -86,8 +87,9 @@ def engine_mismatch(asked: EngineRequest, distributed_type: str) -> str | None:
     if asked.engine == "DEEPSPEED" and distributed_type != "DEEPSPEED":
         return (
             f"{asked.source} asks for DeepSpeed ({asked.detail}) but accelerate set up {distributed_type}: accelerate "
-            "starts DeepSpeed only on GPU-like ranks (not with use_cpu / ACCELERATE_USE_CPU) and would silently train "
-            "with plain DDP; on CPU use accelerate_configs/cpu_ddp.yaml (DDP), or run DeepSpeed on GPUs."
+            "starts DeepSpeed only with use_cpu / ACCELERATE_USE_CPU off and would silently train with plain DDP; "
+            "drop use_cpu from the config (CPU ranks: accelerate_configs/deepspeed_zero2_cpu.yaml), or use "
+            "accelerate_configs/cpu_ddp.yaml for DDP."
         )
     return None
 
@@ -126,9 +128,13 @@ def local_parameter_bytes(model) -> tuple[int, int]:
     """(bytes of parameters this rank holds, bytes of the full parameters); DTensor shards count their local part."""
     held = full = 0
     for param in model.parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param
+        # a ZeRO-3 parameter is empty between uses: its shard is ds_tensor and its full size ds_numel
+        local = param
+        if hasattr(param, "ds_tensor"):
+            local = param.ds_tensor
+        elif hasattr(param, "to_local"):
+            local = param.to_local()
         held += local.numel() * local.element_size()
-        # a ZeRO-3 parameter is empty locally; its full size is in ds_numel
         full += getattr(param, "ds_numel", param.numel()) * param.element_size()
     return held, full
 
