@@ -180,6 +180,9 @@ def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
 def test_the_launching_table_names_existing_tests():
     readme = (ROOT / "README.md").read_text()
     launching = readme.split("## Launching", 1)[1].split("\n## ", 1)[0]
-    assert "| where | command | tested |" in launching
+    assert "| where | command | tested where |" in launching
+    rows = [line.split(" | ") for line in launching.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 10 and all(row[2].startswith(("CI", "not tested")) for row in rows)  # says where, per row
+    assert {"FSDP, GPUs", "FSDP, CPU ranks", "SLURM, N nodes", "several machines"} <= {row[0][2:] for row in rows}
     named = set(re.findall(r"tests/test_\w+\.py", launching))
     assert named and all((ROOT / path).is_file() for path in named)
