@@ -577,6 +577,10 @@ FEATURE_FLAGS = {
 @example(damages=[(0, ("bytes", ("overwrite", 0.375, b"\x00")))], extra=[]).via(
     "found: a JPEG with a broken data stream passed verify() and failed during extraction (OSError)"
 )
+@example(damages=[], extra=["--layer", "pre_logits"]).via(
+    "found: --layer pre_logits (the default, as metadata.json names it) was 'no such module', mid-extraction"
+)
+@example(damages=[], extra=["--layer", "nope"]).via("an unknown --layer is refused before any image is read")
 def test_extract_features_images_and_arguments(damages, extra):
     work = scratch()
     try:
@@ -629,6 +633,9 @@ METADATA_KEYS = ("format", "key", "request", "feature_dim", "split_sizes", "shar
 )
 @example(damage=("metadata", "request", _DELETE), extra=[]).via("found: metadata.json without 'request' -> KeyError")
 @example(damage=("metadata", "label_names", ["one"]), extra=[]).via("label names fewer than the labels in the shards")
+@example(damage=("latest", "latest.txt", ("overwrite", 0.0, b"\x80")), extra=[]).via(
+    "found: a latest.txt that is not UTF-8 -> UnicodeDecodeError"
+)
 def test_train_head_feature_cache_and_arguments(feature_cache, damage, extra):
     work = scratch()
     try:

@@ -52,6 +52,13 @@ class Backbone:
     weights_file: str | None = None  # where the weights came from (informational: the hash is the key)
     feature_dim: int | None = None  # set by the extraction (on rank 0)
 
+    @property
+    def hooked_layer(self) -> str | None:
+        """The module a forward hook reads; None: the default output (timm's pre-logits, which --layer pre_logits
+        and metadata.json name, or the text encoder's last hidden state)."""
+        default = self.layer is None or (self.layer == DEFAULT_IMAGE_LAYER and self.settings.get("modality") == "image")
+        return None if default else self.layer
+
     def description(self) -> dict:
         return {
             "model": self.name,
@@ -87,14 +94,34 @@ def pool(output: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -
     raise FtpeftError(f"--layer output has shape {tuple(output.shape)}; expected 2, 3 or 4 dimensions.")
 
 
-@contextlib.contextmanager
-def capture(model: nn.Module, layer: str) -> Iterator[dict]:
-    """Forward hook on the module named ``layer``; the output of the last forward lands in ``box['output']``."""
+def find_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The module named ``layer``; an unknown name is one line listing names that exist."""
     try:
-        module = model.get_submodule(layer)
+        return model.get_submodule(layer)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n][:12]
         raise FtpeftError(f"--layer {layer}: no such module; module names look like {names} ...") from None
+
+
+def check_layer(backbone: Backbone) -> None:
+    """Refuse an unknown --layer when the backbone is loaded, before any image or text is read."""
+    layer = backbone.hooked_layer
+    if layer is None:
+        return
+    if not _is_int(layer):
+        find_layer(backbone.model, layer)
+        return
+    states = getattr(getattr(backbone.model, "config", None), "num_hidden_layers", None)
+    if states is None:  # an image backbone: hidden states are a text encoder's
+        raise FtpeftError(f"--layer {layer}: a number picks a text encoder's hidden state; name a module instead.")
+    if not -(states + 1) <= int(layer) <= states:
+        raise FtpeftError(f"--layer {layer}: the encoder has {states + 1} hidden states (0..{states}, or -1 = last).")
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layer: str) -> Iterator[dict]:
+    """Forward hook on the module named ``layer``; the output of the last forward lands in ``box['output']``."""
+    module = find_layer(model, layer)
     box: dict = {}
 
     def hook(_module, _inputs, output):
@@ -110,9 +137,9 @@ def capture(model: nn.Module, layer: str) -> Iterator[dict]:
 @torch.no_grad()
 def image_features(backbone: Backbone, pixel_values: torch.Tensor) -> torch.Tensor:
     model = backbone.model
-    if backbone.layer is None:
+    if backbone.hooked_layer is None:
         return model.forward_head(model.forward_features(pixel_values), pre_logits=True).flatten(1)
-    with capture(model, backbone.layer) as box:
+    with capture(model, backbone.hooked_layer) as box:
         model(pixel_values)
     return pool(box["output"], backbone.pooling)
 
@@ -227,7 +254,13 @@ def resolve_feature_dir(path: str | Path) -> Path:
     if (path / METADATA_FILE).is_file():
         return path
     if (path / LATEST_FILE).is_file():
-        return path / (path / LATEST_FILE).read_text().strip()
+        key = (path / LATEST_FILE).read_bytes().decode("utf-8", errors="replace").strip()
+        if key not in {p.name for p in path.iterdir() if p.is_dir()}:  # a damaged latest.txt names no extraction
+            raise FtpeftError(
+                f"{path / LATEST_FILE}: names {key[:40]!r}, no extraction folder in {path}; pass the extraction "
+                "folder itself as --features_dir, or run recipes/extract_features.py again."
+            )
+        return path / key
     raise FtpeftError(f"--features_dir {path}: no metadata.json (run recipes/extract_features.py first).")
 
 
@@ -301,6 +334,7 @@ def load_image_backbones(feature_args, data_args) -> list[Backbone]:
         backbones.append(
             Backbone(name, model, feature_args.layer, feature_args.pooling, eval_transform, settings, weights)
         )
+        check_layer(backbones[-1])
     return backbones
 
 
@@ -326,6 +360,7 @@ def load_text_backbones(feature_args) -> list[Backbone]:
         backbones.append(
             Backbone(base_model_name(model_args), model, feature_args.layer, feature_args.pooling, tokenizer, settings)
         )
+        check_layer(backbones[-1])
     return backbones
 
 
