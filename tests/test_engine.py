@@ -5,7 +5,7 @@ import types
 
 import pytest
 import torch
-from helpers import ROOT, accelerate_bin, run, tiny_args
+from helpers import ROOT, accelerate_bin, call_entry_point, load_recipe, run, tiny_args
 
 from ftpeft.core.config import launch_defaults, use_cpu_ranks_without_gpu
 from ftpeft.core.engine import EngineRequest, asked_engine, engine_mismatch, local_parameter_bytes, refused_flags
@@ -54,16 +54,67 @@ def test_asked_versus_what_accelerate_set_up(asked, distributed_type, refused):
             assert "drop use_cpu" in reason and "deepspeed_zero2_cpu.yaml" in reason
 
 
-def test_cache_frozen_is_refused_where_parameters_are_sharded():
-    fsdp = EngineRequest("FSDP", "FSDP version 2", "the accelerate config")
-    zero3 = EngineRequest("DEEPSPEED", "ZeRO stage 3", "the accelerate config")
-    zero2 = EngineRequest("DEEPSPEED", "ZeRO stage 2", "the accelerate config")
-    ddp = EngineRequest(None, "data parallel", "the launch")
-    assert "--cache_frozen cannot run under FSDP" in refused_flags(fsdp, cache_frozen=True)
-    assert "--cache_frozen cannot run under DeepSpeed ZeRO stage 3" in refused_flags(zero3, cache_frozen=True)
-    assert refused_flags(zero2, cache_frozen=True) is None  # ZeRO-2 keeps whole parameters on every rank
-    assert refused_flags(ddp, cache_frozen=True) is None
-    assert refused_flags(fsdp, cache_frozen=False) is None
+ZERO2 = EngineRequest("DEEPSPEED", "ZeRO stage 2", "the accelerate config")
+ZERO3 = EngineRequest("DEEPSPEED", "ZeRO stage 3", "the accelerate config")
+FSDP2 = EngineRequest("FSDP", "FSDP version 2", "the accelerate config")
+DDP = EngineRequest(None, "data parallel", "the launch")
+SECOND_TRAINER = "You cannot pass in a `deepspeed_plugin` when creating a second `Accelerator`"
+HELD_BY_HOOKS = "DeepSpeedEngineWrapper.backward calls engine.step()"
+
+
+# what each flag of the sibling issues does under each engine: None = runs (README's Launching section says where
+# it is tested), else a piece of the one-line refusal; the README names each row
+@pytest.mark.parametrize(
+    "flags, refusals",
+    [
+        (["--class_weights", "balanced"], {ZERO2: None, ZERO3: None, FSDP2: None}),  # ZeRO-2: a slow launch below
+        (["--cache_frozen"], {ZERO2: SECOND_TRAINER, ZERO3: SECOND_TRAINER, FSDP2: "sharded parameters"}),
+        (["--lp_ft"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "FSDP's own gradient reduction"}),
+        (["--gradual_unfreeze"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "FSDP's own gradient reduction"}),
+        (["ftpeft ladder"], {ZERO2: SECOND_TRAINER, ZERO3: SECOND_TRAINER, FSDP2: "cannot run under FSDP"}),
+    ],
+)
+def test_each_flag_runs_under_zero_or_is_refused_in_one_line(flags, refusals):
+    from ftpeft.tuning.args import TuningArguments
+
+    given = flags[0]
+    if given.startswith("--"):  # the flags a recipe hands to the engine check, from its parsed arguments
+        tuning = TuningArguments(unfreeze_last="2", **{given[2:]: flags[1] if len(flags) > 1 else True})
+        flags = tuning.engine_dependent_flags
+        assert flags == ([] if given == "--class_weights" else [given])
+    for asked, piece in refusals.items():
+        reason = refused_flags(asked, flags)
+        if piece is None:
+            assert reason is None
+        else:
+            engine = "FSDP" if asked.engine == "FSDP" else f"DeepSpeed {asked.detail}"
+            assert reason.startswith(f"{given} cannot run under {engine}: ") and piece in reason
+            assert "\n" not in reason and "cpu_ddp.yaml" in reason  # one line, and what to launch instead
+    assert refused_flags(DDP, flags) is None  # DDP and one process run every flag
+
+
+@pytest.mark.parametrize(
+    "entry, extra, refused",
+    [
+        ("bert_cls", ["--unfreeze-last", "2", "--lp_ft"], "--lp_ft"),
+        ("bert_cls", ["--unfreeze-last", "2", "--cache_frozen"], "--cache_frozen"),
+        ("ladder", ["--time_budget", "1m"], "ftpeft ladder"),
+    ],
+)
+def test_recipes_and_the_ladder_refuse_under_zero_before_any_work(
+    monkeypatch, tiny_bert_dir, text_csv_dir, tmp_path, entry, extra, refused
+):
+    from ftpeft.core import engine
+
+    # accelerate set up the ZeRO-2 the launch asked for (what a 2-rank launch of deepspeed_zero2_cpu.yaml gives)
+    monkeypatch.setattr(engine, "asked_engine", lambda training_args: ZERO2)
+    monkeypatch.setattr(engine, "engine_mismatch", lambda asked, distributed_type: None)
+    out = tmp_path / "out"
+    outcome = call_entry_point(load_recipe(entry).main, tiny_args(tiny_bert_dir, text_csv_dir, out, *extra))
+    assert outcome.code == 2, outcome.stderr[-3000:]
+    error = outcome.stderr.rstrip().splitlines()[-1]
+    assert error.startswith(f"error: {refused} cannot run under DeepSpeed ZeRO stage 2: ")
+    assert not out.exists()  # before any work
 
 
 def test_parameter_bytes_count_the_local_shard():
@@ -147,16 +198,18 @@ def test_deepspeed_on_cpu_ranks_keeps_cpu_off_and_defaults_to_gloo(monkeypatch, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage, extra", [(2, []), (3, []), (2, ["--class_weights", "balanced"])])
 def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
-    tiny_bert_dir, text_csv_dir, tmp_path, stage
+    tiny_bert_dir, text_csv_dir, tmp_path, stage, extra
 ):
+    import json
+
     import yaml
     from transformers import AutoModelForSequenceClassification, pipeline
 
     out = tmp_path / f"zero{stage}"
     config = ROOT / "accelerate_configs" / f"deepspeed_zero{stage}_cpu.yaml"
-    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2")
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2", *extra)
     result = run([accelerate_bin(), "launch", "--config_file", str(config), str(ROOT / "recipes/bert_cls.py"), *argv])
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -168,6 +221,9 @@ def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
         share = int(mine.replace(",", "")) / int(full.replace(",", ""))
         assert share == 1.0 if stage == 2 else 0.4 < share < 0.6
     assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
+    if extra:  # the weighted loss is what trained (FtpeftTrainer.compute_loss under the DeepSpeed engine)
+        settings = json.loads((out / "resolved_settings.json").read_text())
+        assert set(settings["class_weights"]["used"]) == {"neg", "pos"}, settings["class_weights"]
     # through from_pretrained: ZeRO-3's consolidated save names LayerNorm parameters gamma/beta, which it maps back
     before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
     after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()

@@ -4,7 +4,8 @@ accelerate decides the engine from what ``accelerate launch`` exports (ACCELERAT
 FSDP_*) and the devices it finds. When the two disagree it does not fail: accelerate 1.15 applies FSDP only to
 GPU-like ranks and DeepSpeed only with ``use_cpu`` off, so an FSDP config on CPU ranks, or a ZeRO config with
 ``use_cpu``, silently trains with plain DDP (DeepSpeed itself runs on CPU ranks: ``config.deepspeed_on_cpu_ranks``).
-``check_engine`` compares what was asked with what accelerate set up and refuses a mismatch;
+``check_engine`` compares what was asked with what accelerate set up and refuses a mismatch, or a flag the engine
+cannot run (``ENGINE_REFUSALS``: the frozen-prefix cache, LP-FT, gradual unfreezing, the ladder);
 ``EngineReport`` logs, once the Trainer has wrapped the model, the wrapper and what each rank holds.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from transformers import TrainerCallback
 
@@ -42,13 +43,6 @@ class EngineRequest:
     engine: str | None
     detail: str  # "FSDP version 2", "ZeRO stage 3"
     source: str  # where the request came from, for the error message
-
-    @property
-    def shards_parameters(self) -> bool:
-        """Whether each rank holds only part of the parameters (FSDP full/hybrid shard, ZeRO-3)."""
-        if self.engine == "FSDP":
-            return True
-        return self.engine == "DEEPSPEED" and self.detail.endswith("3")
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:
@@ -94,23 +88,54 @@ def engine_mismatch(asked: EngineRequest, distributed_type: str) -> str | None:
     return None
 
 
-def refused_flags(asked: EngineRequest, cache_frozen: bool = False) -> str | None:
-    """Why a flag cannot run under the asked engine, or None."""
-    if cache_frozen and asked.shards_parameters:
-        engine = "FSDP" if asked.engine == "FSDP" else f"DeepSpeed {asked.detail}"
-        return (
-            f"--cache_frozen cannot run under {engine}: the cached model swaps the frozen bottom modules for their "
-            "cached activations, which sharded parameters do not allow; drop --cache_frozen or launch with DDP."
-        )
+_DDP_INSTEAD = "launch with DDP (accelerate_configs/cpu_ddp.yaml on CPU ranks, multi_gpu.yaml on GPUs)"
+# accelerate.Accelerator.__init__ raises it for every Trainer after the first once DeepSpeed is set up
+_SECOND_TRAINER = (
+    'accelerate refuses a second Trainer in one process once DeepSpeed is set up ("You cannot pass in a '
+    '`deepspeed_plugin` when creating a second `Accelerator`")'
+)
+_HELD_LAYERS = {
+    "DEEPSPEED": "it holds layers still by dropping their gradients just before optimizer.step(), but DeepSpeed "
+    "steps inside backward (accelerate's DeepSpeedEngineWrapper.backward calls engine.step()), so AdamW would still "
+    "decay the held layers and count their steps",
+    "FSDP": "it holds layers still through gradient hooks and by dropping their gradients before optimizer.step(), "
+    "which FSDP's own gradient reduction and sharding bypass",
+}
+# flag -> engine -> why that engine cannot run it; a flag not named here (--class_weights) runs under every engine
+ENGINE_REFUSALS: dict[str, dict[str, str]] = {
+    "--cache_frozen": {
+        "DEEPSPEED": "after training the cached frozen part is put back and the complete model is evaluated and "
+        f"saved by a second Trainer, which {_SECOND_TRAINER}",
+        "FSDP": "the cached model swaps the frozen bottom modules for their cached activations, which sharded "
+        "parameters do not allow",
+    },
+    "--lp_ft": _HELD_LAYERS,
+    "--gradual_unfreeze": _HELD_LAYERS,
+    "ftpeft ladder": {
+        "DEEPSPEED": f"its rungs are Trainers run one after another in one process, and {_SECOND_TRAINER}",
+        "FSDP": "its LP-FT, gradual and cached rungs cannot run under FSDP (see --lp_ft), so its rungs would not "
+        "compare",
+    },
+}
+
+
+def refused_flags(asked: EngineRequest, flags: Iterable[str] = ()) -> str | None:
+    """Why one of ``flags`` (e.g. "--cache_frozen", "ftpeft ladder") cannot run under the asked engine, or None."""
+    for flag in flags:
+        why = ENGINE_REFUSALS.get(flag, {}).get(asked.engine or "")
+        if why:
+            engine = "FSDP" if asked.engine == "FSDP" else f"DeepSpeed {asked.detail}"
+            drop = "" if flag.startswith("ftpeft ") else f"drop {flag} or "
+            return f"{flag} cannot run under {engine}: {why}; {drop}{_DDP_INSTEAD}."
     return None
 
 
-def check_engine(training_args, cache_frozen: bool = False) -> EngineRequest:
+def check_engine(training_args, flags: Iterable[str] = ()) -> EngineRequest:
     """Refuse (FtpeftError, exit 2) an engine accelerate will not give, or a flag it cannot run; log the engine."""
     asked = asked_engine(training_args)
     state = training_args.distributed_state
     distributed_type = "NO" if state is None else str(state.distributed_type).split(".")[-1]
-    reason = engine_mismatch(asked, distributed_type) or refused_flags(asked, cache_frozen)
+    reason = engine_mismatch(asked, distributed_type) or refused_flags(asked, flags)
     if reason:
         raise FtpeftError(reason)
     if training_args.process_index == 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +183,10 @@ def start_run(
     training_args,
     run_args: RunArguments,
     keep_all_columns: bool = False,
-    cache_frozen: bool = False,
+    flags: Iterable[str] = (),
 ) -> Run:
-    """Checks before any work: the engine asked for is the one accelerate set up (and can run ``cache_frozen``),
-    the output dir, resume, Hub push; then the derived settings, logged and kept."""
+    """Checks before any work: the engine asked for is the one accelerate set up (and can run the given ``flags``,
+    ``TuningArguments.engine_dependent_flags``), the output dir, resume, Hub push; then the derived settings."""
     from transformers import set_seed
 
     setup_logging(training_args)
@@ -197,7 +197,7 @@ def start_run(
         training_args.world_size,
         training_args.local_process_index,
     )
-    check_engine(training_args, cache_frozen=cache_frozen)
+    check_engine(training_args, flags)
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
     resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     push = validate_push_args(training_args)  # we push once, after everything is saved locally

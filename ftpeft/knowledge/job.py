@@ -63,7 +63,7 @@ def train_knowledge_classifier(
     tuning_args.require_supported("knowledge_cls", peft=True, cache=False)
     if model_args.pooling == "mean":
         raise FtpeftError("--pooling mean: not supported by knowledge_cls (its fusion reads [CLS] + pooler); use cls.")
-    run = start_run("knowledge_cls", config, training_args, run_args)
+    run = start_run("knowledge_cls", config, training_args, run_args, flags=tuning_args.engine_dependent_flags)
     model_path = resolve_model_path(model_args)
     check_max_seq_length(model_args, model_path, data_args.max_seq_length)
     inject = knowledge_args.inject

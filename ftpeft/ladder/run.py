@@ -186,9 +186,11 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     base_argv = strip_flags(argv, OWN_FLAGS)
     ladder_flags = [t for t in argv if t not in base_argv and t not in strip_flags(argv, LADDER_FLAGS)]
     manifest = {"modality": modality.name, "recipe_flags": base_argv, "ladder_flags": ladder_flags}
+    from ftpeft.core.engine import check_engine
     from ftpeft.core.lifecycle import setup_logging
 
     setup_logging(training_args)
+    check_engine(training_args, ["ftpeft ladder"])  # before the probe: an engine that cannot run the rungs
     is_main = training_args.process_index == 0
     prepare_output_dir(output_dir, manifest, run_args.overwrite_output_dir, is_main)
     started = time.perf_counter()

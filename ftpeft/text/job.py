@@ -75,7 +75,7 @@ def train_classifier(
         training_args,
         run_args,
         keep_all_columns=tuning_args.cache_frozen,
-        cache_frozen=tuning_args.cache_frozen,
+        flags=tuning_args.engine_dependent_flags,
     )
     model_path = resolve_model_path(model_args)
     check_max_seq_length(model_args, model_path, data_args.max_seq_length)

@@ -164,6 +164,11 @@ class TuningArguments:
             raise FtpeftError(f"{' and '.join(asked)}: not supported by {recipe}; {UNSUPPORTED_HINTS[recipe]}")
 
     @property
+    def engine_dependent_flags(self) -> list[str]:
+        """The given flags that some engines cannot run (``ftpeft.core.engine.ENGINE_REFUSALS``, before any work)."""
+        return [flag for flag in ("--cache_frozen", "--lp_ft", "--gradual_unfreeze") if getattr(self, flag[2:])]
+
+    @property
     def unfreeze_last_k(self) -> int | None:
         """Number of top layers to train, or None for full fine-tuning."""
         return unfreeze_last_k(self.unfreeze_last)

@@ -198,13 +198,6 @@ class StagedUnfreezing(TrainerCallback):
 
     # --- Trainer events ------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        from accelerate.state import PartialState
-        from accelerate.utils import DistributedType
-
-        if PartialState().distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            raise FtpeftError(
-                f"--{self.mode} works with one process or DDP; DeepSpeed and FSDP manage gradients themselves (use DDP)."
-            )
         self.max_steps = state.max_steps
         self.epoch_steps = steps_per_epoch(train_dataloader, args.gradient_accumulation_steps)
         if self.mode == "lp_ft":

@@ -73,7 +73,7 @@ def train_image_classifier(
     if data_args.cache_augmented_views and not tuning_args.cache_frozen:
         raise FtpeftError("--cache_augmented_views needs --cache_frozen (without it every epoch draws new views).")
     run = start_run(
-        "image_cls", config, training_args, run_args, keep_all_columns=True, cache_frozen=tuning_args.cache_frozen
+        "image_cls", config, training_args, run_args, keep_all_columns=True, flags=tuning_args.engine_dependent_flags
     )
     with training_args.main_process_first(desc="converting the demo weights"):
         model_name, weights_file = resolve_image_model(
