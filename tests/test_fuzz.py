@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    CLASSES,
     DAMAGES,
     RECIPES,
     TABLE_KEYS,
@@ -38,6 +39,7 @@ from helpers import (
     tiny_args,
     write_class_folders,
     write_glove,
+    write_kaggle_layout,
     write_knowledge_dataset,
     write_npy,
     write_safetensors,
@@ -261,6 +263,19 @@ def test_text_recipe_data_files(tiny_bert_dir, text_csv_dir, train, validation, 
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_found_csv_not_in_utf8_says_so(tiny_bert_dir, tmp_path, encoding):
+    """Found by the fuzzer: a CSV in another encoding was 'could not read it as csv (An error occurred while
+    generating the dataset)', which does not say what is wrong."""
+    (tmp_path / "train.csv").write_bytes("text,label\ncafé good,pos\nbad plot,neg\n".encode(encoding))
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(tmp_path / "train.csv"),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1"]  # fmt: skip
+    outcome = call_entry_point(bert_cls.main, argv)
+    assert_clean_outcome(outcome, {}, tmp_path / "out")
+    assert outcome.code == 2 and "could not read it as csv (not UTF-8 text; save it as UTF-8)" in outcome.stderr
+
+
 # --- bert_cls: damaged model and tokenizer files -------------------------------------------------------------------
 
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json")
@@ -430,6 +445,50 @@ def test_image_recipe_images_and_arguments(damages, extra):
                 "--validation_split_percentage", "34", *extra]  # fmt: skip
         outcome = call_entry_point(image_cls.main, argv)
         assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+KAGGLE_IDS = [f"{name[:2]}{i:03d}" for name in CLASSES for i in range(3)]  # write_kaggle_layout's, 3 per class
+
+
+@st.composite
+def labels_csvs(draw) -> bytes:
+    """A --labels_csv: write_kaggle_layout's rows, some cells odd (empty, unknown id, a path, long, non-ASCII), in
+    some encoding, with now and then another header or a ragged row."""
+    import csv
+    import io
+
+    rows = [[image_id, CLASSES[i // 3]] for i, image_id in enumerate(KAGGLE_IDS)]
+    odd = st.one_of(st.sampled_from(["", " ", "nope", "../x", "be000.jpg", "é", "x" * 300]), st.text(max_size=8))
+    for _ in range(draw(st.integers(0, 3))):
+        row = rows[draw(st.integers(0, len(rows) - 1))]
+        row[draw(st.integers(0, 1))] = draw(odd)
+    if draw(st.integers(0, 5)) == 0:
+        rows.append(draw(st.lists(odd, max_size=4)))  # a ragged row
+    header = draw(st.sampled_from([["id", "breed"]] * 4 + [["breed", "id"], ["id"], ["image", "label"]]))
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *rows])
+    return buffer.getvalue().encode(draw(st.sampled_from(ENCODINGS)), errors="replace")
+
+
+@pytest.mark.slow
+@example(labels=b"\xff\xfei\x00d\x00").via(
+    "a labels CSV that is not UTF-8 (the text files' finding) -> UnicodeDecodeError"
+)
+@example(labels=b'id,breed\n"unclosed,pug\n').via("a CSV pandas cannot parse")
+@given(labels=labels_csvs())
+def test_image_recipe_labels_csv(labels):
+    work = scratch()
+    try:
+        out, root = work / "out", work / "kaggle"
+        csv_path, images = write_kaggle_layout(root, per_class=3, corrupt=False)
+        csv_path.write_bytes(labels)
+        user = {root: snapshot(root)}
+        argv = ["--labels_csv", str(csv_path), "--image_dir", str(images), *TIMM_ARGS, "--output_dir", str(out),
+                "--max_steps", "1", "--per_device_train_batch_size", "4", "--eval_strategy", "no",
+                "--save_strategy", "no", "--validation_split_percentage", "34"]  # fmt: skip
+        assert_clean_outcome(call_entry_point(image_cls.main, argv), user, out, RUN_FILES)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,6 +29,19 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def reading_problem(error: BaseException) -> str:
+    """Why a data file could not be read, for one line: readers (datasets, pandas) wrap the cause in a generic
+    error ("An error occurred while generating the dataset"), so the chain is searched for it."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        if len(chain) > 20:
+            break
+    if any(isinstance(link, UnicodeDecodeError) for link in chain):
+        return "not UTF-8 text; save it as UTF-8"
+    return first_line(chain[-1] if len(chain) > 1 else error)
+
+
 def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
     """Remove Hub tokens (and any explicitly given secret) from ``text``."""
     for secret in secrets:

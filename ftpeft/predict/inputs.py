@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError, reading_problem
 
 
 @dataclasses.dataclass
@@ -53,8 +53,8 @@ def read_table(path: Path, id_column: str) -> TableInput:
     try:
         rows = load_dataset(LOCAL_FORMATS[suffix], data_files={"predict": str(path)}, split="predict")
     except Exception as error:  # datasets raises many types for malformed or header-only files  # noqa: BLE001
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FtpeftError(f"--input {path}: could not read it as {LOCAL_FORMATS[suffix]} ({first_line}).") from None
+        problem = reading_problem(error)
+        raise FtpeftError(f"--input {path}: could not read it as {LOCAL_FORMATS[suffix]} ({problem}).") from None
     if len(rows) == 0:
         raise FtpeftError(f"--input {path} has no data rows.")
     if id_column in rows.column_names:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError, reading_problem
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.demo import DEMO_TWEETS_NAME, demo_tweets
 
@@ -79,8 +79,9 @@ def _load_local(data_args: TextDataArguments):
         try:
             splits[split] = load_dataset(fmt, data_files={split: path})[split]
         except Exception as error:  # datasets raises many types for malformed files  # noqa: BLE001
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise FtpeftError(f"--{split}_file {path}: could not read it as {fmt} ({first_line}).") from None
+            raise FtpeftError(
+                f"--{split}_file {path}: could not read it as {fmt} ({reading_problem(error)})."
+            ) from None
     return DatasetDict(splits)
 
 

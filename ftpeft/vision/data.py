@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
-from ftpeft.core.errors import FtpeftError
+from ftpeft.core.errors import FtpeftError, reading_problem
 from ftpeft.core.outputs import atomic_write_text
 from ftpeft.vision.args import ImageDataArguments
 
@@ -175,7 +175,10 @@ def load_labels_csv(data_args: ImageDataArguments) -> tuple[list[str | None], li
         raise FtpeftError(f"--labels_csv {csv}: no such file.")
     if not image_dir.is_dir():
         raise FtpeftError(f"--image_dir {image_dir}: no such directory.")
-    frame = pd.read_csv(csv, dtype=str)
+    try:
+        frame = pd.read_csv(csv, dtype=str)
+    except Exception as error:  # pandas raises many types for malformed, empty or non-UTF-8 files  # noqa: BLE001
+        raise FtpeftError(f"--labels_csv {csv}: could not read it as csv ({reading_problem(error)}).") from None
     columns = list(frame.columns)
     label_column = data_args.label_column
     if label_column is None:
