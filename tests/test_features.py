@@ -244,3 +244,35 @@ def test_shipped_feature_configs_parse():
     for config in configs:
         assert config.read_text().startswith("#"), f"{config} must open with the command that runs it"
         extract_features.parse(["--config", str(config)])
+
+
+def _noisy_linear_problem(rows: int, seed: int):
+    """Few informative of many noisy dimensions: strong regularisation wins on held-out rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 200))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    return x, y
+
+
+@pytest.mark.parametrize(
+    ("head", "given_c", "with_validation", "chooses"),
+    [("logreg", None, True, True), ("linear_svm", None, True, True), ("logreg", 0.5, True, False),
+     ("logreg", None, False, False), ("random_forest", None, True, False)],
+)  # fmt: skip
+def test_linear_heads_choose_c_on_validation_unless_given(head, given_c, with_validation, chooses):
+    from ftpeft.features.args import HeadArguments
+    from ftpeft.features.heads import REGULARIZATION_GRID, fit_sklearn_head
+
+    train, validation = _noisy_linear_problem(120, 0), _noisy_linear_problem(400, 1)
+    args = HeadArguments(features_dir="unused", head=head, regularization_c=given_c, n_estimators=5)
+    classifier, choice = fit_sklearn_head(head, args, train, validation if with_validation else None)
+    if not chooses:
+        assert choice == {}
+        if given_c is not None:
+            assert classifier[-1].C == given_c
+        return
+    scores = choice["validation_accuracy_by_c"]
+    assert list(scores) == list(REGULARIZATION_GRID[head])
+    assert scores[choice["regularization_c"]] == max(scores.values())
+    assert classifier[-1].C == choice["regularization_c"]
+    assert np.mean(classifier.predict(validation[0]) == validation[1]) == max(scores.values())

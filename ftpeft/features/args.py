@@ -102,7 +102,8 @@ class HeadArguments:
     regularization_c: float | None = dataclasses.field(
         default=None,
         metadata={
-            "help": "logreg/linear_svm: inverse L2 strength C. Default: 1.0 logreg, 0.01 linear_svm.",
+            "help": "logreg/linear_svm: inverse L2 strength C. Default: chosen on the validation split from "
+            "0.01-1 (logreg) or 0.001-0.1 (linear_svm); without a validation split 1.0 logreg, 0.01 linear_svm.",
             "range": POSITIVE,
         },
     )

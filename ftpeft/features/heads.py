@@ -10,6 +10,7 @@ classifier slot, so backbone + head is a complete timm model whose logits equal 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,6 +27,8 @@ SKOPS_FILE = "head.skops"
 TORCH_FILE = "head.safetensors"
 HEAD_CONFIG_FILE = "head_config.json"
 TRUSTED_PREFIXES = ("sklearn.", "numpy.")
+# C values tried on the validation split when --regularization_c is not given (linear heads only)
+REGULARIZATION_GRID = {"logreg": (0.01, 0.03, 0.1, 0.3, 1.0), "linear_svm": (0.001, 0.003, 0.01, 0.03, 0.1)}
 
 
 def build_sklearn_head(head: str, args):
@@ -51,6 +54,20 @@ def build_sklearn_head(head: str, args):
             max_iter=args.max_iter if args.max_iter < 1000 else 200, random_state=args.seed
         )
     raise FtpeftError(f"--head {head}: not a scikit-learn head ({', '.join(SKLEARN_HEADS)}).")
+
+
+def fit_sklearn_head(head: str, args, train: tuple, validation: tuple | None) -> tuple[object, dict]:
+    """Fit a scikit-learn head. For logreg / linear_svm without --regularization_c, C is chosen on validation
+    accuracy from REGULARIZATION_GRID (a tie goes to the smaller C, the stronger regularisation); the returned
+    dict says what was chosen and each C's score ({} when nothing was chosen)."""
+    if head not in REGULARIZATION_GRID or args.regularization_c is not None or validation is None:
+        return build_sklearn_head(head, args).fit(*train), {}
+    fitted, scores = {}, {}
+    for c in REGULARIZATION_GRID[head]:
+        fitted[c] = build_sklearn_head(head, dataclasses.replace(args, regularization_c=c)).fit(*train)
+        scores[c] = float(np.mean(fitted[c].predict(validation[0]) == validation[1]))
+    best = max(scores, key=lambda c: (scores[c], -c))
+    return fitted[best], {"regularization_c": best, "validation_accuracy_by_c": scores}
 
 
 def save_sklearn_head(classifier, output_dir: str | Path) -> Path:

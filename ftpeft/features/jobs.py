@@ -105,8 +105,15 @@ def train_head(head_args: HeadArguments, run_args: RunArguments, config: dict[st
 
     # --- 2. train ------------------------------------------------------------------------------------------
     start = time.perf_counter()
+    choice = {}
     if head_args.head in heads.SKLEARN_HEADS:
-        classifier = heads.build_sklearn_head(head_args.head, head_args).fit(x_train, y_train)
+        classifier, choice = heads.fit_sklearn_head(
+            head_args.head, head_args, (x_train, y_train), splits.get("validation")
+        )
+        if choice:
+            print(
+                f"--regularization_c {choice['regularization_c']} chosen on validation: {choice['validation_accuracy_by_c']}"
+            )
     else:
         classifier = heads.train_torch_head(x_train, y_train, len(label_names), head_args)
     train_seconds = time.perf_counter() - start
@@ -128,6 +135,7 @@ def train_head(head_args: HeadArguments, run_args: RunArguments, config: dict[st
         "in_features": int(x_train.shape[1]),
         "num_classes": len(label_names),
         "hidden_size": head_args.hidden_size,
+        **choice,
         "label_names": label_names,
         "features": {k: metadata.get(k) for k in ("request", "modality", "weights_files", "key", "seed")},
     }
