@@ -114,7 +114,7 @@ def write_table(sweep: list[dict], final: list[dict], chosen: str, command: str,
     lines = [
         "# LoRA defaults, chosen on validation, against full fine-tuning",
         "",
-        f"Command: `{command}`. {__doc__.split('Same setting', 1)[1].split('Every run')[0].strip()}",
+        f"Command: `{command}`. Same setting {__doc__.split('Same setting', 1)[1].split('Every run')[0].strip()}",
         "",
         f"## Sweep (seeds {', '.join(map(str, sweep[0]['seeds']))}; chosen on validation: **{chosen}**)",
         "",

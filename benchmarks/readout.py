@@ -82,7 +82,7 @@ def write_table(runs: list[dict], command: str, path: Path) -> None:
     lines = [
         "# Head-only text readouts and the frozen-feature route",
         "",
-        f"Command: `{command}`. {__doc__.split('Same setting', 1)[1].split('Every run')[0].strip()}",
+        f"Command: `{command}`. Same setting {__doc__.split('Same setting', 1)[1].split('Every run')[0].strip()}",
         "",
         "| case | seeds | val acc | test acc | wall s per run (process start to metrics) |",
         "|---|---|---|---|---|",
