@@ -319,6 +319,7 @@ JSON_EDIT_VALUE = st.one_of(
 @example(damage=("config", "hidden_size", None)).via("found: a config value of the wrong type -> StrictDataclass error")
 @example(damage=("tokenizer_config", "tokenizer_class", False)).via("found: a non-string tokenizer_class -> TypeError")
 @example(damage=("config", "hidden_size", 0)).via("found: hidden_size 0 -> ZeroDivisionError while building the model")
+@example(damage=("tokenizer_config", "model_max_length", [])).via("found: model_max_length [] -> TypeError at encoding")
 def test_text_recipe_damaged_model_folder(tiny_bert_dir, text_csv_dir, damage):
     work = scratch()
     try:

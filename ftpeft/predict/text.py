@@ -69,10 +69,14 @@ def encode_texts(rows, tokenizer, columns: list[str], max_length: int):
 def load_tokenizer(folder) -> Any:
     from transformers import AutoTokenizer
 
+    from ftpeft.text.modeling import check_tokenizer_settings
+
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as error:  # a damaged tokenizer file raises many types (TypeError, KeyError, ...)  # noqa: BLE001
         raise FtpeftError(f"{folder}: could not load its tokenizer ({first_line(error)}).") from None
+    check_tokenizer_settings(tokenizer, folder)
+    return tokenizer
 
 
 class TextPredictor:

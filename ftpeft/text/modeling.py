@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -80,6 +81,17 @@ def check_max_seq_length(model_args: ModelArguments, model_path: str, max_seq_le
         )
 
 
+def check_tokenizer_settings(tokenizer, source) -> None:
+    """tokenizer_config.json values the tokenizer only uses when it encodes: a damaged one would fail at the first
+    batch, so it is refused where the tokenizer loads."""
+    length = tokenizer.model_max_length
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or math.isnan(length) or length < 1:
+        raise FtpeftError(
+            f"{source}: tokenizer_config.json has model_max_length {length!r}; it must be a number >= 1 "
+            "(the tokenizer files are damaged: re-download or re-copy them)."
+        )
+
+
 def load_tokenizer(model_args: ModelArguments, model_path: str):
     from transformers import AutoTokenizer
 
@@ -93,6 +105,7 @@ def load_tokenizer(model_args: ModelArguments, model_path: str):
         )
     except Exception as error:  # a damaged tokenizer file raises many types (TypeError, KeyError, ...)  # noqa: BLE001
         raise FtpeftError(f"could not load the tokenizer from {source}: {first_line(error)}") from None
+    check_tokenizer_settings(tokenizer, source)
     # transformers builds an empty tokenizer from a folder without tokenizer files: every word would be unknown
     vocabulary = set(tokenizer.get_vocab())
     if vocabulary <= set(tokenizer.all_special_tokens):
