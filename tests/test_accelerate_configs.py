@@ -11,6 +11,7 @@ EXPECTED = {
     "single_gpu": ("NO", 1),
     "multi_gpu": ("MULTI_GPU", 8),
     "fsdp": ("FSDP", 8),
+    "fsdp_cpu": ("FSDP", 2),
     "deepspeed_zero2": ("DEEPSPEED", 8),
     "deepspeed_zero2_cpu": ("DEEPSPEED", 2),
     "deepspeed_zero3": ("DEEPSPEED", 8),
@@ -37,8 +38,11 @@ def test_loads_with_accelerate_and_documents_its_command(path):
         assert config.fsdp_config["fsdp_use_orig_params"]  # partial freezing + per-group LRs need it
     if path.stem.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(path.stem.split("_")[1].removeprefix("zero"))
-    if path.stem.endswith("_cpu") and path.stem.startswith("deepspeed"):
-        assert not config.use_cpu  # accelerate skips DeepSpeed with it; ftpeft picks gloo on CPU ranks
+    if path.stem.endswith("_cpu") and path.stem.startswith(("deepspeed", "fsdp")):
+        assert not config.use_cpu  # accelerate skips DeepSpeed and FSDP with it; ftpeft picks gloo on CPU ranks
+    if path.stem == "fsdp_cpu":  # the default classes also wrap BertEmbeddings, and torch fails (README)
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
 
 
 # --- SLURM templates: run with stand-in srun/scontrol/accelerate that record the launch line of each node ---------

@@ -8,7 +8,14 @@ import torch
 from helpers import ROOT, accelerate_bin, call_entry_point, load_recipe, run, tiny_args
 
 from ftpeft.core.config import launch_defaults, use_cpu_ranks_without_gpu
-from ftpeft.core.engine import EngineRequest, asked_engine, engine_mismatch, local_parameter_bytes, refused_flags
+from ftpeft.core.engine import (
+    EngineRequest,
+    asked_engine,
+    engine_mismatch,
+    fsdp_wrap_problem,
+    local_parameter_bytes,
+    refused_flags,
+)
 
 
 def _args(**fields):
@@ -153,8 +160,10 @@ fsdp_config:
 
 
 @pytest.mark.slow
-def test_fsdp_config_on_cpu_ranks_exits_2_instead_of_training_with_ddp(tiny_bert_dir, text_csv_dir, tmp_path):
-    # accelerate 1.15 turns this config into MULTI_CPU ranks wrapped by DistributedDataParallel, silently
+def test_fsdp2_config_without_a_layer_class_exits_2_before_any_work(tiny_bert_dir, text_csv_dir, tmp_path):
+    # accelerate's multi_gpu launcher does not pass use_cpu on to the ranks, so this config shards the CPU ranks as
+    # fsdp_cpu.yaml does (it trained with DDP while ftpeft set ACCELERATE_USE_CPU); its TRANSFORMER_BASED_WRAP names
+    # no layer class, and torch's fully_shard then fails mid-setup with a TypeError traceback
     config = tmp_path / "fsdp_cpu.yaml"
     config.write_text(FSDP_ON_CPU)
     out = tmp_path / "fsdp"
@@ -163,13 +172,32 @@ def test_fsdp_config_on_cpu_ranks_exits_2_instead_of_training_with_ddp(tiny_bert
     result = run([accelerate_bin(), "launch", "--config_file", str(config), script, *argv], timeout=300)
     assert result.returncode != 0
     expected = (
-        "error: the accelerate config asks for FSDP (FSDP version 2) but accelerate set up MULTI_CPU (CPU ranks): "
+        "error: the accelerate config asks for FSDP version 2 with TRANSFORMER_BASED_WRAP but names no "
+        "fsdp_transformer_layer_cls_to_wrap: "
     )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and all(line.startswith(expected) for line in errors)  # one line from each rank
     # the launcher exits 1 with its own ChildFailedError traceback, reporting each rank's usage exit code
     assert "exitcode  : 2" in result.stderr and "DistributedDataParallel" not in result.stderr
+    assert "raise TypeError" not in result.stderr  # no rank got as far as fully_shard
     assert not out.exists()  # before any work
+
+
+@pytest.mark.parametrize(
+    "asked, environ, refused",
+    [
+        (FSDP2, {"FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}, True),
+        (FSDP2, {"FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_TRANSFORMER_CLS_TO_WRAP": "BertLayer"}, False),
+        (FSDP2, {"FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"}, False),
+        (EngineRequest("FSDP", "FSDP version 1", "the accelerate config"), {"FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}, False),
+        (ZERO2, {"FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}, False),
+    ],
+)  # fmt: skip
+def test_fsdp2_needs_the_layer_class_to_wrap(asked, environ, refused):
+    reason = fsdp_wrap_problem(asked, environ)
+    assert (reason is not None) == refused
+    if refused:
+        assert "fsdp_transformer_layer_cls_to_wrap: BertLayer" in reason and "\n" not in reason
 
 
 @pytest.mark.parametrize(
@@ -179,12 +207,18 @@ def test_fsdp_config_on_cpu_ranks_exits_2_instead_of_training_with_ddp(tiny_bert
         ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_DEEPSPEED": "true"}, True, None, None),  # GPUs
         ({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, False, "true", None),  # DDP on CPU ranks, as before
         ({"ACCELERATE_USE_DEEPSPEED": "true"}, False, None, None),  # one process: nothing to set
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true"}, False, None, "gloo"),
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true"}, True, None, None),  # GPUs
+        # ACCELERATE_USE_CPU exported by hand (use_cpu: true in an FSDP config does not reach the ranks): DDP, refused
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_CPU": "true"}, False,
+         "true", None),
     ],
-)
-def test_deepspeed_on_cpu_ranks_keeps_cpu_off_and_defaults_to_gloo(monkeypatch, env, cuda, cpu_flag, backend):
+)  # fmt: skip
+def test_deepspeed_or_fsdp_on_cpu_ranks_keeps_cpu_off_and_defaults_to_gloo(monkeypatch, env, cuda, cpu_flag, backend):
     import os
 
-    for key in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_USE_CPU", "ACCELERATE_USE_DEEPSPEED", "DS_ACCELERATOR"):
+    names = ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_USE_CPU", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+    for key in (*names, "DS_ACCELERATOR"):
         monkeypatch.setenv(key, "")  # recorded, so whatever the functions set is undone after the test
         monkeypatch.delenv(key)
     for key, value in env.items():
@@ -193,7 +227,8 @@ def test_deepspeed_on_cpu_ranks_keeps_cpu_off_and_defaults_to_gloo(monkeypatch, 
     use_cpu_ranks_without_gpu()
     assert os.environ.get("ACCELERATE_USE_CPU") == cpu_flag  # accelerate skips DeepSpeed when it is set
     assert launch_defaults({"ddp_backend", "seed"}) == ({"ddp_backend": backend} if backend else {})
-    assert os.environ.get("DS_ACCELERATOR") == ("cpu" if backend else None)
+    deepspeed = "ACCELERATE_USE_DEEPSPEED" in env
+    assert os.environ.get("DS_ACCELERATOR") == ("cpu" if backend and deepspeed else None)
     assert launch_defaults({"seed"}) == {}  # a parser without TrainingArguments gets nothing
 
 
@@ -225,6 +260,34 @@ def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
         settings = json.loads((out / "resolved_settings.json").read_text())
         assert set(settings["class_weights"]["used"]) == {"neg", "pos"}, settings["class_weights"]
     # through from_pretrained: ZeRO-3's consolidated save names LayerNorm parameters gamma/beta, which it maps back
+    before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    trained = ("bert.encoder.layer.2.", "bert.encoder.layer.3.", "bert.pooler.", "classifier.")
+    assert changed == {name for name in before if name.startswith(trained)}
+    assert pipeline("text-classification", model=str(out))("good film")[0]["label"] in ("neg", "pos")
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_ranks_shards_and_trains_exactly_the_unfrozen_parameters(tiny_bert_dir, text_csv_dir, tmp_path):
+    import yaml
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    out = tmp_path / "fsdp"
+    config = ROOT / "accelerate_configs" / "fsdp_cpu.yaml"
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2")
+    result = run([accelerate_bin(), "launch", "--config_file", str(config), str(ROOT / "recipes/bert_cls.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "engine: FSDP version 2 wraps the model (accelerate: MULTI_GPU, 2 process(es))" in log
+    assert "DistributedDataParallel" not in log
+    # fully_shard makes the model class FSDP<class> and its parameters DTensors: each rank holds its local half
+    held = re.findall(r"rank (\d): model wrapped by (\w+); holds ([\d,]+) of ([\d,]+) parameter bytes", log)
+    assert sorted(rank for rank, *_ in held) == ["0", "1"]
+    for _, wrapper, mine, full in held:
+        assert wrapper == "FSDPBertForSequenceClassification"
+        assert 0.4 < int(mine.replace(",", "")) / int(full.replace(",", "")) < 0.6
+    assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
     before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
     after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}

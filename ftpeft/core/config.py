@@ -173,7 +173,9 @@ def use_cpu_ranks_without_gpu() -> bool:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
     # `accelerate launch --multi_gpu` exports ACCELERATE_USE_CPU=False itself: without CUDA that cannot hold
     asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
-    if launched and not torch.cuda.is_available() and not asked_for_cpu and not deepspeed_on_cpu_ranks():
+    if launched and not torch.cuda.is_available() and not asked_for_cpu:
+        if deepspeed_on_cpu_ranks() or fsdp_on_cpu_ranks():  # they need cpu off (and gloo)
+            return False
         os.environ["ACCELERATE_USE_CPU"] = "true"
         return True
     return False
@@ -196,9 +198,46 @@ def deepspeed_on_cpu_ranks() -> bool:
     return True
 
 
+def fsdp_on_cpu_ranks() -> bool:
+    """Whether an FSDP launch without ``use_cpu`` runs on ranks without a GPU (with ``use_cpu`` accelerate trains
+    with DDP, which ``ftpeft.core.engine`` refuses). Such ranks, as under DeepSpeed, keep ACCELERATE_USE_CPU unset
+    and get ``ddp_backend: gloo``; ``let_accelerate_shard_cpu_ranks`` then lets accelerate apply FSDP to them."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes")
+    asked_for_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
+    if not (launched and fsdp) or asked_for_cpu:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def let_accelerate_shard_cpu_ranks() -> bool:
+    """Under an FSDP launch on CPU ranks, mark accelerate's process state as multi-device, so that the Trainer's
+    AcceleratorState applies FSDP; returns whether it did.
+
+    accelerate 1.15 applies FSDP only to GPU-like distributed types (``AcceleratorState.__init__``); CPU ranks on
+    gloo without ``cpu`` are type NO (``PartialState._prepare_backend`` finds no GPU backend), though the gloo
+    process group spans every rank. torch's ``fully_shard`` runs on CPU over gloo; the device stays ``cpu``.
+    """
+    if not fsdp_on_cpu_ranks():
+        return False
+    import torch
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if not torch.distributed.is_initialized():
+        return False
+    state = PartialState()
+    if state.distributed_type != DistributedType.NO or state.num_processes < 2:
+        return False
+    state.distributed_type = DistributedType.MULTI_GPU  # shared by every PartialState/AcceleratorState after this
+    return True
+
+
 def launch_defaults(known_keys: set[str]) -> dict[str, Any]:
-    """Defaults the launch needs (YAML and command line still win): gloo for DeepSpeed on CPU ranks."""
-    if "ddp_backend" in known_keys and deepspeed_on_cpu_ranks():
+    """Defaults the launch needs (YAML and command line still win): gloo for DeepSpeed or FSDP on CPU ranks."""
+    if "ddp_backend" in known_keys and (deepspeed_on_cpu_ranks() or fsdp_on_cpu_ranks()):
         return {"ddp_backend": "gloo"}
     return {}
 
@@ -244,6 +283,7 @@ def parse_args(
     except (ValueError, TypeError) as error:  # TrainingArguments' own __post_init__ checks
         raise FtpeftError(str(error)) from None
     parsed.resolved = _resolved_settings(parser, yaml_tokens + argv)
+    let_accelerate_shard_cpu_ranks()  # TrainingArguments has set up the ranks; the Trainer's Accelerator comes next
     return parsed
 
 

@@ -2,8 +2,8 @@
 
 accelerate decides the engine from what ``accelerate launch`` exports (ACCELERATE_USE_FSDP, ACCELERATE_USE_DEEPSPEED,
 FSDP_*) and the devices it finds. When the two disagree it does not fail: accelerate 1.15 applies FSDP only to
-GPU-like ranks and DeepSpeed only with ``use_cpu`` off, so an FSDP config on CPU ranks, or a ZeRO config with
-``use_cpu``, silently trains with plain DDP (DeepSpeed itself runs on CPU ranks: ``config.deepspeed_on_cpu_ranks``).
+GPU-like ranks and DeepSpeed only with ``use_cpu`` off, so an FSDP or ZeRO config with ``use_cpu`` silently trains
+with plain DDP (both run on CPU ranks without it: ``config.deepspeed_on_cpu_ranks``, ``config.fsdp_on_cpu_ranks``).
 ``check_engine`` compares what was asked with what accelerate set up and refuses a mismatch, or a flag the engine
 cannot run (``ENGINE_REFUSALS``: the frozen-prefix cache, LP-FT, gradual unfreezing, the ladder);
 ``EngineReport`` logs, once the Trainer has wrapped the model, the wrapper and what each rank holds.
@@ -76,7 +76,8 @@ def engine_mismatch(asked: EngineRequest, distributed_type: str) -> str | None:
         return (
             f"{asked.source} asks for FSDP ({asked.detail}) but accelerate set up {distributed_type}"
             f"{f' ({where})' if where else ''}: accelerate applies FSDP only to 2+ GPU-like ranks and would silently "
-            "train without sharding; on CPU use accelerate_configs/cpu_ddp.yaml (DDP), or run FSDP on GPUs."
+            "train without sharding; on CPU ranks drop use_cpu from the config (accelerate_configs/fsdp_cpu.yaml), "
+            "or use accelerate_configs/cpu_ddp.yaml for DDP."
         )
     if asked.engine == "DEEPSPEED" and distributed_type != "DEEPSPEED":
         return (
@@ -86,6 +87,26 @@ def engine_mismatch(asked: EngineRequest, distributed_type: str) -> str | None:
             "accelerate_configs/cpu_ddp.yaml for DDP."
         )
     return None
+
+
+def fsdp_wrap_problem(asked: EngineRequest, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why the FSDP2 wrap policy of the accelerate config cannot shard the model, or None.
+
+    With TRANSFORMER_BASED_WRAP and no class list accelerate wraps every class of the model's ``_no_split_modules``
+    (BERT: ``BertEmbeddings`` and ``BertLayer``), then calls ``fully_shard`` on the word embeddings that their
+    ``BertEmbeddings`` already sharded, and torch fails in ``DeviceMesh._concatenate``.
+    """
+    environ = os.environ if environ is None else environ
+    if asked.engine != "FSDP" or asked.detail != "FSDP version 2":
+        return None
+    if environ.get("FSDP_AUTO_WRAP_POLICY") != "TRANSFORMER_BASED_WRAP" or environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP"):
+        return None
+    return (
+        f"{asked.source} asks for FSDP version 2 with TRANSFORMER_BASED_WRAP but names no "
+        "fsdp_transformer_layer_cls_to_wrap: accelerate then also wraps the embeddings of the model's "
+        "_no_split_modules and torch's fully_shard fails ('TypeError: Invariant encountered: value was None'); "
+        "name the layer class, e.g. fsdp_transformer_layer_cls_to_wrap: BertLayer (accelerate_configs/fsdp_cpu.yaml)."
+    )
 
 
 _DDP_INSTEAD = "launch with DDP (accelerate_configs/cpu_ddp.yaml on CPU ranks, multi_gpu.yaml on GPUs)"
@@ -135,7 +156,7 @@ def check_engine(training_args, flags: Iterable[str] = ()) -> EngineRequest:
     asked = asked_engine(training_args)
     state = training_args.distributed_state
     distributed_type = "NO" if state is None else str(state.distributed_type).split(".")[-1]
-    reason = engine_mismatch(asked, distributed_type) or refused_flags(asked, flags)
+    reason = engine_mismatch(asked, distributed_type) or fsdp_wrap_problem(asked) or refused_flags(asked, flags)
     if reason:
         raise FtpeftError(reason)
     if training_args.process_index == 0:
