@@ -74,7 +74,7 @@ HELD_BY_HOOKS = "DeepSpeedEngineWrapper.backward calls engine.step()"
 @pytest.mark.parametrize(
     "flags, refusals",
     [
-        (["--class_weights", "balanced"], {ZERO2: None, ZERO3: None, FSDP2: None}),  # ZeRO-2: a slow launch below
+        (["--class_weights", "balanced"], {ZERO2: None, ZERO3: None, FSDP2: None}),  # ZeRO-2, FSDP2: slow launches
         (["--cache_frozen"], {ZERO2: SECOND_TRAINER, ZERO3: SECOND_TRAINER, FSDP2: "sharded parameters"}),
         (["--lp_ft"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "FSDP's own gradient reduction"}),
         (["--gradual_unfreeze"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "FSDP's own gradient reduction"}),
@@ -269,13 +269,18 @@ def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_cpu_ranks_shards_and_trains_exactly_the_unfrozen_parameters(tiny_bert_dir, text_csv_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--class_weights", "balanced"]])
+def test_fsdp_on_two_cpu_ranks_shards_and_trains_exactly_the_unfrozen_parameters(
+    tiny_bert_dir, text_csv_dir, tmp_path, extra
+):
+    import json
+
     import yaml
     from transformers import AutoModelForSequenceClassification, pipeline
 
     out = tmp_path / "fsdp"
     config = ROOT / "accelerate_configs" / "fsdp_cpu.yaml"
-    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2")
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2", *extra)
     result = run([accelerate_bin(), "launch", "--config_file", str(config), str(ROOT / "recipes/bert_cls.py"), *argv])
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -288,6 +293,9 @@ def test_fsdp_on_two_cpu_ranks_shards_and_trains_exactly_the_unfrozen_parameters
         assert wrapper == "FSDPBertForSequenceClassification"
         assert 0.4 < int(mine.replace(",", "")) / int(full.replace(",", "")) < 0.6
     assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
+    if extra:  # the weighted loss is what trained (FtpeftTrainer.compute_loss on the sharded model)
+        settings = json.loads((out / "resolved_settings.json").read_text())
+        assert set(settings["class_weights"]["used"]) == {"neg", "pos"}, settings["class_weights"]
     before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
     after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
