@@ -76,8 +76,8 @@ HELD_BY_HOOKS = "DeepSpeedEngineWrapper.backward calls engine.step()"
     [
         (["--class_weights", "balanced"], {ZERO2: None, ZERO3: None, FSDP2: None}),  # ZeRO-2, FSDP2: slow launches
         (["--cache_frozen"], {ZERO2: SECOND_TRAINER, ZERO3: SECOND_TRAINER, FSDP2: "sharded parameters"}),
-        (["--lp_ft"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "FSDP's own gradient reduction"}),
-        (["--gradual_unfreeze"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "FSDP's own gradient reduction"}),
+        (["--lp_ft"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "fully_shard replaces"}),
+        (["--gradual_unfreeze"], {ZERO2: HELD_BY_HOOKS, ZERO3: HELD_BY_HOOKS, FSDP2: "fully_shard replaces"}),
         (["ftpeft ladder"], {ZERO2: SECOND_TRAINER, ZERO3: SECOND_TRAINER, FSDP2: "cannot run under FSDP"}),
     ],
 )

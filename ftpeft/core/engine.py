@@ -119,8 +119,9 @@ _HELD_LAYERS = {
     "DEEPSPEED": "it holds layers still by dropping their gradients just before optimizer.step(), but DeepSpeed "
     "steps inside backward (accelerate's DeepSpeedEngineWrapper.backward calls engine.step()), so AdamW would still "
     "decay the held layers and count their steps",
-    "FSDP": "it holds layers still through gradient hooks and by dropping their gradients before optimizer.step(), "
-    "which FSDP's own gradient reduction and sharding bypass",
+    "FSDP": "it holds layers still through hooks on the parameters it took before the Trainer wrapped the model, and "
+    "fully_shard replaces those with DTensor shards (on 2 CPU ranks its hooks and weight checksums then saw tensors "
+    "FSDP no longer trains)",
 }
 # flag -> engine -> why that engine cannot run it; a flag not named here (--class_weights) runs under every engine
 ENGINE_REFUSALS: dict[str, dict[str, str]] = {
