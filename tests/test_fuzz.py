@@ -320,6 +320,7 @@ JSON_EDIT_VALUE = st.one_of(
 @example(damage=("tokenizer_config", "tokenizer_class", False)).via("found: a non-string tokenizer_class -> TypeError")
 @example(damage=("config", "hidden_size", 0)).via("found: hidden_size 0 -> ZeroDivisionError while building the model")
 @example(damage=("tokenizer_config", "model_max_length", [])).via("found: model_max_length [] -> TypeError at encoding")
+@example(damage=("tokenizer_config", "pad_token", _DELETE)).via("found: no pad_token -> ValueError at the first batch")
 def test_text_recipe_damaged_model_folder(tiny_bert_dir, text_csv_dir, damage):
     work = scratch()
     try:
@@ -479,6 +480,9 @@ def labels_csvs(draw) -> bytes:
 )
 @example(labels=b'id,breed\n"unclosed,pug\n').via("a CSV pandas cannot parse")
 @given(labels=labels_csvs())
+@example(labels=b"breed,id\nbe000,beagle\nco000,collie\n").via(
+    "found: columns swapped, no row names an image -> sklearn ValueError in the validation split"
+)
 def test_image_recipe_labels_csv(labels):
     work = scratch()
     try:
@@ -613,6 +617,23 @@ def test_found_entity_cell_that_is_no_list(tiny_kb_bert, tmp_path, entities):
     outcome = call_entry_point(knowledge_cls.main, argv)
     assert_clean_outcome(outcome, {}, tmp_path / "out")
     assert outcome.code == 2 and re.search(r"--entity_column entities: row \d+ is not a list of spans", outcome.stderr)
+
+
+@pytest.mark.slow
+def test_found_feature_cell_that_is_no_list(tiny_kb_bert, tmp_path):
+    """Found by the fuzzer: a --knowledge_column cell of floats that is a bool was a TypeError traceback."""
+    import json
+
+    path = write_knowledge_dataset(tmp_path / "train.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["features"] = False
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["--model_name_or_path", str(tiny_kb_bert), "--train_file", str(path), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "1", "--validation_split_percentage", "25", "--knowledge_file",
+            str(write_glove(tmp_path / "g.txt")), "--inject", "concat", "--knowledge_column", "features"]  # fmt: skip
+    outcome = call_entry_point(knowledge_cls.main, argv)
+    assert_clean_outcome(outcome, {}, tmp_path / "out")
+    assert outcome.code == 2 and re.search(r"--knowledge_column features: row \d+ has False", outcome.stderr)
 
 
 # --- extract_features.py and train_head.py -------------------------------------------------------------------------

@@ -72,8 +72,9 @@ def knowledge_layout(datasets, args: KnowledgeArguments) -> KnowledgeLayout:
 
 
 def _vector(value, column: str, width: int, row: int) -> list[float]:
-    if value is None or len(value) != width:
-        got = "nothing" if value is None else f"{len(value)} values"
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != width:
+        got = "nothing" if value is None else f"{value!r:.40}" if isinstance(value, (bool, int, float, str)) else None
+        got = got or f"{len(value)} values"
         raise FtpeftError(
             f"--knowledge_column {column}: row {row} has {got}, expected {width} floats (as the first row)."
         )

@@ -84,6 +84,11 @@ def check_max_seq_length(model_args: ModelArguments, model_path: str, max_seq_le
 def check_tokenizer_settings(tokenizer, source) -> None:
     """tokenizer_config.json values the tokenizer only uses when it encodes: a damaged one would fail at the first
     batch, so it is refused where the tokenizer loads."""
+    if tokenizer.pad_token is None:  # batches of texts of different lengths could not be padded
+        raise FtpeftError(
+            f"{source}: the tokenizer has no padding token (pad_token in tokenizer_config.json); the tokenizer files "
+            "are damaged or not a classifier's: re-download or re-copy them, or pass --tokenizer_name."
+        )
     length = tokenizer.model_max_length
     if isinstance(length, bool) or not isinstance(length, (int, float)) or math.isnan(length) or length < 1:
         raise FtpeftError(

@@ -315,7 +315,13 @@ def stratified_split(images: ImageList, percentage: int, seed: int) -> tuple[Ima
             indices, test_size=percentage / 100, random_state=seed, stratify=images.labels
         )
     except ValueError:
-        train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed)
+        try:
+            train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed)
+        except ValueError:  # too few images for this share: one side would be empty
+            raise FtpeftError(
+                f"--validation_split_percentage {percentage} of {len(images)} usable training image(s) leaves no "
+                "training or no validation image; give more images, another percentage, or a validation split."
+            ) from None
     return images.subset(sorted(train)), images.subset(sorted(validation))
 
 
