@@ -86,7 +86,7 @@ def chosen_config(runs: list[dict], names: list[str]) -> str:
 
 def summarise(runs: list[dict], seeds_of: dict[str, tuple[int, ...]]) -> list[dict]:
     rows = []
-    for name in [*SWEEP, FULL]:
+    for name in [name for name in [*SWEEP, FULL] if name in seeds_of]:
         seeded = sorted((r for r in runs if r["case"] == name and r["seed"] in seeds_of[name]), key=lambda r: r["seed"])
         if not seeded:
             continue
