@@ -738,6 +738,25 @@ def test_train_head_feature_cache_and_arguments(feature_cache, damage, extra):
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.slow
+def test_found_nan_in_a_feature_shard(feature_cache, tmp_path):
+    """Found by the fuzzer: bytes overwritten inside a shard whose header stays whole gave NaN features, and
+    scikit-learn's 'Input X contains NaN' traceback."""
+    from safetensors.numpy import load_file, save_file
+
+    features = tmp_path / "features"
+    shutil.copytree(feature_cache, features)
+    shard = next(features.glob("*/train-00000.safetensors"))
+    tensors = load_file(str(shard))
+    tensors["features"][0, 0] = float("nan")
+    save_file(tensors, str(shard))
+    outcome = call_entry_point(
+        train_head.main, ["--features_dir", str(features), "--output_dir", str(tmp_path / "out")]
+    )
+    assert_clean_outcome(outcome, {}, tmp_path / "out")
+    assert outcome.code == 2 and "the train features hold NaN or inf values (a damaged shard)" in outcome.stderr
+
+
 # --- the ftpeft commands: push, predict, ladder --------------------------------------------------------------------
 
 

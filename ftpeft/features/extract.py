@@ -290,7 +290,9 @@ def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
     if problem:
         raise FtpeftError(f"{folder / METADATA_FILE}: damaged ({problem}); {again}.")
     classes = len(metadata["label_names"])
-    for split, (_, labels) in splits.items():
+    for split, (features, labels) in splits.items():
+        if not np.isfinite(features).all():  # bytes overwritten inside a shard whose header is whole
+            raise FtpeftError(f"{folder}: the {split} features hold NaN or inf values (a damaged shard); {again}.")
         if labels.size and not (0 <= labels.min() and labels.max() < classes):
             raise FtpeftError(
                 f"{folder}: the {split} labels run to {labels.max()} but metadata.json names {classes} classes; {again}."
