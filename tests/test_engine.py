@@ -14,6 +14,7 @@ from ftpeft.core.engine import (
     engine_mismatch,
     fsdp_wrap_problem,
     local_parameter_bytes,
+    optimizer_groups,
     refused_flags,
 )
 
@@ -137,6 +138,22 @@ def test_parameter_bytes_count_the_local_shard():
     model.bias = torch.nn.Parameter(torch.empty(0))
     model.bias.ds_tensor, model.bias.ds_numel = torch.zeros(3), 8
     assert local_parameter_bytes(model) == ((16 + 3) * 4, 40 * 4)
+
+
+def test_optimizer_groups_give_each_groups_lr_before_warmup_and_full_counts():
+    from transformers import get_linear_schedule_with_warmup
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    groups = [
+        {"params": list(model[1].parameters()), "lr": 1e-3, "weight_decay": 0.0},
+        {"params": [model[0].weight], "lr": 2.4e-4, "weight_decay": 0.01},
+    ]
+    optimizer = torch.optim.AdamW(groups)
+    get_linear_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=4)  # LRs now 0
+    assert [group["lr"] for group in optimizer.param_groups] == [0.0, 0.0]
+    assert (
+        optimizer_groups(optimizer) == "lr 0.001 wd 0 tensors 2 elements 18; lr 0.00024 wd 0.01 tensors 1 elements 32"
+    )
 
 
 FSDP_ON_CPU = """\
@@ -313,3 +330,156 @@ def test_the_launching_table_names_existing_tests():
     assert {"FSDP, GPUs", "FSDP, CPU ranks", "SLURM, N nodes", "several machines"} <= {row[0][2:] for row in rows}
     named = set(re.findall(r"tests/test_\w+\.py", launching))
     assert named and all((ROOT / path).is_file() for path in named)
+
+
+# --- FSDP2 on 2 CPU ranks against one process (issue 15 item 2) ------------------------------------------------------
+
+GROUPS_LINE = re.compile(r"rank (\d): optimizer groups: (.*)")
+FSDP_CPU = ROOT / "accelerate_configs" / "fsdp_cpu.yaml"
+
+
+def _launch_fsdp(script: str, argv: list[str], *launch_flags: str):
+    config = ["--config_file", str(FSDP_CPU), *launch_flags]
+    return run([accelerate_bin(), "launch", *config, str(ROOT / "recipes" / script), *argv], timeout=400)
+
+
+def _test_loss(model, tokenizer, csv_path) -> float:
+    """Mean cross-entropy of ``model`` on a test.csv of make_text_files (what Trainer reports as test_loss)."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path)
+    label2id = {name: index for index, name in model.config.id2label.items()}
+    inputs = tokenizer(list(frame["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    labels = torch.tensor([label2id[name] for name in frame["label"]])
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model.eval()(**inputs).logits, labels).item()
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_ranks_matches_one_process_and_resumes(tiny_bert_dir, text_csv_dir, tmp_path, caplog):
+    import json
+    import logging
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    # dropout draws other masks on 2 ranks of 4 examples than on 1 process of 8: without it the runs must agree
+    model_dir = tmp_path / "no_dropout"
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, **no_dropout).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(model_dir)
+    common = ["--unfreeze-last", "2", "--weight_decay", "0.01", "--max_steps", "4", "--save_strategy", "steps"]
+    common += ["--save_steps", "2", "--save_total_limit", "2"]
+
+    def argv(out, batch, *extra):
+        return tiny_args(model_dir, text_csv_dir, out, *common, "--per_device_train_batch_size", str(batch), *extra)
+
+    sharded, single, resumed = tmp_path / "fsdp", tmp_path / "one", tmp_path / "resumed"
+    result = _launch_fsdp("bert_cls.py", argv(sharded, 4))  # global batch 8
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "engine: FSDP version 2 wraps the model (accelerate: MULTI_GPU, 2 process(es))" in log
+    with caplog.at_level(logging.WARNING, logger="ftpeft"):
+        outcome = call_entry_point(load_recipe("bert_cls").main, argv(single, 8))
+    assert outcome.code == 0, outcome.stderr[-3000:]
+
+    # 1. the optimizer each rank steps (after accelerate prepared it) holds the groups of the one-process run
+    groups = dict(GROUPS_LINE.findall(log))
+    one_process = GROUPS_LINE.search(caplog.text).group(2)
+    assert sorted(groups) == ["0", "1"] and groups["0"] == groups["1"] == one_process, (groups, one_process)
+    lrs = [float(lr) for lr in re.findall(r"lr ([\d.e-]+)", one_process)]
+    # head 1e-3; pooler 3e-4, layer 4 x 0.8, layer 3 x 0.8^2 (--layer_decay 0.8); each with and without weight decay
+    assert lrs == pytest.approx([1e-3, 1e-3, 3e-4, 3e-4, 2.4e-4, 2.4e-4, 1.92e-4, 1.92e-4])
+
+    # 5. the loss curve of 2 ranks x 4 matches 1 process x 8 (same seeded order; only the reduction order differs)
+    def losses(out):
+        state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+        return [(entry["step"], entry["loss"]) for entry in state["log_history"] if "loss" in entry]
+
+    curve = losses(sharded)
+    assert [step for step, _ in curve] == [1, 2, 3, 4]
+    for (_, two), (_, one) in zip(curve, losses(single), strict=True):
+        assert abs(two - one) <= 1e-4, (curve, losses(single))
+    for name, tensor in _weights(single).items():
+        torch.testing.assert_close(_weights(sharded)[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+    # 2. the final save is a plain HF model; its test loss is the one the sharded ranks measured together
+    saved = AutoModelForSequenceClassification.from_pretrained(sharded)
+    tokenizer = AutoTokenizer.from_pretrained(sharded)
+    measured = json.loads((sharded / "metrics.json").read_text())["test_loss"]
+    assert abs(_test_loss(saved, tokenizer, text_csv_dir / "test.csv") - measured) < 1e-4
+    assert pipeline("text-classification", model=str(sharded))("good film")[0]["label"] in ("neg", "pos")
+
+    # 3. resume from the FSDP checkpoint of step 2: steps 3 and 4 again, ending at the uninterrupted run's weights
+    result = _launch_fsdp("bert_cls.py", argv(resumed, 4, "--resume_from_checkpoint", str(sharded / "checkpoint-2")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(resumed) == curve[:2] + losses(resumed)[2:] and [s for s, _ in losses(resumed)] == [1, 2, 3, 4]
+    for (_, again), (_, before) in zip(losses(resumed)[2:], curve[2:], strict=True):
+        assert abs(again - before) <= 1e-5
+    for name, tensor in _weights(sharded).items():
+        torch.testing.assert_close(_weights(resumed)[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_ranks_lora_with_its_head_round_trips(tiny_bert_dir, text_csv_dir, tmp_path):
+    import json
+
+    from peft import AutoPeftModelForSequenceClassification
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "lora"
+    result = _launch_fsdp("bert_cls.py", tiny_args(tiny_bert_dir, text_csv_dir, out, "--use_peft", "--max_steps", "3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    held = re.findall(r"rank (\d): model wrapped by (\w+); holds ([\d,]+) of ([\d,]+) parameter bytes", log)
+    assert sorted(rank for rank, *_ in held) == ["0", "1"]
+    assert all(0.4 < int(mine.replace(",", "")) / int(full.replace(",", "")) < 0.6 for *_, mine, full in held)
+    groups = dict(GROUPS_LINE.findall(log))
+    assert sorted(groups) == ["0", "1"] and groups["0"] == groups["1"]
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in adapter.items())  # adapters trained
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
+    head = [name for name in adapter if name.startswith("base_model.model.classifier.")]
+    assert head and all(not torch.equal(adapter[n], base[n.split("base_model.model.", 1)[1]]) for n in head)
+    reloaded = AutoPeftModelForSequenceClassification.from_pretrained(out)  # the card's snippet
+    reloaded.config.id2label = dict(enumerate(json.loads((out / "label_names.json").read_text())))
+    measured = json.loads((out / "metrics.json").read_text())["test_loss"]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert abs(_test_loss(reloaded, tokenizer, text_csv_dir / "test.csv") - measured) < 1e-4
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_ranks_image_cls_shards_timm_blocks_and_keeps_frozen_batchnorm(tmp_path):
+    import timm
+    from helpers import TIMM_MODEL, write_class_folders
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    start = tmp_path / "start.safetensors"
+    save_file(timm.create_model(TIMM_MODEL).state_dict(), str(start))
+    root = write_class_folders(tmp_path / "folders", per_class=8)
+    out = tmp_path / "fsdp_image"
+    argv = ["--image_dir", str(root), "--model_name_or_path", TIMM_MODEL, "--image_size", "32"]
+    argv += ["--pretrained_file", str(start), "--unfreeze-last", "1", "--output_dir", str(out), "--max_steps", "3"]
+    argv += ["--per_device_train_batch_size", "4", "--save_strategy", "no", "--eval_strategy", "no"]
+    # the wrap policy names timm's ResNet blocks instead of fsdp_cpu.yaml's BertLayer
+    result = _launch_fsdp("image_cls.py", argv, "--fsdp_transformer_layer_cls_to_wrap", "BasicBlock,Bottleneck")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    held = re.findall(r"rank (\d): model wrapped by (\w+); holds ([\d,]+) of ([\d,]+) parameter bytes", log)
+    assert sorted(rank for rank, *_ in held) == ["0", "1"]
+    for _, wrapper, mine, full in held:
+        assert wrapper == "FSDPResNet" and 0.4 < int(mine.replace(",", "")) / int(full.replace(",", "")) < 0.6
+    before, after = load_file(str(start)), load_file(str(out / "model.safetensors"))
+    changed = {name for name in after if not name.startswith("fc.") and not torch.equal(after[name], before[name])}
+    trained = {name for name in changed if name.startswith("layer4.") and "running" not in name}
+    assert trained and changed - trained <= {n for n in after if n.startswith("layer4.")}  # stats of trained BN move
+    assert not any(name.startswith(("conv1", "bn1", "layer1", "layer2", "layer3")) for name in changed)  # frozen BN too
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)

@@ -186,16 +186,31 @@ def local_parameter_bytes(model) -> tuple[int, int]:
     return held, full
 
 
+def optimizer_groups(optimizer) -> str:
+    """Each group of the live optimizer: its LR (as given, before warm-up scales it), weight decay, tensor count
+    and element count (a DTensor shard counts its full parameter, so every rank and one process read the same)."""
+    return "; ".join(
+        f"lr {group.get('initial_lr', group['lr']):.3g} wd {group['weight_decay']:g} "
+        f"tensors {len(group['params'])} elements {sum(param.numel() for param in group['params']):,}"
+        for group in optimizer.param_groups
+    )
+
+
 class EngineReport(TrainerCallback):
-    """At the start of training, logs the class that wraps the model and the parameter bytes each rank holds."""
+    """At the start of training, logs the class that wraps the model, the parameter bytes each rank holds and the
+    optimizer groups it steps (taken from the optimizer after accelerate prepared it)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
         self.wrapper: str | None = None
         self.held_bytes: int | None = None
         self.full_bytes: int | None = None
+        self.optimizer_groups: str | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None:
+            self.optimizer_groups = optimizer_groups(optimizer)
+            logger.warning("rank %d: optimizer groups: %s", args.process_index, self.optimizer_groups)
         wrapped = self.trainer.model_wrapped
         self.wrapper = type(wrapped).__name__
         self.held_bytes, self.full_bytes = local_parameter_bytes(wrapped)

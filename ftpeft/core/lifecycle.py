@@ -132,15 +132,16 @@ class Run:
         label_names: list[str],
         description: ModelDescription,
         train_metrics: dict[str, Any],
-        write_model: Callable[[Path], None] | None = None,
+        write_model: Callable[[Path, dict | None], None] | None = None,
         merged_export: Callable[[], tuple[Path, str]] | None = None,
         push_merged: bool = False,
     ) -> dict[str, Any]:
         """Save the model atomically, evaluate (validation, then test once), write reports and the card, push.
 
-        ``write_model(folder)`` saves the model into a folder on the main process (default: every rank
-        calls ``trainer.save_model``). ``merged_export()`` writes a merged copy and returns (its folder, its
-        loading snippet); it gets a card too, and ``push_merged`` pushes it instead of the output dir.
+        ``write_model(folder, state_dict)`` saves the model into a folder on the main process (default: every
+        rank calls ``trainer.save_model``); see ``save_model_atomically``. ``merged_export()`` writes a merged
+        copy and returns (its folder, its loading snippet); it gets a card too, and ``push_merged`` pushes it
+        instead of the output dir.
         """
         save_model_atomically(trainer, self.output_dir, write_model)
         if trainer.is_world_process_zero() and (self.output_dir / "adapter_config.json").is_file():
@@ -207,18 +208,24 @@ def start_run(
     return Run(recipe, config, training_args, resume_from, push, settings)
 
 
-def save_model_atomically(trainer, output_dir: str | Path, write_model: Callable[[Path], None] | None = None) -> None:
+def save_model_atomically(
+    trainer, output_dir: str | Path, write_model: Callable[[Path, dict | None], None] | None = None
+) -> None:
     """Save into a staging dir, then rename each file into ``output_dir`` (all ranks call it).
 
-    ``write_model(folder)`` saves on the main process instead of ``trainer.save_model`` on every rank.
+    ``write_model(folder, state_dict)`` saves on the main process instead of ``trainer.save_model`` on every rank;
+    ``state_dict`` is the full one gathered from the FSDP shards, None when the model's own is whole.
     """
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_DIR
     if write_model is None:
         trainer.save_model(str(staging))
-    elif trainer.is_world_process_zero():
-        staging.mkdir(parents=True, exist_ok=True)
-        write_model(staging)
+    else:
+        # FSDP ranks hold DTensor shards: gathering the full weights is a collective that every rank joins
+        state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+        if trainer.is_world_process_zero():
+            staging.mkdir(parents=True, exist_ok=True)
+            write_model(staging, state_dict)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         move_into_place(staging, output_dir)

@@ -155,8 +155,8 @@ def train_image_classifier(
         trainer.state = cached_run.state  # the learning curve keeps the training history
 
     # --- evaluate, save (a stock timm model), card, push -----------------------------------------------
-    def write_model(folder: Path) -> None:
-        save_timm_model(model, folder, data.label_names, data_config)
+    def write_model(folder: Path, state_dict: dict | None) -> None:
+        save_timm_model(model, folder, data.label_names, data_config, state_dict)
 
     trained = tuning.freeze.trainable_layers or "none, head only"
     tuning_text = f"--unfreeze_last {tuning_args.unfreeze_last} (trainable stages: {trained})"

@@ -87,17 +87,23 @@ class ImageClassificationTrainer(FtpeftTrainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
-def save_timm_model(model: nn.Module, output_dir: str | Path, label_names: list[str], data_config: dict) -> None:
-    """model.safetensors + config.json (timm Hub format, with label_names and the input size used)."""
-    from timm.models import save_for_hf
+def save_timm_model(
+    model: nn.Module, output_dir: str | Path, label_names: list[str], data_config: dict, state_dict: dict | None = None
+) -> None:
+    """model.safetensors + config.json (timm Hub format, with label_names and the input size used).
 
+    ``state_dict`` (default ``model.state_dict()``): the full weights, e.g. gathered from FSDP's DTensor shards,
+    which safetensors cannot write.
+    """
+    from safetensors.torch import save_file
+    from timm.models._hub import save_config_for_hf  # what timm's save_for_hf writes next to the weights
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict() if state_dict is None else state_dict, str(output_dir / "model.safetensors"))
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
-    save_for_hf(
-        model,
-        str(output_dir),
-        model_config={"label_names": list(label_names)},
-        safe_serialization=True,
-        data_config=data_config,
+    save_config_for_hf(
+        model, output_dir / "config.json", model_config={"label_names": list(label_names)}, data_config=data_config
     )
 
 
