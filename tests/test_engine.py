@@ -1,6 +1,7 @@
 """The engine the user asked for (DDP, FSDP, DeepSpeed) is the one accelerate sets up, or the run stops before any work."""
 
 import re
+import sys
 import types
 
 import pytest
@@ -343,6 +344,27 @@ def _launch_fsdp(script: str, argv: list[str], *launch_flags: str):
     return run([accelerate_bin(), "launch", *config, str(ROOT / "recipes" / script), *argv], timeout=400)
 
 
+# bert_cls as launched, plus: after training, every rank runs its sharded model on the same two sentences and prints
+# the logits (FSDP2 gathers each layer's full parameters for the forward of every rank)
+PROBE_SENTENCES = ["good film was great", "bad plot and boring actor"]
+LOGITS_PROBE = f"""
+import sys, torch
+from ftpeft.core import lifecycle
+from ftpeft.core.errors import run_cli
+evaluate_and_report = lifecycle.evaluate_and_report
+def probed(trainer, *args, **kwargs):
+    inputs = trainer.processing_class({PROBE_SENTENCES!r}, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = trainer.model.eval()(**inputs).logits
+    print(f"rank {{trainer.args.process_index}} logits {{logits.tolist()}}", flush=True)
+    return evaluate_and_report(trainer, *args, **kwargs)
+lifecycle.evaluate_and_report = probed
+sys.path.insert(0, "recipes")
+import bert_cls
+run_cli(bert_cls.main)(sys.argv[1:])
+"""
+
+
 def _test_loss(model, tokenizer, csv_path) -> float:
     """Mean cross-entropy of ``model`` on a test.csv of make_text_files (what Trainer reports as test_loss)."""
     import pandas as pd
@@ -416,8 +438,17 @@ def test_fsdp_on_two_cpu_ranks_matches_one_process_and_resumes(tiny_bert_dir, te
     assert pipeline("text-classification", model=str(sharded))("good film")[0]["label"] in ("neg", "pos")
 
     # 3. resume from the FSDP checkpoint of step 2: steps 3 and 4 again, ending at the uninterrupted run's weights
-    result = _launch_fsdp("bert_cls.py", argv(resumed, 4, "--resume_from_checkpoint", str(sharded / "checkpoint-2")))
+    resume = argv(resumed, 4, "--resume_from_checkpoint", str(sharded / "checkpoint-2"))
+    launch = [accelerate_bin(), "launch", "--config_file", str(FSDP_CPU), "--no_python", sys.executable, "-c"]
+    result = run([*launch, LOGITS_PROBE, *resume], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
+    # 2. after training every rank gives the same logits for the same inputs, and so does the model it saved
+    logits = dict(re.findall(r"rank (\d) logits (.*)", result.stdout))
+    assert sorted(logits) == ["0", "1"] and logits["0"] == logits["1"], logits
+    model = AutoModelForSequenceClassification.from_pretrained(resumed).eval()
+    with torch.no_grad():
+        reloaded = model(**tokenizer(PROBE_SENTENCES, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(torch.tensor(json.loads(logits["0"])), reloaded, rtol=1e-5, atol=1e-5)
     assert losses(resumed) == curve[:2] + losses(resumed)[2:] and [s for s, _ in losses(resumed)] == [1, 2, 3, 4]
     for (_, again), (_, before) in zip(losses(resumed)[2:], curve[2:], strict=True):
         assert abs(again - before) <= 1e-5
