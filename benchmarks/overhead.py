@@ -6,7 +6,7 @@
 Both sides run the same work: the packaged MiniLM-L6 on the demo tweets, full fine-tuning, one LR (5e-5, no
 layer decay, head at the same LR), batch 8, max_seq_length 64, the same number of optimizer steps, no
 evaluation or saving during training. The two alternate (plain, ftpeft, plain, ftpeft, ...), each in its own
-process, so a slow spell of the machine hits both alike. The figure is Trainer's own train samples/s; the
+process with one torch thread, so a slow spell of the machine hits both alike. The figure is Trainer's own train samples/s; the
 ratio is taken pair by pair, and the table gives the median ratio with its min and max.
 Writes benchmarks/results/overhead.md and .json.
 """
@@ -62,6 +62,9 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     args, env = parse_benchmark_args(__doc__, argv)
+    # one thread per run: two OpenMP threads on a core that another job also wants spin at their barriers, and a
+    # run slows down several-fold depending on the neighbour, which is what a per-step ratio must not measure
+    env["OMP_NUM_THREADS"] = "1"
     pairs, steps = (2, 2) if args.quick else (PAIRS, STEPS)
     plain, ftpeft = cases(steps)
     rows = []
