@@ -514,3 +514,50 @@ def test_fsdp_on_two_cpu_ranks_image_cls_shards_timm_blocks_and_keeps_frozen_bat
     assert not any(name.startswith(("conv1", "bn1", "layer1", "layer2", "layer3")) for name in changed)  # frozen BN too
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_fsdp_cpu_config_as_shipped_refuses_image_cls_in_one_line(tmp_path):
+    """fsdp_cpu.yaml wraps BertLayer; a timm ResNet has none: one line naming its blocks, exit 2, no output dir."""
+    from helpers import TIMM_MODEL, write_class_folders
+
+    root = write_class_folders(tmp_path / "folders", per_class=8)
+    out = tmp_path / "fsdp_image"
+    argv = ["--image_dir", str(root), "--model_name_or_path", TIMM_MODEL, "--image_size", "32", "--unfreeze-last",
+            "1", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "no"]  # fmt: skip
+    result = _launch_fsdp("image_cls.py", argv)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.stderr[-3000:]  # one line from each rank
+    assert all("fsdp_transformer_layer_cls_to_wrap names ['BertLayer']" in e and "BasicBlock" in e for e in errors)
+    # the launcher exits 1 with its own ChildFailedError report of each rank's usage exit code
+    assert result.returncode != 0 and "exitcode  : 2" in result.stderr
+    assert "Could not find the transformer layer class" not in result.stderr  # refused before accelerate wraps
+    assert not out.exists()
+
+
+class BasicBlock(torch.nn.Module):  # the name timm's ResNets give their repeated blocks
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Linear(2, 2)
+
+
+FSDP_LAUNCH = {"ACCELERATE_USE_FSDP": "true", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "refused"),
+    [
+        ({**FSDP_LAUNCH, "FSDP_TRANSFORMER_CLS_TO_WRAP": "BertLayer"}, True),  # fsdp_cpu.yaml on a timm model
+        ({**FSDP_LAUNCH, "FSDP_TRANSFORMER_CLS_TO_WRAP": "BasicBlock"}, False),
+        ({**FSDP_LAUNCH, "FSDP_TRANSFORMER_CLS_TO_WRAP": "BasicBlock,BertLayer"}, True),
+        ({"FSDP_TRANSFORMER_CLS_TO_WRAP": "BertLayer"}, False),  # not an FSDP launch
+    ],
+)
+def test_fsdp_wrap_classes_the_model_lacks_are_refused_naming_its_blocks(environ, refused):
+    from ftpeft.core.engine import fsdp_wrap_classes_missing
+
+    model = torch.nn.Sequential(BasicBlock(), BasicBlock())
+    problem = fsdp_wrap_classes_missing(model, environ)
+    assert (problem is not None) == refused
+    if refused:
+        assert "['BertLayer']" in problem and "BasicBlock" in problem

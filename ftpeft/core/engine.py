@@ -109,6 +109,28 @@ def fsdp_wrap_problem(asked: EngineRequest, environ: Mapping[str, str] | None = 
     )
 
 
+def fsdp_wrap_classes_missing(model, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why the FSDP config's fsdp_transformer_layer_cls_to_wrap names a class the model does not have, or None.
+
+    accelerate looks the names up only when it wraps the model, inside train(), and fails there with a traceback
+    ("Could not find the transformer layer class ..."); checked once the model is built, before any training.
+    """
+    environ = os.environ if environ is None else environ
+    names = environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
+    if not _flag(environ, "ACCELERATE_USE_FSDP") or environ.get("FSDP_AUTO_WRAP_POLICY") != "TRANSFORMER_BASED_WRAP":
+        return None
+    present = {type(module).__name__ for module in model.modules()}
+    missing = [name for name in names.split(",") if name and name not in present]
+    if not missing:
+        return None
+    blocks = sorted(name for name in present if name.endswith(("Layer", "Block", "Bottleneck")))
+    return (
+        f"fsdp_transformer_layer_cls_to_wrap names {missing}, which this model does not have; name its repeated "
+        f"blocks instead (this model's candidates: {', '.join(blocks) or 'none found'}), e.g. accelerate launch "
+        f"--fsdp_transformer_layer_cls_to_wrap {','.join(blocks[:2]) or 'BLOCK'}."
+    )
+
+
 _DDP_INSTEAD = "launch with DDP (accelerate_configs/cpu_ddp.yaml on CPU ranks, multi_gpu.yaml on GPUs)"
 # accelerate.Accelerator.__init__ raises it for every Trainer after the first once DeepSpeed is set up
 _SECOND_TRAINER = (

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ftpeft.core.errors import FtpeftError
 from ftpeft.core.freezing import FreezeReport, LayerMap, freeze_report, keep_frozen_norms_in_eval, layer_map
 from ftpeft.core.freezing import unfreeze_last as freeze_all_but_top
 from ftpeft.tuning.args import TuningArguments
@@ -44,8 +45,12 @@ def apply_tuning(
     ``modules_to_save``). ``then(model)`` runs last, before the report: a capability's own rule, such as
     keeping a knowledge table frozen. With ``--use_peft`` the returned model is the peft wrapper.
     """
+    from ftpeft.core.engine import fsdp_wrap_classes_missing
     from ftpeft.tuning.lora import apply_lora, build_lora_config
 
+    wrap_problem = fsdp_wrap_classes_missing(model)  # accelerate would fail on it inside train(), after the run began
+    if wrap_problem:
+        raise FtpeftError(wrap_problem)
     newly_initialised = sorted(newly_initialised)
     k = tuning_args.unfreeze_last_k
     layers = layer_map(model)
