@@ -79,7 +79,9 @@ def check_trial_used_its_values(record: dict, given) -> None:
 
 
 SEARCH_CASES = {  # the top layers with the default fields: test_best_yaml_reruns_...
-    "LoRA: + lora_r, lora_alpha, lora_lr": ["--use_peft", "--unfreeze-last", "0"],
+    "LoRA: + lora_r, lora_alpha, lora_lr": pytest.param(
+        ["--use_peft", "--unfreeze-last", "0"], marks=pytest.mark.slow
+    ),  # the fast lane keeps the cache test below, which runs the same search code
     "depth": pytest.param(["--hp_search_fields", "unfreeze_last", "head_lr", "layer_decay"], marks=pytest.mark.slow),
 }
 
@@ -106,6 +108,7 @@ def test_each_trial_trains_with_its_sampled_values(tiny_bert_dir, text_csv_dir, 
     assert metrics["hp_search"]["trials"] == 4 and "test_accuracy" in metrics
 
 
+@pytest.mark.slow
 def test_best_yaml_reruns_the_best_trial_and_the_report_lists_every_trial(
     tiny_bert_dir, text_csv_dir, tmp_path, trial_records
 ):
