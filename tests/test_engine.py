@@ -250,16 +250,32 @@ def test_deepspeed_or_fsdp_on_cpu_ranks_keeps_cpu_off_and_defaults_to_gloo(monke
     assert launch_defaults({"seed"}) == {}  # a parser without TrainingArguments gets nothing
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage, extra", [(2, []), (3, []), (2, ["--class_weights", "balanced"])])
-def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
-    tiny_bert_dir, text_csv_dir, tmp_path, stage, extra
-):
+def assert_sharded_run_trained_the_top_2_of_4(out, tiny_bert_dir, class_weighted: bool) -> None:
+    """A ZeRO/FSDP run of bert_cls --unfreeze-last 2 on the 4-layer BERT: gloo recorded, the weighted loss
+    recorded when asked, exactly the top 2 layers + pooler + head changed (read through from_pretrained: ZeRO-3's
+    consolidated save names LayerNorm parameters gamma/beta, which it maps back), and the save loads in pipeline()."""
     import json
 
     import yaml
     from transformers import AutoModelForSequenceClassification, pipeline
 
+    assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
+    if class_weighted:  # the weighted loss is what trained (FtpeftTrainer.compute_loss under the engine)
+        settings = json.loads((out / "resolved_settings.json").read_text())
+        assert set(settings["class_weights"]["used"]) == {"neg", "pos"}, settings["class_weights"]
+    before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    trained = ("bert.encoder.layer.2.", "bert.encoder.layer.3.", "bert.pooler.", "classifier.")
+    assert changed == {name for name in before if name.startswith(trained)}
+    assert pipeline("text-classification", model=str(out))("good film")[0]["label"] in ("neg", "pos")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, extra", [(2, []), (3, []), (2, ["--class_weights", "balanced"])])
+def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
+    tiny_bert_dir, text_csv_dir, tmp_path, stage, extra
+):
     out = tmp_path / f"zero{stage}"
     config = ROOT / "accelerate_configs" / f"deepspeed_zero{stage}_cpu.yaml"
     argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2", *extra)
@@ -273,17 +289,7 @@ def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
     for _, mine, full in held:  # ZeRO-2 keeps whole parameters on every rank; ZeRO-3 about half each
         share = int(mine.replace(",", "")) / int(full.replace(",", ""))
         assert share == 1.0 if stage == 2 else 0.4 < share < 0.6
-    assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
-    if extra:  # the weighted loss is what trained (FtpeftTrainer.compute_loss under the DeepSpeed engine)
-        settings = json.loads((out / "resolved_settings.json").read_text())
-        assert set(settings["class_weights"]["used"]) == {"neg", "pos"}, settings["class_weights"]
-    # through from_pretrained: ZeRO-3's consolidated save names LayerNorm parameters gamma/beta, which it maps back
-    before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
-    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
-    trained = ("bert.encoder.layer.2.", "bert.encoder.layer.3.", "bert.pooler.", "classifier.")
-    assert changed == {name for name in before if name.startswith(trained)}
-    assert pipeline("text-classification", model=str(out))("good film")[0]["label"] in ("neg", "pos")
+    assert_sharded_run_trained_the_top_2_of_4(out, tiny_bert_dir, class_weighted=bool(extra))
 
 
 @pytest.mark.slow
@@ -291,11 +297,6 @@ def test_deepspeed_zero_on_two_cpu_ranks_trains_exactly_the_unfrozen_parameters(
 def test_fsdp_on_two_cpu_ranks_shards_and_trains_exactly_the_unfrozen_parameters(
     tiny_bert_dir, text_csv_dir, tmp_path, extra
 ):
-    import json
-
-    import yaml
-    from transformers import AutoModelForSequenceClassification, pipeline
-
     out = tmp_path / "fsdp"
     config = ROOT / "accelerate_configs" / "fsdp_cpu.yaml"
     argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "2", *extra)
@@ -310,16 +311,7 @@ def test_fsdp_on_two_cpu_ranks_shards_and_trains_exactly_the_unfrozen_parameters
     for _, wrapper, mine, full in held:
         assert wrapper == "FSDPBertForSequenceClassification"
         assert 0.4 < int(mine.replace(",", "")) / int(full.replace(",", "")) < 0.6
-    assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_backend"] == "gloo"
-    if extra:  # the weighted loss is what trained (FtpeftTrainer.compute_loss on the sharded model)
-        settings = json.loads((out / "resolved_settings.json").read_text())
-        assert set(settings["class_weights"]["used"]) == {"neg", "pos"}, settings["class_weights"]
-    before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).state_dict()
-    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
-    trained = ("bert.encoder.layer.2.", "bert.encoder.layer.3.", "bert.pooler.", "classifier.")
-    assert changed == {name for name in before if name.startswith(trained)}
-    assert pipeline("text-classification", model=str(out))("good film")[0]["label"] in ("neg", "pos")
+    assert_sharded_run_trained_the_top_2_of_4(out, tiny_bert_dir, class_weighted=bool(extra))
 
 
 def test_the_launching_table_names_existing_tests():
