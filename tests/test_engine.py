@@ -17,6 +17,7 @@ from ftpeft.core.engine import (
     local_parameter_bytes,
     optimizer_groups,
     refused_flags,
+    zero3_save_problem,
 )
 
 
@@ -216,6 +217,58 @@ def test_fsdp2_needs_the_layer_class_to_wrap(asked, environ, refused):
     assert (reason is not None) == refused
     if refused:
         assert "fsdp_transformer_layer_cls_to_wrap: BertLayer" in reason and "\n" not in reason
+
+
+@pytest.mark.parametrize(
+    "asked, environ, refused",
+    [
+        (ZERO3, {}, True),
+        (ZERO3, {"ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "false"}, True),
+        (ZERO3, {"ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true"}, False),  # the shipped zero3 configs
+        (ZERO2, {}, False),
+        (FSDP2, {}, False),
+        (EngineRequest("DEEPSPEED", "ZeRO stage 3", "--deepspeed"), {}, False),  # its JSON says; Trainer reads it
+    ],
+)  # fmt: skip
+def test_zero3_is_refused_before_work_unless_its_save_gathers_the_weights(asked, environ, refused):
+    reason = zero3_save_problem(asked, environ)
+    assert (reason is not None) == refused
+    if refused:
+        assert "zero3_save_16bit_model: true" in reason and "\n" not in reason
+
+
+@pytest.mark.slow
+def test_zero3_on_two_cpu_ranks_image_cls_saves_the_gathered_timm_model(tmp_path):
+    import timm
+    from helpers import TIMM_MODEL, write_class_folders
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    start = tmp_path / "start.safetensors"
+    save_file(timm.create_model(TIMM_MODEL).state_dict(), str(start))
+    root = write_class_folders(tmp_path / "folders", per_class=8)
+    out = tmp_path / "zero3_image"
+    argv = ["--image_dir", str(root), "--model_name_or_path", TIMM_MODEL, "--image_size", "32"]
+    argv += ["--pretrained_file", str(start), "--unfreeze-last", "1", "--output_dir", str(out), "--max_steps", "3"]
+    argv += ["--per_device_train_batch_size", "4", "--save_strategy", "no", "--eval_strategy", "no"]
+    config = ROOT / "accelerate_configs" / "deepspeed_zero3_cpu.yaml"
+    result = run([accelerate_bin(), "launch", "--config_file", str(config), str(ROOT / "recipes/image_cls.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    held = re.findall(r"rank (\d): model wrapped by DeepSpeedEngine; holds ([\d,]+) of ([\d,]+) parameter bytes", log)
+    assert sorted(rank for rank, _, _ in held) == ["0", "1"]
+    assert all(0.4 < int(mine.replace(",", "")) / int(full.replace(",", "")) < 0.6 for _, mine, full in held)
+    # the save holds every full-shape tensor (not rank 0's empty ZeRO-3 placeholders); only the top stage + head moved
+    before, after = load_file(str(start)), load_file(str(out / "model.safetensors"))
+    assert set(after) == set(before) and all(after[n].shape == before[n].shape for n in before if n[:3] != "fc.")
+    assert after["fc.weight"].shape[0] == 3  # the new 3-class head
+    changed = {name for name in after if not torch.equal(after[name], before[name])}
+    assert {n for n in changed if "running" not in n and "num_batches" not in n} - {
+        n for n in after if n.startswith(("layer4.", "fc."))
+    } == set()
+    assert any(n.startswith("layer4.") for n in changed) and any(n.startswith("fc.") for n in changed)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
 @pytest.mark.parametrize(

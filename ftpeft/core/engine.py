@@ -174,12 +174,31 @@ def refused_flags(asked: EngineRequest, flags: Iterable[str] = ()) -> str | None
     return None
 
 
+def zero3_save_problem(asked: EngineRequest, environ: Mapping[str, str] | None = None) -> str | None:
+    """ZeRO-3 without gather-on-save: the final save would not be a model that from_pretrained/timm can load."""
+    environ = os.environ if environ is None else environ
+    if asked.engine != "DEEPSPEED" or asked.detail != "ZeRO stage 3" or asked.source != "the accelerate config":
+        return None
+    if _flag(environ, "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"):
+        return None
+    return (
+        "DeepSpeed ZeRO stage 3 keeps a piece of each parameter on each rank, and the final save gathers them only "
+        "with zero3_save_16bit_model: true in the accelerate config (as accelerate_configs/deepspeed_zero3_cpu.yaml "
+        "has); set it, or use ZeRO stage 2."
+    )
+
+
 def check_engine(training_args, flags: Iterable[str] = ()) -> EngineRequest:
     """Refuse (FtpeftError, exit 2) an engine accelerate will not give, or a flag it cannot run; log the engine."""
     asked = asked_engine(training_args)
     state = training_args.distributed_state
     distributed_type = "NO" if state is None else str(state.distributed_type).split(".")[-1]
-    reason = engine_mismatch(asked, distributed_type) or fsdp_wrap_problem(asked) or refused_flags(asked, flags)
+    reason = (
+        engine_mismatch(asked, distributed_type)
+        or fsdp_wrap_problem(asked)
+        or zero3_save_problem(asked)
+        or refused_flags(asked, flags)
+    )
     if reason:
         raise FtpeftError(reason)
     if training_args.process_index == 0:

@@ -214,15 +214,19 @@ def save_model_atomically(
     """Save into a staging dir, then rename each file into ``output_dir`` (all ranks call it).
 
     ``write_model(folder, state_dict)`` saves on the main process instead of ``trainer.save_model`` on every rank;
-    ``state_dict`` is the full one gathered from the FSDP shards, None when the model's own is whole.
+    ``state_dict`` is the full one gathered from the FSDP shards or ZeRO partitions, None when the model's own is whole.
     """
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_DIR
     if write_model is None:
         trainer.save_model(str(staging))
     else:
-        # FSDP ranks hold DTensor shards: gathering the full weights is a collective that every rank joins
-        state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+        # FSDP and ZeRO-3 ranks hold pieces of each parameter: gathering the full weights is a collective that
+        # every rank joins (accelerate gathers ZeRO-3 through the DeepSpeed engine, Trainer's model_wrapped)
+        state_dict = None
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+            state_dict = trainer.accelerator.get_state_dict(wrapped)
         if trainer.is_world_process_zero():
             staging.mkdir(parents=True, exist_ok=True)
             write_model(staging, state_dict)
