@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from transformers import TrainerCallback
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.trainer import peak_rss_mb
 
 logger = logging.getLogger("ftpeft")
 
@@ -247,6 +248,10 @@ class EngineReport(TrainerCallback):
         self.held_bytes: int | None = None
         self.full_bytes: int | None = None
         self.optimizer_groups: str | None = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # each rank's own high-water mark: what sharding saves shows per process
+            logger.warning("rank %d: peak RSS %.0f MiB", args.process_index, peak_rss_mb())
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is not None:
