@@ -38,7 +38,7 @@ from pathlib import Path
 from run_benchmarks import RESULTS, ROOT, run_recipe
 
 SOURCES = ("vader", "afinn", "entities")
-MODES = {"vader": ("add", "concat", "gate"), "afinn": ("add", "concat", "gate"), "entities": ("concat", "gate")}
+MODES = {"vader": ("add", "concat", "gate"), "afinn": ("add", "concat", "gate"), "entities": ("concat",)}
 MODE_NAMES = {"none": "text only", "add": "add (token level)", "concat": "concat (late)", "gate": "gate (late)"}
 TEST_SAMPLES, MAX_TRAIN_SIZE = 1000, 4000
 ENTITY = re.compile(r"[@#]\w+")

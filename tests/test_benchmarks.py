@@ -66,6 +66,19 @@ def test_quick_defaults_sweep_chooses_on_validation_and_scores_test_only_for_the
     assert all(f"| {chosen} |" in final_part for chosen in data["finals"])
 
 
+def test_defaults_sweep_final_settings_combine_every_stage_at_each_depth_it_tuned():
+    import partial_tuning
+
+    lrs_at_2 = ["--unfreeze_last", "2", "--learning_rate", "1e-3", "--head_lr", "3e-3", "--layer_decay", "0.8"]
+    decay_at_all = ["--unfreeze_last", "all", "--learning_rate", "1e-3", "--head_lr", "3e-3", "--layer_decay", "0.65"]
+    finals = partial_tuning.final_settings([lrs_at_2, decay_at_all])
+    assert list(finals) == [
+        "--unfreeze_last 2, lr 1e-3, head_lr 3e-3, layer_decay 0.65",  # the later stage's decay, at depth 2 too
+        "--unfreeze_last all, lr 1e-3, head_lr 3e-3, layer_decay 0.65",  # the same name as its sweep runs
+    ]
+    assert finals["--unfreeze_last 2, lr 1e-3, head_lr 3e-3, layer_decay 0.65"][:2] == ["--unfreeze_last", "2"]
+
+
 def test_defaults_sweep_choice_reads_validation_never_test():
     import partial_tuning
 
