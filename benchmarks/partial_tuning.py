@@ -89,7 +89,7 @@ STAGES: dict[str, list[Stage]] = {
     ],
     # the old defaults and the text sweep's winner, with their neighbours (the 2 cores allowed no more)
     "knowledge": [
-        Stage("LRs at --unfreeze-last 2", lambda _: _lr_grid("2", ("3e-4", "1e-3"), ("1e-3", "3e-3"), "0.8"))
+        Stage("LRs at --unfreeze-last 2", lambda _: _lr_grid("2", ("3e-4", "1e-3"), ("1e-3", "3e-3"), "0.65"))
     ],
     "image": [
         Stage(

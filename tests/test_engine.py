@@ -19,6 +19,7 @@ from ftpeft.core.engine import (
     refused_flags,
     zero3_save_problem,
 )
+from ftpeft.text.job import TEXT_LR_DEFAULTS
 
 
 def _args(**fields):
@@ -460,8 +461,10 @@ def test_fsdp_on_two_cpu_ranks_matches_one_process_and_resumes(tiny_bert_dir, te
     one_process = GROUPS_LINE.search(caplog.text).group(2)
     assert sorted(groups) == ["0", "1"] and groups["0"] == groups["1"] == one_process, (groups, one_process)
     lrs = [float(lr) for lr in re.findall(r"lr ([\d.e-]+)", one_process)]
-    # head 1e-3; pooler 3e-4, layer 4 x 0.8, layer 3 x 0.8^2 (--layer_decay 0.8); each with and without weight decay
-    assert lrs == pytest.approx([1e-3, 1e-3, 3e-4, 3e-4, 2.4e-4, 2.4e-4, 1.92e-4, 1.92e-4])
+    # the head's LR; the pooler's, then layer 4 and layer 3 at one and two steps of layer decay below it (the
+    # recipe's defaults); each with and without weight decay
+    head, top, decay = (TEXT_LR_DEFAULTS[k] for k in ("head_lr", "learning_rate", "layer_decay"))
+    assert lrs == pytest.approx([head, head, top, top, top * decay, top * decay, top * decay**2, top * decay**2])
 
     # 5. the loss curve of 2 ranks x 4 matches 1 process x 8 (same seeded order; only the reduction order differs)
     def losses(out):

@@ -9,6 +9,7 @@ import yaml
 from helpers import TEXT_RUN_FILES, load_recipe, tiny_args
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.text.job import TEXT_LR_DEFAULTS
 
 optuna = pytest.importorskip("optuna")
 
@@ -102,8 +103,7 @@ def test_each_trial_trains_with_its_sampled_values(tiny_bert_dir, text_csv_dir, 
     assert parsed.resolved == bert_cls.parse(argv).resolved  # the parsed arguments were not changed
     assert vars(parsed[2]) == vars(bert_cls.parse(argv)[2])
     # trial 0 is the settings as given
-    given = {"learning_rate": 3e-4, "head_lr": 1e-3, "layer_decay": 0.8, "lora_r": 8, "lora_alpha": 16,
-             "lora_lr": 2e-3, "unfreeze_last": "all"}  # fmt: skip
+    given = {**TEXT_LR_DEFAULTS, "lora_r": 8, "lora_alpha": 16, "lora_lr": 2e-3, "unfreeze_last": "all"}
     assert trials[0]["params"] == {name: given[name] for name in trials[0]["params"]}
     assert metrics["hp_search"]["trials"] == 4 and "test_accuracy" in metrics
 
