@@ -20,7 +20,8 @@ from ftpeft.tuning.args import TuningArguments
 DEFAULTS: dict[str, Any] = {
     **TEXT_TRAINER_DEFAULTS,
     **TEXT_LR_DEFAULTS,  # bert_cls.py's: the text-only arm of a comparison is the strong one (head_lr also
-    # covers the new injection/fusion modules)
+    # covers the new injection/fusion modules); this recipe's own validation sweep chose the same values
+    # (benchmarks/results/partial_tuning_knowledge.md)
     "output_dir": "outputs/knowledge_cls",
     "unfreeze_last": "2",
 }
