@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_benchmarks import ROOT, parse_benchmark_args
+from run_benchmarks import ROOT, parse_benchmark_args, write_sweep_results
 
 CONFIGS = ROOT / "accelerate_configs"
 ENGINES = {  # name -> accelerate launch flags (None: one plain process)
@@ -122,20 +122,13 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     args, env = parse_benchmark_args(__doc__, argv)
-    stem = "engines_quick" if args.quick else "engines"
-    command = "python benchmarks/engines.py" + (" --quick" if args.quick else "")
     cases = [*ENGINES.items(), ("1 process (again, last)", None)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftpeft-engines-") as workdir:
         for name, launch in cases:
             rows.append(run_engine(name, launch, Path(workdir), args, env))
             print(json.dumps(rows[-1]), flush=True)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{stem}.md"
-    write_table(rows, command, path)
-    (args.results_dir / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-    print(path.read_text())
-    return path
+    return write_sweep_results(args, "engines", rows, write_table)
 
 
 if __name__ == "__main__":

@@ -238,20 +238,29 @@ def test_zero3_is_refused_before_work_unless_its_save_gathers_the_weights(asked,
         assert "zero3_save_16bit_model: true" in reason and "\n" not in reason
 
 
-@pytest.mark.slow
-def test_zero3_on_two_cpu_ranks_image_cls_saves_the_gathered_timm_model(tmp_path):
+def _image_cls_top_stage_run(out):
+    """(start weights, output dir, argv) of a 3-step image_cls run of timm's test_resnet, top stage + head trained,
+    from weights saved first, so a test can tell which tensors the run changed."""
     import timm
     from helpers import TIMM_MODEL, write_class_folders
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    start = tmp_path / "start.safetensors"
+    start = out.with_name(out.name + "_start.safetensors")
     save_file(timm.create_model(TIMM_MODEL).state_dict(), str(start))
-    root = write_class_folders(tmp_path / "folders", per_class=8)
-    out = tmp_path / "zero3_image"
+    root = write_class_folders(out.with_name(out.name + "_folders"), per_class=8)
     argv = ["--image_dir", str(root), "--model_name_or_path", TIMM_MODEL, "--image_size", "32"]
     argv += ["--pretrained_file", str(start), "--unfreeze-last", "1", "--output_dir", str(out), "--max_steps", "3"]
     argv += ["--per_device_train_batch_size", "4", "--save_strategy", "no", "--eval_strategy", "no"]
+    return start, out, argv
+
+
+@pytest.mark.slow
+def test_zero3_on_two_cpu_ranks_image_cls_saves_the_gathered_timm_model(tmp_path):
+    import timm
+    from safetensors.torch import load_file
+
+    start, out, argv = _image_cls_top_stage_run(tmp_path / "zero3_image")
     config = ROOT / "accelerate_configs" / "deepspeed_zero3_cpu.yaml"
     result = run([accelerate_bin(), "launch", "--config_file", str(config), str(ROOT / "recipes/image_cls.py"), *argv])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -536,17 +545,9 @@ def test_fsdp_on_two_cpu_ranks_lora_with_its_head_round_trips(tiny_bert_dir, tex
 @pytest.mark.slow
 def test_fsdp_on_two_cpu_ranks_image_cls_shards_timm_blocks_and_keeps_frozen_batchnorm(tmp_path):
     import timm
-    from helpers import TIMM_MODEL, write_class_folders
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    torch.manual_seed(0)
-    start = tmp_path / "start.safetensors"
-    save_file(timm.create_model(TIMM_MODEL).state_dict(), str(start))
-    root = write_class_folders(tmp_path / "folders", per_class=8)
-    out = tmp_path / "fsdp_image"
-    argv = ["--image_dir", str(root), "--model_name_or_path", TIMM_MODEL, "--image_size", "32"]
-    argv += ["--pretrained_file", str(start), "--unfreeze-last", "1", "--output_dir", str(out), "--max_steps", "3"]
-    argv += ["--per_device_train_batch_size", "4", "--save_strategy", "no", "--eval_strategy", "no"]
+    start, out, argv = _image_cls_top_stage_run(tmp_path / "fsdp_image")
     # the wrap policy names timm's ResNet blocks instead of fsdp_cpu.yaml's BertLayer
     result = _launch_fsdp("image_cls.py", argv, "--fsdp_transformer_layer_cls_to_wrap", "BasicBlock,Bottleneck")
     assert result.returncode == 0, result.stderr[-3000:]
