@@ -21,7 +21,9 @@ logger = logging.getLogger("ftpeft")
 DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/image_cls",
     "num_train_epochs": 5.0,
-    "learning_rate": 1e-3,  # the backbone's LR
+    # chosen on validation (benchmarks/results/partial_tuning_image.md: full fine-tuning of EfficientNet-Lite0 on
+    # MNIST; 3e-3 for both beat 1e-3 / 3e-3, 0.963 against 0.949 validation accuracy)
+    "learning_rate": 3e-3,  # the backbone's LR
     "head_lr": 3e-3,
     "weight_decay": 0.01,
     "per_device_train_batch_size": 64,
