@@ -138,3 +138,20 @@ def test_the_ladder_runs_on_two_ddp_ranks(tiny_bert_dir, text_csv_dir, tmp_path)
     full = json.loads((out / "rungs" / "full-seed42" / "metrics.json").read_text())
     # 6 steps x 2 ranks x 8 examples: both ranks trained the rung together
     assert full["train_samples_per_second"] * full["train_runtime"] == pytest.approx(96, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "modality, depth, dims, expected",
+    [
+        ("text", 3, {"hidden": 32}, "3"),
+        ("image", 5, {"widths": [8, 16, 24, 40, 80, 1280], "stage_modules": {"3": "blocks.3"}}, "pre_logits"),
+        ("image", 3, {"widths": [8, 16, 24, 40, 80, 1280], "stage_modules": {"3": "blocks.3"}}, "blocks.3"),
+    ],
+)
+def test_the_probe_head_command_extracts_the_layer_the_probe_chose(modality, depth, dims, expected):
+    from ftpeft.ladder.probe import ProbeLayer, ProbeResult
+    from ftpeft.ladder.run import probe_feature_layer
+
+    best = ProbeLayer("chosen", depth, "mean", 0.9, 0.9, None, 0.1)
+    probe = ProbeResult([best], 5, 1.0, 10, dims)
+    assert probe_feature_layer(best, probe, modality) == expected

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ class ProbeResult:
     num_layers: int  # encoder layers / stages above the embeddings or stem
     forward_seconds: float  # the one frozen pass over every split
     rows: int  # rows that pass read
-    feature_dims: dict[str, int]
+    feature_dims: dict[str, Any]  # "hidden" (text) or per-stage "widths" and "stage_modules" (images)
 
     @property
     def seconds_per_row(self) -> float:

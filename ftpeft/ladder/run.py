@@ -421,7 +421,11 @@ def probe_images(recipe_args):
     layers = probe_layers(features, labels, training_args.seed)
     rows = {split: len(images) for split, images in data.splits.items()}
     widths = features["train"]["widths"].tolist()
-    result = ProbeResult(layers, len(widths) - 1, seconds, sum(rows.values()), {"widths": widths})
+    # the module each stage's features came from, so the probe_head command extracts that stage again
+    modules = {str(depth): info["module"] for depth, info in enumerate(model.feature_info)}
+    result = ProbeResult(
+        layers, len(widths) - 1, seconds, sum(rows.values()), {"widths": widths, "stage_modules": modules}
+    )
     facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
     return result, facts, layer_map(model).num_layers
 
@@ -430,6 +434,16 @@ def keep_flags(argv: list[str], names: set[str]) -> list[str]:
     """The flags of ``argv`` named in ``names`` (with their values); the rest dropped."""
     others = {token.partition("=")[0][2:].replace("-", "_") for token in argv if token.startswith("--")} - names
     return strip_flags(argv, tuple(others))
+
+
+def probe_feature_layer(best: ProbeLayer, probe: ProbeResult, modality: str) -> str:
+    """extract_features.py's --layer for the probe's best layer: a hidden-state index (text), or the timm stage's
+    module name (the module the probe hooked) or pre_logits (images); "" when unknown (an older probe.json)."""
+    if modality == "text":
+        return str(best.depth)
+    if best.depth == probe.num_layers:
+        return "pre_logits"
+    return (probe.feature_dims.get("stage_modules") or {}).get(str(best.depth), "")
 
 
 def probe_row(
@@ -442,14 +456,15 @@ def probe_row(
     # extract_features.py takes the data flags (and the model) the ladder was given
     accepted = {f.name for t in (FeatureArguments, ImageDataArguments) for f in dataclasses.fields(t)}
     model = keep_flags(base_argv, accepted - {"layer", "pooling", "feature_dir", "modality"})
-    layer = str(best.depth) if modality.name == "text" else ("pre_logits" if best.depth == probe.num_layers else "")
+    layer = probe_feature_layer(best, probe, modality.name)
     extract = [
         "python", "recipes/extract_features.py", "--modality", modality.name, *model,
         *(["--layer", layer] if layer else []), "--pooling", best.pooling, "--feature_dir", str(output_dir / "features"),
     ]  # fmt: skip
     head = ["python", "recipes/train_head.py", "--features_dir", str(output_dir / "features"), "--head", "logreg",
             "--output_dir", str(output_dir / "probe_head")]  # fmt: skip
-    width = probe.feature_dims.get("hidden") or max(probe.feature_dims.get("widths", [0]))
+    widths = probe.feature_dims.get("widths")
+    width = probe.feature_dims.get("hidden") or (widths[best.depth] if widths else 0)
     row = RungRow(
         "probe_head",
         f"logistic regression on frozen {best.name} features",
