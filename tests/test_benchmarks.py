@@ -62,7 +62,8 @@ def test_quick_defaults_sweep_chooses_on_validation_and_scores_test_only_for_the
         assert sorted(r["seed"] for r in runs if r["config"] == chosen) == [42, 43, 44]
     table = path.read_text()
     sweep_part, final_part = table.split("test scored once\n", 2)[1:]
-    assert "test acc" not in sweep_part.split("## The chosen settings")[0]
+    assert "| test acc" not in sweep_part.split("## The chosen settings")[0]  # no test column in the sweep tables
+    assert "| test acc per seed |" in final_part
     assert all(f"| {chosen} |" in final_part for chosen in data["finals"])
 
 
