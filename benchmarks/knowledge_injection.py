@@ -162,6 +162,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000], help="Training tweets (<= 4000).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["none", "add", "concat", "gate"],
+        help="Injection points to run (none = text only).",
+    )
     parser.add_argument("--workers", type=int, default=2, help="Runs at a time (one torch thread each).")
     parser.add_argument("--results", default=str(RESULTS / "knowledge_injection"), help="Path stem of .jsonl/.md.")
     args = parser.parse_args(argv)
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> Path:
             for size in args.sizes
             for seed in args.seeds
             for mode, source in arms(args.sources)
-            if (mode, source, size, seed) not in done
+            if mode in args.modes and (mode, source, size, seed) not in done
         ]
         jobs = [pool.submit(run_arm, *job, files, Path(workdir), env) for job in todo]
         for job in jobs:
