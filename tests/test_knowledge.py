@@ -459,3 +459,42 @@ def test_benchmark_entity_table_uses_only_tweets_no_run_can_draw(tmp_path, monke
     share, log_count = map(float, lines["@a"].split())
     assert share == pytest.approx((3 + 1) / (3 + 2), abs=1e-4)  # only the 3 held-out @a tweets, all positive
     assert log_count == pytest.approx(1.0) and set(lines) == {"@a", "#b"}
+
+
+@pytest.mark.slow
+def test_knowledge_carries_a_signal_the_text_lacks_to_entities_never_trained_on(tiny_bert, tmp_path):
+    """The decisive synthetic check: the label is the sign of an entity's external vector, the entity names are
+    out of the vocabulary ([UNK] to the encoder), and test entities never occur in training. Text alone cannot
+    beat chance; injected knowledge generalises to the unseen entities."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    sign = {f"ent{i}": rng.choice((-1.0, 1.0)) for i in range(240)}
+    lines = [f"{name} {value} {rng.gauss(0, 1):.3f} {rng.gauss(0, 1):.3f}" for name, value in sign.items()]
+    (tmp_path / "kb.txt").write_text("\n".join(lines) + "\n")
+    names = list(sign)
+    for split, chosen in (("train", names[:160]), ("validation", names[160:200]), ("test", names[200:])):
+        with (tmp_path / f"{split}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows([f"good {name} movie", "pos" if sign[name] > 0 else "neg"] for name in chosen)
+    accuracy = {}
+    for inject in ("none", "concat"):
+        files = ["--knowledge_file", str(tmp_path / "kb.txt")] if inject != "none" else []
+        splits = ["--validation_file", str(tmp_path / "validation.csv"), "--test_file", str(tmp_path / "test.csv")]
+        argv = _recipe_argv(tiny_bert, tmp_path / "train.csv", tmp_path / inject, "--inject", inject, *files, *splits)
+        # later flags win: 60 steps of 16, a fast head, the encoder frozen (only the readout and fusion learn)
+        argv += [
+            "--max_steps",
+            "60",
+            "--per_device_train_batch_size",
+            "16",
+            "--head_lr",
+            "1e-2",
+            "--unfreeze_last",
+            "0",
+        ]
+        metrics = knowledge_cls.main(argv)
+        accuracy[inject] = metrics["test_accuracy"]
+    assert accuracy["concat"] >= 0.9 and accuracy["none"] <= 0.7, accuracy
