@@ -3,8 +3,8 @@
     python benchmarks/knowledge_injection.py                                   # 2,000 and 4,000 tweets, 3 seeds (~60 min)
     python benchmarks/knowledge_injection.py --sizes 2000 --seeds 42 --sources entities   # one look at one source
 
-Every run is recipes/knowledge_cls.py at its defaults (bert_cls.py's LRs: 3e-4, layer decay 0.8, head and
-injection 1e-3; --unfreeze-last 2; batch 32; 1 epoch; max_seq_length 64), so the text-only arm is the strong
+Every run is recipes/knowledge_cls.py at its defaults (bert_cls.py's LRs: 1e-3, layer decay 0.65, head and
+injection 3e-3; --unfreeze-last 2; batch 32; 1 epoch; max_seq_length 64), so the text-only arm is the strong
 one a user gets. Only ``--inject`` and ``--knowledge_file`` differ between arms. Data: the demo tweets
 (positive vs negative), 10% of the drawn tweets are validation, the 1,000 fixed test tweets.
 
