@@ -473,7 +473,8 @@ def test_fsdp_on_two_cpu_ranks_matches_one_process_and_resumes(tiny_bert_dir, te
     # the head's LR; the pooler's, then layer 4 and layer 3 at one and two steps of layer decay below it (the
     # recipe's defaults); each with and without weight decay
     head, top, decay = (TEXT_LR_DEFAULTS[k] for k in ("head_lr", "learning_rate", "layer_decay"))
-    assert lrs == pytest.approx([head, head, top, top, top * decay, top * decay, top * decay**2, top * decay**2])
+    expected = [head, head, top, top, top * decay, top * decay, top * decay**2, top * decay**2]
+    assert lrs == pytest.approx(expected, rel=2e-3)  # the log prints 3 significant digits
 
     # 5. the loss curve of 2 ranks x 4 matches 1 process x 8 (same seeded order; only the reduction order differs)
     def losses(out):
