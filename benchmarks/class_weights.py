@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import ROOT, parse_benchmark_args, write_sweep_results
+from run_benchmarks import ROOT, parse_benchmark_args, text_lr_defaults_phrase, write_sweep_results
 
 SEEDS = (42, 43, 44)
 CASES = {"none": ["--class_weights", "none"], "balanced": ["--class_weights", "balanced"]}
@@ -76,8 +76,8 @@ def write_table(rows: list[dict], command: str, path: Path) -> None:
         "",
         (
             f"Command: `{command}`. Packaged MiniLM-L6, 4,000 demo tweets (10% held out for validation; 71% "
-            "negative), `--unfreeze-last 2`, the recipe's defaults otherwise (1 epoch, batch 32, LR 3e-4 with "
-            f"layer decay 0.8, head 1e-3), 1,000 fixed test tweets; seeds {', '.join(map(str, rows[0]['seeds']))}, "
+            "negative), `--unfreeze-last 2`, the recipe's defaults otherwise (1 epoch, batch 32, "
+            f"{text_lr_defaults_phrase()}), 1,000 fixed test tweets; seeds {', '.join(map(str, rows[0]['seeds']))}, "
             "the two cases alternating. Mean ± sd over seeds. Train time is Trainer's train_runtime: it compares "
             "only on an otherwise idle machine (the load average after each run is in the JSON)."
         ),

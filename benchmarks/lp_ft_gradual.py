@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_benchmarks import ROOT, Case, case_argv, parse_benchmark_args
+from run_benchmarks import ROOT, Case, case_argv, parse_benchmark_args, text_lr_defaults_phrase
 
 SEEDS = (42, 43, 44)
 BERT = "recipes/bert_cls.py"
@@ -161,7 +161,7 @@ def write_table(summary: dict, command: str, validation_size: int, path: Path) -
         "",
         (
             f"Command: `{command}`. Packaged MiniLM-L6, 2,000 demo tweets ({validation_size} of them validation), "
-            "batch 8, 1,000 fixed test tweets, the recipe's LR defaults (3e-4 top, layer decay 0.8, head 1e-3). The "
+            f"batch 8, 1,000 fixed test tweets, the recipe's defaults ({text_lr_defaults_phrase()}). The "
             "--unfreeze-last 2 rows train from the --cache_frozen activation cache; full FT is uncached. "
             "Validation decides; test is reported only."
         ),

@@ -30,6 +30,13 @@ BATCH_SIZE = "8"
 PLAIN_TRAINER_LRS = ["--learning_rate", "5e-5", "--head_lr", "5e-5", "--layer_decay", "1"]
 
 
+def text_lr_defaults_phrase() -> str:
+    """The text recipes' LR defaults in words, read from the library so a table never states stale ones."""
+    from ftpeft.text.job import TEXT_LR_DEFAULTS as lrs
+
+    return f"LR {lrs['learning_rate']:g} top, layer decay {lrs['layer_decay']:g}, head {lrs['head_lr']:g}"
+
+
 @dataclasses.dataclass
 class Case:
     name: str

@@ -4,7 +4,7 @@ import json
 import time
 
 import pytest
-from helpers import ROOT, accelerate_bin, load_recipe, run
+from helpers import ROOT, TIMM_ARGS, accelerate_bin, load_recipe, run, write_class_folders
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.ladder.report import RungRow, choose, default_tolerance
@@ -71,6 +71,27 @@ def test_the_same_command_resumes_and_a_killed_rung_is_run_again(finished_ladder
     assert [r["val_accuracy"] for r in again["rungs"]] == [r["val_accuracy"] for r in first["rungs"]]
     with pytest.raises(FtpeftError, match="holds a ladder run with other arguments"):
         ladder.main([*argv, "--seeds", "2"])
+
+
+@pytest.mark.slow
+def test_an_image_ladder_probes_every_stage_and_trains_its_rungs(tmp_path):
+    root = write_class_folders(tmp_path / "images", per_class=12)
+    out = tmp_path / "out"
+    result = ladder.main(["--image_dir", str(root), *TIMM_ARGS, "--output_dir", str(out), *FAST[:4], "--time_budget",
+                          "10m", "--save_strategy", "no"])  # fmt: skip
+    assert result["modality"] == "image"
+    status = {row["name"]: row["status"] for row in result["rungs"]}
+    assert status == {"probe_head": "done", "head_only": "done", "last_k_small": "done", "last_k_large": "done",
+                      "lora": "failed", "full": "done"}  # fmt: skip
+    lora = next(row for row in result["rungs"] if row["name"] == "lora")
+    assert lora["reason"].startswith("--use_peft: not supported by image_cls")  # refused in one line, not a crash
+    curve = (out / "transfer_curve.md").read_text()
+    assert sum(line.startswith("| ") and "| stage " in line for line in curve.splitlines()) == 5  # every stage
+    full = next(row for row in result["rungs"] if row["name"] == "full")
+    assert full["command"].startswith("accelerate launch recipes/image_cls.py ") and "--unfreeze_last all" in full[
+        "command"]  # fmt: skip
+    head = next(row for row in result["rungs"] if row["name"] == "head_only")
+    assert head["trainable_params"] < full["trainable_params"] / 10
 
 
 def test_the_budget_skips_rungs_and_says_why(tiny_bert_dir, text_csv_dir, tmp_path):
