@@ -60,7 +60,6 @@ def run_setting(name: str, workdir: Path) -> dict:
     done = [r for r in ladder["rungs"] if r["status"] == "done"]
     best = max(done, key=lambda r: r["val_accuracy"])
     chosen = next(r for r in done if r["name"] == ladder["recommended"])
-    next((r for r in done if r["name"] == "full"), None)
     return {
         "setting": name,
         "flags": [*flags, *LADDER_ONLY[name]],
@@ -80,6 +79,7 @@ def run_setting(name: str, workdir: Path) -> dict:
         "recommended_vs_best_train": round(chosen["train_seconds"] / best["train_seconds"], 3),
         "full_run_test": full_metrics.get("test_accuracy"),
         "best_probe_layer": ladder["best_probe_layer"]["name"],
+        "load_average_after": round(os.getloadavg()[0], 1),  # the 1-minute load when the setting ended
         "rungs": ladder["rungs"],
     }
 
@@ -93,16 +93,17 @@ def write(rows: list[dict], command: str) -> None:
         "",
         (
             "| setting | ladder wall | full FT wall | ratio | recommended (val / test) | best rung (val) | tolerance | "
-            "within | rec. train s vs full FT | vs best rung | best probe layer |"
+            "within | rec. train s vs full FT | vs best rung | best probe layer | load after |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['setting']} | {r['ladder_wall_s']:.0f} s | {r['full_run_wall_s']:.0f} s | {r['ladder_vs_full_wall']:.2f}x "
             f"| {r['recommended']} ({r['recommended_val']:.4f} / {r['recommended_test']:.4f}) | {r['best']} "
             f"({r['best_val']:.4f}) | {r['tolerance'] * 100:.2f} pt | {'yes' if r['within_tolerance'] else 'no'} | "
-            f"{r['recommended_vs_full_train']:.2f}x | {r['recommended_vs_best_train']:.2f}x | {r['best_probe_layer']} |"
+            f"{r['recommended_vs_full_train']:.2f}x | {r['recommended_vs_best_train']:.2f}x | {r['best_probe_layer']} | "
+            f"{r.get('load_average_after', '-')} |"
         )
     for r in rows:
         lines += ["", f"## {r['setting']}: rungs", "", (f"![transfer curve](ladder_transfer_{r['setting']}.png) "

@@ -34,7 +34,10 @@ def text_lr_defaults_phrase() -> str:
     """The text recipes' LR defaults in words, read from the library so a table never states stale ones."""
     from ftpeft.text.job import TEXT_LR_DEFAULTS as lrs
 
-    return f"LR {lrs['learning_rate']:g} top, layer decay {lrs['layer_decay']:g}, head {lrs['head_lr']:g}"
+    def short(value: float) -> str:
+        return f"{value:.0e}".replace("e-0", "e-")  # 1e-3, as the tables and the README write LRs
+
+    return f"LR {short(lrs['learning_rate'])} top, layer decay {lrs['layer_decay']:g}, head {short(lrs['head_lr'])}"
 
 
 @dataclasses.dataclass
