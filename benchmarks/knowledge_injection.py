@@ -120,7 +120,7 @@ def write_table(rows: list[dict], summary: dict, command: str, path: Path) -> No
     lines = [
         "# Knowledge injection against the strong text model (demo tweets, positive vs negative)",
         "",
-        f"Command: `{command}`. " + __doc__.split("\n\n", 2)[2].split("\n\nRuns go")[0].replace("\n", " "),
+        f"Command: `{command}`. " + re.sub(r"\s*\n(?!- )\s*", " ", __doc__.split("\n\n", 2)[2].split("\n\nRuns go")[0]),
         "",
         (
             f"Entity table: {summary.get('entities', '?')} entities from {summary.get('held_out_tweets', '?')} held-out "
