@@ -128,7 +128,7 @@ def main() -> None:
         for name in args.settings:
             rows.append(run_setting(name, Path(workdir)))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "rungs"}), flush=True)
-            write(rows, "python benchmarks/ladder.py " + " ".join(sys.argv[1:]))
+            write(rows, " ".join(["python benchmarks/ladder.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
