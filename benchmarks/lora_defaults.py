@@ -38,8 +38,8 @@ BARE = "bare --use_peft (the text recipe's LRs for head and pooler)"
 
 def lora(*flags: str) -> list[str]:
     # --learning_rate 3e-4: the pooler's LR when the sweep ran (the text recipe's default then)
-    lora_flags = ["--lora_r", "8", "--lora_alpha", "16", "--lora_lr", "2e-3", "--head_lr", "1e-3", "--learning_rate"]
-    return ["--use_peft", *lora_flags, "3e-4", *flags]
+    adapter = ["--use_peft", "--lora_r", "8", "--lora_alpha", "16", "--lora_lr", "2e-3"]
+    return [*adapter, "--head_lr", "1e-3", "--learning_rate", "3e-4", *flags]
 
 
 SWEEP = {

@@ -35,7 +35,8 @@ def text_lr_defaults_phrase() -> str:
     from ftpeft.text.job import TEXT_LR_DEFAULTS as lrs
 
     def short(value: float) -> str:
-        return f"{value:.0e}".replace("e-0", "e-")  # 1e-3, as the tables and the README write LRs
+        mantissa, exponent = f"{value:.6e}".split("e")  # 1e-3 / 2.5e-4, as the README writes LRs; nothing rounded
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
     return f"LR {short(lrs['learning_rate'])} top, layer decay {lrs['layer_decay']:g}, head {short(lrs['head_lr'])}"
 
