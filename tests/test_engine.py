@@ -411,7 +411,9 @@ def probed(trainer, *args, **kwargs):
     inputs = trainer.processing_class({PROBE_SENTENCES!r}, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = trainer.model.eval()(**inputs).logits
-    print(f"rank {{trainer.args.process_index}} logits {{logits.tolist()}}", flush=True)
+    # one write per line: print() writes the text and its newline separately, so two ranks' lines could interleave
+    sys.stdout.write(f"rank {{trainer.args.process_index}} logits {{logits.tolist()}}\\n")
+    sys.stdout.flush()
     return evaluate_and_report(trainer, *args, **kwargs)
 lifecycle.evaluate_and_report = probed
 sys.path.insert(0, "recipes")
@@ -501,7 +503,7 @@ def test_fsdp_on_two_cpu_ranks_matches_one_process_and_resumes(tiny_bert_dir, te
     result = run([*launch, LOGITS_PROBE, *resume], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     # 2. after training every rank gives the same logits for the same inputs, and so does the model it saved
-    logits = dict(re.findall(r"rank (\d) logits (.*)", result.stdout))
+    logits = dict(re.findall(r"rank (\d) logits (\[\[.*?\]\])", result.stdout))
     assert sorted(logits) == ["0", "1"] and logits["0"] == logits["1"], logits
     model = AutoModelForSequenceClassification.from_pretrained(resumed).eval()
     with torch.no_grad():
