@@ -2,6 +2,7 @@
 models on the reference machine), no Hub (any call fails fast). Fixtures only: the builders are in helpers.py."""
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -9,6 +10,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["WANDB_DISABLED"] = "true"
+# activation caches a test does not place itself (the ladder's, a recipe's default) stay out of the user's home
+os.environ["FTPEFT_CACHE"] = tempfile.mkdtemp(prefix="ftpeft-test-cache-")
 
 import pytest
 from helpers import make_text_files, make_tiny_text_model

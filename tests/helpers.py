@@ -533,3 +533,16 @@ def damage_file(path: Path, how: str, where: float, noise: bytes = b"") -> None:
 
 
 DAMAGES = ("truncate", "overwrite", "replace", "empty", "delete")
+
+
+def mean_test_loss(model, tokenizer, csv_path) -> float:
+    """Mean cross-entropy of ``model`` on a test.csv of make_text_files (what Trainer reports as test_loss)."""
+    import pandas as pd
+    import torch
+
+    frame = pd.read_csv(csv_path)
+    label2id = {name: index for index, name in model.config.id2label.items()}
+    inputs = tokenizer(list(frame["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    labels = torch.tensor([label2id[name] for name in frame["label"]])
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model.eval()(**inputs).logits, labels).item()

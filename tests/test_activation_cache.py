@@ -11,6 +11,7 @@ from helpers import (
     launch_recipe_on_two_cpu_ranks,
     load_recipe,
     make_tokenizer,
+    mean_test_loss,
     tiny_args,
     tiny_model,
 )
@@ -204,6 +205,33 @@ def test_recipe_with_cache_saves_the_complete_model_and_reuses_the_cache(
         cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--unfreeze-last", k, "--overwrite_output_dir"]
     )
     assert "activation cache for train reused" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "dtype, stores, embedded_rows", [("float32", 3, 64 + 16 + 16), ("float16", 2, 64 + 16 + (16 + 16))]
+)
+def test_a_float32_cache_scores_validation_and_test_from_the_cache_exactly(
+    tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch, dtype, stores, embedded_rows
+):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.models.bert import modeling_bert
+
+    embedded = []  # rows that went through the embeddings: the frozen prefix ran on them
+    forward = modeling_bert.BertEmbeddings.forward
+    monkeypatch.setattr(
+        modeling_bert.BertEmbeddings, "forward",
+        lambda self, input_ids=None, **kw: embedded.append(len(input_ids)) or forward(self, input_ids, **kw),
+    )  # fmt: skip
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    metrics = load_recipe("bert_cls").main(
+        cached_recipe_args(tiny_bert_dir, text_csv_dir, out, cache) + ["--cache_dtype", dtype]
+    )
+    # float32: the prefix ran once per example (building train, validation and test); float16: validation and
+    # test once more, through the complete model, for the final scores
+    assert len(list(cache.iterdir())) == stores and sum(embedded) == embedded_rows
+    saved = AutoModelForSequenceClassification.from_pretrained(out)
+    expected = mean_test_loss(saved, AutoTokenizer.from_pretrained(out), text_csv_dir / "test.csv")
+    assert metrics["test_loss"] == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.slow

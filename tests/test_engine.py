@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from helpers import ROOT, accelerate_bin, call_entry_point, load_recipe, run, tiny_args
+from helpers import ROOT, accelerate_bin, call_entry_point, load_recipe, mean_test_loss, run, tiny_args
 
 from ftpeft.core.config import launch_defaults, use_cpu_ranks_without_gpu
 from ftpeft.core.engine import (
@@ -422,18 +422,6 @@ run_cli(bert_cls.main)(sys.argv[1:])
 """
 
 
-def _test_loss(model, tokenizer, csv_path) -> float:
-    """Mean cross-entropy of ``model`` on a test.csv of make_text_files (what Trainer reports as test_loss)."""
-    import pandas as pd
-
-    frame = pd.read_csv(csv_path)
-    label2id = {name: index for index, name in model.config.id2label.items()}
-    inputs = tokenizer(list(frame["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt")
-    labels = torch.tensor([label2id[name] for name in frame["label"]])
-    with torch.no_grad():
-        return torch.nn.functional.cross_entropy(model.eval()(**inputs).logits, labels).item()
-
-
 def _weights(path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -494,7 +482,7 @@ def test_fsdp_on_two_cpu_ranks_matches_one_process_and_resumes(tiny_bert_dir, te
     saved = AutoModelForSequenceClassification.from_pretrained(sharded)
     tokenizer = AutoTokenizer.from_pretrained(sharded)
     measured = json.loads((sharded / "metrics.json").read_text())["test_loss"]
-    assert abs(_test_loss(saved, tokenizer, text_csv_dir / "test.csv") - measured) < 1e-4
+    assert abs(mean_test_loss(saved, tokenizer, text_csv_dir / "test.csv") - measured) < 1e-4
     assert pipeline("text-classification", model=str(sharded))("good film")[0]["label"] in ("neg", "pos")
 
     # 3. resume from the FSDP checkpoint of step 2: steps 3 and 4 again, ending at the uninterrupted run's weights
@@ -542,7 +530,7 @@ def test_fsdp_on_two_cpu_ranks_lora_with_its_head_round_trips(tiny_bert_dir, tex
     reloaded.config.id2label = dict(enumerate(json.loads((out / "label_names.json").read_text())))
     measured = json.loads((out / "metrics.json").read_text())["test_loss"]
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert abs(_test_loss(reloaded, tokenizer, text_csv_dir / "test.csv") - measured) < 1e-4
+    assert abs(mean_test_loss(reloaded, tokenizer, text_csv_dir / "test.csv") - measured) < 1e-4
 
 
 @pytest.mark.slow

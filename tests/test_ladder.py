@@ -95,6 +95,43 @@ def test_an_image_ladder_probes_every_stage_and_trains_its_rungs(tmp_path):
     assert head["trainable_params"] < full["trainable_params"] / 10
 
 
+def test_the_probe_pass_fills_the_caches_that_the_frozen_prefix_rungs_train_from(
+    tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch
+):
+    import shlex
+
+    import numpy as np
+
+    from ftpeft.cache import prefix
+
+    builds = []
+    build_store = prefix.build_store
+    monkeypatch.setattr(prefix, "build_store", lambda *a, **kw: builds.append(a[1]) or build_store(*a, **kw))
+    cache_root = tmp_path / "cache"
+    rungs = ["--rungs", "probe_head", "head_only", "last_k_small", "full"]
+    argv = ladder_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", *rungs, "--activation_cache_dir", str(cache_root))
+    result = ladder.main(argv)
+    by_name = {row["name"]: row for row in result["rungs"]}
+    assert all(row["status"] == "done" for row in result["rungs"])
+    # the frozen-prefix rungs trained with --cache_frozen from the probe's stores: no rung built one
+    for name in ("head_only", "last_k_small"):  # float32: the run scores validation and test from the cache too
+        assert "--cache_frozen --cache_dtype float32" in by_name[name]["command"]
+    assert "--cache_frozen" not in by_name["full"]["command"] and builds == []
+    k = int(shlex.split(by_name["last_k_small"]["command"])[shlex.split(by_name["last_k_small"]["command"]).index(
+        "--unfreeze_last") + 1])  # fmt: skip
+    # train, validation and test for each of the two depths trained (k = 0 and the small k); the others are deleted
+    stores = {p.name: np.load(p / "states.npy") for p in cache_root.iterdir()}
+    assert len(stores) == 6
+    # the printed command, run afresh, builds exactly the stores the probe wrote: the same keys and states
+    for store in cache_root.iterdir():
+        store.rename(tmp_path / store.name)
+    args = shlex.split(by_name["last_k_small"]["command"])[3:]
+    load_recipe("bert_cls").main([*args, "--overwrite_output_dir"])
+    assert sorted(builds) == [k, k, k]
+    for name, states in ((p.name, np.load(p / "states.npy")) for p in cache_root.iterdir()):
+        np.testing.assert_array_equal(states, stores[name])
+
+
 def test_the_budget_skips_rungs_and_says_why(tiny_bert_dir, text_csv_dir, tmp_path):
     start = time.perf_counter()
     result = ladder.main(ladder_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", "--time_budget", "0.01s"))

@@ -15,7 +15,9 @@ shared with the image cache).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,29 +78,41 @@ class CachedPrefixModel(nn.Module):
     """The model with its frozen prefix swapped out; ``forward(boundary_states, attention_mask, labels)``.
 
     ``restore()`` puts the embeddings and all layers back (the trained top layers are the same objects),
-    giving the complete model to evaluate on real inputs and to save.
+    giving the complete model to evaluate on real inputs and to save; ``prefix_cached()`` swaps the prefix out
+    again for a block (to evaluate a restored model from the cache).
     """
 
     def __init__(self, model: nn.Module, k: int):
         super().__init__()
-        base = model.base_model
-        model_type = base.config.model_type
-        layout = ARCHITECTURES[model_type]
-        self.model = model
+        self.model, self.k = model, k
         self._swaps = ModuleSwaps()
         self._input = _CachedInput()
-        layers_parent, _, layers_name = layout.layers.rpartition(".")
+        self._swap_prefix_out()
+
+    def _swap_prefix_out(self) -> None:
+        base = self.model.base_model
+        model_type = base.config.model_type
+        layers_parent, _, layers_name = ARCHITECTURES[model_type].layers.rpartition(".")
         parent = base.get_submodule(layers_parent) if layers_parent else base
         all_layers = getattr(parent, layers_name)
         self._swaps.swap(base, "embeddings", self._input)
         for name in INPUT_PROJECTIONS.get(model_type, ()):
             if hasattr(base, name):
                 self._swaps.swap(base, name, nn.Identity())
-        self._swaps.swap(parent, layers_name, nn.ModuleList(list(all_layers)[len(all_layers) - k :]))
+        self._swaps.swap(parent, layers_name, nn.ModuleList(list(all_layers)[len(all_layers) - self.k :]))
 
     def restore(self) -> nn.Module:
         self._swaps.restore()
         return self.model
+
+    @contextlib.contextmanager
+    def prefix_cached(self) -> Iterator[CachedPrefixModel]:
+        """Within the block the (restored) model reads cached boundary states again; restored after it."""
+        self._swap_prefix_out()
+        try:
+            yield self
+        finally:
+            self._swaps.restore()
 
     def forward(self, boundary_states, attention_mask, labels=None):
         self._input.value = boundary_states
@@ -146,13 +160,25 @@ def inputs_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
+def prefix_key(model_hash: str, dataset, k: int, dtype: str) -> dict:
+    """What a boundary store's content is determined by; its folder is named by a hash of this."""
+    return {"model": model_hash, "inputs": inputs_fingerprint(dataset), "k": k, "dtype": dtype}
+
+
+def token_offsets(dataset) -> np.ndarray:
+    """Example i's tokens are store rows ``offsets[i]:offsets[i+1]`` (unpadded)."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    return offsets
+
+
 def build_store(model, k, dataset, collator, directory: Path, dtype: str, batch_size: int, key_meta: dict) -> None:
     """Compute boundary states for every row of ``dataset`` and write them atomically to ``directory``."""
     from tqdm.auto import tqdm
 
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(lengths)
+    offsets = token_offsets(dataset)
+    lengths = np.diff(offsets)
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
 
     def chunks():
@@ -174,7 +200,7 @@ def cached_split(
 
     The index dataset holds ``labels``, ``cache_index`` (row in the store) and ``cache_split`` (``tag``).
     """
-    meta = {"model": model_hash, "inputs": inputs_fingerprint(dataset), "k": k, "dtype": dtype}
+    meta = prefix_key(model_hash, dataset, k, dtype)
     build = lambda directory: build_store(model, k, dataset, collator, directory, dtype, batch_size, meta)
     store, reused = open_or_build(cache_root, meta, build)
     index = dataset.select_columns(["labels"]).add_column("cache_index", list(range(len(dataset))))

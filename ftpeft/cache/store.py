@@ -15,8 +15,9 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -96,39 +97,66 @@ class BoundaryStore:
             return False
 
 
-def write_store(
-    directory: Path, offsets: np.ndarray, chunks: Iterable[tuple[int, torch.Tensor]], dtype: str, key_meta: dict
-) -> None:
-    """Write a store atomically: ``chunks`` yields (first row, tensor [n, *row_shape]) until every row is set."""
-    with staged(directory, directory=True) as staging:
-        states = None
-        for first_row, values in chunks:
-            if states is None:  # the row shape is known once the first activations exist
-                states = np.lib.format.open_memmap(
-                    staging / STATES_FILE,
-                    mode="w+",
-                    dtype=_STORAGE_DTYPES[dtype],
-                    shape=(int(offsets[-1]), *values.shape[1:]),
-                )
-            values = values.detach().to(DTYPES[dtype])
-            if dtype == "bfloat16":
-                values = values.view(torch.uint16)
-            states[first_row : first_row + values.shape[0]] = values.cpu().numpy()
-        row_shape = list(states.shape[1:])
-        states.flush()
-        del states
-        np.save(staging / OFFSETS_FILE, offsets)
+class StoreWriter:
+    """Writes one store atomically, a chunk at a time, inside ``with``: nothing is in place until the block ends
+    cleanly. Several can be open at once (one pass of a model filling the stores of several boundaries)."""
+
+    def __init__(self, directory: Path, offsets: np.ndarray, dtype: str, key_meta: dict):
+        self.directory, self.offsets, self.dtype, self.key_meta = directory, offsets, dtype, key_meta
+        self.states: np.ndarray | None = None
+
+    def __enter__(self) -> Self:
+        self._stack = ExitStack()
+        self.staging = self._stack.enter_context(staged(self.directory, directory=True))
+        return self
+
+    def write(self, first_row: int, values: torch.Tensor) -> None:
+        """Set rows ``first_row : first_row + len(values)`` ([n, *row_shape])."""
+        if self.states is None:  # the row shape is known once the first activations exist
+            self.states = np.lib.format.open_memmap(
+                self.staging / STATES_FILE,
+                mode="w+",
+                dtype=_STORAGE_DTYPES[self.dtype],
+                shape=(int(self.offsets[-1]), *values.shape[1:]),
+            )
+        values = values.detach().to(DTYPES[self.dtype])
+        if self.dtype == "bfloat16":
+            values = values.view(torch.uint16)
+        self.states[first_row : first_row + values.shape[0]] = values.cpu().numpy()
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is not None:  # the staging folder goes; nothing is put in place
+            return self._stack.__exit__(exc_type, exc, traceback)
+        with self._stack:
+            self._finish()
+        return False
+
+    def _finish(self) -> None:
+        staging = self.staging
+        row_shape = list(self.states.shape[1:])
+        self.states.flush()
+        self.states = None
+        np.save(staging / OFFSETS_FILE, self.offsets)
         meta = dict(
-            key_meta,
+            self.key_meta,
             version=CACHE_FORMAT_VERSION,
-            dtype=dtype,
-            rows=len(offsets) - 1,
+            dtype=self.dtype,
+            rows=len(self.offsets) - 1,
             row_shape=row_shape,
             states_bytes=(staging / STATES_FILE).stat().st_size,
             offsets_sha256=_file_sha256(staging / OFFSETS_FILE),
             states_sha256=_file_sha256(staging / STATES_FILE),
         )
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def write_store(
+    directory: Path, offsets: np.ndarray, chunks: Iterable[tuple[int, torch.Tensor]], dtype: str, key_meta: dict
+) -> None:
+    """Write a store atomically: ``chunks`` yields (first row, tensor [n, *row_shape]) until every row is set."""
+    with StoreWriter(directory, offsets, dtype, key_meta) as writer:
+        for first_row, values in chunks:
+            writer.write(first_row, values)
 
 
 def open_or_build(cache_root: str | Path, key_meta: dict, build: Callable[[Path], None]) -> tuple[BoundaryStore, bool]:

@@ -135,20 +135,25 @@ class Run:
         write_model: Callable[[Path, dict | None], None] | None = None,
         merged_export: Callable[[], tuple[Path, str]] | None = None,
         push_merged: bool = False,
+        evaluation: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Save the model atomically, evaluate (validation, then test once), write reports and the card, push.
 
         ``write_model(folder, state_dict)`` saves the model into a folder on the main process (default: every
         rank calls ``trainer.save_model``); see ``save_model_atomically``. ``merged_export()`` writes a merged
         copy and returns (its folder, its loading snippet); it gets a card too, and ``push_merged`` pushes it
-        instead of the output dir.
+        instead of the output dir. ``evaluation(train_metrics)`` scores the run instead of ``evaluate_and_report`` on
+        ``trainer`` (a float32-cached run scores from its cache).
         """
         save_model_atomically(trainer, self.output_dir, write_model)
         if trainer.is_world_process_zero() and (self.output_dir / "adapter_config.json").is_file():
             write_json(self.output_dir / LABEL_NAMES_FILE, label_names)  # what `ftpeft predict` names the classes by
-        metrics = evaluate_and_report(
-            trainer, splits["validation"], splits.get("test"), label_names, self.output_dir, train_metrics
-        )
+        if evaluation is not None:
+            metrics = evaluation(train_metrics)
+        else:
+            metrics = evaluate_and_report(
+                trainer, splits["validation"], splits.get("test"), label_names, self.output_dir, train_metrics
+            )
         if not trainer.is_world_process_zero():
             return metrics
         drawn = save_learning_curve(self.output_dir / CURVE_FILE, trainer.state.log_history, self.group_lrs.history)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,13 @@ def _batches(count: int, size: int) -> Iterator[slice]:
 
 
 @torch.no_grad()
-def text_layer_features(model, tokenized_split, collator, batch_size: int) -> dict[str, np.ndarray]:
-    """{'mean': [N, L+1, D], 'cls': [N, L+1, D]} from one forward pass with every hidden state."""
+def text_layer_features(
+    model, tokenized_split, collator, batch_size: int, on_batch: Callable[[int, tuple], None] | None = None
+) -> dict[str, np.ndarray]:
+    """{'mean': [N, L+1, D], 'cls': [N, L+1, D]} from one forward pass with every hidden state.
+
+    ``on_batch(first row, hidden states)`` sees each batch's hidden states too (the ladder caches some of them).
+    """
     from ftpeft.features.extract import pool
 
     model.eval()
@@ -68,6 +73,8 @@ def text_layer_features(model, tokenized_split, collator, batch_size: int) -> di
     for part in _batches(len(rows), batch_size):
         batch = collator([rows[i] for i in range(part.start, part.stop)])
         hidden = model(**batch, output_hidden_states=True).hidden_states
+        if on_batch is not None:
+            on_batch(part.start, hidden)
         mask = batch.get("attention_mask")
         means.append(torch.stack([pool(h, "mean", mask) for h in hidden], 1).float().numpy())
         firsts.append(torch.stack([pool(h, "cls") for h in hidden], 1).float().numpy())

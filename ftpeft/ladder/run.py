@@ -27,7 +27,7 @@ from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
 from ftpeft.ladder.probe import PROBE_DIR, ProbeLayer, ProbeResult
 from ftpeft.ladder.report import RungRow, choose, scenario, write_outputs
 from ftpeft.ladder.rungs import Rung, build_rungs, choose_ks, estimate_seconds
-from ftpeft.tuning.args import TuningArguments
+from ftpeft.tuning.args import EXACT_CACHE_DTYPE, TuningArguments
 
 logger = logging.getLogger("ftpeft")
 MANIFEST_FILE = "ladder_manifest.json"
@@ -196,17 +196,26 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
 
     # --- 1. the transfer probe: one frozen pass, a regression per layer ----------------------------------
-    probe, data_facts, num_layers = run_probe(modality.name, recipe_args, ladder_args, output_dir, is_main)
+    cache_flags, cache_dtype = rung_cache(base_argv, recipe_args[2])
+    probe, data_facts, num_layers, caches = run_probe(
+        modality.name, recipe_args, ladder_args, output_dir, is_main, cache_dtype
+    )
     best_probe = probe.best(ladder_args.metric)
     ks = choose_ks(num_layers, best_probe.depth, probe.num_layers)
     logger.info("ladder: best probe layer %s; last-k rungs k = %s", best_probe.name, ks)
 
     # --- 2. the rungs, cheapest first, within the budget ----------------------------------------------------
     epochs = training_args.num_train_epochs
-    use_cache = modality.name == "text" and epochs >= 2  # the cache pays from the second epoch on
-    rungs = build_rungs(ladder_args.rung_names, num_layers, ks, use_cache)
+    cached_ks = cached_depths(caches, num_layers, epochs)
+    rungs = build_rungs(ladder_args.rung_names, num_layers, ks, cached_ks, cache_flags)
+    if is_main:
+        prune_prefix_caches(caches, {r.unfreeze_last for r in rungs if r.cached})
     rows_by_split = data_facts["rows"]
-    estimates = {r.name: estimate_seconds(r, probe.seconds_per_row, rows_by_split, epochs) for r in rungs}
+    built = set(caches.get("written", []))
+    estimates = {
+        r.name: estimate_seconds(r, probe.seconds_per_row, rows_by_split, epochs, r.unfreeze_last in built)
+        for r in rungs
+    }
     seeds = [training_args.seed + i for i in range(ladder_args.seeds)]
     rows: list[RungRow] = []
     if "probe_head" in ladder_args.rung_names:
@@ -244,6 +253,31 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
         write_outputs(output_dir, rows, recommended, tolerance, ladder_args.metric, extra)
         print(extra.get("recommendation", "no rung finished: see ladder.md for the reasons").replace("**", ""))
     return json.loads((output_dir / "ladder.json").read_text()) if is_main else {}
+
+
+def rung_cache(base_argv: list[str], tuning_args: TuningArguments) -> tuple[list[str], str]:
+    """(flags a cached rung adds, its cache dtype): --cache_frozen in the user's --cache_dtype, else in float32,
+    whose run scores validation and test from the cache as well (its frozen layers never run after the probe)."""
+    if _values(base_argv, "cache_dtype"):
+        return ["--cache_frozen"], tuning_args.cache_dtype
+    return ["--cache_frozen", "--cache_dtype", EXACT_CACHE_DTYPE], EXACT_CACHE_DTYPE
+
+
+def cached_depths(caches: dict, num_layers: int, epochs: float) -> set[int]:
+    """The depths k whose rung trains with --cache_frozen: those the probe's pass cached (text), and at 2 or more
+    epochs every depth the model allows (a cache built by the run itself pays from the second epoch on)."""
+    written = set(caches.get("written", []))
+    if epochs < 2 or not caches:
+        return written
+    return written | set(caches.get("cacheable", range(num_layers)))
+
+
+def prune_prefix_caches(caches: dict, keep: set[int]) -> None:
+    """Delete the caches the probe wrote for depths no rung trains at (they live in the user's cache root)."""
+    for k, directories in caches.get("built", {}).items():
+        if int(k) not in keep:
+            for directory in directories:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def rung_command(modality: Modality, argv: list[str]) -> str:
@@ -349,8 +383,9 @@ def _job(modality: str):
 # --- the probe ------------------------------------------------------------------------------------------------
 
 
-def run_probe(modality: str, recipe_args, ladder_args, output_dir: Path, is_main: bool):
-    """(ProbeResult, data facts, trainable-group count) — computed once; a resumed ladder reads it back."""
+def run_probe(modality: str, recipe_args, ladder_args, output_dir: Path, is_main: bool, cache_dtype: str):
+    """(ProbeResult, data facts, trainable-group count, the frozen-prefix caches it wrote (text)) — computed once;
+    a resumed ladder reads it back."""
     from accelerate import PartialState
 
     from ftpeft.ladder.probe import name_layers, save_transfer_curve
@@ -358,22 +393,27 @@ def run_probe(modality: str, recipe_args, ladder_args, output_dir: Path, is_main
     saved = output_dir / PROBE_DIR / "probe.json"
     with PartialState().main_process_first():
         if not saved.is_file():
-            result, facts, num_layers = (probe_text if modality == "text" else probe_images)(recipe_args)
+            if modality == "text":
+                result, facts, num_layers, caches = probe_text(recipe_args, cache_dtype)
+            else:
+                result, facts, num_layers, caches = probe_images(recipe_args)
             name_layers(result.layers, result.num_layers, modality)
             if is_main:
-                write_json(saved, {"probe": dataclasses.asdict(result), "data": facts, "num_layers": num_layers})
+                payload = {"probe": dataclasses.asdict(result), "data": facts, "num_layers": num_layers}
+                write_json(saved, {**payload, "prefix_caches": caches})
                 save_transfer_curve(output_dir, result, modality, ladder_args.metric)
     payload = json.loads(saved.read_text())
     probe = payload["probe"]
     probe["layers"] = [ProbeLayer(**layer) for layer in probe["layers"]]
-    return ProbeResult(**probe), payload["data"], payload["num_layers"]
+    return ProbeResult(**probe), payload["data"], payload["num_layers"], payload.get("prefix_caches", {})
 
 
-def probe_text(recipe_args):
+def probe_text(recipe_args, cache_dtype: str):
     from transformers import AutoModel, DataCollatorWithPadding
 
     from ftpeft.core.artifacts import loading_model
     from ftpeft.core.freezing import layer_map
+    from ftpeft.ladder.precache import plan_prefix_caches
     from ftpeft.ladder.probe import probe_layers, text_layer_features
     from ftpeft.text.data import load_tokenized_data
     from ftpeft.text.modeling import check_max_seq_length, resolve_model_path
@@ -385,19 +425,23 @@ def probe_text(recipe_args):
     with loading_model(model_path):
         model = AutoModel.from_pretrained(model_path).eval()
     collator = DataCollatorWithPadding(data.tokenizer)
+    num_layers = layer_map(model).num_layers
+    caches = plan_prefix_caches(recipe_args, model_path, data, model, collator, num_layers, cache_dtype)
     start = time.perf_counter()
-    features = {
-        split: text_layer_features(model, dataset, collator, training_args.per_device_eval_batch_size)
-        for split, dataset in data.tokenized.items()
-    }
-    seconds = time.perf_counter() - start
+    features = {}
+    for split, dataset in data.tokenized.items():
+        with caches.writing(split, dataset) as on_batch:  # the head-only and last-k rungs' frozen-prefix caches
+            features[split] = text_layer_features(
+                model, dataset, collator, training_args.per_device_eval_batch_size, on_batch
+            )
+    seconds = time.perf_counter() - start - caches.write_seconds
     labels = {split: np.asarray(dataset["labels"]) for split, dataset in data.tokenized.items()}
     layers = probe_layers(features, labels, training_args.seed)
     rows = {split: len(dataset) for split, dataset in data.tokenized.items()}
     depth = features["train"]["mean"].shape[1] - 1
     result = ProbeResult(layers, depth, seconds, sum(rows.values()), {"hidden": features["train"]["mean"].shape[2]})
     facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
-    return result, facts, layer_map(model).num_layers
+    return result, facts, layer_map(model).num_layers, caches.describe()
 
 
 def probe_images(recipe_args):
@@ -427,7 +471,7 @@ def probe_images(recipe_args):
         layers, len(widths) - 1, seconds, sum(rows.values()), {"widths": widths, "stage_modules": modules}
     )
     facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
-    return result, facts, layer_map(model).num_layers
+    return result, facts, layer_map(model).num_layers, {}
 
 
 def keep_flags(argv: list[str], names: set[str]) -> list[str]:

@@ -21,7 +21,8 @@ class Rung:
     flags: list[str]  # added to the user's recipe flags
     what: str  # one line for the table
     trained_fraction: float  # share of the layers whose weights train (0 = head only, 1 = all)
-    cached: bool = False  # trains from the frozen-prefix activation cache
+    unfreeze_last: int | None = None  # its depth k, None for 'all'
+    cached: bool = False  # trains from the frozen-prefix activation cache (--cache_frozen)
     lora: bool = False
 
 
@@ -36,26 +37,21 @@ def choose_ks(num_layers: int, best_depth: int, probe_layers: int) -> tuple[int,
     return small, large
 
 
-def build_rungs(names: list[str], num_layers: int, ks: tuple[int, int], use_cache: bool) -> list[Rung]:
-    """The Rung of each name asked for (probe_head is measured by the probe itself, not run here)."""
+def build_rungs(
+    names: list[str], num_layers: int, ks: tuple[int, int], cached_ks: set[int], cache_flags: list[str]
+) -> list[Rung]:
+    """The Rung of each name asked for (probe_head is measured by the probe itself, not run here); the depths in
+    ``cached_ks`` train from the cache (``cache_flags``: --cache_frozen and its dtype)."""
     small, large = ks
-    cache = ["--cache_frozen"] if use_cache else []
+
+    def last_k(name: str, k: int, what: str) -> Rung:
+        cache = cache_flags if k in cached_ks else []
+        return Rung(name, ["--unfreeze_last", str(k), *cache], what, k / num_layers, k, k in cached_ks)
+
     table = {
-        "head_only": Rung("head_only", ["--unfreeze_last", "0", *cache], "head only (frozen backbone)", 0.0, use_cache),
-        "last_k_small": Rung(
-            "last_k_small",
-            ["--unfreeze_last", str(small), *cache],
-            f"top {small} layers + head",
-            small / num_layers,
-            use_cache,
-        ),
-        "last_k_large": Rung(
-            "last_k_large",
-            ["--unfreeze_last", str(large), *cache],
-            f"top {large} layers + head",
-            large / num_layers,
-            use_cache,
-        ),
+        "head_only": last_k("head_only", 0, "head only (frozen backbone)"),
+        "last_k_small": last_k("last_k_small", small, f"top {small} layers + head"),
+        "last_k_large": last_k("last_k_large", large, f"top {large} layers + head"),
         "lora": Rung("lora", ["--use_peft", "--unfreeze_last", "all"], "LoRA adapters + head", 0.0, lora=True),
         "full": Rung("full", ["--unfreeze_last", "all"], "everything (layer-wise LR decay)", 1.0),
         "lp_ft": Rung("lp_ft", ["--unfreeze_last", "all", "--lp_ft"], "LP-FT: head first, then everything", 1.0),
@@ -68,12 +64,14 @@ def build_rungs(names: list[str], num_layers: int, ks: tuple[int, int], use_cach
     return [table[name] for name in names if name in table]
 
 
-def estimate_seconds(rung: Rung, seconds_per_row: float, rows: dict[str, int], epochs: float) -> float:
-    """Predicted wall time of one run of ``rung``, before calibration."""
+def estimate_seconds(
+    rung: Rung, seconds_per_row: float, rows: dict[str, int], epochs: float, cache_built: bool = False
+) -> float:
+    """Predicted wall time of one run of ``rung``, before calibration; ``cache_built``: its cache exists already."""
     train, val, test = rows.get("train", 0), rows.get("validation", 0), rows.get("test", 0)
-    if rung.cached:  # one pass builds the cache; epochs then run the trained top only
+    if rung.cached:  # one pass builds the cache (unless built); epochs then run the trained top only
         per_epoch = train * (1 + BACKWARD) * max(rung.trained_fraction, 0.02) + val * max(rung.trained_fraction, 0.02)
-        one_off = train + val
+        one_off = 0.0 if cache_built else train + val
     else:
         backward = LORA_BACKWARD if rung.lora else BACKWARD * rung.trained_fraction
         per_epoch = train * (1 + backward) + val

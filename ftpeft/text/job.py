@@ -6,6 +6,7 @@ one strategy, called by ``recipes/bert_cls.py`` and by anything in the library t
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def train_classifier(
     from ftpeft.core.trainer import FtpeftTrainer
     from ftpeft.text.data import dataset_description, load_tokenized_data
     from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_sequence_classifier, resolve_model_path
-    from ftpeft.text.pooling import checkpoint_pooling, readout_note, resolve_pooling
+    from ftpeft.text.pooling import pooling_for, readout_note
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import write_merged_model
     from ftpeft.tuning.schedules import staged_unfreezing
@@ -78,10 +79,7 @@ def train_classifier(
     )
     model_path = resolve_model_path(model_args)
     check_max_seq_length(model_args, model_path, data_args.max_seq_length)
-    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    pooling, why = resolve_pooling(
-        model_args.pooling, checkpoint_pooling(model_path, **hub), tuning_args.unfreeze_last_k, tuning_args.use_peft
-    )
+    pooling, why = pooling_for(model_args, model_path, tuning_args.unfreeze_last_k, tuning_args.use_peft)
     run.record("pooling", model_args.pooling, pooling, why)
 
     # --- data ------------------------------------------------------------------------------------------
@@ -113,7 +111,7 @@ def train_classifier(
         "class_weights": class_weights,
     }
     if tuning_args.cache_frozen:
-        trainer = cached_trainer(model, tuning, tuning_args, tokenized, collator, training_args, trainer_kwargs)
+        trainer, cached = cached_trainer(model, tuning, tuning_args, tokenized, collator, training_args, trainer_kwargs)
     else:
         trainer = FtpeftTrainer(
             model=model,
@@ -125,13 +123,16 @@ def train_classifier(
     if unfreezing:
         trainer.add_callback(unfreezing)
     train_metrics = run.train(trainer)
-    if tuning_args.cache_frozen:  # put the frozen part back: evaluate and save the complete model on real inputs
+    evaluation = None
+    if tuning_args.cache_frozen:  # put the frozen part back: save (and evaluate) the complete model
         cached_run = trainer
         model = cached_run.model.restore()
         trainer = FtpeftTrainer(
             model=model, eval_dataset=tokenized["validation"], data_collator=collator, **trainer_kwargs
         )
         trainer.state = cached_run.state  # the learning curve keeps the training history (as the image job does)
+        if tuning_args.evaluates_from_cache:
+            evaluation = partial(evaluate_from_cache, cached_run, cached, label_names, run.output_dir)
 
     # --- evaluate, save, card, push ---------------------------------------------------------------------
     output_dir = str(run.output_dir)
@@ -158,24 +159,27 @@ def train_classifier(
         train_metrics,
         merged_export=merged_export if tuning_args.merge_adapter else None,
         push_merged=tuning_args.push_merged,
+        evaluation=evaluation,
     )
 
 
 def cached_trainer(model, tuning, tuning_args: TuningArguments, tokenized, collator, training_args, trainer_kwargs):
-    """A Trainer over the top k layers, fed from cached activations of the frozen bottom (built once)."""
+    """A Trainer over the top k layers, fed from cached activations of the frozen bottom (built once), and the
+    cached index datasets by split (train, validation, and test when the run scores from the cache)."""
     from ftpeft.cache.prefix import default_cache_root, prepare_cached_training
     from ftpeft.core.trainer import FtpeftTrainer
     from ftpeft.tuning.apply import cached_model_param_groups
 
     param_groups = cached_model_param_groups(model, tuning, tuning_args, training_args)
-    splits = {"train": tokenized["train"], "validation": tokenized["validation"]}
+    scored = ("validation", "test") if tuning_args.evaluates_from_cache else ("validation",)
+    splits = {split: tokenized[split] for split in ("train", *scored) if split in tokenized}
     cache_root = tuning_args.activation_cache_dir or default_cache_root()
     batch_size = training_args.per_device_eval_batch_size
     cached_model, cached, cached_collator, _ = prepare_cached_training(
         model, tuning_args.unfreeze_last_k, splits, collator, cache_root, tuning_args.cache_dtype, batch_size,
         training_args,
     )  # fmt: skip
-    return FtpeftTrainer(
+    trainer = FtpeftTrainer(
         model=cached_model,
         param_groups=param_groups,
         train_dataset=cached["train"],
@@ -184,3 +188,15 @@ def cached_trainer(model, tuning, tuning_args: TuningArguments, tokenized, colla
         keep_all_columns=True,
         **trainer_kwargs,
     )
+    return trainer, cached
+
+
+def evaluate_from_cache(cached_run, cached: dict, label_names: list[str], output_dir, train_metrics: dict) -> dict:
+    """The final validation and test scores, read from the float32 cache: the top layers only, on the frozen
+    layers' exact output (what the saved model computes on the real inputs)."""
+    from ftpeft.core.lifecycle import evaluate_and_report
+
+    with cached_run.model.prefix_cached():
+        return evaluate_and_report(
+            cached_run, cached["validation"], cached.get("test"), label_names, output_dir, train_metrics
+        )

@@ -203,6 +203,12 @@ def resolve_pooling(requested: str, trained_with: str | None, unfreeze_last_k: i
     )
 
 
+def pooling_for(model_args, model_path: str, unfreeze_last_k: int | None, use_peft: bool) -> tuple[str, str]:
+    """(pooling used, why) for a run of ``model_path`` with these flags: ``--pooling`` against the checkpoint's own."""
+    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
+    return resolve_pooling(model_args.pooling, checkpoint_pooling(model_path, **hub), unfreeze_last_k, use_peft)
+
+
 def readout_note(pooling: str, requested: str, why: str) -> str:
     """The card's line on the readout, and on how to load a mean-pooling model."""
     if pooling == "mean":

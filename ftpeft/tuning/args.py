@@ -8,6 +8,7 @@ from ftpeft.core.class_weights import check_class_weights
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, FRACTION, POSITIVE, SHARE, between, check_fields
 
+EXACT_CACHE_DTYPE = "float32"  # a cache holding the frozen layers' exact output (scores read from it are exact)
 # what to use instead, per recipe, when it refuses a tuning flag
 UNSUPPORTED_HINTS = {
     "knowledge_cls": "use recipes/bert_cls.py for the cache ('add' changes the embeddings' output).",
@@ -87,7 +88,8 @@ class TuningArguments:
     cache_dtype: str = dataclasses.field(
         default="float16",
         metadata={
-            "help": "Storage dtype of cached activations: float16 (half the disk), bfloat16 or float32 (exact).",
+            "help": "Storage dtype of cached activations: float16 (half the disk), bfloat16 or float32 (exact: "
+            "bert_cls then scores validation and test from the cache too, skipping the frozen layers there as well).",
             "choices": ("float16", "bfloat16", "float32"),
         },
     )
@@ -162,6 +164,11 @@ class TuningArguments:
         asked = [flag for flag in refused if getattr(self, flag[2:])]
         if asked:
             raise FtpeftError(f"{' and '.join(asked)}: not supported by {recipe}; {UNSUPPORTED_HINTS[recipe]}")
+
+    @property
+    def evaluates_from_cache(self) -> bool:
+        """A float32 cache holds the frozen layers' exact output, so scores read from it are the saved model's."""
+        return self.cache_frozen and self.cache_dtype == EXACT_CACHE_DTYPE
 
     @property
     def engine_dependent_flags(self) -> list[str]:
