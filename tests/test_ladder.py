@@ -132,6 +132,27 @@ def test_the_probe_pass_fills_the_caches_that_the_frozen_prefix_rungs_train_from
         np.testing.assert_array_equal(states, stores[name])
 
 
+@pytest.mark.parametrize("classes, features, solver", [(2, 384, "newton-cholesky"), (5, 40, "newton-cholesky"),
+                                                       (10, 1280, "lbfgs")])  # fmt: skip
+def test_the_probe_solves_the_same_regression_by_the_faster_solver(classes, features, solver):
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from ftpeft.ladder.probe import fit_layer, probe_solver
+
+    assert probe_solver(features, classes) == solver
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(classes, 16))
+    y = rng.integers(0, classes, 600)
+    x = np.hstack([centres[y] + rng.normal(size=(600, 16)), rng.normal(size=(600, 24))])  # 16 informative dims
+    train, val = (x[:400], y[:400]), (x[400:], y[400:])
+    val_accuracy, *_ = fit_layer(train, val, None, seed=0)
+    scaler = StandardScaler().fit(train[0])
+    reference = LogisticRegression(tol=1e-10, max_iter=10_000).fit(scaler.transform(train[0]), train[1])
+    assert val_accuracy == pytest.approx(np.mean(reference.predict(scaler.transform(val[0])) == val[1]), abs=0.01)
+
+
 def test_the_budget_skips_rungs_and_says_why(tiny_bert_dir, text_csv_dir, tmp_path):
     start = time.perf_counter()
     result = ladder.main(ladder_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", "--time_budget", "0.01s"))
