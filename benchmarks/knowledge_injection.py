@@ -3,8 +3,8 @@
     python benchmarks/knowledge_injection.py                                   # 2,000 and 4,000 tweets, 3 seeds (~60 min)
     python benchmarks/knowledge_injection.py --sizes 2000 --seeds 42 --sources entities   # one look at one source
 
-Every run is recipes/knowledge_cls.py at its defaults (bert_cls.py's LRs: 1e-3, layer decay 0.65, head and
-injection 3e-3; --unfreeze-last 2; batch 32; 1 epoch; max_seq_length 64), so the text-only arm is the strong
+Every run is recipes/knowledge_cls.py at its defaults (bert_cls.py's LRs, TEXT_LR_DEFAULTS, the injection at the
+head's; --unfreeze-last 2; batch 32; 1 epoch; max_seq_length 64), so the text-only arm is the strong
 one a user gets. Only ``--inject`` and ``--knowledge_file`` differ between arms. Data: the demo tweets
 (positive vs negative), 10% of the drawn tweets are validation, the 1,000 fixed test tweets.
 
@@ -35,7 +35,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from run_benchmarks import RESULTS, ROOT, run_recipe
+from run_benchmarks import RESULTS, ROOT, run_recipe, text_lr_defaults_phrase
 
 SOURCES = ("vader", "afinn", "entities")
 MODES = {"vader": ("add", "concat", "gate"), "afinn": ("add", "concat", "gate"), "entities": ("concat",)}
@@ -120,7 +120,10 @@ def write_table(rows: list[dict], summary: dict, command: str, path: Path) -> No
     lines = [
         "# Knowledge injection against the strong text model (demo tweets, positive vs negative)",
         "",
-        f"Command: `{command}`. " + re.sub(r"\s*\n(?!- )\s*", " ", __doc__.split("\n\n", 2)[2].split("\n\nRuns go")[0]),
+        f"Command: `{command}`. "
+        + re.sub(r"\s*\n(?!- )\s*", " ", __doc__.split("\n\n", 2)[2].split("\n\nRuns go")[0]).replace(
+            "TEXT_LR_DEFAULTS", text_lr_defaults_phrase()
+        ),  # the library's values, never a stale copy
         "",
         (
             f"Entity table: {summary.get('entities', '?')} entities from {summary.get('held_out_tweets', '?')} held-out "
