@@ -1,6 +1,7 @@
 """The strategy ladder on a tiny BERT: schema, resume, budget, choice on validation only, refused rungs."""
 
 import json
+import sys
 import time
 
 import pytest
@@ -57,6 +58,18 @@ def test_a_refused_rung_is_a_row_with_its_reason(finished_ladder):
     _, _, result = finished_ladder
     lora = next(row for row in result["rungs"] if row["name"] == "lora")
     assert lora["status"] == "failed" and "--lora_target_modules ['nope'] match no module" in lora["reason"]
+
+
+@pytest.mark.slow
+def test_the_probe_head_command_reproduces_its_row(finished_ladder):
+    _, out, result = finished_ladder
+    probe_head = next(row for row in result["rungs"] if row["name"] == "probe_head")
+    done = run(["bash", "-c", probe_head["command"].replace("python ", f"{sys.executable} ")], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "probe_head" / "metrics.json").read_text())
+    # the same layer, pooling and C: train_head.py's regression scores what the probe's did
+    assert metrics["eval_accuracy"] == pytest.approx(probe_head["val_accuracy"], abs=1e-9)
+    assert metrics["test_accuracy"] == pytest.approx(probe_head["test_accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow

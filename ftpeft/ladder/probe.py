@@ -19,6 +19,7 @@ import torch
 PROBE_DIR = "probe"
 CURVE_FILE = "transfer_curve.png"
 TABLE_FILE = "transfer_curve.md"
+PROBE_C = 1.0  # the regressions' inverse L2 strength (the probe_head command asks train_head.py for the same)
 NEWTON_MAX_UNKNOWNS = 2048  # coefficients up to which the probe solves by Newton's method
 MAX_PROBE_TRAIN = 20_000  # rows the per-layer regressions fit on; the pass itself reads every split whole
 
@@ -144,7 +145,8 @@ def fit_layer(train: tuple[np.ndarray, np.ndarray], val, test, seed: int) -> tup
         keep = np.random.default_rng(seed).choice(len(y), MAX_PROBE_TRAIN, replace=False)
         x, y = x[keep], y[keep]
     solver = probe_solver(x.shape[1], len(np.unique(y)))
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(solver=solver, max_iter=1000, random_state=seed))
+    regression = LogisticRegression(C=PROBE_C, solver=solver, max_iter=1000, random_state=seed)
+    classifier = make_pipeline(StandardScaler(), regression)
     classifier.fit(x, y)
     seconds = time.perf_counter() - start
     predicted = classifier.predict(val[0])

@@ -24,7 +24,7 @@ from ftpeft.core.config import RunArguments, parse_args
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import write_json
 from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
-from ftpeft.ladder.probe import PROBE_DIR, ProbeLayer, ProbeResult
+from ftpeft.ladder.probe import PROBE_C, PROBE_DIR, ProbeLayer, ProbeResult
 from ftpeft.ladder.report import RungRow, choose, scenario, write_outputs
 from ftpeft.ladder.rungs import Rung, build_rungs, choose_ks, estimate_seconds
 from ftpeft.tuning.args import EXACT_CACHE_DTYPE, TuningArguments
@@ -506,7 +506,7 @@ def probe_row(
         *(["--layer", layer] if layer else []), "--pooling", best.pooling, "--feature_dir", str(output_dir / "features"),
     ]  # fmt: skip
     head = ["python", "recipes/train_head.py", "--features_dir", str(output_dir / "features"), "--head", "logreg",
-            "--output_dir", str(output_dir / "probe_head")]  # fmt: skip
+            "--regularization_c", f"{PROBE_C:g}", "--output_dir", str(output_dir / "probe_head")]  # fmt: skip
     widths = probe.feature_dims.get("widths")
     width = probe.feature_dims.get("hidden") or (widths[best.depth] if widths else 0)
     row = RungRow(
