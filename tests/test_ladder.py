@@ -166,6 +166,24 @@ def test_the_probe_solves_the_same_regression_by_the_faster_solver(classes, feat
     assert val_accuracy == pytest.approx(np.mean(reference.predict(scaler.transform(val[0])) == val[1]), abs=0.01)
 
 
+@pytest.mark.parametrize(
+    "cached, scored_from_cache, cache_built, forward_rows",
+    [
+        (False, False, False, 100 * 1.5 + 10 + 30),  # forward + backward through the top quarter, val, then val + test
+        (True, False, False, 110 + 100 * 3 * 0.25 + 10 * 0.25 + 30),  # build train + val, the top only, real scoring
+        (True, False, True, 100 * 3 * 0.25 + 10 * 0.25 + 30),  # the probe built it
+        (True, True, True, 100 * 3 * 0.25 + 10 * 0.25 + 30 * 0.25),  # and validation + test are scored from it
+        (True, True, False, 130 + 100 * 3 * 0.25 + 10 * 0.25 + 30 * 0.25),  # building test too
+    ],
+)
+def test_a_rungs_estimate_counts_the_forward_passes_it_will_run(cached, scored_from_cache, cache_built, forward_rows):
+    from ftpeft.ladder.rungs import Rung, estimate_seconds
+
+    rung = Rung("last_k", [], "top 1 of 4", 0.25, 1, cached, scored_from_cache)
+    rows = {"train": 100, "validation": 10, "test": 20}
+    assert estimate_seconds(rung, 0.5, rows, 1.0, cache_built) == pytest.approx(0.5 * forward_rows)
+
+
 def test_the_budget_skips_rungs_and_says_why(tiny_bert_dir, text_csv_dir, tmp_path):
     start = time.perf_counter()
     result = ladder.main(ladder_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", "--time_budget", "0.01s"))

@@ -207,7 +207,8 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     # --- 2. the rungs, cheapest first, within the budget ----------------------------------------------------
     epochs = training_args.num_train_epochs
     cached_ks = cached_depths(caches, num_layers, epochs)
-    rungs = build_rungs(ladder_args.rung_names, num_layers, ks, cached_ks, cache_flags)
+    cache_scores = cache_dtype == EXACT_CACHE_DTYPE
+    rungs = build_rungs(ladder_args.rung_names, num_layers, ks, cached_ks, cache_flags, cache_scores)
     if is_main:
         prune_prefix_caches(caches, {r.unfreeze_last for r in rungs if r.cached})
     rows_by_split = data_facts["rows"]

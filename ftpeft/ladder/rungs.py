@@ -23,6 +23,7 @@ class Rung:
     trained_fraction: float  # share of the layers whose weights train (0 = head only, 1 = all)
     unfreeze_last: int | None = None  # its depth k, None for 'all'
     cached: bool = False  # trains from the frozen-prefix activation cache (--cache_frozen)
+    scored_from_cache: bool = False  # a float32 cache: validation and test are scored from it too
     lora: bool = False
 
 
@@ -38,15 +39,22 @@ def choose_ks(num_layers: int, best_depth: int, probe_layers: int) -> tuple[int,
 
 
 def build_rungs(
-    names: list[str], num_layers: int, ks: tuple[int, int], cached_ks: set[int], cache_flags: list[str]
+    names: list[str],
+    num_layers: int,
+    ks: tuple[int, int],
+    cached_ks: set[int],
+    cache_flags: list[str],
+    cache_scores: bool,
 ) -> list[Rung]:
     """The Rung of each name asked for (probe_head is measured by the probe itself, not run here); the depths in
-    ``cached_ks`` train from the cache (``cache_flags``: --cache_frozen and its dtype)."""
+    ``cached_ks`` train from the cache (``cache_flags``: --cache_frozen and its dtype; ``cache_scores``: that
+    dtype is exact, so those runs score from the cache too)."""
     small, large = ks
 
     def last_k(name: str, k: int, what: str) -> Rung:
-        cache = cache_flags if k in cached_ks else []
-        return Rung(name, ["--unfreeze_last", str(k), *cache], what, k / num_layers, k, k in cached_ks)
+        cached = k in cached_ks
+        flags = ["--unfreeze_last", str(k), *(cache_flags if cached else [])]
+        return Rung(name, flags, what, k / num_layers, k, cached, cached and cache_scores)
 
     table = {
         "head_only": last_k("head_only", 0, "head only (frozen backbone)"),
@@ -69,12 +77,14 @@ def estimate_seconds(
 ) -> float:
     """Predicted wall time of one run of ``rung``, before calibration; ``cache_built``: its cache exists already."""
     train, val, test = rows.get("train", 0), rows.get("validation", 0), rows.get("test", 0)
+    top = max(rung.trained_fraction, 0.02)  # the share of the forward a cached run still computes
+    final = val + test  # the last evaluation and the one test pass
     if rung.cached:  # one pass builds the cache (unless built); epochs then run the trained top only
-        per_epoch = train * (1 + BACKWARD) * max(rung.trained_fraction, 0.02) + val * max(rung.trained_fraction, 0.02)
-        one_off = 0.0 if cache_built else train + val
+        per_epoch = train * (1 + BACKWARD) * top + val * top
+        one_off = 0.0 if cache_built else train + val + (test if rung.scored_from_cache else 0)
+        final = final * top if rung.scored_from_cache else final
     else:
         backward = LORA_BACKWARD if rung.lora else BACKWARD * rung.trained_fraction
         per_epoch = train * (1 + backward) + val
         one_off = 0.0
-    final = val + test  # the last evaluation and the one test pass
     return seconds_per_row * (one_off + epochs * per_epoch + final)
