@@ -1,7 +1,9 @@
 """Test-wide settings and the shared fixtures: one torch thread (2-thread torch is several times slower for tiny
 models on the reference machine), no Hub (any call fails fast). Fixtures only: the builders are in helpers.py."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -12,6 +14,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["WANDB_DISABLED"] = "true"
 # activation caches a test does not place itself (the ladder's, a recipe's default) stay out of the user's home
 os.environ["FTPEFT_CACHE"] = tempfile.mkdtemp(prefix="ftpeft-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FTPEFT_CACHE"], ignore_errors=True)
 
 import pytest
 from helpers import make_text_files, make_tiny_text_model
