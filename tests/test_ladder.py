@@ -130,15 +130,15 @@ def test_the_probe_pass_fills_the_caches_that_the_frozen_prefix_rungs_train_from
     for name in ("head_only", "last_k_small"):  # float32: the run scores validation and test from the cache too
         assert "--cache_frozen --cache_dtype float32" in by_name[name]["command"]
     assert "--cache_frozen" not in by_name["full"]["command"] and builds == []
-    k = int(shlex.split(by_name["last_k_small"]["command"])[shlex.split(by_name["last_k_small"]["command"]).index(
-        "--unfreeze_last") + 1])  # fmt: skip
+    last_k_argv = shlex.split(by_name["last_k_small"]["command"])
+    k = int(last_k_argv[last_k_argv.index("--unfreeze_last") + 1])
     # train, validation and test for each of the two depths trained (k = 0 and the small k); the others are deleted
     stores = {p.name: np.load(p / "states.npy") for p in cache_root.iterdir()}
     assert len(stores) == 6
     # the printed command, run afresh, builds exactly the stores the probe wrote: the same keys and states
     for store in cache_root.iterdir():
         store.rename(tmp_path / store.name)
-    args = shlex.split(by_name["last_k_small"]["command"])[3:]
+    args = last_k_argv[3:]
     load_recipe("bert_cls").main([*args, "--overwrite_output_dir"])
     assert sorted(builds) == [k, k, k]
     for name, states in ((p.name, np.load(p / "states.npy")) for p in cache_root.iterdir()):

@@ -19,15 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ftpeft.tuning.args import EXACT_CACHE_DTYPE
+from ftpeft.tuning.args import cached_splits
 
 logger = logging.getLogger("ftpeft")
 VERIFY_ROWS = 8
-
-
-def cached_splits(dtype: str) -> tuple[str, ...]:
-    """What a --cache_frozen text run caches: train and validation, and test when it scores from the cache."""
-    return ("train", "validation", "test") if dtype == EXACT_CACHE_DTYPE else ("train", "validation")
 
 
 @dataclasses.dataclass

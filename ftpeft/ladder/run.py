@@ -442,7 +442,7 @@ def probe_text(recipe_args, cache_dtype: str):
     depth = features["train"]["mean"].shape[1] - 1
     result = ProbeResult(layers, depth, seconds, sum(rows.values()), {"hidden": features["train"]["mean"].shape[2]})
     facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
-    return result, facts, layer_map(model).num_layers, caches.describe()
+    return result, facts, num_layers, caches.describe()
 
 
 def probe_images(recipe_args):

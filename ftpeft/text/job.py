@@ -12,7 +12,7 @@ from typing import Any
 
 from ftpeft.core.config import RunArguments
 from ftpeft.text.args import ModelArguments, TextDataArguments
-from ftpeft.tuning.args import TuningArguments
+from ftpeft.tuning.args import TuningArguments, cached_splits
 
 # Trainer settings every text recipe starts from: one epoch, batches sized for 2 CPU cores, an eval and a
 # checkpoint per epoch. YAML and the command line override them.
@@ -171,8 +171,7 @@ def cached_trainer(model, tuning, tuning_args: TuningArguments, tokenized, colla
     from ftpeft.tuning.apply import cached_model_param_groups
 
     param_groups = cached_model_param_groups(model, tuning, tuning_args, training_args)
-    scored = ("validation", "test") if tuning_args.evaluates_from_cache else ("validation",)
-    splits = {split: tokenized[split] for split in ("train", *scored) if split in tokenized}
+    splits = {split: tokenized[split] for split in cached_splits(tuning_args.cache_dtype) if split in tokenized}
     cache_root = tuning_args.activation_cache_dir or default_cache_root()
     batch_size = training_args.per_device_eval_batch_size
     cached_model, cached, cached_collator, _ = prepare_cached_training(

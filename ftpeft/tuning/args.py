@@ -9,6 +9,13 @@ from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, FRACTION, POSITIVE, SHARE, between, check_fields
 
 EXACT_CACHE_DTYPE = "float32"  # a cache holding the frozen layers' exact output (scores read from it are exact)
+
+
+def cached_splits(cache_dtype: str) -> tuple[str, ...]:
+    """What a --cache_frozen text run caches: train and validation, and test when it scores from the cache."""
+    return ("train", "validation", "test") if cache_dtype == EXACT_CACHE_DTYPE else ("train", "validation")
+
+
 # what to use instead, per recipe, when it refuses a tuning flag
 UNSUPPORTED_HINTS = {
     "knowledge_cls": "use recipes/bert_cls.py for the cache ('add' changes the embeddings' output).",
