@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from helpers import TEXT_RUN_FILES, load_recipe, tiny_args
+from helpers import TEXT_RUN_FILES, load_recipe, tiny_args, tiny_auto_args
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.text.job import TEXT_LR_DEFAULTS
@@ -180,3 +180,38 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, extra, messag
     argv = ["--output_dir", str(tmp_path / "run"), "--model_name_or_path", str(tmp_path / "never-read"), *extra]
     with pytest.raises(FtpeftError, match=re.escape(message)):
         bert_cls.main(argv)
+
+
+def test_auto_trials_stop_on_validation_and_the_final_run_trains_to_the_best_trials_best_step(
+    tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch
+):
+    """Under --num_train_epochs auto each trial is scored by its best evaluation (not its last), and best.yaml
+    trains the best trial's settings for exactly as many steps as that trial took to its best evaluation."""
+    import json
+
+    from ftpeft.search.study import BEST_STEP_ATTR, SearchTrainer
+
+    seen = []  # per trial: its evaluations (step, accuracy) and the objective the study got
+    train = SearchTrainer.train
+
+    def recording(self, *args, trial=None, **kwargs):
+        result = train(self, *args, trial=trial, **kwargs)
+        seen.append({"evaluations": list(self.evaluations), "objective": self.objective})
+        return result
+
+    monkeypatch.setattr(SearchTrainer, "train", recording)
+    out = tmp_path / "run"
+    argv = tiny_auto_args(tiny_bert_dir, text_csv_dir, out, "--hp_search", "2", "--seed", "3",
+                          "--early_stopping_patience", "1", "--auto_max_epochs", "4")  # fmt: skip
+    metrics = bert_cls.main(argv)
+    assert len(seen) == 2
+    for trial in seen:
+        assert trial["objective"] == max(value for _, value in trial["evaluations"])
+        assert len(trial["evaluations"]) <= 4  # at most the cap: 4 epochs, one evaluation each
+    best_yaml = yaml.safe_load((out / "best.yaml").read_text())
+    best = metrics["hp_search"]["best_trial"]
+    best_step = next(step for step, value in seen[best]["evaluations"] if value == seen[best]["objective"])
+    assert best_yaml["max_steps"] == best_step and best_yaml["lr_scheduler_type"] == "constant_with_warmup"
+    state = json.loads((out / "resolved_settings.json").read_text())
+    assert state["num_train_epochs"]["used"] == f"{best_step} steps"  # --max_steps wins over auto: a fixed run
+    assert BEST_STEP_ATTR == "best_step"

@@ -7,6 +7,7 @@ command-line tokens), so a YAML value and a flag are checked the same way."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import difflib
@@ -23,7 +24,28 @@ from transformers import HfArgumentParser
 
 from ftpeft.core.errors import FtpeftError, redact
 from ftpeft.core.outputs import atomic_write_text
-from ftpeft.core.validation import COUNT, PERCENTAGE, RULE_KEYS, check_training_values, rule_text
+from ftpeft.core.validation import (
+    COUNT,
+    NON_NEGATIVE,
+    PERCENTAGE,
+    POSITIVE,
+    RULE_KEYS,
+    check_fields,
+    check_training_values,
+    rule_text,
+)
+
+AUTO_EPOCHS = "auto"  # --num_train_epochs auto: train until validation stops improving (ftpeft.core.stopping)
+
+
+def epochs_value(text: str) -> str | float:
+    """``--num_train_epochs``: 'auto' or a number of epochs (the type argparse applies to that one field)."""
+    if str(text).strip().lower() == AUTO_EPOCHS:
+        return AUTO_EPOCHS
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'auto', got {text!r}") from None
 
 
 @dataclasses.dataclass
@@ -31,6 +53,43 @@ class RunArguments:
     overwrite_output_dir: bool = dataclasses.field(
         default=False, metadata={"help": "Allow writing into a non-empty --output_dir (files there may be replaced)."}
     )
+    # --num_train_epochs auto (the recipes' default): how long, and how often it looks at validation
+    early_stopping_patience: int = dataclasses.field(
+        default=3,
+        metadata={
+            "help": "With --num_train_epochs auto: stop after this many evaluations without a better validation "
+            "--metric_for_best_model (transformers' EarlyStoppingCallback).",
+            "range": COUNT,
+        },
+    )
+    early_stopping_threshold: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "With --num_train_epochs auto: the least change of the metric that counts as better.",
+            "range": NON_NEGATIVE,
+        },
+    )
+    auto_max_epochs: float = dataclasses.field(
+        default=20.0,
+        metadata={
+            "help": "With --num_train_epochs auto: the cap, if validation never stops improving.",
+            "range": POSITIVE,
+        },
+    )
+    auto_max_steps: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "With --num_train_epochs auto: a cap in optimizer steps too (the lower cap wins). Default: none.",
+            "range": COUNT,
+        },
+    )
+    # filled by parse_args, never flags: whether --num_train_epochs was 'auto', and which fields the command line
+    # or --config set (as opposed to a dataclass's or the recipe's default)
+    auto_epochs: bool = dataclasses.field(default=False, init=False)
+    given: frozenset[str] = dataclasses.field(default=frozenset(), init=False)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclasses.dataclass
@@ -82,6 +141,16 @@ class FtpeftArgumentParser(HfArgumentParser):
 
     @staticmethod
     def _parse_dataclass_field(parser, field):
+        if field.name == "num_train_epochs" and field.type is float:  # TrainingArguments' field takes 'auto' too
+            field = copy.copy(field)
+            field.type = epochs_value
+            field.metadata = types.MappingProxyType(
+                {
+                    **field.metadata,
+                    "help": "Epochs to train, or 'auto': until the validation metric stops improving "
+                    "(--early_stopping_patience evaluations), at most --auto_max_epochs.",
+                }
+            )
         if any(key in field.metadata for key in RULE_KEYS):
             metadata = {key: value for key, value in field.metadata.items() if key not in RULE_KEYS}
             allowed = rule_text(field.metadata)
@@ -272,6 +341,12 @@ def parse_args(
     namespace, unknown = parser.parse_known_args(yaml_tokens + argv)
     if unknown:
         raise FtpeftError(f"unknown argument(s): {unknown} (see --help)")
+    run_types = [dtype for dtype in dataclass_types if issubclass(dtype, RunArguments)]
+    auto_epochs = getattr(namespace, "num_train_epochs", None) == AUTO_EPOCHS
+    if auto_epochs:
+        if not run_types:
+            raise FtpeftError("--num_train_epochs auto: not supported here; give a number of epochs.")
+        namespace.num_train_epochs = namespace.auto_max_epochs  # TrainingArguments holds the cap; the job stops earlier
     _check_training_values(dataclass_types, vars(namespace))  # before any __post_init__ does work
     try:  # each ftpeft dataclass checks its declared rules, then its cross-field ones, in __post_init__
         parsed = ParsedArgs(
@@ -283,6 +358,9 @@ def parse_args(
     except (ValueError, TypeError) as error:  # TrainingArguments' own __post_init__ checks
         raise FtpeftError(str(error)) from None
     parsed.resolved = _resolved_settings(parser, yaml_tokens + argv)
+    for run_args in (args for args in parsed if isinstance(args, RunArguments)):
+        run_args.auto_epochs = auto_epochs
+        run_args.given = _given_fields(dataclass_types, yaml_tokens + argv)
     let_accelerate_shard_cpu_ranks()  # TrainingArguments has set up the ranks; the Trainer's Accelerator comes next
     return parsed
 
@@ -294,6 +372,15 @@ def _check_training_values(dataclass_types: tuple[type, ...], values: dict[str, 
         if module is not None and issubclass(dtype, module.TrainingArguments):
             fields = {f.name: f.default for f in dataclasses.fields(dtype) if f.init}
             check_training_values({name: values[name] for name in fields}, fields)
+
+
+def _given_fields(dataclass_types: tuple[type, ...], tokens: list[str]) -> frozenset[str]:
+    """The fields that ``tokens`` (--config YAML, then the command line) set, whatever their value."""
+    unset = object()
+    parser = FtpeftArgumentParser(dataclass_types)
+    parser.set_defaults(**{name: unset for name in _field_names(dataclass_types)})
+    namespace = vars(parser.parse_known_args(tokens)[0])
+    return frozenset(name for name, value in namespace.items() if value is not unset)
 
 
 def _plain(value: Any) -> Any:

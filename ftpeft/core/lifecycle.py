@@ -1,6 +1,7 @@
 """One run of one job, start to finish: the lifecycle every Trainer recipe shares.
 
     run = start_run("bert_cls", config, training_args, run_args)     # checks before any work
+    run.plan_stopping(len(train))                                     # --num_train_epochs auto, once data is known
     run.save_config(tuning.freeze)                                    # run_args.yaml, resolved_settings.json, ...
     train_metrics = run.train(trainer)                                # timed, resumable
     metrics = run.finish(trainer, splits, label_names, description)   # atomic save, reports, card, push
@@ -29,6 +30,14 @@ from ftpeft.core.hub import PushTarget, push_run, validate_push_args
 from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
 from ftpeft.core.outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
 from ftpeft.core.settings import SETTINGS_FILE, derived_settings, resolve_settings
+from ftpeft.core.stopping import (
+    StoppingPlan,
+    auto_epoch_changes,
+    early_stopping,
+    plan_auto_epochs,
+    stop_line,
+    stop_record,
+)
 from ftpeft.core.trainer import EpochTimer, run_metrics
 
 logger = logging.getLogger("ftpeft")
@@ -77,6 +86,9 @@ class Run:
     resume_from: str | None
     push: PushTarget | None
     settings: dict[str, dict[str, Any]]  # what ftpeft derived: resolved_settings.json
+    run_args: RunArguments = dataclasses.field(default_factory=RunArguments)
+    stopping: StoppingPlan | None = None  # --num_train_epochs auto: the plan, once the data is known
+    stop_record: dict[str, Any] | None = None  # when and why an auto run stopped
     train_runtime_s: float | None = None
     group_lrs: GroupLearningRates = dataclasses.field(default_factory=GroupLearningRates)
     data_report: DataReport | None = None  # data_report.json and the card's data table
@@ -94,6 +106,21 @@ class Run:
         resolved_settings.json by ``save_config``."""
         logger.info("setting %s: %r -> %r (%s)", name, given, used, why)
         self.settings[name] = {"given": given, "used": used, "why": why}
+
+    def plan_stopping(self, train_rows: int) -> None:
+        """``--num_train_epochs auto``: resolve the cadence, cap and best-checkpoint settings for ``train_rows``
+        training rows (``ftpeft.core.stopping``); ``train`` then stops early. A number of epochs changes nothing."""
+        plan = plan_auto_epochs(self.training_args, self.run_args, train_rows)
+        if plan is None:
+            if self.run_args.auto_epochs:  # an explicit --max_steps wins
+                why = "--max_steps given: a fixed-length run, no early stopping"
+                self.record("num_train_epochs", "auto", f"{self.training_args.max_steps} steps", why)
+            return
+        self.settings.update(
+            resolve_settings(self.training_args, auto_epoch_changes(self.training_args, self.run_args, plan))
+        )
+        self.record("num_train_epochs", "auto", "until validation stops improving", plan.describe())
+        self.stopping = plan
 
     def report_data(self, report: DataReport) -> None:
         """The data report: its summary line is logged (a warning when rows were dropped or leak), and it is
@@ -120,10 +147,25 @@ class Run:
         trainer.add_callback(epoch_timer)
         trainer.add_callback(self.group_lrs)
         trainer.add_callback(EngineReport(trainer))
+        if self.stopping is not None:
+            trainer.add_callback(early_stopping(self.stopping))
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=self.resume_from)
         self.train_runtime_s = time.perf_counter() - start
-        return run_metrics(result, epoch_timer)
+        metrics = run_metrics(result, epoch_timer)
+        if self.stopping is not None:
+            self.record_stop(stop_record(self.stopping, trainer))
+            metrics.update({f"train_{key}": self.stop_record[key] for key in ("best_epoch", "stopped_epoch")})
+        return metrics
+
+    def record_stop(self, record: dict[str, Any]) -> None:
+        """Log when and why an auto run stopped; resolved_settings.json gets the epochs its saved model trained."""
+        self.stop_record = record
+        logger.info("%s", stop_line(record))
+        self.record("num_train_epochs", "auto", record["best_epoch"], stop_line(record))
+        self.settings["stopping"] = {"given": None, "used": record, "why": "--num_train_epochs auto"}
+        if self.training_args.should_save:
+            write_json(self.output_dir / SETTINGS_FILE, self.settings)
 
     def finish(
         self,
@@ -179,7 +221,7 @@ class Run:
             write_model_card(merged_dir, merged)
         if self.push:
             push_run(self.output_dir, self.push, merged=push_merged)
-        print(last_word(summary, self.output_dir))
+        print(last_word(summary, self.output_dir, self.stop_record))
         return metrics
 
 
@@ -210,7 +252,7 @@ def start_run(
     changes = derived_settings(training_args, keep_all_columns=keep_all_columns, push_at_end=push is not None)
     settings = resolve_settings(training_args, changes)
     set_seed(training_args.seed)
-    return Run(recipe, config, training_args, resume_from, push, settings)
+    return Run(recipe, config, training_args, resume_from, push, settings, run_args)
 
 
 def save_model_atomically(
@@ -282,7 +324,7 @@ def write_classification_reports(output_dir, metrics: dict, references, predicte
     )
 
 
-def last_word(summary: RunSummary, output_dir: Path) -> str:
+def last_word(summary: RunSummary, output_dir: Path, stop_record: dict[str, Any] | None = None) -> str:
     """What a finished run prints: headline metrics, time, parameters, where the files are, how to load them."""
     split = "test" if any(k.startswith("test_") for k in summary.metrics) else "eval"
     scores = ", ".join(
@@ -298,6 +340,7 @@ def last_word(summary: RunSummary, output_dir: Path) -> str:
     return "\n".join(
         [
             f"done: {split} {scores} ({'the test split, scored once' if split == 'test' else 'no test split'})",
+            *([stop_line(stop_record)] if stop_record else []),
             f"train time {runtime}; trainable params {summary.trainable_params:,} of {summary.total_params:,}",
             f"output: {output_dir} ({', '.join(main_files)})",
             "load it:",

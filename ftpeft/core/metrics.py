@@ -2,9 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+
+from ftpeft.core.errors import FtpeftError
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """A validation metric that something chooses by: early stopping, --metric_for_best_model, the ladder,
+    --hp_search. ``needs_threshold``: its value depends on a decision threshold (label sets)."""
+
+    name: str
+    greater_is_better: bool
+    needs_threshold: bool = False
+    description: str = ""
+
+
+# The one registry of metrics that choose; every chooser reads the direction from here.
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec("accuracy", True, description="share of rows whose top class is the label"),
+        MetricSpec("macro_f1", True, description="unweighted mean of the per-class F1 scores"),
+        MetricSpec("loss", False, description="the training loss on validation"),
+    )
+}
+PER_CLASS_F1 = "f1_"  # f1_<label>: one class's F1, as compute_metrics reports it
+
+
+def default_metric() -> str:
+    """What a run stops and chooses on unless told otherwise."""
+    return "accuracy"
+
+
+def metric_spec(name: str, flag: str = "--metric_for_best_model") -> MetricSpec:
+    """The registry entry of ``name`` (with or without the ``eval_`` prefix); an unknown name is refused."""
+    key = name.removeprefix("eval_")
+    if key in METRICS:
+        return METRICS[key]
+    if key.startswith(PER_CLASS_F1) and len(key) > len(PER_CLASS_F1):
+        return MetricSpec(key, True, description=f"F1 of class {key[len(PER_CLASS_F1) :]!r}")
+    raise FtpeftError(f"{flag} {name!r}: unknown metric; use one of {', '.join(METRICS)} (or f1_<label>).")
+
+
+def is_better(spec: MetricSpec, value: float, than: float) -> bool:
+    return value > than if spec.greater_is_better else value < than
 
 
 def _metric_class():

@@ -16,7 +16,10 @@ from typing import Any
 
 from torch import nn
 
+from ftpeft.core.metrics import metric_spec
 from ftpeft.core.param_groups import build_param_groups
+from ftpeft.core.settings import resolve_settings
+from ftpeft.core.stopping import StoppingPlan, auto_epoch_changes, early_stopping
 from ftpeft.core.trainer import FtpeftTrainer
 from ftpeft.search.space import SearchSpace
 
@@ -76,12 +79,47 @@ class TrialModels:
         return model
 
 
-class SearchTrainer(FtpeftTrainer):
-    """FtpeftTrainer whose model and optimizer groups are rebuilt for every trial by ``TrialModels``."""
+BEST_STEP_ATTR = "best_step"  # the optimizer step of a trial's best evaluation (Optuna user attribute)
 
-    def __init__(self, *args, trial_models: TrialModels, **kwargs):
+
+class SearchTrainer(FtpeftTrainer):
+    """FtpeftTrainer whose model and optimizer groups are rebuilt for every trial by ``TrialModels``.
+
+    With ``plan`` (``--num_train_epochs auto``) every trial stops on validation ``plan.metric`` (transformers'
+    early stopping, its counter reset per trial) and is scored by its best evaluation, not its last; the step of
+    that evaluation is kept on the trial (``BEST_STEP_ATTR``), so the final run can train to it.
+    """
+
+    def __init__(self, *args, trial_models: TrialModels, plan: StoppingPlan | None = None, **kwargs):
         self.trial_models = trial_models
+        self.plan = plan
         super().__init__(*args, model_init=trial_models, **kwargs)
+        if plan is not None:
+            self.stopper = early_stopping(plan)
+            self.add_callback(self.stopper)
+
+    def train(self, *args, trial=None, **kwargs):
+        if self.plan is None:
+            return super().train(*args, trial=trial, **kwargs)
+        self.stopper.early_stopping_patience_counter = 0  # a fresh patience for every trial
+        evaluations: list[tuple[int, float]] = []
+        self.evaluations = evaluations
+        result = super().train(*args, trial=trial, **kwargs)
+        if evaluations:  # the trial's score: its best evaluation (the earliest of equals)
+            better = max if self.plan.greater_is_better else min
+            best_value = better(value for _, value in evaluations)
+            best_step = next(step for step, value in evaluations if value == best_value)
+            self.objective = best_value
+            if trial is not None and hasattr(trial, "set_user_attr"):
+                trial.set_user_attr(BEST_STEP_ATTR, best_step)
+        return result
+
+    def evaluate(self, *args, **kwargs):
+        metrics = super().evaluate(*args, **kwargs)
+        evaluations = getattr(self, "evaluations", None)
+        if self.plan is not None and evaluations is not None and f"eval_{self.plan.metric}" in metrics:
+            evaluations.append((self.state.global_step, metrics[f"eval_{self.plan.metric}"]))
+        return metrics
 
     def call_model_init(self, trial=None):
         model = super().call_model_init(trial)
@@ -89,12 +127,16 @@ class SearchTrainer(FtpeftTrainer):
         return model
 
 
-def search_training_args(training_args, trial_dir: str):
+def search_training_args(training_args, trial_dir: str, plan: StoppingPlan | None = None, run_args=None):
     """A copy of ``training_args`` for the trials: no checkpoints, no best-model reload, no push (the final
-    run does those), outputs in ``trial_dir``. The parsed arguments are not touched."""
+    run does those), outputs in ``trial_dir``. Under ``--num_train_epochs auto`` (``plan``) the trials evaluate at
+    the run's cadence and stop on validation as the run would; the search scores each by its best evaluation
+    (``SearchTrainer``). The parsed arguments are not touched."""
     from transformers.trainer_utils import SaveStrategy
 
     trial_args = copy.deepcopy(training_args)
+    if plan is not None:
+        resolve_settings(trial_args, auto_epoch_changes(trial_args, run_args, plan))
     for field, value, why in (
         ("output_dir", trial_dir, "trials write into a temporary folder"),
         ("save_strategy", SaveStrategy.NO, "trials keep no checkpoints; the best settings are retrained"),
@@ -108,7 +150,7 @@ def search_training_args(training_args, trial_dir: str):
 
 
 def direction_of(metric: str) -> str:
-    return "minimize" if metric == "loss" else "maximize"
+    return "maximize" if metric_spec(metric, "--hp_search_metric").greater_is_better else "minimize"
 
 
 def run_search(trainer: SearchTrainer, space: SearchSpace, n_trials: int, metric: str, seed: int):

@@ -44,7 +44,9 @@ def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "
     search_args.check_with(tuning_args, training_args)
     # refuse a non-empty output dir now, not after the trials
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
-    outcome = search_classifier(model_args, data_args, tuning_args, search_args, training_args, parsed.resolved)
+    outcome = search_classifier(
+        model_args, data_args, tuning_args, search_args, training_args, parsed.resolved, run_args
+    )
     summary = search_summary(outcome.study, outcome.space, search_args.hp_search_metric)
     header = (
         f"best of {summary['trials']} trials ({summary['metric']} {summary['best_value']:.4f} on validation, "
@@ -63,8 +65,15 @@ def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "
     return {**metrics, "hp_search": {**summary, "wall_s": round(outcome.wall_s, 1)}}
 
 
-def search_classifier(model_args, data_args, tuning_args, search_args, training_args, config) -> SearchOutcome:
-    """Run ``--hp_search`` trials of a text classifier on the train and validation splits only."""
+def search_classifier(
+    model_args, data_args, tuning_args, search_args, training_args, config, run_args=None
+) -> SearchOutcome:
+    """Run ``--hp_search`` trials of a text classifier on the train and validation splits only.
+
+    Under ``--num_train_epochs auto`` (``run_args.auto_epochs``) each trial stops on validation
+    ``--hp_search_metric`` and scores its best evaluation; best.yaml then trains the best trial's settings to that
+    trial's best step (``--max_steps``, the same constant LR after the same warm-up), so the final model is that
+    trial's trajectory cut where it was best."""
     from transformers import DataCollatorWithPadding, set_seed
 
     from ftpeft.core.class_weights import compute_class_weights
@@ -105,8 +114,9 @@ def search_classifier(model_args, data_args, tuning_args, search_args, training_
     )
     logger.info("hp search space: %s", "; ".join(space.describe()))
     collator = DataCollatorWithPadding(data.tokenizer)
+    plan = trial_plan(training_args, run_args, len(splits["train"]), search_args.hp_search_metric)
     with tempfile.TemporaryDirectory(prefix="ftpeft-trials-") as trial_dir:
-        trial_args = search_training_args(training_args, trial_dir)
+        trial_args = search_training_args(training_args, trial_dir, plan, run_args)
         train_data, eval_data, wrap = splits["train"], splits["validation"], None
         if tuning_args.cache_frozen:
             train_data, eval_data, collator, wrap = shared_prefix_cache(
@@ -123,11 +133,38 @@ def search_classifier(model_args, data_args, tuning_args, search_args, training_
             processing_class=data.tokenizer,
             keep_all_columns=tuning_args.cache_frozen,
             class_weights=class_weights,
+            plan=plan,
         )
         start = time.perf_counter()
         study = run_search(trainer, space, search_args.hp_search, search_args.hp_search_metric, training_args.seed)
         wall_s = time.perf_counter() - start
-    return SearchOutcome(study, space, best_config(config, study.best_trial.params), wall_s)
+    best = best_config(config, study.best_trial.params)
+    if plan is not None:
+        best.update(stopping_point(study.best_trial, trial_args))
+    return SearchOutcome(study, space, best, wall_s)
+
+
+def trial_plan(training_args, run_args, train_rows: int, metric: str):
+    """The trials' ``--num_train_epochs auto`` plan (None for a fixed length): they stop on the searched metric."""
+    from ftpeft.core.metrics import metric_spec
+    from ftpeft.core.stopping import plan_auto_epochs
+
+    plan = plan_auto_epochs(training_args, run_args, train_rows) if run_args is not None else None
+    if plan is None:
+        return None
+    spec = metric_spec(metric, "--hp_search_metric")
+    return dataclasses.replace(plan, metric=spec.name, greater_is_better=spec.greater_is_better)
+
+
+def stopping_point(trial, trial_args) -> dict[str, Any]:
+    """The settings that retrain ``trial`` to its best evaluation: that many steps, on the trials' LR schedule."""
+    from ftpeft.search.study import BEST_STEP_ATTR
+
+    return {
+        "max_steps": int(trial.user_attrs[BEST_STEP_ATTR]),
+        "lr_scheduler_type": str(getattr(trial_args.lr_scheduler_type, "value", trial_args.lr_scheduler_type)),
+        "warmup_steps": trial_args.warmup_steps,
+    }
 
 
 def shared_prefix_cache(model, tuning_args, splits, collator, training_args):

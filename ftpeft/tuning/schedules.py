@@ -141,8 +141,12 @@ class StagedUnfreezing(TrainerCallback):
         unfreeze_last: str,
         lp_fraction: float | None = None,
         unfreeze_every: int | None = None,
+        open_ended: bool = False,
     ):
         self.mode = mode  # "lp_ft" | "gradual_unfreeze"
+        # --num_train_epochs auto: the run's length is open (its max_steps is only the cap), so LP-FT's readout
+        # phase is --lp_fraction of one epoch (what the one-epoch default gave it), not of the cap
+        self.open_ended = open_ended
         self.readout = readout(layers)
         self.order = order
         self.unfreeze_last = unfreeze_last
@@ -201,7 +205,8 @@ class StagedUnfreezing(TrainerCallback):
         self.max_steps = state.max_steps
         self.epoch_steps = steps_per_epoch(train_dataloader, args.gradient_accumulation_steps)
         if self.mode == "lp_ft":
-            self.stages = lp_ft_stages(self.order, self.max_steps, self.lp_fraction, self.readout)
+            basis = self.epoch_steps if self.open_ended and self.epoch_steps else self.max_steps
+            self.stages = lp_ft_stages(self.order, basis, self.lp_fraction, self.readout)
         else:
             if self.unfreeze_every:
                 self.every, self.pacing = self.unfreeze_every, "--unfreeze_every"
@@ -305,6 +310,7 @@ class StagedUnfreezing(TrainerCallback):
             "mode": self.mode,
             "unfreeze_last": self.unfreeze_last,
             "lp_fraction": self.lp_fraction,
+            "lp_fraction_of": "one epoch (--num_train_epochs auto)" if self.open_ended else "the run",
             "unfreeze_every": self.every,
             "pacing": self.pacing,
             "steps_per_epoch": self.epoch_steps,
@@ -352,13 +358,15 @@ def _epoch(row: dict[str, Any]) -> str:
 
 
 def staged_unfreezing(
-    tuning_args: TuningArguments, tuning, always_trained: Iterable[str] = ()
+    tuning_args: TuningArguments, tuning, always_trained: Iterable[str] = (), open_ended: bool = False
 ) -> StagedUnfreezing | None:
     """The LP-FT / gradual-unfreezing callback for a Trainer when ``tuning_args`` ask for one (else None).
 
     ``tuning`` is ``apply_tuning``'s report (its model, as tuned, and layer map): call this right after it, before
     anything (``--cache_frozen``) moves parts of the model. ``always_trained`` are parameters that train from step 0
-    besides the head (new modules such as knowledge fusion). Add the result with ``trainer.add_callback``.
+    besides the head (new modules such as knowledge fusion). ``open_ended``: the run stops on validation
+    (``--num_train_epochs auto``), so LP-FT's readout phase is measured in epochs. Add the result with
+    ``trainer.add_callback``.
     """
     if not (tuning_args.lp_ft or tuning_args.gradual_unfreeze):
         return None
@@ -375,4 +383,5 @@ def staged_unfreezing(
         tuning_args.unfreeze_last,
         lp_fraction=tuning_args.lp_fraction if tuning_args.lp_ft else None,
         unfreeze_every=tuning_args.unfreeze_every,
+        open_ended=open_ended,
     )

@@ -1,0 +1,202 @@
+"""``--num_train_epochs auto``: train until the validation metric stops improving, and keep the best checkpoint.
+
+Resolved once the training split's size is known, because the evaluation cadence depends on it::
+
+    plan = plan_auto_epochs(training_args, run_args, train_rows=len(train))        # None unless auto
+    changes = auto_epoch_changes(training_args, run_args, plan)                   # pure: SettingChanges
+    resolve_settings(training_args, changes)                                       # core.settings applies them
+    trainer.add_callback(early_stopping(plan))                                    # transformers' early stopping
+
+What it sets, unless the command line or --config set it (each change is logged and kept in
+resolved_settings.json):
+
+- **cadence**: evaluate (and checkpoint) every ``ceil(S / k)`` optimizer steps, S steps per epoch, with
+  ``k = min(4, max(1, S // 25))`` evaluations per epoch: an epoch of fewer than 50 steps is evaluated once, a
+  long one up to four times, never more often than every 25 steps. Small data converges in many short epochs;
+  large data may peak inside the first one.
+- **patience**: ``--early_stopping_patience`` evaluations (3) without a better ``--metric_for_best_model``.
+- **cap**: ``--auto_max_epochs`` (20) and ``--auto_max_steps``, if validation never stops improving.
+- **the best checkpoint**: ``load_best_model_at_end``; its direction comes from the metric registry
+  (``ftpeft.core.metrics.METRICS``). The patience counter is restored on resume
+  (``restore_callback_states_from_checkpoint``), and the best score is part of ``trainer_state.json``.
+- **the LR schedule**: warm-up, then constant (``constant_with_warmup``). The stopping point is unknown, so a
+  schedule that decays towards the cap would still be near its peak LR when the run stops, and one that decays
+  over a guessed length would either stop before its decay or anneal a run that was still improving. A constant
+  LR makes every evaluation a fair "stop here" candidate. ``--lr_scheduler_type`` given explicitly is kept, and
+  then runs over the cap. A fractional ``--warmup_steps`` (a share of the run) becomes that share of one epoch:
+  the share the one-epoch defaults were chosen with.
+
+An explicit ``--max_steps`` wins: the run is the fixed-length run it asks for. ``--eval_strategy no`` with
+``auto`` is refused: early stopping needs evaluations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from transformers import EarlyStoppingCallback
+
+from ftpeft.core.errors import FtpeftError
+from ftpeft.core.metrics import default_metric, metric_spec
+from ftpeft.core.settings import SettingChange
+
+logger = logging.getLogger("ftpeft")
+
+EVALS_PER_EPOCH_MAX = 4
+MIN_STEPS_BETWEEN_EVALS = 25
+
+
+def optimizer_steps_per_epoch(train_rows: int, training_args) -> int:
+    """Optimizer steps in one epoch of ``train_rows`` rows, as Trainer counts them (each rank gets its share)."""
+    per_rank_batches = math.ceil(train_rows / (training_args.per_device_train_batch_size * training_args.world_size))
+    return max(math.ceil(per_rank_batches / training_args.gradient_accumulation_steps), 1)
+
+
+def evaluation_steps(epoch_steps: int) -> int:
+    """Optimizer steps between two evaluations: ``k = min(4, max(1, S // 25))`` per epoch of S steps."""
+    per_epoch = min(EVALS_PER_EPOCH_MAX, max(1, epoch_steps // MIN_STEPS_BETWEEN_EVALS))
+    return math.ceil(epoch_steps / per_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingPlan:
+    """What ``--num_train_epochs auto`` resolved to for one run."""
+
+    epoch_steps: int
+    eval_steps: int
+    patience: int
+    threshold: float
+    cap_steps: int
+    metric: str
+    greater_is_better: bool
+
+    def describe(self) -> str:
+        per_epoch = self.epoch_steps / self.eval_steps
+        return (
+            f"evaluate every {self.eval_steps} steps ({per_epoch:.3g} per epoch of {self.epoch_steps} steps), stop "
+            f"after {self.patience} evaluations without a better validation {self.metric}, at most {self.cap_steps} "
+            "steps; keep the best checkpoint"
+        )
+
+
+def plan_auto_epochs(training_args, run_args, train_rows: int) -> StoppingPlan | None:
+    """The plan for an auto run on ``train_rows`` training rows; None where the run is not auto (a number of
+    epochs, or an explicit ``--max_steps``, which wins). Refuses ``--eval_strategy no``."""
+    if not run_args.auto_epochs or "max_steps" in run_args.given:
+        return None
+    if "eval_strategy" in run_args.given and str(getattr(training_args.eval_strategy, "value", "")) == "no":
+        raise FtpeftError(
+            "--num_train_epochs auto needs evaluations to stop on: drop --eval_strategy no, or give a number of epochs."
+        )
+    given = run_args.given
+    metric = training_args.metric_for_best_model if "metric_for_best_model" in given else default_metric()
+    spec = metric_spec(metric)
+    epoch_steps = optimizer_steps_per_epoch(train_rows, training_args)
+    if "eval_strategy" in given and str(training_args.eval_strategy.value) == "epoch":
+        eval_steps = epoch_steps
+    elif "eval_steps" in given and training_args.eval_steps:
+        eval_steps = _steps(training_args.eval_steps, epoch_steps * run_args.auto_max_epochs)
+    else:
+        eval_steps = evaluation_steps(epoch_steps)
+    cap_steps = math.ceil(epoch_steps * run_args.auto_max_epochs)
+    if run_args.auto_max_steps is not None:
+        cap_steps = min(cap_steps, run_args.auto_max_steps)
+    return StoppingPlan(
+        epoch_steps=epoch_steps,
+        eval_steps=eval_steps,
+        patience=run_args.early_stopping_patience,
+        threshold=run_args.early_stopping_threshold,
+        cap_steps=cap_steps,
+        metric=spec.name,
+        greater_is_better=spec.greater_is_better,
+    )
+
+
+def _steps(value: float, total: float) -> int:
+    """An --eval_steps value: a float < 1 is a share of the run (here: of the cap)."""
+    return max(1, math.ceil(value * total)) if value < 1 else int(value)
+
+
+def auto_epoch_changes(training_args, run_args, plan: StoppingPlan) -> list[SettingChange]:
+    """The TrainingArguments changes ``plan`` needs; pure (``ftpeft.core.settings.resolve_settings`` applies them)."""
+    from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+
+    why_cadence = f"--num_train_epochs auto: {plan.describe()}"
+    wanted: list[tuple[str, Any, str]] = [
+        ("max_steps", plan.cap_steps, f"--num_train_epochs auto: the cap ({plan.cap_steps} steps)"),
+        ("eval_strategy", IntervalStrategy.STEPS, why_cadence),
+        ("eval_steps", plan.eval_steps, why_cadence),
+        # a checkpoint at every evaluation: the best one is kept (with the latest, for resuming)
+        ("save_strategy", SaveStrategy.STEPS, "--num_train_epochs auto: a checkpoint at every evaluation"),
+        ("save_steps", plan.eval_steps, "--num_train_epochs auto: a checkpoint at every evaluation"),
+        ("load_best_model_at_end", True, "--num_train_epochs auto: the saved model is the best evaluation's"),
+        ("metric_for_best_model", plan.metric, f"--num_train_epochs auto: stops on validation {plan.metric}"),
+        ("greater_is_better", plan.greater_is_better, f"the metric registry's direction for {plan.metric}"),
+        ("restore_callback_states_from_checkpoint", True, "a resumed run keeps its early-stopping patience counter"),
+    ]
+    if "lr_scheduler_type" not in run_args.given:
+        why = "--num_train_epochs auto: the stopping point is unknown, so the LR stays constant after warm-up"
+        wanted.append(("lr_scheduler_type", SchedulerType.CONSTANT_WITH_WARMUP, why))
+    if 0 < training_args.warmup_steps < 1:
+        steps = max(1, math.ceil(training_args.warmup_steps * plan.epoch_steps))
+        why = f"--num_train_epochs auto: warm-up for {training_args.warmup_steps:g} of one epoch (the run's length is open)"
+        wanted.append(("warmup_steps", steps, why))
+    changes = []
+    for field, used, why in wanted:
+        given = getattr(training_args, field)
+        if given != used:
+            changes.append(SettingChange(field, _plain(given), used, why))  # used: the enum TrainingArguments holds
+    return changes
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def early_stopping(plan: StoppingPlan) -> EarlyStoppingCallback:
+    """transformers' own early stopping, as ``plan`` sets it (a stock callback: Trainer saves its patience counter in
+    every checkpoint and restores it, as a new object, on resume)."""
+    return EarlyStoppingCallback(early_stopping_patience=plan.patience, early_stopping_threshold=plan.threshold)
+
+
+def stop_record(plan: StoppingPlan, trainer) -> dict[str, Any]:
+    """When and why ``trainer``'s run stopped, and where its best evaluation was (what the saved model is)."""
+    state = trainer.state
+    counters = [
+        cb.early_stopping_patience_counter
+        for cb in trainer.callback_handler.callbacks
+        if isinstance(cb, EarlyStoppingCallback)
+    ]
+    patience_ran_out = bool(counters) and counters[0] >= plan.patience
+    best_step = state.best_global_step or state.global_step
+    if patience_ran_out:
+        reason = f"{plan.patience} evaluations without a better validation {plan.metric}"
+    elif state.global_step >= plan.cap_steps:
+        reason = f"the cap of {plan.cap_steps} steps, still improving (not converged)"
+    else:
+        reason = "training ended before the cap"
+    return {
+        "stopped_step": state.global_step,
+        "stopped_epoch": round(state.global_step / plan.epoch_steps, 3),
+        "best_step": best_step,
+        "best_epoch": round(best_step / plan.epoch_steps, 3),
+        "best_metric": state.best_metric,
+        "metric": plan.metric,
+        "reason": reason,
+        "converged": patience_ran_out,
+        "plan": dataclasses.asdict(plan),
+    }
+
+
+def stop_line(record: dict[str, Any]) -> str:
+    """One line for the run's last words: when and why it stopped, and which evaluation the model is."""
+    best = record["best_metric"]
+    best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "n/a"
+    return (
+        f"stopped at step {record['stopped_step']} (epoch {record['stopped_epoch']:g}): {record['reason']}; the saved "
+        f"model is the best evaluation, step {record['best_step']} (epoch {record['best_epoch']:g}, validation "
+        f"{record['metric']} {best_text})"
+    )

@@ -1,0 +1,166 @@
+"""--num_train_epochs auto: the plan (cadence, cap, direction), its refusals, and real runs that stop on validation,
+keep the best checkpoint and resume with their patience counter."""
+
+import json
+
+import pytest
+from helpers import load_recipe, tiny_auto_args
+
+bert_cls = load_recipe("bert_cls")
+
+
+def parsed(*argv: str):
+    from transformers import TrainingArguments
+
+    from ftpeft.core.config import RunArguments, parse_args
+
+    return parse_args((RunArguments, TrainingArguments), ["--output_dir", "/tmp/unused", *argv])
+
+
+@pytest.mark.parametrize(
+    "epoch_steps, expected",
+    [(1, 1), (16, 16), (49, 49), (50, 25), (113, 29), (1000, 250)],
+)
+def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
+    from ftpeft.core.stopping import evaluation_steps
+
+    assert evaluation_steps(epoch_steps) == expected
+
+
+@pytest.mark.parametrize(
+    "argv, rows, expect",
+    [
+        # rows 640 / batch 8 -> 80 steps per epoch, 3 evaluations per epoch
+        (
+            [],
+            640,
+            {
+                "eval_steps": 27,
+                "max_steps": 1600,
+                "metric": "accuracy",
+                "greater": True,
+                "sched": "constant_with_warmup",
+            },
+        ),
+        (["--metric_for_best_model", "loss"], 640, {"metric": "loss", "greater": False}),
+        (["--metric_for_best_model", "eval_macro_f1"], 640, {"metric": "macro_f1", "greater": True}),
+        (["--auto_max_epochs", "2"], 640, {"max_steps": 160}),
+        (["--auto_max_steps", "100"], 640, {"max_steps": 100}),
+        (["--eval_strategy", "steps", "--eval_steps", "10"], 640, {"eval_steps": 10}),
+        (["--eval_strategy", "epoch"], 640, {"eval_steps": 80}),
+        (["--lr_scheduler_type", "linear"], 640, {"sched": "linear"}),
+        (["--gradient_accumulation_steps", "2"], 640, {"eval_steps": 40}),
+    ],
+)
+def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect):
+    from ftpeft.core.settings import resolve_settings
+    from ftpeft.core.stopping import auto_epoch_changes, plan_auto_epochs
+
+    run_args, training_args = parsed(
+        "--num_train_epochs", "auto", "--per_device_train_batch_size", "8", "--warmup_steps", "0.1", *argv
+    )
+    plan = plan_auto_epochs(training_args, run_args, rows)
+    resolve_settings(training_args, auto_epoch_changes(training_args, run_args, plan))
+    checks = {
+        "eval_steps": training_args.eval_steps,
+        "max_steps": training_args.max_steps,
+        "metric": training_args.metric_for_best_model,
+        "greater": training_args.greater_is_better,
+        "sched": training_args.lr_scheduler_type.value,
+    }
+    assert {key: checks[key] for key in expect} == expect
+    assert training_args.load_best_model_at_end and training_args.restore_callback_states_from_checkpoint
+    assert training_args.save_steps == training_args.eval_steps  # a checkpoint at each evaluation
+    assert training_args.warmup_steps == pytest.approx(max(1, -(-0.1 * plan.epoch_steps // 1)))  # 0.1 of one epoch
+
+
+@pytest.mark.parametrize(
+    "argv, auto",
+    [
+        (["--num_train_epochs", "auto"], True),
+        (["--num_train_epochs", "AUTO"], True),
+        (["--num_train_epochs", "3"], False),
+        (["--num_train_epochs", "auto", "--max_steps", "5"], False),  # an explicit --max_steps wins
+    ],
+)
+def test_only_auto_without_max_steps_plans_stopping(argv, auto):
+    from ftpeft.core.stopping import plan_auto_epochs
+
+    run_args, training_args = parsed(*argv)
+    assert (plan_auto_epochs(training_args, run_args, 100) is not None) is auto
+    assert training_args.num_train_epochs == (20.0 if "auto" in str(argv).lower() else 3.0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_train_epochs", "auto", "--eval_strategy", "no"], "--num_train_epochs auto needs evaluations"),
+        (["--num_train_epochs", "auto", "--metric_for_best_model", "bleu"], "--metric_for_best_model 'bleu': unknown"),
+    ],
+)
+def test_refusals_name_the_flag(argv, message):
+    from ftpeft.core.errors import FtpeftError
+    from ftpeft.core.stopping import plan_auto_epochs
+
+    with pytest.raises(FtpeftError, match=message):
+        run_args, training_args = parsed(*argv)
+        plan_auto_epochs(training_args, run_args, 100)
+
+
+def test_num_train_epochs_refuses_other_words():
+    from ftpeft.core.errors import FtpeftError
+
+    with pytest.raises(FtpeftError, match="--num_train_epochs.*expected a number of epochs or 'auto', got 'many'"):
+        parsed("--num_train_epochs", "many")
+
+
+def test_the_registry_gives_each_metric_its_direction():
+    from ftpeft.core.metrics import METRICS, metric_spec
+
+    assert {name: spec.greater_is_better for name, spec in METRICS.items()} == {
+        "accuracy": True,
+        "macro_f1": True,
+        "loss": False,
+    }
+    assert metric_spec("eval_f1_pos").greater_is_better
+
+
+def auto_argv(tiny_bert_dir, text_csv_dir, out, *extra):
+    return tiny_auto_args(tiny_bert_dir, text_csv_dir, out, "--unfreeze-last", "all", "--learning_rate", "3e-3",
+                          "--head_lr", "3e-3", "--layer_decay", "1", "--seed", "3", *extra)  # fmt: skip
+
+
+def test_an_auto_run_stops_on_validation_and_keeps_the_best_evaluation(tiny_bert_dir, text_csv_dir, tmp_path):
+    out = tmp_path / "run"
+    metrics = bert_cls.main(
+        auto_argv(tiny_bert_dir, text_csv_dir, out, "--early_stopping_patience", "2", "--auto_max_epochs", "12")
+    )
+    settings = json.loads((out / "resolved_settings.json").read_text())
+    record = settings["stopping"]["used"]
+    assert record["stopped_step"] <= 96 and record["best_step"] <= record["stopped_step"]
+    if record["converged"]:  # stopped on patience: exactly 2 evaluations after the best
+        assert record["stopped_step"] - record["best_step"] == 2 * record["plan"]["eval_steps"]
+    assert settings["num_train_epochs"]["given"] == "auto"
+    assert settings["num_train_epochs"]["used"] == record["best_epoch"]
+    # the saved model is the best evaluation's: its validation accuracy is the best one seen
+    assert metrics["eval_accuracy"] == pytest.approx(record["best_metric"])
+    assert metrics["train_best_epoch"] == record["best_epoch"]
+
+
+def test_an_auto_run_resumes_with_its_patience_counter_and_best_score(tiny_bert_dir, text_csv_dir, tmp_path):
+    """Stopped after its 2nd checkpoint and resumed, an auto run ends exactly where the uninterrupted one does."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    extra = ("--early_stopping_patience", "2", "--auto_max_epochs", "6", "--save_total_limit", "10")
+    reference = bert_cls.main(auto_argv(tiny_bert_dir, text_csv_dir, whole, *extra))
+    bert_cls.main(auto_argv(tiny_bert_dir, text_csv_dir, part, *extra, "--auto_max_steps", "16"))
+    # the capped run left checkpoint-16; resume it under the uncapped settings
+    resumed = bert_cls.main(
+        auto_argv(tiny_bert_dir, text_csv_dir, part, *extra, "--resume_from_checkpoint", str(part / "checkpoint-16"),
+                  "--overwrite_output_dir")
+    )  # fmt: skip
+    stop = lambda out: json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
+    assert {k: stop(part)[k] for k in ("stopped_step", "best_step", "best_metric")} == {
+        k: stop(whole)[k] for k in ("stopped_step", "best_step", "best_metric")
+    }
+    assert resumed["eval_accuracy"] == pytest.approx(reference["eval_accuracy"])
+    assert resumed["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
