@@ -28,10 +28,9 @@ from ftpeft.core.errors import run_cli
 from ftpeft.features.args import FeatureArguments
 from ftpeft.vision.args import ImageDataArguments
 
-RECIPE_DEFAULTS = {
-    "image_size": 64,  # the demo digits are 28 px; 64 px keeps CPU extraction under a minute
-    "crop_pct": 1.0,  # no centre crop: digits touch the border
-}
+# none: each backbone's input size, crop and normalisation come from its pretrained_cfg, or for the demo digits
+# from DEMO_IMAGE_DEFAULTS (ftpeft/vision/args.py: 64 px, no crop), unless --image_size/--crop_pct/... set them
+RECIPE_DEFAULTS: dict = {}
 
 
 def parse(argv: list[str] | None = None):

@@ -25,12 +25,17 @@ Features (flag):
 - a data-quality report per split: rows read, dropped (unreadable image, no label), duplicate images
   (--drop_duplicates drops them), images also in train (leakage), labels; --strict_data fails on any drop
   or leakage
-- transforms from timm's data config (--image_size, --crop_pct, --hflip, --rotation_degrees, ...)
+- the model's own input pipeline: input size, crop, interpolation and mean/std from its timm pretrained_cfg,
+  timm's standard augmentation (random-resized crop, flip, colour jitter); a flag overrides any of them
+  (--image_size, --crop_pct, --interpolation, --mean, --std, --hflip, --crop_scale_min, --color_jitter,
+  --rotation_degrees). The demo digits use the demo config (64 px, no crop, no flip: DEMO_IMAGE_DEFAULTS);
+  resolved_settings.json records each value and its source
 - every TrainingArguments flag (--num_train_epochs, --bf16, --push_to_hub, --report_to, ...)
 
-Writes to --output_dir: model.safetensors + config.json (timm format: reload with
-timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)), run_args.yaml, freeze_report.json,
-data_report.json, metrics.json, confusion_matrix.png, classification_report.md and a model card (README.md).
+Writes to --output_dir: model.safetensors + config.json (timm format, with the evaluation transform's data
+config: reload with timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)), run_args.yaml,
+resolved_settings.json, freeze_report.json, data_report.json, metrics.json, confusion_matrix.png,
+classification_report.md and a model card (README.md).
 """
 
 from __future__ import annotations

@@ -155,6 +155,9 @@ def test_recipe_saves_the_complete_model_and_reuses_or_rebuilds_the_cache(tmp_pa
     assert "activation cache for train built" in caplog.text and "evaluation transform" in caplog.text
     card = (out / "README.md").read_text()
     assert "--cache_frozen" in card and "no data augmentation" in card
+    recorded = json.loads((out / "resolved_settings.json").read_text())  # no augmentation, and why
+    assert recorded["augmentation"]["used"] is None and recorded["hflip"]["used"] == 0.0
+    assert recorded["augmentation"]["why"].startswith("--cache_frozen without --cache_augmented_views")
     # the saved model is the complete stock timm model: frozen stages as initialised, the top ones trained
     saved = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert saved.pretrained_cfg["label_names"] == list(CLASSES)

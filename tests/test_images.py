@@ -223,6 +223,169 @@ def test_shipped_configs_parse():
         image_cls.parse(["--config", str(config)])
 
 
+# --- image settings: the model's pretrained_cfg unless a flag (or the demo config) sets them --------------------
+
+FROM_TEST_RESNET = "model pretrained_cfg (test_resnet)"  # 160 px, crop 0.95, bilinear, mean/std 0.5
+DEMO_MODEL = "tf_efficientnet_lite0"  # the demo's model, here with random weights
+EVERY_IMAGE_FLAG = ["--image_dir", "imgs", "--image_size", "48", "--crop_pct", "0.8", "--interpolation", "bicubic",
+                    "--mean", "0.4", "0.45", "0.5", "--std", "0.2", "--hflip", "0.25", "--color_jitter", "0"]  # fmt: skip
+
+
+def _image_settings(argv: list[str], model_name: str = TIMM_MODEL):
+    """resolve_image_settings for the recipe's parsed arguments (recipe defaults, --config, flags)."""
+    import timm
+
+    from ftpeft.vision.data import resolve_image_settings
+
+    _, data_args, *_ = image_cls.parse(argv)
+    return resolve_image_settings(timm.create_model(model_name, num_classes=3), data_args)
+
+
+def _train_steps(settings) -> list[str]:
+    return [type(step).__name__ for step in settings.train_transform.transforms]
+
+
+@pytest.mark.parametrize(
+    "argv, expected, train_steps",
+    [
+        (  # user data, no image flag: everything from the model, timm's standard augmentation (with flip)
+            ["--image_dir", "imgs"],
+            {
+                "input_size": ([3, 160, 160], FROM_TEST_RESNET),
+                "crop_pct": (0.95, FROM_TEST_RESNET),
+                "interpolation": ("bilinear", FROM_TEST_RESNET),
+                "mean": ([0.5, 0.5, 0.5], FROM_TEST_RESNET),
+                "std": ([0.5, 0.5, 0.5], FROM_TEST_RESNET),
+                "hflip": (0.5, "timm default (create_transform)"),
+            },
+            ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "ColorJitter", "MaybeToTensor", "Normalize"],
+        ),
+        (  # every flag wins over the model
+            EVERY_IMAGE_FLAG,
+            {
+                "input_size": ([3, 48, 48], "flag"),
+                "crop_pct": (0.8, "flag"),
+                "interpolation": ("bicubic", "flag"),
+                "mean": ([0.4, 0.45, 0.5], "flag"),
+                "std": ([0.2, 0.2, 0.2], "flag"),
+                "hflip": (0.25, "flag"),
+            },
+            ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "MaybeToTensor", "Normalize"],
+        ),
+        (  # the demo (no data flag): the demo config; what it does not set is the model's
+            [],
+            {
+                "input_size": ([3, 64, 64], "demo config"),
+                "crop_pct": (1.0, "demo config"),
+                "interpolation": ("bilinear", FROM_TEST_RESNET),
+                "mean": ([0.5, 0.5, 0.5], FROM_TEST_RESNET),
+                "hflip": (0.0, "demo config"),
+            },
+            ["RandomResizedCropAndInterpolation", "RandomRotation", "ColorJitter", "MaybeToTensor", "Normalize"],
+        ),
+        (  # the demo with flags: the flags win over the demo config
+            ["--image_size", "32", "--hflip", "0.5", "--rotation_degrees", "0"],
+            {"input_size": ([3, 32, 32], "flag"), "crop_pct": (1.0, "demo config"), "hflip": (0.5, "flag")},
+            ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "ColorJitter", "MaybeToTensor", "Normalize"],
+        ),
+    ],
+)
+def test_image_settings_come_from_flags_then_demo_then_model(argv, expected, train_steps):
+    settings = _image_settings(argv)
+    for name, (used, why) in expected.items():
+        assert (settings.sources[name]["used"], settings.sources[name]["why"]) == (used, why), name
+        assert settings.sources[name]["used"] == settings.data_config.get(name, used)  # recorded = what is used
+    assert _train_steps(settings) == train_steps
+    assert settings.sources["augmentation"]["used"] == [repr(step) for step in settings.train_transform.transforms]
+    eval_steps = [type(step).__name__ for step in settings.eval_transform.transforms]
+    assert eval_steps == ["Resize", "CenterCrop", "MaybeToTensor", "Normalize"]  # no random step
+
+
+def test_a_config_value_counts_as_given(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("image_dir: imgs\nimage_size: 40\ncrop_scale_min: 0.5\n")
+    settings = _image_settings(["--config", str(config)])
+    assert settings.sources["input_size"] == {"given": 40, "used": [3, 40, 40], "why": "flag"}
+    augmentation = settings.sources["augmentation"]
+    assert augmentation["given"] == {"crop_scale_min": 0.5} and "crop_scale_min 0.5: flag" in augmentation["why"]
+    assert "scale=(0.5, 1.0)" in augmentation["used"][0]
+
+
+def test_the_bare_command_trains_the_demo_as_before():
+    """The demo's transforms are those it had when 64 px / crop 1.0 / no flip / crop scale 0.8 were recipe
+    defaults for every run (built here as that code built them)."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from torchvision import transforms
+
+    args = image_cls.parse([])  # the bare command
+    assert not {"image_size", "crop_pct", "hflip", "crop_scale_min"} & set(args.resolved)  # no longer recipe defaults
+    settings = _image_settings([], DEMO_MODEL)
+    model = timm.create_model(DEMO_MODEL, num_classes=3)
+    config = resolve_data_config({"input_size": (3, 64, 64), "crop_pct": 1.0}, model=model)
+    before = create_transform(**config, is_training=True, hflip=0.0, scale=(0.8, 1.0), color_jitter=0.4)
+    before.transforms.insert(1, transforms.RandomRotation(10.0))
+    assert repr(settings.train_transform) == repr(before)
+    assert repr(settings.eval_transform) == repr(create_transform(**config, is_training=False))
+    assert {name: source["why"] for name, source in settings.sources.items()} == {
+        "input_size": "demo config",
+        "crop_pct": "demo config",
+        "interpolation": f"model pretrained_cfg ({DEMO_MODEL})",
+        "mean": f"model pretrained_cfg ({DEMO_MODEL})",
+        "std": f"model pretrained_cfg ({DEMO_MODEL})",
+        "hflip": "demo config",
+        "augmentation": "timm create_transform(is_training=True); crop_scale_min 0.8: demo config, "
+        "rotation_degrees 10.0: demo config, color_jitter: timm default",
+    }
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mean", "0.1", "0.2"], r"--mean takes 1 or 3 finite numbers .* got \[0.1, 0.2\]"),
+        (["--std", "0"], r"--std must be > 0, got \[0.0\]"),
+        (["--interpolation", "cubic"], "--interpolation must be bilinear, bicubic, .* got 'cubic'"),
+    ],
+)
+def test_bad_image_setting_is_one_clear_error(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(image_cls.main)(flags)
+    assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_run_without_image_flags_uses_the_model_cfg_in_training_saving_and_predict(tmp_path):
+    """No image flag: the run trains and evaluates at test_resnet's pretrained_cfg, records why, saves that eval
+    transform in config.json, and ftpeft predict preprocesses exactly as training's evaluation did."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from ftpeft.predict.image import load_image_predictor
+    from ftpeft.predict.runs import detect_run
+    from ftpeft.vision.data import resolve_image_settings
+
+    root, out = write_class_folders(tmp_path / "folders", per_class=4), tmp_path / "run"
+    argv = ["--image_dir", str(root), "--model_name_or_path", TIMM_MODEL, "--output_dir", str(out), "--max_steps",
+            "1", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--eval_strategy", "no"]  # fmt: skip
+    image_cls.main(argv)
+    recorded = json.loads((out / "resolved_settings.json").read_text())
+    assert {recorded[name]["why"] for name in ("input_size", "crop_pct", "interpolation", "mean", "std")} == {
+        FROM_TEST_RESNET
+    }
+    assert (recorded["input_size"]["used"], recorded["hflip"]["used"]) == ([3, 160, 160], 0.5)
+    assert recorded["augmentation"]["why"].startswith("timm create_transform(is_training=True)")
+    saved = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert (saved["input_size"], saved["crop_pct"], saved["interpolation"]) == ([3, 160, 160], 0.95, "bilinear")
+
+    _, data_args, *_ = image_cls.parse(argv)
+    predictor = load_image_predictor(detect_run(out), "cpu")
+    training_eval = resolve_image_settings(predictor.model, data_args).eval_transform
+    reloaded = create_transform(**resolve_data_config({}, model=predictor.model))  # the card's snippet
+    image = Image.open(root / CLASSES[0] / "0.jpg").convert("RGB")
+    for transform in (predictor.transform, reloaded):
+        assert repr(transform) == repr(training_eval)
+        assert torch.equal(transform(image), training_eval(image))
+
+
 @pytest.mark.slow
 def test_two_rank_accelerate_launch(tmp_path):
     root = write_class_folders(tmp_path / "folders", per_class=8)

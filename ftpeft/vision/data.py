@@ -395,32 +395,90 @@ def write_skipped(output_dir: str | Path, skipped: list[str]) -> Path | None:
     return path
 
 
-def build_transforms(model, data_args: ImageDataArguments) -> tuple[Callable, Callable, dict]:
-    """(train transform, eval transform, data config) from timm's config for ``model`` plus the overrides.
+@dataclasses.dataclass
+class ImageSettings:
+    """A run's image pipeline, resolved once for its model and data: timm's data config and transforms, and where
+    each value came from (``sources``: setting -> given, used, why; what ``run.record`` keeps in
+    resolved_settings.json)."""
 
-    Training: random-resized crop, flip, rotation, colour jitter; eval: resize + centre crop. Normalisation
-    is the model's (ImageNet mean/std for most, 0.5/0.5 for tf_ lite models).
-    """
-    from timm.data import create_transform, resolve_data_config
+    data_config: dict[str, Any]  # input_size, interpolation, mean, std, crop_pct, crop_mode: saved with the model
+    train_transform: Callable
+    eval_transform: Callable
+    sources: dict[str, dict[str, Any]]
+
+
+# timm data-config key (and resolved_settings.json name) -> the ImageDataArguments field that overrides it
+_DATA_CONFIG_FIELDS = {"input_size": "image_size", "crop_pct": "crop_pct", "interpolation": "interpolation",
+                       "mean": "mean", "std": "std"}  # fmt: skip
+_AUGMENTATION_FIELDS = ("hflip", "crop_scale_min", "rotation_degrees", "color_jitter")
+
+
+def resolve_image_settings(model, data_args: ImageDataArguments) -> ImageSettings:
+    """The model's own input pipeline unless the run sets a value: ``timm.data.resolve_model_data_config(model)``
+    (its pretrained_cfg) gives input size, crop, interpolation and mean/std; training uses timm's standard
+    augmentation (``create_transform(is_training=True)``: random-resized crop, flip, colour jitter), evaluation
+    its resize + centre crop. A flag (or --config value) wins, then the offline demo's ``DEMO_IMAGE_DEFAULTS``
+    (demo data only); --rotation_degrees adds a random rotation after the crop (timm's has none)."""
+    from timm.data import create_transform, resolve_model_data_config
     from torchvision import transforms
 
-    overrides: dict[str, Any] = {}
-    if data_args.image_size:
-        overrides["input_size"] = (3, data_args.image_size, data_args.image_size)
-    if data_args.crop_pct:
-        overrides["crop_pct"] = data_args.crop_pct
-    config = resolve_data_config(overrides, model=model)
-    train = create_transform(
-        **config,
-        is_training=True,
-        hflip=data_args.hflip,
-        scale=(data_args.crop_scale_min, 1.0),
-        color_jitter=data_args.color_jitter or None,
-    )
-    if data_args.rotation_degrees:
-        train.transforms.insert(1, transforms.RandomRotation(data_args.rotation_degrees))
-    return (
+    fixed = {  # field -> (value, "flag" | "demo config"); a field left out takes the model's or timm's value
+        field: choice
+        for field in (*_DATA_CONFIG_FIELDS.values(), *_AUGMENTATION_FIELDS)
+        if (choice := data_args.image_setting(field)) is not None
+    }
+    value = {field: choice[0] for field, choice in fixed.items()}
+    overrides = {key: value[field] for key, field in _DATA_CONFIG_FIELDS.items() if field in value}
+    if "image_size" in value:
+        overrides["input_size"] = (3, value["image_size"], value["image_size"])
+    config = resolve_model_data_config(model, args=overrides)
+    train_options = {}
+    if "hflip" in value:
+        train_options["hflip"] = value["hflip"]
+    if "crop_scale_min" in value:
+        train_options["scale"] = (value["crop_scale_min"], 1.0)
+    if "color_jitter" in value:
+        train_options["color_jitter"] = value["color_jitter"] or None  # 0: no ColorJitter step at all
+    train = create_transform(**config, is_training=True, **train_options)
+    if value.get("rotation_degrees"):
+        train.transforms.insert(1, transforms.RandomRotation(value["rotation_degrees"]))
+    plain_config = {key: list(v) if isinstance(v, tuple) else v for key, v in config.items()}
+    return ImageSettings(
+        plain_config,
         train,
         create_transform(**config, is_training=False),
-        {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        _image_sources(model, data_args, fixed, plain_config, train),
     )
+
+
+def _image_sources(model, data_args, fixed: dict, config: dict, train) -> dict[str, dict[str, Any]]:
+    """Each image setting's given value, the value used and where it came from (resolved_settings.json)."""
+    from torchvision import transforms
+
+    model_cfg = getattr(model, "pretrained_cfg", None) or {}
+    from_model = f"model pretrained_cfg ({model_cfg.get('architecture', type(model).__name__)})"
+    sources = {}
+    for key, field in _DATA_CONFIG_FIELDS.items():
+        why = fixed[field][1] if field in fixed else from_model if model_cfg.get(key) is not None else "timm default"
+        sources[key] = {"given": getattr(data_args, field), "used": config[key], "why": why}
+    flips = [step.p for step in train.transforms if isinstance(step, transforms.RandomHorizontalFlip)]
+    why = fixed["hflip"][1] if "hflip" in fixed else "timm default (create_transform)"
+    sources["hflip"] = {"given": data_args.hflip, "used": flips[0] if flips else 0.0, "why": why}
+    others = _AUGMENTATION_FIELDS[1:]
+    parts = [
+        f"{field} {fixed[field][0]}: {fixed[field][1]}" if field in fixed else f"{field}: timm default"
+        for field in others
+    ]
+    given = {field: getattr(data_args, field) for field in others if getattr(data_args, field) is not None}
+    sources["augmentation"] = {
+        "given": given or None,
+        "used": [repr(step) for step in train.transforms],  # the training transform, step by step
+        "why": f"timm create_transform(is_training=True); {', '.join(parts)}",
+    }
+    return sources
+
+
+def build_transforms(model, data_args: ImageDataArguments) -> tuple[Callable, Callable, dict]:
+    """(train transform, eval transform, data config) of ``resolve_image_settings``."""
+    settings = resolve_image_settings(model, data_args)
+    return settings.train_transform, settings.eval_transform, settings.data_config

@@ -28,10 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.01,
     "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 256,
-    "image_size": 64,  # MNIST digits are 28 px; 64 px keeps CPU epochs short
-    "crop_pct": 1.0,  # digits touch the border: no centre crop
-    "hflip": 0.0,  # a flipped digit is another digit
-    "crop_scale_min": 0.8,
+    # no image settings here: they come from the model's pretrained_cfg, or for the demo data from
+    # DEMO_IMAGE_DEFAULTS (ftpeft/vision/args.py: 64 px, no crop, no flip), unless a flag sets them
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "save_total_limit": 1,
@@ -61,7 +59,12 @@ def train_image_classifier(
     from ftpeft.core.settings import resolve_settings
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.schedules import staged_unfreezing
-    from ftpeft.vision.data import TransformedImages, build_transforms, load_image_classification_data, write_skipped
+    from ftpeft.vision.data import (
+        TransformedImages,
+        load_image_classification_data,
+        resolve_image_settings,
+        write_skipped,
+    )
     from ftpeft.vision.models import (
         ImageClassificationTrainer,
         create_timm_model,
@@ -113,14 +116,21 @@ def train_image_classifier(
     class_weights, loss_note = class_weights_for_run(
         run, tuning_args.class_weights, data.splits["train"].labels, data.label_names
     )
-    run.save_config(tuning.freeze)
-
-    # --- train (optionally from cached activations of the frozen stages) -------------------------------
-    train_transform, eval_transform, data_config = build_transforms(model, data_args)
+    # input size, crop, interpolation, mean/std: the model's pretrained_cfg unless a flag (or the demo) sets them
+    image_settings = resolve_image_settings(model, data_args)
+    for name, source in image_settings.sources.items():
+        run.record(name, source["given"], source["used"], source["why"])
+    train_transform, eval_transform = image_settings.train_transform, image_settings.eval_transform
     if tuning_args.cache_frozen and not data_args.cache_augmented_views:
         train_transform = eval_transform  # the cached stages see each image once: a random view would be frozen in
         logger.warning(CACHE_TRANSFORM_NOTE)
-    elif tuning_args.cache_frozen:
+        why = "--cache_frozen without --cache_augmented_views: training images go through the evaluation transform"
+        run.record("hflip", data_args.hflip, 0.0, why)
+        run.record("augmentation", image_settings.sources["augmentation"]["given"], None, why)
+    run.save_config(tuning.freeze)
+
+    # --- train (optionally from cached activations of the frozen stages) -------------------------------
+    if tuning_args.cache_frozen and data_args.cache_augmented_views:
         logger.warning("--cache_frozen: caching %d augmented views per training image", data_args.cache_augmented_views)
     datasets = {
         split: TransformedImages(images, train_transform if split == "train" else eval_transform)
@@ -158,7 +168,7 @@ def train_image_classifier(
 
     # --- evaluate, save (a stock timm model), card, push -----------------------------------------------
     def write_model(folder: Path, state_dict: dict | None) -> None:
-        save_timm_model(model, folder, data.label_names, data_config, state_dict)
+        save_timm_model(model, folder, data.label_names, image_settings.data_config, state_dict)
 
     trained = tuning.freeze.trainable_layers or "none, head only"
     tuning_text = f"--unfreeze_last {tuning_args.unfreeze_last} (trainable stages: {trained})"
