@@ -251,6 +251,16 @@ def make_text_files(directory: Path, fmt: str = "csv", sizes=(64, 16, 16), strin
     return directory
 
 
+def make_long_text_files(directory: Path, repeat: int, sizes=(16, 8, 8)) -> Path:
+    """train / validation / test csv as make_text_files, each text said ``repeat`` times (5 x ``repeat`` words)."""
+    import pandas as pd
+
+    for split, n, seed in zip(("train", "validation", "test"), sizes, (1, 2, 3)):
+        rows = [{**row, "text": " ".join([row["text"]] * repeat)} for row in make_rows(n, seed)]
+        pd.DataFrame(rows).to_csv(directory / f"{split}.csv", index=False)
+    return directory
+
+
 # what a full (not LoRA) bert_cls run writes to --output_dir
 TEXT_RUN_FILES = {
     "README.md",

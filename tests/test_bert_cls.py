@@ -9,6 +9,8 @@ from helpers import (
     TEXT_RUN_FILES,
     accelerate_bin,
     load_recipe,
+    make_long_text_files,
+    make_tiny_text_model,
     python_recipe,
     run,
     run_recipe_scripts,
@@ -235,3 +237,103 @@ def test_multi_node_template_as_two_machines_on_loopback(tiny_bert_dir, text_csv
     logs = outputs[0][1] + outputs[1][1]
     assert "process 0 of 2" in logs and "process 1 of 2" in logs
     assert (out / "metrics.json").is_file() and (out / "model.safetensors").is_file()
+
+
+# --- --max_seq_length auto (the default) ---------------------------------------------------------------------------
+
+RESOLVE_CASES = [
+    # (what, --max_seq_length, training token lengths, the model's positions, used, in the why)
+    ("p99 rounded up to 8", "auto", list(range(1, 101)), 512, 104, "99% of the 100 training texts have at most 99"),
+    ("one long text in 100 is cut", "auto", [5] * 99 + [300], 512, 8, "have at most 5 tokens"),
+    ("a multiple of 8 stays", "auto", [16] * 10, 512, 16, "have at most 16 tokens"),
+    ("clipped to the model", "auto", [600] * 10, 512, 512, "(600), clipped to the 512 positions m takes (100.0%"),
+    ("clipped below a multiple of 8", "auto", [100] * 10, 78, 78, "(104), clipped to the 78 positions m takes"),
+    ("a model without a limit", "auto", [600] * 10, None, 600, "have at most 600 tokens"),
+    ("a number as given", "32", [600] * 10, 512, 32, "--max_seq_length as given"),
+    ("a number from the library", 512, [5], 512, 512, "--max_seq_length as given"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "given,lengths,limit,used,why", [c[1:] for c in RESOLVE_CASES], ids=[c[0] for c in RESOLVE_CASES]
+)
+def test_auto_is_the_p99_of_the_training_lengths_rounded_up_to_8_and_clipped(given, lengths, limit, used, why):
+    from ftpeft.text.modeling import resolve_max_seq_length
+
+    chosen, reason = resolve_max_seq_length(given, lengths, limit, "m")
+    assert chosen == used and why in reason, reason
+
+
+BAD_LENGTHS = [
+    ("600", 512, "--max_seq_length 600 is longer than the 512 positions m takes"),  # a number is never clipped
+    ("0", None, "--max_seq_length must be >= 1, got 0."),
+    ("abc", None, "--max_seq_length must be auto or a number >= 1, got 'abc'."),
+    ("1.5", None, "--max_seq_length must be auto or a number >= 1, got '1.5'."),
+]
+
+
+@pytest.mark.parametrize("given,limit,message", BAD_LENGTHS)
+def test_a_bad_or_too_long_number_is_refused(given, limit, message):
+    from ftpeft.core.errors import FtpeftError
+    from ftpeft.text.modeling import resolve_max_seq_length
+
+    with pytest.raises(FtpeftError) as error:
+        resolve_max_seq_length(given, [5], limit, "m")
+    assert str(error.value).startswith(message)
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta_dir(tmp_path_factory):
+    """A tiny RoBERTa: 80 position embeddings, 78 usable (its positions start after the padding index)."""
+    return make_tiny_text_model(tmp_path_factory.mktemp("tiny_roberta"), "roberta")
+
+
+AUTO_RUNS = [
+    # (what, model, words per text (None: make_text_files' 5), flags, length used, in the why)
+    ("default auto on short texts", "bert", None, [], 8, "auto: 99% of the 64 training texts have at most 7 tokens"),
+    ("a number as given", "bert", None, ["--max_seq_length", "12"], 12, "--max_seq_length as given"),
+    ("default clipped to the model, not refused", "roberta", 100, [], 78, "(104), clipped to the 78 positions"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("model,words,flags,used,why", [c[1:] for c in AUTO_RUNS], ids=[c[0] for c in AUTO_RUNS])
+def test_the_run_records_the_length_saves_it_with_the_tokenizer_and_predict_uses_it(
+    tiny_bert_dir, tiny_roberta_dir, text_csv_dir, tmp_path, caplog, model, words, flags, used, why
+):
+    import pandas as pd
+    from transformers import AutoTokenizer, pipeline
+
+    from ftpeft import cli
+    from ftpeft.predict.runs import detect_run
+    from ftpeft.predict.text import max_seq_length
+
+    model_dir = tiny_bert_dir if model == "bert" else tiny_roberta_dir
+    data = text_csv_dir if words is None else make_long_text_files(tmp_path, repeat=words // 5)
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="ftpeft"):
+        bert_cls.main(tiny_args(model_dir, data, out, *flags))
+    recorded = json.loads((out / "resolved_settings.json").read_text())["max_seq_length"]
+    assert recorded["given"] == (flags[1] if flags else "auto") and recorded["used"] == used and why in recorded["why"]
+    assert f"setting max_seq_length: {recorded['given']!r} -> {used}" in caplog.text  # logged with its reason
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == used
+    assert json.loads((out / "data_report.json").read_text())["max_seq_length"] == used
+    long_text = " ".join(["good film"] * 200)
+    assert len(AutoTokenizer.from_pretrained(out)(long_text, truncation=True)["input_ids"]) == used
+    assert pipeline("text-classification", model=str(out), truncation=True)(long_text)[0]["label"] in ("neg", "pos")
+    assert max_seq_length(detect_run(out)) == used
+    predictions = tmp_path / "preds.csv"  # the long texts run through the model: cut where the run cut them
+    assert cli.main(["predict", str(out), "--input", str(data / "test.csv"), "--output", str(predictions)]) == 0
+    assert len(pd.read_csv(predictions)) == len(pd.read_csv(data / "test.csv"))
+
+
+def test_a_number_longer_than_the_model_is_refused_before_any_work(tiny_roberta_dir, tmp_path, capsys):
+    from ftpeft.core.errors import run_cli
+
+    data = make_long_text_files(tmp_path, repeat=20)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(bert_cls.main)(tiny_args(tiny_roberta_dir, data, out, "--max_seq_length", "100"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().count("\n") == 0, err
+    assert f"error: --max_seq_length 100 is longer than the 78 positions {tiny_roberta_dir} takes" in err
+    assert not out.exists()

@@ -4,6 +4,7 @@ data_report.json, the log and the card of every Trainer recipe; --drop_duplicate
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -126,6 +127,33 @@ def test_a_held_out_validation_split_says_so_and_shows_leaked_copies(tmp_path):
     assert deduplicated["validation"].in_train == 0 and deduplicated["train"].rows_used == 8
 
 
+LENGTH_CASES = [
+    # (token lengths, labels, --max_seq_length, quantiles, truncated, truncated share by class)
+    ([3, 5, 9, 12], ["a", "a", "b", "b"], 8, {"p50": 5, "p90": 12, "p95": 12, "p99": 12, "max": 12}, 2, {"a": 0, "b": 1}),
+    (list(range(1, 101)), ["a", "b"] * 50, 90, {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100}, 10, {"a": 0.1, "b": 0.1}),
+    ([], [], 8, None, 0, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("lengths,labels,max_seq_length,quantiles,truncated,by_class", LENGTH_CASES)
+def test_token_length_quantiles_and_truncation_per_class(
+    lengths, labels, max_seq_length, quantiles, truncated, by_class
+):
+    from ftpeft.core.data_report import DataReport, SplitReport
+
+    split = SplitReport("f.csv", len(lengths), {}, 0, 0, len(lengths), dict(Counter(labels)))
+    report = DataReport({"train": split}, False).with_token_lengths(
+        {"train": lengths}, {"train": labels}, max_seq_length
+    )
+    train = report.to_dict()["splits"]["train"]
+    assert (train["token_lengths"], train["truncated"], train["truncated_share_by_class"]) == (
+        quantiles,
+        truncated,
+        pytest.approx(by_class),
+    )
+    assert report.max_seq_length == max_seq_length
+
+
 # --- the recipes ---------------------------------------------------------------------------------------------
 
 
@@ -139,6 +167,10 @@ def test_bert_cls_writes_the_report_logs_one_line_and_cards_the_counts(tiny_bert
     train = report["splits"]["train"]
     assert (train["truncated"], train["truncated_share"]) == (1, 1 / 23)  # the long text only
     assert report["splits"]["test"]["in_train"] == 1 and report["splits"]["test"]["truncated"] == 0
+    # 22 texts of 5 words and the long one of 24, each with [CLS] and [SEP]: one long text in 23 is past the p95
+    assert train["token_lengths"] == {"p50": 7, "p90": 7, "p95": 7, "p99": 26, "max": 26}
+    assert train["truncated_share_by_class"] == {"neg": 0.0, "pos": 1 / train["label_counts"]["pos"]}
+    assert report["splits"]["test"]["truncated_share_by_class"] == {"neg": 0.0, "pos": 0.0}
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data report:")]
     assert (
         len(summary) == 1

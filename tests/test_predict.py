@@ -259,6 +259,31 @@ def test_id_column_text_columns_and_overwrite(runs, tmp_path):
     np.testing.assert_allclose(result[TEXT_LABELS].to_numpy(), np.stack(list(expected.values())), atol=1e-5)
 
 
+# --- the length inputs are cut at: the one the run resolved -----------------------------------------------------
+
+LENGTH_SOURCES = [
+    # (what, resolved_settings.json, run_args.yaml settings, the folder predict is given, length)
+    ("the resolved auto", {"max_seq_length": {"given": "auto", "used": 24, "why": "auto: ..."}}, {}, ".", 24),
+    ("resolved wins over run_args", {"max_seq_length": {"given": "40", "used": 40, "why": "given"}}, {"max_seq_length": "40"}, ".", 40),
+    ("merged/ reads its run's", {"max_seq_length": {"given": "auto", "used": 16, "why": "auto: ..."}}, {}, "merged", 16),
+    ("a run from before auto: run_args", {"pooling": {"given": "auto", "used": "cls", "why": "..."}}, {"max_seq_length": 64}, ".", 64),
+    ("before auto, flag not given: 128", {}, {}, ".", 128),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "settings,run_args,folder,length", [c[1:] for c in LENGTH_SOURCES], ids=[c[0] for c in LENGTH_SOURCES]
+)
+def test_predict_cuts_at_the_runs_resolved_length(tmp_path, settings, run_args, folder, length):
+    from ftpeft.predict.runs import SavedRun
+    from ftpeft.predict.text import max_seq_length
+
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "resolved_settings.json").write_text(json.dumps(settings))
+    run_dir = (tmp_path / folder).resolve()
+    assert max_seq_length(SavedRun("text", run_dir, run_dir, run_args)) == length
+
+
 # --- refusals: one line, exit 2, nothing written ----------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """The data-quality report of a run: per split, rows read, rows dropped and why, duplicates, rows that also
-occur in training (leakage), label counts and the share of texts cut at --max_seq_length.
+occur in training (leakage), label counts and, for text, the token-length quantiles and the share of texts cut at
+--max_seq_length (of the split, and of each class).
 
 Each capability's loader states, for every row of a split's source, why it cannot be used (a reason of
 ``DROP_REASONS``, or None) and what identifies its content (the text, an image's bytes); ``check_split``
@@ -16,11 +17,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import write_json
 
 DATA_REPORT_FILE = "data_report.json"
 SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+LENGTH_PERCENTILES = (50, 90, 95, 99)  # of the token lengths per split (text)
 DROP_REASONS = {  # reason key -> how a message says it
     "blank_text": "empty or blank text",
     "missing_label": "missing label",
@@ -86,6 +90,8 @@ class SplitReport:
     label_counts: dict[str, int]
     in_train: int | None = None  # validation/test: rows whose content also occurs in the training split
     truncated: int | None = None  # text: rows longer than --max_seq_length tokens
+    token_lengths: dict[str, int] | None = None  # text: p50, p90, p95, p99 and max of the untruncated token counts
+    truncated_share_by_class: dict[str, float] | None = None  # text: per label, the share of its rows cut
 
     @property
     def truncated_share(self) -> float | None:
@@ -113,9 +119,24 @@ class DataReport:
     def problems(self) -> list[str]:
         return [f"{split}: {', '.join(found)}" for split, r in self.splits.items() if (found := r.problems())]
 
-    def with_truncation(self, truncated: Mapping[str, int], max_seq_length: int) -> DataReport:
-        """This report plus, per split, the rows longer than ``max_seq_length`` tokens."""
-        splits = {name: dataclasses.replace(r, truncated=truncated.get(name)) for name, r in self.splits.items()}
+    def with_token_lengths(
+        self, lengths: Mapping[str, Sequence[int]], labels: Mapping[str, Sequence[str]], max_seq_length: int
+    ) -> DataReport:
+        """This report plus, per split, the quantiles of its token ``lengths`` (untruncated, one per row) and the rows
+        longer than ``max_seq_length`` (cut when tokenised): how many, and the share of each class (``labels``)."""
+        splits = {}
+        for name, r in self.splits.items():
+            if name not in lengths:
+                splits[name] = r
+                continue
+            cut = [length > max_seq_length for length in lengths[name]]
+            rows, cut_rows = Counter(labels[name]), Counter(label for label, is_cut in zip(labels[name], cut) if is_cut)
+            splits[name] = dataclasses.replace(
+                r,
+                truncated=sum(cut),
+                token_lengths=token_length_quantiles(lengths[name]),
+                truncated_share_by_class={label: cut_rows[label] / n for label, n in sorted(rows.items())},
+            )
         return dataclasses.replace(self, splits=splits, max_seq_length=max_seq_length)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +191,18 @@ class DataReport:
         path = Path(output_dir) / DATA_REPORT_FILE
         write_json(path, self.to_dict())
         return path
+
+
+def token_length_percentile(lengths: Sequence[int], percent: float) -> int:
+    """The smallest token length that ``percent``% of the texts do not exceed (nearest rank: a length some text has)."""
+    return int(np.percentile(np.asarray(lengths), percent, method="inverted_cdf"))
+
+
+def token_length_quantiles(lengths: Sequence[int]) -> dict[str, int] | None:
+    """p50, p90, p95, p99 and max of a split's token lengths; None for an empty split."""
+    if len(lengths) == 0:
+        return None
+    return {f"p{q}": token_length_percentile(lengths, q) for q in LENGTH_PERCENTILES} | {"max": int(max(lengths))}
 
 
 def build_report(

@@ -6,7 +6,7 @@ import dataclasses
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, NON_NEGATIVE, POSITIVE, SEED, check_fields
-from ftpeft.text.args import TextDataArguments
+from ftpeft.text.args import AUTO_SEQ_LENGTH, TextDataArguments, parse_max_seq_length
 from ftpeft.vision.args import ImageDataArguments
 
 
@@ -48,8 +48,13 @@ class FeatureArguments:
         },
     )
     batch_size: int = dataclasses.field(default=64, metadata={"help": "Images/texts per forward pass.", "range": COUNT})
-    max_seq_length: int = dataclasses.field(
-        default=128, metadata={"help": "text: truncate to this many tokens.", "range": COUNT}
+    max_seq_length: str = dataclasses.field(
+        default=AUTO_SEQ_LENGTH,
+        metadata={
+            "help": "text: truncate to this many tokens. 'auto': the 99th percentile of the training split's token "
+            "lengths under each backbone's tokenizer, rounded up to a multiple of 8 and clipped to its positions (as "
+            "bert_cls; recorded in metadata.json). Allowed: auto, or a number >= 1."
+        },
     )
     text_columns: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "text: one or two text columns."}
@@ -61,6 +66,7 @@ class FeatureArguments:
 
     def __post_init__(self):
         check_fields(self)
+        parse_max_seq_length(self.max_seq_length)  # auto or a number >= 1, refused before any work
         if self.pretrained_file and len(self.pretrained_file) != len(self.model_name_or_path or [None]):
             raise FtpeftError("--pretrained_file takes one file per --model_name_or_path backbone, in the same order.")
 

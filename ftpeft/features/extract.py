@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ METADATA_FILE = "metadata.json"
 LATEST_FILE = "latest.txt"
 DEFAULT_IMAGE_LAYER = "pre_logits"
 SHARD_ROWS = 50_000
+logger = logging.getLogger("ftpeft")
 
 
 @dataclasses.dataclass
@@ -340,14 +342,24 @@ def load_image_backbones(feature_args, data_args) -> list[Backbone]:
     return backbones
 
 
-def load_text_backbones(feature_args) -> list[Backbone]:
-    """transformers encoders (AutoModel, eval mode) with their tokenizers; default: the packaged MiniLM."""
+def load_text_backbones(feature_args, datasets, text_columns: list[str]) -> list[Backbone]:
+    """transformers encoders (AutoModel, eval mode) with their tokenizers; default: the packaged MiniLM. Each
+    truncates at --max_seq_length, auto resolved from the training split of ``datasets`` under its own tokenizer."""
     from transformers import AutoModel
 
     from ftpeft.text.args import ModelArguments
-    from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_tokenizer, resolve_model_path
+    from ftpeft.text.data import token_lengths
+    from ftpeft.text.modeling import (
+        base_model_name,
+        check_max_seq_length,
+        load_tokenizer,
+        model_position_limit,
+        resolve_max_seq_length,
+        resolve_model_path,
+    )
 
     backbones = []
+    train = {"train": datasets["train"]}
     for name in feature_args.model_name_or_path or [None]:
         model_args = ModelArguments(model_name_or_path=name)
         path = resolve_model_path(model_args)
@@ -357,8 +369,13 @@ def load_text_backbones(feature_args) -> list[Backbone]:
                 model = AutoModel.from_pretrained(path).eval()
         except (OSError, ValueError) as error:
             raise FtpeftError(f"--model_name_or_path {path}: {str(error).splitlines()[0]}") from None
-        settings = {"modality": "text", "max_seq_length": feature_args.max_seq_length}
         tokenizer = load_tokenizer(model_args, path)
+        lengths = token_lengths(train, tokenizer, text_columns)["train"]
+        max_seq_length, why = resolve_max_seq_length(
+            feature_args.max_seq_length, lengths, model_position_limit(model_args, path), path
+        )
+        logger.info("%s: max_seq_length %s -> %d (%s)", path, feature_args.max_seq_length, max_seq_length, why)
+        settings = {"modality": "text", "max_seq_length": max_seq_length}  # the number: part of the cache key
         backbones.append(
             Backbone(base_model_name(model_args), model, feature_args.layer, feature_args.pooling, tokenizer, settings)
         )

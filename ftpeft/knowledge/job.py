@@ -76,14 +76,15 @@ def train_knowledge_classifier(
         table = load_knowledge_table(files, knowledge_args.knowledge_dim)
         logger.info("knowledge: %d keys x %d dims from %s", len(table.keys), table.dim, table.sources)
 
-    def encode(raw, tokenizer, text_columns):
+    def encode(raw, tokenizer, text_columns, max_seq_length):
         return tokenize_with_knowledge(
-            raw, tokenizer, text_columns, data_args.max_seq_length, table, knowledge_layout(raw, knowledge_args),
+            raw, tokenizer, text_columns, max_seq_length, table, knowledge_layout(raw, knowledge_args),
             knowledge_args, data_args.preprocessing_num_workers,
         )  # fmt: skip
 
     data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
     run.report_data(data.report)
+    run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
     layout = knowledge_layout(data.raw, knowledge_args)
     knowledge_metrics, knowledge_notes = knowledge_report(
         knowledge_stats(data.tokenized), knowledge_args.unknown_entity

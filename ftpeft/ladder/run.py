@@ -422,6 +422,8 @@ def probe_text(recipe_args, cache_dtype: str):
     model_args, data_args, _, _, training_args = recipe_args
     model_path = resolve_model_path(model_args)
     check_max_seq_length(model_args, model_path, data_args.max_seq_length)
+    # --max_seq_length auto resolves here from the train split, and again in each rung: the same number for the same
+    # seed (same split, same tokenizer), so the rungs tokenise as the probe did and reuse its prefix caches
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     with loading_model(model_path):
         model = AutoModel.from_pretrained(model_path).eval()

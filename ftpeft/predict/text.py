@@ -1,7 +1,8 @@
 """Predictors over texts: a transformers classifier (or a LoRA adapter on its base) and a knowledge model.
 
 Inputs are encoded exactly as the recipes encoded their evaluation split (same text columns, truncation at the
-run's ``--max_seq_length``, the knowledge ids of the run's columns), then padded per batch.
+length the run used -- its ``--max_seq_length``, auto resolved --, the knowledge ids of the run's columns), then padded
+per batch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from ftpeft.core.errors import FtpeftError, first_line
 from ftpeft.predict.inputs import TableInput
 from ftpeft.predict.runs import SavedRun
 
+LEGACY_MAX_SEQ_LENGTH = 128  # the dataclass default before auto: a run_args.yaml without the flag trained at it
+
 
 def softmax(logits: torch.Tensor) -> np.ndarray:
     """Class probabilities in float64 (the CSV keeps every digit)."""
@@ -23,13 +26,32 @@ def softmax(logits: torch.Tensor) -> np.ndarray:
 
 
 def max_seq_length(run: SavedRun) -> int:
-    """The run's --max_seq_length (run_args.yaml keeps it unless it was the dataclass default)."""
-    import dataclasses
+    """The length the run truncated at: the one resolved_settings.json records (auto resolved), else the
+    --max_seq_length of run_args.yaml (runs from before auto), else that time's default."""
+    from ftpeft.core.artifacts import read_json_file
+    from ftpeft.core.settings import SETTINGS_FILE
+    from ftpeft.text.args import parse_max_seq_length
+    from ftpeft.tuning.lora import MERGED_DIR
 
-    from ftpeft.text.args import TextDataArguments
-
-    default = next(f.default for f in dataclasses.fields(TextDataArguments) if f.name == "max_seq_length")
-    return int(run.setting("max_seq_length", default))
+    folders = [run.run_dir, *([run.run_dir.parent] if run.run_dir.name == MERGED_DIR else [])]
+    for path in (folder / SETTINGS_FILE for folder in folders):
+        if path.is_file():
+            recorded = read_json_file(path, "ftpeft predict").get("max_seq_length")
+            if recorded is None:  # a run from before auto
+                break
+            used = recorded.get("used") if isinstance(recorded, dict) else None
+            if isinstance(used, bool) or not isinstance(used, int) or used < 1:
+                raise FtpeftError(
+                    f"{path}: max_seq_length records no usable length ({recorded!r:.80}); re-copy the run."
+                )
+            return used
+    given = parse_max_seq_length(run.setting("max_seq_length", LEGACY_MAX_SEQ_LENGTH))
+    if given is None:
+        raise FtpeftError(
+            f"{run.run_dir}: trained with --max_seq_length auto, but its {SETTINGS_FILE} does not record the length "
+            "used; pass the run's whole output dir (re-copy it)."
+        )
+    return given
 
 
 def choose_text_columns(inputs: TableInput, trained: list[str] | None, flag: list[str] | None) -> list[str]:

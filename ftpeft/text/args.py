@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ftpeft.core.config import SplitArguments
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.validation import COUNT, check_fields
+from ftpeft.core.validation import COUNT, check_fields, check_value
+
+AUTO_SEQ_LENGTH = "auto"  # --max_seq_length auto: from the training texts (text.modeling.resolve_max_seq_length)
+
+
+def parse_max_seq_length(value: str | int) -> int | None:
+    """``--max_seq_length`` as a token count; None for auto. Anything else is refused naming the flag."""
+    text = str(value).strip()
+    if text.lower() == AUTO_SEQ_LENGTH:
+        return None
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise FtpeftError(f"--max_seq_length must be auto or a number >= 1, got {value!r}.")
+    length = int(text)
+    check_value("max_seq_length", length, COUNT)
+    return length
 
 
 @dataclasses.dataclass
@@ -56,8 +71,15 @@ class TextDataArguments(SplitArguments):
     label_column: str = dataclasses.field(
         default="label", metadata={"help": "Column holding the labels (strings or ints)."}
     )
-    max_seq_length: int = dataclasses.field(
-        default=128, metadata={"help": "Truncate tokenised inputs to this length.", "range": COUNT}
+    # Whether the user fixed the length: only a number is ever theirs (no recipe defaults to one). A number longer
+    # than the model's positions is refused; auto's choice is clipped to them, with a note.
+    max_seq_length: str = dataclasses.field(
+        default=AUTO_SEQ_LENGTH,
+        metadata={
+            "help": "Truncate tokenised inputs to this many tokens. 'auto': the 99th percentile of the training "
+            "split's token lengths, rounded up to a multiple of 8 and clipped to the model's positions (what it chose "
+            "and why: resolved_settings.json). Allowed: auto, or a number >= 1."
+        },
     )
     demo_classes: list[str] = dataclasses.field(
         default_factory=lambda: ["negative", "positive"],
@@ -83,6 +105,7 @@ class TextDataArguments(SplitArguments):
 
     def __post_init__(self):
         check_fields(self)
+        parse_max_seq_length(self.max_seq_length)  # refuses anything but auto or a number >= 1, before any work
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise FtpeftError(f"--text_columns takes one or two column names, got {self.text_columns}.")
         if self.validation_file and not self.train_file:

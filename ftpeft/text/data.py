@@ -331,18 +331,21 @@ def load_text_classification_data(data_args: TextDataArguments, seed: int, cache
     return datasets, label_names, text_columns, report
 
 
-def count_truncated(datasets, tokenizer, text_columns: list[str], max_length: int) -> dict[str, int]:
-    """Per split, the rows whose (pair of) texts is longer than ``max_length`` tokens (cut when tokenised)."""
-    counts = {}
+def token_lengths(datasets, tokenizer, text_columns: list[str]) -> dict[str, list[int]]:
+    """Per split, each row's token count as the tokenizer encodes it untruncated (special tokens included, a pair of
+    texts as a pair): what --max_seq_length auto and the data report's truncation are read from."""
+    lengths = {}
     for split, dataset in datasets.items():
         columns = dataset.select_columns(text_columns).to_dict()
         texts = [["" if t is None else str(t) for t in columns[c]] for c in text_columns]
-        counts[split] = 0
+        lengths[split] = []
         for start in range(0, len(dataset), 1000):
             batch = [column[start : start + 1000] for column in texts]
-            encoded = tokenizer(*batch, truncation=False, verbose=False)  # verbose: no "longer than" warning
-            counts[split] += sum(len(ids) > max_length for ids in encoded["input_ids"])
-    return counts
+            encoded = tokenizer(
+                *batch, truncation=False, verbose=False, return_attention_mask=False, return_token_type_ids=False
+            )  # verbose: no "longer than" warning
+            lengths[split] += [len(ids) for ids in encoded["input_ids"]]
+    return lengths
 
 
 @dataclasses.dataclass
@@ -354,7 +357,9 @@ class TextData:
     tokenized: Any  # DatasetDict of model inputs + labels
     label_names: list[str]
     text_columns: list[str]
-    report: DataReport  # rows read, dropped, duplicated, leaked, truncated (data_report.json)
+    report: DataReport  # rows read, dropped, duplicated, leaked, token lengths, truncated (data_report.json)
+    max_seq_length: int  # what the splits were truncated at (--max_seq_length, auto resolved)
+    max_seq_length_why: str  # why that length (resolved_settings.json)
 
 
 def load_tokenized_data(
@@ -362,26 +367,33 @@ def load_tokenized_data(
     model_path: str,
     data_args: TextDataArguments,
     training_args,
-    encode: Callable[[Any, Any, list[str]], Any] | None = None,
+    encode: Callable[[Any, Any, list[str], int], Any] | None = None,
 ) -> TextData:
-    """Tokenizer + data, tokenised once on the main process first (the other ranks reuse its cache).
+    """Tokenizer + data, tokenised once on the main process first (the other ranks reuse its cache), truncated at
+    --max_seq_length (auto: resolved here from the training split's token lengths, ``resolve_max_seq_length``).
 
-    ``encode(raw_splits, tokenizer, text_columns)`` tokenises; default: ``tokenize`` at ``--max_seq_length``.
+    ``encode(raw_splits, tokenizer, text_columns, max_seq_length)`` tokenises; default: ``tokenize``. The tokenizer's
+    ``model_max_length`` becomes the length used.
     """
-    from ftpeft.text.modeling import load_tokenizer
+    from ftpeft.text.modeling import load_tokenizer, model_position_limit, resolve_max_seq_length
 
     tokenizer = load_tokenizer(model_args, model_path)
     with training_args.main_process_first(desc="loading and tokenising"):
         raw, label_names, text_columns, report = load_text_classification_data(
             data_args, training_args.seed, model_args.cache_dir
         )
+        lengths = token_lengths(raw, tokenizer, text_columns)  # once: auto's choice and the report's truncation
+        max_seq_length, why = resolve_max_seq_length(
+            data_args.max_seq_length, lengths["train"], model_position_limit(model_args, model_path), model_path
+        )
+        # the run's own tokenizer, loaded above: saved with the model, it cuts where the run did
+        # (pipeline("text-classification", model=OUTPUT_DIR, truncation=True))
+        tokenizer.model_max_length = max_seq_length
         if encode is None:
-            tokenized = tokenize(
-                raw, tokenizer, text_columns, data_args.max_seq_length, data_args.preprocessing_num_workers
-            )
+            tokenized = tokenize(raw, tokenizer, text_columns, max_seq_length, data_args.preprocessing_num_workers)
         else:
-            tokenized = encode(raw, tokenizer, text_columns)
-    truncated = count_truncated(raw, tokenizer, text_columns, data_args.max_seq_length)
-    report = report.with_truncation(truncated, data_args.max_seq_length)
+            tokenized = encode(raw, tokenizer, text_columns, max_seq_length)
+    labels = {split: [label_names[i] for i in dataset["labels"]] for split, dataset in raw.items()}
+    report = report.with_token_lengths(lengths, labels, max_seq_length)
     logger.info("data: %s, labels %s", {k: len(v) for k, v in tokenized.items()}, label_names)
-    return TextData(tokenizer, raw, tokenized, label_names, text_columns, report)
+    return TextData(tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why)

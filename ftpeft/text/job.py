@@ -20,7 +20,7 @@ TEXT_TRAINER_DEFAULTS: dict[str, Any] = {
     "num_train_epochs": 1.0,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
-    "max_seq_length": 64,
+    "max_seq_length": "auto",  # the training texts' 99th-percentile token length (TextDataArguments.max_seq_length)
     "eval_strategy": "epoch",
     "save_strategy": "epoch",
     "save_total_limit": 1,
@@ -86,6 +86,7 @@ def train_classifier(
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
     run.report_data(data.report)
+    run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
 
     # --- model and tuning ------------------------------------------------------------------------------
     model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling)

