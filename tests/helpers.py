@@ -307,6 +307,16 @@ def tiny_args(model_dir, data_dir, output_dir, *extra) -> list[str]:
     ]
 
 
+def tiny_auto_args(model_dir, data_dir, output_dir, *extra) -> list[str]:
+    """``tiny_args`` under --num_train_epochs auto: no fixed length, evaluations at the auto cadence (64 training
+    rows, batch 8: 8 steps per epoch, one evaluation per epoch)."""
+    argv = tiny_args(model_dir, data_dir, output_dir, *extra)
+    for flag in ("--max_steps", "--save_strategy", "--eval_strategy"):
+        at = argv.index(flag)
+        del argv[at : at + 2]
+    return [*argv, "--num_train_epochs", "auto"]
+
+
 # --- images -------------------------------------------------------------------------------------------------------
 
 TIMM_MODEL = "test_resnet"  # timm's own test model: 0.37 M parameters, 4 stages, BatchNorm

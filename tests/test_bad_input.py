@@ -111,7 +111,7 @@ TEXT_CASES = [
     (
         "wrong type in YAML",
         lambda w: ["--config", write(w["root"] / "c.yaml", "num_train_epochs: many\n")],
-        "c.yaml: argument --num_train_epochs/--num-train-epochs: invalid float value: 'many'",
+        "c.yaml: argument --num_train_epochs/--num-train-epochs: expected a number of epochs or 'auto', got 'many'",
     ),
     (
         "non-empty output dir",

@@ -266,3 +266,86 @@ def test_the_probe_head_command_extracts_the_layer_the_probe_chose(modality, dep
     best = ProbeLayer("chosen", depth, "mean", 0.9, 0.9, None, 0.1)
     probe = ProbeResult([best], 5, 1.0, 10, dims)
     assert probe_feature_layer(best, probe, modality) == expected
+
+
+def unconverged(name, val, test, seconds):
+    cut = row(name, val, test, seconds)
+    cut.converged, cut.stop_note = [False], "the budget's 40 steps, validation still improving at epoch 1.2"
+    return cut
+
+
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        # the best validation score is a rung cut before it converged: not a candidate
+        ([unconverged("full", 0.95, 0.9, 100), row("last_k", 0.90, 0.9, 40)], "last_k"),
+        # converged (True) and fixed-length (None) rungs are both candidates
+        ([row("full", 0.95, 0.9, 100), row("last_k", 0.80, 0.9, 40)], "full"),
+    ],
+)
+def test_only_converged_rungs_are_chosen(rows, expected):
+    from ftpeft.ladder.report import render_markdown, scenario
+
+    rows[0].converged = rows[0].converged or [True]
+    chosen, tolerance = choose(rows, "accuracy", n_val=4000, tolerance=None)
+    assert chosen.name == expected
+    text = scenario(chosen, rows, "accuracy", 100.0, 0, tolerance)
+    if not rows[0].comparable:
+        assert "not converged" in render_markdown(rows, chosen, tolerance, "accuracy", {})
+        assert "full" not in text  # the scenario is read from converged rungs only
+
+
+def test_the_cost_model_starts_from_its_guess_then_learns_length_and_speed():
+    from ftpeft.ladder.run import EPOCHS_TO_CONVERGE_GUESS, Learned, RungCost, budget_steps
+    from ftpeft.ladder.rungs import Rung
+
+    rows = {"train": 100, "validation": 10, "test": 10}
+    cost = RungCost(Rung("full", [], "all", 1.0), 0.01, rows, cache_built=False, open_ended=True)
+    learned = Learned(EPOCHS_TO_CONVERGE_GUESS)
+    assert learned.estimate(cost) == pytest.approx(cost.seconds(EPOCHS_TO_CONVERGE_GUESS))
+    # a rung ran 5 epochs in twice the model's time for 5 epochs: later rungs are estimated at 5 epochs, x2
+    learned.learn(cost, wall=2 * cost.seconds(5.0), stopped_epoch=5.0)
+    assert learned.expected_epochs == 5.0 and learned.calibration == pytest.approx(2.0)
+    assert learned.estimate(cost) == pytest.approx(2 * cost.seconds(5.0))
+    # the steps the budget leaves: (seconds left - fixed costs) / calibrated seconds per epoch x steps per epoch
+    per_epoch = 2 * (cost.seconds(2.0) - cost.seconds(1.0))
+    left = 2 * cost.seconds(0.0) + 3 * per_epoch
+    assert budget_steps(cost, learned, left, steps_per_epoch=10) == 30
+
+
+def test_a_rung_cut_by_the_budget_is_marked_not_converged(tmp_path, monkeypatch):
+    import ftpeft.ladder.run as ladder_run
+    from ftpeft.ladder.rungs import Rung
+
+    seen = {}
+
+    def fake_run_one(modality, argv):
+        seen["cap"] = int(argv[argv.index("--auto_max_steps") + 1])
+        return {"status": "done", "eval_accuracy": 0.9, "eval_macro_f1": 0.9, "test_accuracy": 0.9,
+                "train_seconds": 1.0, "trainable_params": 10, "peak_rss_mb": 1.0, "converged": False,
+                "best_epoch": 1.0, "stopped_epoch": 1.5, "stopped_step": seen["cap"]}  # fmt: skip
+
+    monkeypatch.setattr(ladder_run, "run_one", fake_run_one)
+    rung = Rung("full", ["--unfreeze_last", "all"], "all", 1.0)
+    cost = ladder_run.RungCost(rung, 0.01, {"train": 100, "validation": 10}, False, open_ended=True)
+    learned = ladder_run.Learned(ladder_run.EPOCHS_TO_CONVERGE_GUESS)
+    modality = ladder_run.Modality("text", "recipes/bert_cls.py", (), {})
+    result = ladder_run.run_rung(rung, [42], modality, [], tmp_path, cost, learned, 100.0, steps_per_epoch=4)
+    assert not result.comparable and f"the budget's {seen['cap']} steps" in result.stop_note
+    assert result.as_json()["converged"] == [False] and result.as_json()["best_epoch"] == 1.0
+
+
+def test_an_auto_ladder_trains_each_rung_to_its_own_stopping_point(tiny_bert_dir, text_csv_dir, tmp_path):
+    argv = ["--model_name_or_path", str(tiny_bert_dir), "--train_file", str(text_csv_dir / "train.csv"),
+            "--validation_file", str(text_csv_dir / "validation.csv"), "--test_file", str(text_csv_dir / "test.csv"),
+            "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "8", "--rungs", "head_only", "full",
+            "--early_stopping_patience", "1", "--auto_max_epochs", "4", "--time_budget", "10m"]  # fmt: skip
+    result = ladder.main(argv)
+    trained = {r["name"]: r for r in result["rungs"] if r["name"] in ("head_only", "full")}
+    for rung in trained.values():
+        assert rung["status"] == "done" and len(rung["converged"]) == 1
+        assert 0 < rung["best_epoch"] <= rung["stopped_epoch"] <= 4
+        assert rung["comparable"] == (rung["converged"][0] is True)
+    assert "best epoch" in (tmp_path / "out" / "ladder.md").read_text() or any(
+        not r["comparable"] for r in trained.values()
+    )

@@ -85,6 +85,7 @@ def train_knowledge_classifier(
     data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
+    run.plan_stopping(len(data.tokenized["train"]))
     layout = knowledge_layout(data.raw, knowledge_args)
     knowledge_metrics, knowledge_notes = knowledge_report(
         knowledge_stats(data.tokenized), knowledge_args.unknown_entity
@@ -113,7 +114,7 @@ def train_knowledge_classifier(
     )
     model = tuning.model
     # --lp_ft / --gradual_unfreeze: the encoder's groups join at their steps; injection, fusion and head from step 0
-    unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised)
+    unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised, open_ended=run.stopping is not None)
     class_weights, loss_note = class_weights_for_run(
         run, tuning_args.class_weights, data.tokenized["train"]["labels"], data.label_names
     )

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ftpeft.core.metrics import metric_spec
 from ftpeft.core.outputs import atomic_write_text, write_json
 
 MIN_TOLERANCE = 0.005  # half a point
@@ -30,6 +31,18 @@ class RungRow:
     trainable_params: int | None = None
     peak_rss_mb: float | None = None
     estimated_seconds: float | None = None
+    # --num_train_epochs auto: per seed, whether validation stopped improving (None: a fixed epoch count), the epoch
+    # of the best evaluation (what the saved model is) and the epoch it stopped at
+    converged: list[bool | None] = dataclasses.field(default_factory=list)
+    best_epoch: list[float] = dataclasses.field(default_factory=list)
+    stopped_epoch: list[float] = dataclasses.field(default_factory=list)
+    stop_note: str = ""  # why a seed stopped before converging (the ladder's budget, or the epoch cap)
+
+    @property
+    def comparable(self) -> bool:
+        """Finished, and trained to its own stopping point (or to the epoch count asked for): its score is that
+        strategy's. A rung cut by the budget or the cap before it converged is shown, never compared."""
+        return self.status == "done" and all(flag is not False for flag in self.converged)
 
     def mean(self, key: str) -> float | None:
         values = getattr(self, key)
@@ -58,6 +71,11 @@ class RungRow:
             "peak_rss_mb": self.peak_rss_mb,
             "estimated_seconds": self.estimated_seconds,
             "seeds": len(self.val_accuracy),
+            "converged": self.converged,
+            "comparable": self.comparable,
+            "best_epoch": self.mean("best_epoch"),
+            "stopped_epoch": self.mean("stopped_epoch"),
+            "stop_note": self.stop_note,
             "command": self.command,
         }
 
@@ -67,30 +85,32 @@ def default_tolerance(best: float, n_val: int) -> float:
     return max(MIN_TOLERANCE, math.sqrt(max(best * (1 - best), 0.0) / max(n_val, 1)))
 
 
+def goodness(row: RungRow, metric: str) -> float:
+    """The row's validation score, signed so that larger is better (the metric registry gives the direction)."""
+    return row.score(metric) if metric_spec(metric, "--metric").greater_is_better else -row.score(metric)
+
+
 def choose(rows: list[RungRow], metric: str, n_val: int, tolerance: float | None) -> tuple[RungRow | None, float]:
-    """The cheapest finished rung within ``tolerance`` of the best VALIDATION score (test is never read here)."""
-    done = [row for row in rows if row.status == "done" and row.score(metric) is not None]
+    """The cheapest comparable rung within ``tolerance`` of the best VALIDATION score (test is never read here);
+    a rung that stopped before it converged is not a candidate."""
+    done = [row for row in rows if row.comparable and row.score(metric) is not None]
     if not done:
         return None, tolerance or MIN_TOLERANCE
-    best = max(row.score(metric) for row in done)
-    tolerance = default_tolerance(best, n_val) if tolerance is None else tolerance
-    near = [row for row in done if row.score(metric) >= best - tolerance - 1e-12]
-    return min(near, key=lambda row: (row.mean("train_seconds"), -row.score(metric))), tolerance
+    best = max(done, key=lambda row: goodness(row, metric))
+    tolerance = default_tolerance(best.score(metric), n_val) if tolerance is None else tolerance
+    near = [row for row in done if goodness(row, metric) >= goodness(best, metric) - tolerance - 1e-12]
+    return min(near, key=lambda row: (row.mean("train_seconds"), -goodness(row, metric))), tolerance
 
 
 def pareto(rows: list[RungRow], metric: str) -> list[RungRow]:
-    """Finished rungs that no other rung beats on both validation score and train time."""
-    done = [r for r in rows if r.status == "done"]
-    return [
-        r
-        for r in done
-        if not any(
-            o.score(metric) >= r.score(metric)
-            and o.mean("train_seconds") <= r.mean("train_seconds")
-            and (o.score(metric) > r.score(metric) or o.mean("train_seconds") < r.mean("train_seconds"))
-            for o in done
-        )
-    ]
+    """Comparable rungs that no other rung beats on both validation score and train time."""
+    done = [r for r in rows if r.comparable]
+
+    def beats(o: RungRow, r: RungRow) -> bool:
+        better, cheaper = goodness(o, metric) - goodness(r, metric), r.mean("train_seconds") - o.mean("train_seconds")
+        return better >= 0 and cheaper >= 0 and (better > 0 or cheaper > 0)
+
+    return [r for r in done if not any(beats(o, r) for o in done)]
 
 
 def scenario(
@@ -98,10 +118,10 @@ def scenario(
 ) -> str:
     """The write-up's scenario that the figures point to, with the figures."""
     size = "small" if per_class < SMALL_DATA_PER_CLASS else "large"
-    done = {r.name: r for r in rows if r.status == "done"}
+    done = {r.name: r for r in rows if r.comparable}  # the scenario is read from converged rungs only
     head = done.get("head_only") or done.get("probe_head")
-    best = max((r for r in rows if r.status == "done"), key=lambda r: r.score(metric))
-    gap = (best.score(metric) - head.score(metric)) * 100 if head else None
+    best = max(done.values(), key=lambda r: goodness(r, metric))
+    gap = (goodness(best, metric) - goodness(head, metric)) * 100 if head else None
     if recommended.name in ("probe_head", "head_only"):
         case = (
             "earlier-layer features (different domain)"
@@ -166,6 +186,10 @@ def render_markdown(
     for row in rows:
         star = " **recommended**" if recommended is row else ""
         status = row.status + (f": {row.reason}" if row.reason else "")
+        if row.status == "done" and not row.comparable:
+            status = f"**not converged** ({row.stop_note}): not compared"
+        elif row.best_epoch:
+            status += f", best epoch {row.mean('best_epoch'):.2g} (stopped {row.mean('stopped_epoch'):.2g})"
         params = f"{row.trainable_params:,}" if row.trainable_params is not None else "-"
         rss = f"{row.peak_rss_mb:,.0f}" if row.peak_rss_mb is not None else "-"
         lines.append(
@@ -190,6 +214,11 @@ def save_ladder_plot(path: Path, rows: list[RungRow], recommended: RungRow | Non
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for row in done:
         x, y = max(row.mean("train_seconds"), 1e-2), row.score(metric)
+        if not row.comparable:  # hollow, and said so: its score is not that strategy's
+            ax.scatter([x], [y], s=40, facecolors="none", edgecolors="grey")
+            ax.annotate(f"{row.name} (not converged)", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8,
+                        color="grey")  # fmt: skip
+            continue
         ax.scatter([x], [y], s=120 if row is recommended else 40, marker="*" if row is recommended else "o")
         ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = sorted(pareto(rows, metric), key=lambda r: r.mean("train_seconds"))

@@ -23,6 +23,7 @@ import numpy as np
 from ftpeft.core.config import RunArguments, parse_args
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import write_json
+from ftpeft.core.settings import SETTINGS_FILE
 from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
 from ftpeft.ladder.probe import PROBE_C, PROBE_DIR, ProbeLayer, ProbeResult
 from ftpeft.ladder.report import RungRow, choose, scenario, write_outputs
@@ -34,6 +35,11 @@ MANIFEST_FILE = "ladder_manifest.json"
 RUNGS_DIR = "rungs"
 IMAGE_FLAGS = ("--image_dir", "--labels_csv", "--image_column", "--pretrained_file", "--image_size")
 OWN_FLAGS = (*LADDER_FLAGS, "output_dir", "overwrite_output_dir")
+# The cost model's guess of a rung's length under --num_train_epochs auto, before any rung has run: its best
+# evaluation within about 2 epochs, then --early_stopping_patience evaluations more (up to an epoch at 3
+# evaluations of a short epoch). Each finished rung replaces the guess: later rungs are estimated at the median
+# length that the finished ones really ran.
+EPOCHS_TO_CONVERGE_GUESS = 3.0
 
 
 @dataclasses.dataclass
@@ -205,7 +211,8 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("ladder: best probe layer %s; last-k rungs k = %s", best_probe.name, ks)
 
     # --- 2. the rungs, cheapest first, within the budget ----------------------------------------------------
-    epochs = training_args.num_train_epochs
+    # each rung stops on validation (--num_train_epochs auto, the recipes' default) unless an epoch count is given
+    epochs = EPOCHS_TO_CONVERGE_GUESS if run_args.auto_epochs else training_args.num_train_epochs
     cached_ks = cached_depths(caches, num_layers, epochs)
     cache_scores = cache_dtype == EXACT_CACHE_DTYPE
     rungs = build_rungs(ladder_args.rung_names, num_layers, ks, cached_ks, cache_flags, cache_scores)
@@ -213,19 +220,21 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
         prune_prefix_caches(caches, {r.unfreeze_last for r in rungs if r.cached})
     rows_by_split = data_facts["rows"]
     built = set(caches.get("written", []))
-    estimates = {
-        r.name: estimate_seconds(r, probe.seconds_per_row, rows_by_split, epochs, r.unfreeze_last in built)
+    costs = {
+        r.name: RungCost(r, probe.seconds_per_row, rows_by_split, r.unfreeze_last in built, run_args.auto_epochs)
         for r in rungs
     }
+    estimates = {name: cost.seconds(epochs) for name, cost in costs.items()}
+    learned = Learned(epochs)
     seeds = [training_args.seed + i for i in range(ladder_args.seeds)]
     rows: list[RungRow] = []
     if "probe_head" in ladder_args.rung_names:
         rows.append(probe_row(best_probe, probe, modality, base_argv, output_dir, data_facts))
-    ratios: list[float] = []
+    steps_per_epoch = -(-rows_by_split.get("train", 0) // training_args.per_device_train_batch_size)
     for rung in sorted(rungs, key=lambda r: estimates[r.name]):
         row = run_rung(
-            rung, seeds, modality, base_argv, output_dir, estimates[rung.name], ratios,
-            ladder_args.budget_seconds - (time.perf_counter() - started),
+            rung, seeds, modality, base_argv, output_dir, costs[rung.name], learned,
+            ladder_args.budget_seconds - (time.perf_counter() - started), steps_per_epoch,
         )  # fmt: skip
         rows.append(row)
     order = {name: i for i, name in enumerate(ladder_args.rung_names)}
@@ -286,17 +295,70 @@ def rung_command(modality: Modality, argv: list[str]) -> str:
     return f"accelerate launch {modality.recipe} {shlex.join(shown)}"
 
 
+@dataclasses.dataclass
+class RungCost:
+    """A rung's cost model: predicted seconds of one run for a given number of epochs (``estimate_seconds``)."""
+
+    rung: Rung
+    seconds_per_row: float
+    rows: dict[str, int]
+    cache_built: bool
+    open_ended: bool  # --num_train_epochs auto: the length is learned, not given
+
+    def seconds(self, epochs: float) -> float:
+        return estimate_seconds(self.rung, self.seconds_per_row, self.rows, epochs, self.cache_built)
+
+
+@dataclasses.dataclass
+class Learned:
+    """What the finished rungs taught the cost model: how their wall time compared with the estimate at the
+    length they really ran (``ratios``), and, under --num_train_epochs auto, that length (``epochs``)."""
+
+    guess: float
+    ratios: list[float] = dataclasses.field(default_factory=list)
+    epochs: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def calibration(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else 1.0
+
+    @property
+    def expected_epochs(self) -> float:
+        return statistics.median(self.epochs) if self.epochs else self.guess
+
+    def estimate(self, cost: RungCost) -> float:
+        return cost.seconds(self.expected_epochs if cost.open_ended else self.guess) * self.calibration
+
+    def learn(self, cost: RungCost, wall: float, stopped_epoch: float | None) -> None:
+        epochs = stopped_epoch if cost.open_ended and stopped_epoch is not None else self.guess
+        self.ratios.append(wall / max(cost.seconds(epochs), 1e-6))
+        if cost.open_ended and stopped_epoch is not None:
+            self.epochs.append(stopped_epoch)
+
+
+def budget_steps(cost: RungCost, learned: Learned, seconds_left: float, steps_per_epoch: int) -> int:
+    """The optimizer steps an open-ended rung may run in ``seconds_left``: its one-off and final costs first, then
+    the per-epoch cost of the calibrated model. The rung stops there, marked not converged, if validation is still
+    improving."""
+    per_epoch = (cost.seconds(2.0) - cost.seconds(1.0)) * learned.calibration
+    fixed = cost.seconds(0.0) * learned.calibration
+    epochs = max(seconds_left - fixed, 0.0) / max(per_epoch, 1e-9)
+    return max(1, int(epochs * max(steps_per_epoch, 1)))
+
+
 def run_rung(
     rung: Rung,
     seeds: list[int],
     modality: Modality,
     base_argv: list[str],
     output_dir: Path,
-    estimate: float,
-    ratios: list[float],
+    cost: RungCost,
+    learned: Learned,
     seconds_left: float,
+    steps_per_epoch: int,
 ) -> RungRow:
-    """Run (or take from an earlier, killed ladder) every seed of one rung; a refusal becomes the row's reason."""
+    """Run (or take from an earlier, killed ladder) every seed of one rung; a refusal becomes the row's reason.
+    Under --num_train_epochs auto each seed stops on validation, or at the steps the budget leaves it."""
     from ftpeft.core.outputs import write_json
 
     runs_dir = output_dir / RUNGS_DIR
@@ -306,25 +368,34 @@ def run_rung(
         for seed in seeds
     }  # fmt: skip
     row = RungRow(rung.name, rung.what, rung_command(modality, argv_of[seeds[0]]), "done")
-    calibration = statistics.median(ratios) if ratios else 1.0
-    row.estimated_seconds = round(estimate * calibration, 1)
+    row.estimated_seconds = round(learned.estimate(cost), 1)
     for seed in seeds:
         result_file = runs_dir / f"{rung.name}-seed{seed}.json"
         if result_file.is_file():
             result = json.loads(result_file.read_text())
         else:
-            needed = estimate * calibration
+            needed = learned.estimate(cost)
             if _main_decides(needed > seconds_left):
                 row.status, row.reason = "skipped", f"estimated {needed:.0f} s > {max(seconds_left, 0):.0f} s left"
                 logger.warning("ladder: %s skipped (%s)", rung.name, row.reason)
                 break
+            argv = argv_of[seed]
+            budget_cap = None
+            if cost.open_ended:  # a rung that would outrun the budget stops at its share of it, marked so
+                budget_cap = _main_decides(budget_steps(cost, learned, seconds_left, steps_per_epoch))
+                argv = [*argv, "--auto_max_steps", str(budget_cap)]
             logger.warning("ladder: %s, seed %d (estimated %.0f s, %.0f s left)", rung.name, seed, needed, seconds_left)
             start = time.perf_counter()
-            result = run_one(modality, argv_of[seed])
+            result = run_one(modality, argv)
             wall = time.perf_counter() - start
             seconds_left -= wall
             if result["status"] == "done":
-                ratios.append(wall / max(estimate, 1e-6))
+                learned.learn(cost, wall, result.get("stopped_epoch"))
+                if result.get("converged") is False:
+                    capped_by_budget = budget_cap is not None and result.get("stopped_step", 0) >= budget_cap
+                    result["stop_note"] = (
+                        f"the budget's {budget_cap} steps" if capped_by_budget else "the --auto_max_epochs cap"
+                    ) + f", validation still improving at epoch {result['stopped_epoch']:g}"
             if Path(runs_dir).parent.is_dir() and _is_main():
                 write_json(result_file, result)
         if result["status"] != "done":
@@ -337,6 +408,11 @@ def run_rung(
         row.train_seconds.append(result["train_seconds"])
         row.trainable_params = result["trainable_params"]
         row.peak_rss_mb = max(row.peak_rss_mb or 0.0, result["peak_rss_mb"])
+        row.converged.append(result.get("converged"))
+        if result.get("best_epoch") is not None:
+            row.best_epoch.append(result["best_epoch"])
+            row.stopped_epoch.append(result["stopped_epoch"])
+        row.stop_note = result.get("stop_note", row.stop_note)
     return row
 
 
@@ -360,8 +436,11 @@ def run_one(modality: Modality, argv: list[str]) -> dict[str, Any]:
         logger.exception("ladder: rung failed")
         return {"status": "failed", "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
     freeze = Path(parsed[4].output_dir) / "freeze_report.json"
+    settings_file = Path(parsed[4].output_dir) / SETTINGS_FILE
+    stop = json.loads(settings_file.read_text()).get("stopping", {}).get("used") if settings_file.is_file() else None
     return {
         "status": "done",
+        **({key: stop[key] for key in ("converged", "best_epoch", "stopped_epoch", "stopped_step")} if stop else {}),
         "eval_accuracy": metrics["eval_accuracy"],
         "eval_macro_f1": metrics["eval_macro_f1"],
         "test_accuracy": metrics.get("test_accuracy"),

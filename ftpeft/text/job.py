@@ -14,10 +14,11 @@ from ftpeft.core.config import RunArguments
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.tuning.args import TuningArguments, cached_splits
 
-# Trainer settings every text recipe starts from: one epoch, batches sized for 2 CPU cores, an eval and a
-# checkpoint per epoch. YAML and the command line override them.
+# Trainer settings every text recipe starts from: train until validation stops improving (--num_train_epochs
+# auto resolves the evaluation and checkpoint cadence from the data size; a number of epochs evaluates and
+# checkpoints once per epoch), batches sized for 2 CPU cores. YAML and the command line override them.
 TEXT_TRAINER_DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 1.0,
+    "num_train_epochs": "auto",  # until validation stops improving (ftpeft.core.stopping)
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 128,
     "max_seq_length": "auto",  # the training texts' 99th-percentile token length (TextDataArguments.max_seq_length)
@@ -87,13 +88,14 @@ def train_classifier(
     tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
+    run.plan_stopping(len(tokenized["train"]))
 
     # --- model and tuning ------------------------------------------------------------------------------
     model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling)
     tuning = apply_tuning(model, tuning_args, newly_initialised)
     model = tuning.model
     # --lp_ft / --gradual_unfreeze: the backbone's groups join at their steps (the head is all that is new)
-    unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised)
+    unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised, open_ended=run.stopping is not None)
     class_weights, loss_note = class_weights_for_run(
         run, tuning_args.class_weights, tokenized["train"]["labels"], label_names
     )

@@ -20,7 +20,7 @@ logger = logging.getLogger("ftpeft")
 # Defaults for the bare command (the offline MNIST demo on 2 CPU cores); YAML and the command line override them.
 DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/image_cls",
-    "num_train_epochs": 5.0,
+    "num_train_epochs": "auto",
     # chosen on validation (benchmarks/results/partial_tuning_image.md: full fine-tuning of EfficientNet-Lite0 on
     # MNIST; 3e-3 for both beat 1e-3 / 3e-3, 0.963 against 0.949 validation accuracy)
     "learning_rate": 3e-3,  # the backbone's LR
@@ -92,6 +92,7 @@ def train_image_classifier(
     logger.info("data: %s, %d classes, %d skipped", sizes, len(data.label_names), len(data.skipped))
     run.report_data(data.report)
     run.settings.update(resolve_settings(training_args, lone_last_batch(training_args, sizes["train"])))
+    run.plan_stopping(sizes["train"])
     if training_args.should_save and data.skipped:
         skipped_file = write_skipped(training_args.output_dir, data.skipped)
         logger.warning("%d unreadable image(s) skipped: see %s", len(data.skipped), skipped_file)
@@ -112,7 +113,9 @@ def train_image_classifier(
     run.settings.update(resolve_settings(training_args, timm_checkpointing(model, training_args)))
     # frozen BatchNorm layers are pinned to eval mode: their running statistics never move
     tuning = apply_tuning(model, tuning_args)
-    unfreezing = staged_unfreezing(tuning_args, tuning)  # --lp_ft / --gradual_unfreeze
+    unfreezing = staged_unfreezing(
+        tuning_args, tuning, open_ended=run.stopping is not None
+    )  # --lp_ft / --gradual_unfreeze
     class_weights, loss_note = class_weights_for_run(
         run, tuning_args.class_weights, data.splits["train"].labels, data.label_names
     )
