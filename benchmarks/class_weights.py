@@ -25,7 +25,7 @@ from run_benchmarks import ROOT, parse_benchmark_args, text_lr_defaults_phrase, 
 SEEDS = (42, 43, 44)
 CASES = {"none": ["--class_weights", "none"], "balanced": ["--class_weights", "balanced"]}
 METRICS = ("eval_accuracy", "eval_macro_f1", "test_accuracy", "test_macro_f1", "test_f1_positive")
-COMMON = ["--unfreeze_last", "2", "--save_strategy", "no"]
+COMMON = ["--unfreeze_last", "2", "--save_strategy", "no", "--num_train_epochs", "1"]  # what was measured
 
 
 def run_once(case_args: list[str], seed: int, output_dir: Path, quick: bool, model: str | None, env: dict) -> dict:

@@ -47,7 +47,8 @@ def run_engine(name: str, launch: list[str] | None, workdir: Path, args, env: di
     data = ["--demo_train_samples", "64", "--demo_test_samples", "32", "--max_steps", "2"] if args.quick else [
         "--demo_train_samples", "2000"]  # fmt: skip
     model = ["--model_name_or_path", args.model_name_or_path] if args.model_name_or_path else []
-    argv = ["--unfreeze_last", "2", "--per_device_train_batch_size", str(32 // ranks), *data, *model,
+    argv = ["--unfreeze_last", "2", "--num_train_epochs", "1", "--per_device_train_batch_size", str(32 // ranks),
+            *data, *model,
             "--output_dir", str(output_dir), "--overwrite_output_dir", "--eval_strategy", "no",
             "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
     script = str(ROOT / "recipes/bert_cls.py")

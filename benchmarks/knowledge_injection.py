@@ -86,6 +86,7 @@ def arms(sources: list[str]) -> list[tuple[str, str]]:
 
 def run_arm(mode: str, source: str, train_size: int, seed: int, files: dict, workdir: Path, env: dict) -> dict:
     argv = ["--inject", mode, "--seed", str(seed), "--demo_train_samples", str(drawn_tweets(train_size)),
+            "--num_train_epochs", "1",
             "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1000"]  # fmt: skip
     if source in files:
         argv += ["--knowledge_file", str(files[source])]

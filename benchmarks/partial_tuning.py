@@ -3,7 +3,12 @@
     python benchmarks/partial_tuning.py                      # bert_cls.py (~25 min on 2 CPU cores)
     python benchmarks/partial_tuning.py --recipe knowledge   # knowledge_cls.py (--inject add), same grid
     python benchmarks/partial_tuning.py --recipe image       # image_cls.py (EfficientNet-Lite0 on MNIST)
+    python benchmarks/partial_tuning.py --epochs auto        # the text LRs revalidated under --num_train_epochs auto
     python benchmarks/partial_tuning.py --quick              # smoke run: a tiny model, a few steps (the test uses it)
+
+``--epochs auto``: every run stops on validation (the recipes' default since the convergence issue) instead of one
+epoch; the text grid is the old winner and its neighbours (the top 2 layers from the frozen-prefix cache, then the
+decay under full fine-tuning), and the results go to RESULTS/partial_tuning_auto.md.
 
 Protocol. Each stage runs a small grid on seeds 42 and 43 and keeps the setting with the best mean validation
 accuracy; a later stage starts from the earlier stage's choice. Choosing reads ``eval_*`` only. The defaults are
@@ -33,7 +38,8 @@ from run_benchmarks import ROOT, parse_benchmark_args, run_recipe
 SWEEP_SEEDS, FINAL_SEEDS = (42, 43), (42, 43, 44)
 SCRIPTS = {"text": "recipes/bert_cls.py", "knowledge": "recipes/knowledge_cls.py", "image": "recipes/image_cls.py"}
 DATA = {
-    "text": ["--demo_train_samples", "2000", "--validation_split_percentage", "20", "--demo_test_samples", "1000"],
+    "text": ["--demo_train_samples", "2000", "--validation_split_percentage", "20", "--demo_test_samples", "1000",
+             "--num_train_epochs", "1"],
     "image": ["--demo_train_samples", "2000", "--validation_split_percentage", "20", "--demo_test_samples", "1000",
               "--num_train_epochs", "2"],
 }  # fmt: skip
@@ -88,6 +94,17 @@ STAGES: dict[str, list[Stage]] = {
         Stage("layer decay at full fine-tuning", lambda chosen: _with_decay(chosen, ("0.5", "0.65", "0.8", "1"))),
     ],
     # the old defaults and the text sweep's winner, with their neighbours (the 2 cores allowed no more)
+    # --epochs auto: the one-epoch winner (1e-3 / 3e-3 / 0.65) and its neighbours; last-2 trains from the cache
+    "text_auto": [
+        Stage(
+            "LRs at --unfreeze-last 2 (cached), auto",
+            lambda _: {
+                name + ", cached": [*flags, "--cache_frozen"]
+                for name, flags in _lr_grid("2", ("3e-4", "1e-3"), ("1e-3", "3e-3"), "0.65").items()
+            },
+        ),
+        Stage("layer decay at full fine-tuning, auto", lambda chosen: _with_decay(chosen, ("0.5", "0.65", "0.8"))),
+    ],
     "knowledge": [
         Stage("LRs at --unfreeze-last 2", lambda _: _lr_grid("2", ("3e-4", "1e-3"), ("1e-3", "3e-3"), "0.65"))
     ],
@@ -107,7 +124,11 @@ def run_one(recipe: str, config: str, flags: list[str], seed: int, workdir: Path
     if args.quick and recipe == "image":
         quick = ["--model_name_or_path", "test_resnet"]
     data = (QUICK_DATA if args.quick else DATA)[recipe]
-    argv = [*flags, *data, *quick, "--seed", str(seed), "--eval_strategy", "no", "--save_strategy", "no"]
+    if getattr(args, "epochs", "1") == "auto":  # stop on validation: evaluations stay on, the epoch count goes
+        data = [t for i, t in enumerate(data) if "--num_train_epochs" not in (t, data[i - 1] if i else None)]
+        argv = [*flags, *data, *quick, "--seed", str(seed), "--num_train_epochs", "auto"]
+    else:
+        argv = [*flags, *data, *quick, "--seed", str(seed), "--eval_strategy", "no", "--save_strategy", "no"]
     output_dir = workdir / f"run_{abs(hash((recipe, config, seed)))}"
     metrics, trainable = run_recipe(SCRIPTS[recipe], argv, output_dir, env)
     return {
@@ -195,16 +216,19 @@ def main(argv: list[str] | None = None) -> Path:
     def own_flags(parser) -> None:
         parser.add_argument("--recipe", choices=list(SCRIPTS), default="text", help="Whose defaults to choose.")
         parser.add_argument("--workers", type=int, default=2, help="Runs at a time (one torch thread each).")
+        parser.add_argument("--epochs", choices=("1", "auto"), default="1", help="Text: one epoch, or auto.")
 
     args, env = parse_benchmark_args(__doc__, argv, own_flags)
     recipe = args.recipe
+    stages_key = "text_auto" if recipe == "text" and args.epochs == "auto" else recipe
     env["OMP_NUM_THREADS"] = "1"  # two runs share the 2 cores; one thread each keeps them steady
-    stem = "partial_tuning" + ("" if recipe == "text" else f"_{recipe}") + ("_quick" if args.quick else "")
+    stem = "partial_tuning" + ("" if recipe == "text" else f"_{recipe}") + ("_auto" if args.epochs == "auto" else "")
+    stem += "_quick" if args.quick else ""
     args.results_dir.mkdir(parents=True, exist_ok=True)
     log = args.results_dir / f"{stem}_runs.jsonl"
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     command = "python benchmarks/partial_tuning.py" + ("" if recipe == "text" else f" --recipe {recipe}")
-    command += " --quick" if args.quick else ""
+    command += (" --epochs auto" if args.epochs == "auto" else "") + (" --quick" if args.quick else "")
 
     with tempfile.TemporaryDirectory(prefix="ftpeft-sweep-") as workdir, ThreadPoolExecutor(args.workers) as pool:
 
@@ -227,7 +251,7 @@ def main(argv: list[str] | None = None) -> Path:
 
         chosen_flags: list[str] = []
         stages = []
-        for stage in STAGES[recipe]:
+        for stage in STAGES[stages_key]:
             configs = stage.configs(chosen_flags)
             if args.quick:  # the smoke run checks the protocol, not the grid
                 configs = dict(list(configs.items())[:2])

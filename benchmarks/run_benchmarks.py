@@ -116,7 +116,8 @@ def case_argv(case: Case, output_dir: Path, cache_dir: Path, quick: bool, model:
         argv = ["--model", model or _default_model(), "--output_dir", str(output_dir), "--batch_size", BATCH_SIZE,
                 "--train_samples", "64" if quick else "2000", "--test_samples", "32" if quick else "1000"]  # fmt: skip
         return argv + case.args + (["--max_steps", "2"] if quick else [])
-    argv = [*case.args, "--output_dir", str(output_dir), "--overwrite_output_dir",
+    # one epoch unless the case says otherwise: what these figures measured (the recipes' default is auto now)
+    argv = ["--num_train_epochs", "1", *case.args, "--output_dir", str(output_dir), "--overwrite_output_dir",
             "--eval_strategy", "no", "--save_strategy", "no", "--activation_cache_dir", str(cache_dir),
             "--demo_train_samples", "64" if quick else "2000", "--demo_test_samples", "32" if quick else "1000",
             "--per_device_train_batch_size", BATCH_SIZE]  # fmt: skip

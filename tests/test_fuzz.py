@@ -89,7 +89,11 @@ def choices(values, invalid=("", "x", "ALL", "none ", "1.5")) -> st.SearchStrate
 TRAINER_FLAGS = {
     "learning_rate": numbers(st.floats(1e-6, 1.0)),
     "weight_decay": numbers(st.floats(0, 1)),
-    "num_train_epochs": numbers(st.floats(0.01, 0.1), cap=0.1),
+    "num_train_epochs": st.one_of(numbers(st.floats(0.01, 0.1), cap=0.1), choices(["auto", "AUTO"], ("aut", "auto1"))),
+    "early_stopping_patience": numbers(st.integers(1, 3), cap=10**4),
+    "auto_max_epochs": numbers(st.floats(0.01, 0.1), cap=0.1),
+    "auto_max_steps": numbers(st.sampled_from([1, 2]), cap=2),
+    "metric_for_best_model": choices(["accuracy", "eval_macro_f1", "loss"], ("bleu", "", "eval_")),
     "max_steps": numbers(st.sampled_from([1, 2]), cap=2),
     "per_device_train_batch_size": numbers(st.integers(1, 64), cap=10**4),
     "per_device_eval_batch_size": numbers(st.integers(1, 64), cap=10**4),

