@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> Path:
     rows = []
     for name, load in sets.items():
         texts = load()
-        lengths = token_lengths(DatasetDict({"train": Dataset.from_dict({"text": texts})}), tokenizer, ["text"])["train"]
+        lengths = token_lengths(DatasetDict({"train": Dataset.from_dict({"text": texts})}), tokenizer, ["text"])[
+            "train"
+        ]
         used, why = resolve_max_seq_length("auto", lengths, limit, model)
         ordered = sorted(lengths)
         rows.append(
@@ -82,8 +84,10 @@ def main(argv: list[str] | None = None) -> Path:
     lines = [
         "# `--max_seq_length auto` on real training splits",
         "",
-        f"Command: `python benchmarks/seq_length.py`; tokenizer of {Path(model).name} (MiniLM, {limit} positions). "
-        f"Load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (tokenisation only: not a timing).",
+        (
+            f"Command: `python benchmarks/seq_length.py`; tokenizer of {Path(model).name} (MiniLM, {limit} positions). "
+            f"Load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (tokenisation only: not a timing)."
+        ),
         "",
         "| set | training rows | tokens p50 / p99 / max | auto | cut at auto | cut at the old 64 | longer than the model |",
         "|---|---|---|---|---|---|---|",
