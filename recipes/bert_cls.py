@@ -22,6 +22,9 @@ Features (flag):
 - a data-quality report per split: rows read, dropped (blank text, no label), duplicates (--drop_duplicates
   drops them), rows also in train (leakage), labels, the share cut at --max_seq_length; --strict_data fails
   on any drop or leakage
+- trains until validation stops improving (--num_train_epochs auto, the default: --early_stopping_patience,
+  --auto_max_epochs, --metric_for_best_model) and keeps the best checkpoint; --num_train_epochs N trains N epochs
+- truncates at the training texts' 99th-percentile token length (--max_seq_length auto, the default)
 - every TrainingArguments flag (--learning_rate, --bf16, --push_to_hub, --report_to, ...)
 
 Writes to --output_dir: the model + tokenizer (or adapter), run_args.yaml, freeze_report.json,

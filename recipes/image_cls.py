@@ -30,7 +30,8 @@ Features (flag):
   (--image_size, --crop_pct, --interpolation, --mean, --std, --hflip, --crop_scale_min, --color_jitter,
   --rotation_degrees). The demo digits use the demo config (64 px, no crop, no flip: DEMO_IMAGE_DEFAULTS);
   resolved_settings.json records each value and its source
-- every TrainingArguments flag (--num_train_epochs, --bf16, --push_to_hub, --report_to, ...)
+- trains until validation stops improving (--num_train_epochs auto, the default) and keeps the best checkpoint
+- every TrainingArguments flag (--num_train_epochs N, --bf16, --push_to_hub, --report_to, ...)
 
 Writes to --output_dir: model.safetensors + config.json (timm format, with the evaluation transform's data
 config: reload with timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)), run_args.yaml,
