@@ -164,3 +164,24 @@ def test_an_auto_run_resumes_with_its_patience_counter_and_best_score(tiny_bert_
     }
     assert resumed["eval_accuracy"] == pytest.approx(reference["eval_accuracy"])
     assert resumed["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cpu_ddp.yaml", "fsdp_cpu.yaml"])
+def test_an_auto_run_on_two_cpu_ranks_stops_on_every_rank_at_the_same_step(
+    tiny_bert_dir, text_csv_dir, tmp_path, config
+):
+    """DDP and FSDP2: both ranks read the same gathered validation scores, so they stop together, and the saved
+    model is the best evaluation's (its validation accuracy is the best one recorded)."""
+    from helpers import ROOT, accelerate_bin, run
+
+    out = tmp_path / "run"
+    argv = auto_argv(tiny_bert_dir, text_csv_dir, out, "--early_stopping_patience", "1", "--auto_max_epochs", "4")
+    launch = [accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs" / config)]
+    result = run([*launch, str(ROOT / "recipes" / "bert_cls.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
+    assert record["plan"]["epoch_steps"] == 4  # 64 rows, 2 ranks x batch 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] == pytest.approx(record["best_metric"])
+    assert result.stdout.count("stopped at step") + result.stderr.count("stopped at step") >= 1
