@@ -498,3 +498,18 @@ def test_knowledge_carries_a_signal_the_text_lacks_to_entities_never_trained_on(
         metrics = knowledge_cls.main(argv)
         accuracy[inject] = metrics["test_accuracy"]
     assert accuracy["concat"] >= 0.9 and accuracy["none"] <= 0.7, accuracy
+
+
+def test_an_auto_run_stops_on_validation_and_records_where(tiny_bert, tmp_path):
+    """knowledge_cls under --num_train_epochs auto (its default): evaluations at the auto cadence, the best kept."""
+    data = write_knowledge_dataset(tmp_path / "train.jsonl")
+    kb = write_glove(tmp_path / "kb.txt")
+    argv = _recipe_argv(tiny_bert, data, tmp_path / "run", "--inject", "concat", "--knowledge_file", str(kb),
+                        "--entity_column", "entities", "--early_stopping_patience", "1", "--auto_max_epochs", "3")  # fmt: skip
+    for flag in ("--max_steps", "--eval_strategy", "--save_strategy"):
+        at = argv.index(flag)
+        del argv[at : at + 2]
+    metrics = knowledge_cls.main([*argv, "--num_train_epochs", "auto"])
+    record = json.loads((tmp_path / "run" / "resolved_settings.json").read_text())["stopping"]["used"]
+    assert 1 <= record["best_step"] <= record["stopped_step"] <= record["plan"]["cap_steps"]
+    assert metrics["eval_accuracy"] == pytest.approx(record["best_metric"])
