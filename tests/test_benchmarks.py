@@ -45,13 +45,18 @@ def test_quick_benchmark_writes_table_chart_and_ratios(tiny_minilm_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_quick_defaults_sweep_chooses_on_validation_and_scores_test_only_for_the_chosen(tiny_minilm_dir, tmp_path):
+@pytest.mark.parametrize("epochs, stem, stages", [("1", "partial_tuning_quick", "text"),
+                                                  ("auto", "partial_tuning_auto_quick", "text_auto")])  # fmt: skip
+def test_quick_defaults_sweep_chooses_on_validation_and_scores_test_only_for_the_chosen(
+    tiny_minilm_dir, tmp_path, epochs, stem, stages
+):
     import partial_tuning
 
-    path = partial_tuning.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
-    data = json.loads((tmp_path / "partial_tuning_quick.json").read_text())
+    path = partial_tuning.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path),
+                                "--epochs", epochs])  # fmt: skip
+    data = json.loads((tmp_path / f"{stem}.json").read_text())
     runs = data["runs"]
-    assert [stage["name"] for stage in data["stages"]] == [stage.name for stage in partial_tuning.STAGES["text"]]
+    assert [stage["name"] for stage in data["stages"]] == [stage.name for stage in partial_tuning.STAGES[stages]]
     for stage in data["stages"]:
         assert stage["chosen"] == partial_tuning.choose(runs, stage["configs"], partial_tuning.SWEEP_SEEDS)
     # the second stage starts from the first stage's LRs
@@ -164,3 +169,21 @@ def test_quick_readout_benchmark_runs_both_readouts_and_the_feature_route(tiny_m
     assert [run["case"] for run in runs] == list(readout.CASES)
     assert all(0 <= run["test_accuracy"] <= 1 and run["wall_s"] > 0 for run in runs)
     assert "mean-pooled features + logistic regression" in path.read_text()
+
+
+@pytest.mark.slow
+def test_quick_epochs_benchmark_compares_auto_with_the_fixed_count_chosen_on_validation(tiny_minilm_dir, tmp_path):
+    import epochs
+
+    path = epochs.main(["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path)])
+    data = json.loads((tmp_path / "epochs_quick.json").read_text())
+    assert {(row["set"], row["rung"]) for row in data["rows"]} == {
+        ("tweets500", "last2"),
+        ("tweets500", "full"),
+        ("mnist", "last2"),
+    }
+    for row in data["rows"]:
+        chosen = max(row["fixed"].items(), key=lambda item: (item[1][0], -float(item[0])))  # validation decides
+        assert row["chosen_epochs"] == chosen[0] and row["chosen_test"] == chosen[1][1]
+        assert row["auto_steps"] > 0 and row["time_ratio"] > 0
+    assert "| tweets500 | last2 |" in path.read_text() and (tmp_path / "epochs_quick.png").is_file()
