@@ -566,3 +566,88 @@ def mean_test_loss(model, tokenizer, csv_path) -> float:
     labels = torch.tensor([label2id[name] for name in frame["label"]])
     with torch.no_grad():
         return torch.nn.functional.cross_entropy(model.eval()(**inputs).logits, labels).item()
+
+
+# --- preemption: signals this process sends itself at chosen points of training (test only) ------------------------
+
+
+def signal_at(plan: list[dict], trainer):
+    """A TrainerCallback that sends this process each signal of ``plan`` once, at its point: ``{"signal": "TERM",
+    "at": "train_begin" | "step_end" | "prediction" | "save", "step": N, "batch": B, "rank": R}`` ("prediction": the
+    B-th batch of the evaluation at step N; "save": inside the save of checkpoint-N, between the weights and the
+    optimizer; "rank": only that rank). An entry with "pause_until": PATH instead writes the file "paused" and waits
+    there until PATH exists (a test then signals the process, or its launcher, from outside at a known step).
+    Refuses (AssertionError) to send a signal nothing handles."""
+    import signal
+    import time
+
+    from transformers import TrainerCallback
+
+    pending = [dict(entry) for entry in plan]
+
+    def fire(at: str, step: int, batch: int | None = None) -> None:
+        for entry in pending:
+            if entry.get("done") or entry["at"] != at or entry.get("step", step) != step:
+                continue
+            if entry.get("batch", batch) != batch or entry.get("rank", trainer.args.process_index) != (
+                trainer.args.process_index
+            ):
+                continue
+            entry["done"] = True
+            if "pause_until" in entry:
+                Path(entry["paused"]).write_text(str(os.getpid()))
+                deadline = time.time() + 120
+                while not Path(entry["pause_until"]).exists() and time.time() < deadline:
+                    time.sleep(0.02)
+                continue
+            sig = getattr(signal, "SIG" + entry["signal"])
+            assert signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN, None), f"nothing handles {sig!r}"
+            os.kill(os.getpid(), sig)
+
+    class SignalAt(TrainerCallback):
+        batches = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            fire("train_begin", state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.batches = 0
+            fire("step_end", state.global_step)
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            self.batches += 1
+            fire("prediction", state.global_step, self.batches)
+
+    save = trainer._save_optimizer_and_scheduler
+
+    def save_with_signal(output_dir):
+        fire("save", trainer.state.global_step)
+        return save(output_dir)
+
+    trainer._save_optimizer_and_scheduler = save_with_signal
+    return SignalAt()
+
+
+@contextlib.contextmanager
+def signals_during_training(plan: list[dict]):
+    """Within the block, every ftpeft run's training gets the ``signal_at(plan)`` callback (before ftpeft's own)."""
+    from ftpeft.core.lifecycle import Run
+
+    train = Run.train
+
+    def train_with_signals(self, trainer):
+        trainer.add_callback(signal_at(plan, trainer))
+        return train(self, trainer)
+
+    Run.train = train_with_signals
+    try:
+        yield
+    finally:
+        Run.train = train
+
+
+def run_recipe_with_signals(plan: list[dict], recipe: str, argv: list[str]) -> None:
+    """``python recipes/<recipe>.py *argv`` with ``signals_during_training(plan)`` (for a subprocess or a launch)."""
+    sys.argv = [str(RECIPES / f"{recipe}.py"), *argv]
+    with signals_during_training(plan):
+        runpy.run_path(sys.argv[0], run_name="__main__")

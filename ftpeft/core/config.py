@@ -24,6 +24,7 @@ from transformers import HfArgumentParser
 
 from ftpeft.core.errors import FtpeftError, redact
 from ftpeft.core.outputs import atomic_write_text
+from ftpeft.core.preemption import DEFAULT_SIGNALS, parse_signals
 from ftpeft.core.validation import (
     COUNT,
     NON_NEGATIVE,
@@ -83,6 +84,14 @@ class RunArguments:
             "range": COUNT,
         },
     )
+    preemption_signals: str = dataclasses.field(
+        default=DEFAULT_SIGNALS,
+        metadata={
+            "help": "Signals that stop training at a checkpoint (after the current optimizer step, or within a few "
+            "evaluation batches), every rank at the same step, and exit 75 (EX_TEMPFAIL) leaving "
+            "OUTPUT_DIR/.preempted; --resume_from_checkpoint auto continues. Comma-separated names (TERM,USR1), or none."
+        },
+    )
     # filled by parse_args, never flags: whether --num_train_epochs was 'auto', and which fields the command line
     # or --config set (as opposed to a dataclass's or the recipe's default)
     auto_epochs: bool = dataclasses.field(default=False, init=False)
@@ -90,6 +99,7 @@ class RunArguments:
 
     def __post_init__(self):
         check_fields(self)
+        parse_signals(self.preemption_signals)  # names the flag when a name is not a signal a run can catch
 
 
 @dataclasses.dataclass

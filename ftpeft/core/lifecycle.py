@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,12 +24,14 @@ import numpy as np
 from ftpeft.core.card import RunSummary, write_model_card
 from ftpeft.core.config import RunArguments, command_line, save_resolved_config
 from ftpeft.core.curves import CURVE_FILE, GroupLearningRates, save_learning_curve
-from ftpeft.core.data_report import DataReport
+from ftpeft.core.data_report import DATA_REPORT_FILE, DataReport
 from ftpeft.core.engine import EngineReport, check_engine
 from ftpeft.core.freezing import FreezeReport, count_parameters
 from ftpeft.core.hub import PushTarget, push_run, validate_push_args
+from ftpeft.core.lock import LOCK_FILE, OutputLock
 from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
 from ftpeft.core.outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
+from ftpeft.core.preemption import PREEMPTED_FILE, PreemptionGuard, clear_preempted, resume_argv
 from ftpeft.core.settings import SETTINGS_FILE, derived_settings, resolve_settings
 from ftpeft.core.stopping import (
     StoppingPlan,
@@ -48,6 +51,19 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 REPORT_FILE = "classification_report.md"
 LABEL_NAMES_FILE = "label_names.json"  # next to a LoRA adapter: its base model's config does not know the labels
 STAGING_DIR = ".ftpeft-staging"
+# what a run writes to --output_dir before its first checkpoint: --resume_from_checkpoint auto starts afresh in a dir
+# holding only these (a run preempted before its first checkpoint; skipped_images.txt is ftpeft.vision.data.SKIPPED_FILE)
+PRE_TRAINING_FILES = frozenset(
+    {
+        RUN_ARGS_FILE,
+        SETTINGS_FILE,
+        DATA_REPORT_FILE,
+        "freeze_report.json",
+        "skipped_images.txt",
+        PREEMPTED_FILE,
+        LOCK_FILE,
+    }
+)
 
 
 def setup_logging(training_args) -> None:
@@ -92,6 +108,8 @@ class Run:
     train_runtime_s: float | None = None
     group_lrs: GroupLearningRates = dataclasses.field(default_factory=GroupLearningRates)
     data_report: DataReport | None = None  # data_report.json and the card's data table
+    preemption: PreemptionGuard | None = None  # --preemption_signals: stop at a checkpoint, exit 75
+    lock: OutputLock | None = None  # rank 0's hold on --output_dir (OUTPUT_DIR/.ftpeft.lock)
 
     @property
     def output_dir(self) -> Path:
@@ -100,6 +118,18 @@ class Run:
     @property
     def is_main(self) -> bool:
         return self.training_args.process_index == 0
+
+    def hold_output_dir(self) -> None:
+        """Rank 0 takes the output dir's lock (once): a second run on it is refused while this one lives."""
+        if self.lock is None and self.is_main:
+            self.lock = OutputLock.acquire(self.output_dir)
+
+    def release(self) -> None:
+        """The run is over (finished, stopped or failed): let go of the output dir and the preemption signals."""
+        if self.lock is not None:
+            self.lock.release()
+        if self.preemption is not None:
+            self.preemption.restore()
 
     def record(self, name: str, given: Any, used: Any, why: str) -> None:
         """A choice the job made beyond TrainingArguments (a readout, class weights): logged, and kept in
@@ -133,6 +163,7 @@ class Run:
         """run_args.yaml (reruns with --config), resolved_settings.json, freeze_report.json, data_report.json."""
         if not self.training_args.should_save:
             return
+        self.hold_output_dir()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_resolved_config(self.output_dir / RUN_ARGS_FILE, self.config)
         write_json(self.output_dir / SETTINGS_FILE, self.settings)
@@ -142,7 +173,9 @@ class Run:
             self.data_report.save(self.output_dir)
 
     def train(self, trainer) -> dict[str, Any]:
-        """``trainer.train`` (resuming where asked), timed; returns the train_* metrics."""
+        """``trainer.train`` (resuming where asked), timed; returns the train_* metrics. A preemption signal stops it
+        at a checkpoint and exits 75 (``ftpeft.core.preemption``): the run goes no further."""
+        self.hold_output_dir()
         epoch_timer = EpochTimer()
         trainer.add_callback(epoch_timer)
         trainer.add_callback(self.group_lrs)
@@ -150,7 +183,14 @@ class Run:
         if self.stopping is not None:
             trainer.add_callback(early_stopping(self.stopping))
         start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=self.resume_from)
+        try:
+            if self.preemption is None:
+                result = trainer.train(resume_from_checkpoint=self.resume_from)
+            else:
+                result = self.preemption.train(trainer, self.resume_from, self.output_dir)
+        except BaseException:  # preempted (SystemExit 75) or failed: the run ends here
+            self.release()
+            raise
         self.train_runtime_s = time.perf_counter() - start
         metrics = run_metrics(result, epoch_timer)
         if self.stopping is not None:
@@ -197,6 +237,7 @@ class Run:
                 trainer, splits["validation"], splits.get("test"), label_names, self.output_dir, train_metrics
             )
         if not trainer.is_world_process_zero():
+            self.release()
             return metrics
         drawn = save_learning_curve(self.output_dir / CURVE_FILE, trainer.state.log_history, self.group_lrs.history)
         trainable, total = count_parameters(trainer.model)
@@ -222,6 +263,7 @@ class Run:
         if self.push:
             push_run(self.output_dir, self.push, merged=push_merged)
         print(last_word(summary, self.output_dir, self.stop_record))
+        self.release()
         return metrics
 
 
@@ -246,13 +288,26 @@ def start_run(
         training_args.local_process_index,
     )
     check_engine(training_args, flags)
-    check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
-    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    push = validate_push_args(training_args)  # we push once, after everything is saved locally
-    changes = derived_settings(training_args, keep_all_columns=keep_all_columns, push_at_end=push is not None)
-    settings = resolve_settings(training_args, changes)
+    is_main = training_args.process_index == 0
+    # a live run on the same dir is refused first (a dir that does not exist yet is taken at the first write)
+    lock = OutputLock.acquire(training_args.output_dir) if is_main and Path(training_args.output_dir).is_dir() else None
+    try:
+        check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
+        resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, PRE_TRAINING_FILES)
+        push = validate_push_args(training_args)  # we push once, after everything is saved locally
+        changes = derived_settings(training_args, keep_all_columns=keep_all_columns, push_at_end=push is not None)
+        settings = resolve_settings(training_args, changes)
+        jit_checkpoint = getattr(training_args, "enable_jit_checkpoint", False)
+        resume_command = command_line(resume_argv(sys.argv))
+        preemption = PreemptionGuard.start(run_args.preemption_signals, resume_command, jit_checkpoint=jit_checkpoint)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if is_main and lock is not None:
+        clear_preempted(training_args.output_dir)  # a requeue reads it: it belongs to the stop this run continues
     set_seed(training_args.seed)
-    return Run(recipe, config, training_args, resume_from, push, settings, run_args)
+    return Run(recipe, config, training_args, resume_from, push, settings, run_args, preemption=preemption, lock=lock)
 
 
 def save_model_atomically(

@@ -8,12 +8,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ftpeft.core.artifacts import TORCH_SUFFIXES, safetensors_problem, torch_archive_problem, weight_files
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.lock import LOCK_FILE
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -25,7 +26,7 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume_from_checkp
         raise FtpeftError(f"--output_dir {path} is a file, not a directory; choose another --output_dir.")
     if overwrite or resume_from_checkpoint or not path.is_dir():
         return
-    existing = sorted(p.name for p in path.iterdir())
+    existing = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)  # the lock: a live run is refused by it
     if existing:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
         raise FtpeftError(
@@ -87,16 +88,31 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
-def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> str | None:
-    """'auto' -> the latest complete checkpoint in output_dir (or None: start fresh); a path must be complete."""
+def resolve_resume(
+    resume_from_checkpoint: str | None, output_dir: str | Path, fresh_start_files: Iterable[str] = ()
+) -> str | None:
+    """'auto' -> the latest complete checkpoint in output_dir (or None: start fresh); a path must be complete.
+
+    Without a checkpoint, 'auto' starts afresh in an empty output dir, or in one that holds only ``fresh_start_files``
+    (what a run writes before its first checkpoint: a run preempted that early is rerun from the start, and nothing is
+    deleted); anything else there is refused.
+    """
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "auto":
         found = last_complete_checkpoint(output_dir)
-        if found is None and Path(output_dir).is_dir() and any(Path(output_dir).iterdir()):
+        others = {p.name for p in Path(output_dir).iterdir()} - {LOCK_FILE} if Path(output_dir).is_dir() else set()
+        if found is None and others and not others <= set(fresh_start_files):
             raise FtpeftError(
                 f"--resume_from_checkpoint auto: no complete checkpoint in {output_dir}, which is not empty; "
                 "pass --overwrite_output_dir to start afresh there, or choose another --output_dir."
+            )
+        if found is None and others:
+            logging.getLogger("ftpeft").warning(
+                "--resume_from_checkpoint auto: %s holds no checkpoint, only files of a run stopped before its first "
+                "one (%s): starting afresh",
+                output_dir,
+                ", ".join(sorted(others)),
             )
         return str(found) if found else None
     path = Path(resume_from_checkpoint)
