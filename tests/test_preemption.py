@@ -8,7 +8,7 @@ the early-stopping counter), the stopping record and the validation/test metrics
 |---|---|
 | SIGTERM after step 44 (1 process, in this one) | exit 75, checkpoint-44; resumed: the same end |
 | SIGUSR1 during the evaluation at step 40 | abandoned, checkpoint-40 owes it; resumed: it runs first, the same end |
-| SIGTERM at an evaluation's step (40); SIGUSR1 in the last evaluation (48) | the same (48: patience ends the rerun) |
+| SIGTERM at an evaluation's step (40); SIGUSR1 in the last evaluation | the same (the rerun ends at that evaluation) |
 | SIGTERM twice, the second during the save | the same |
 | SIGUSR1 before the first step | exit 75, no checkpoint; ``auto`` starts afresh: the same end |
 | ``--enable_jit_checkpoint`` + SIGTERM | ftpeft's path: exit 75, no final save, test, card or push; the same end |
@@ -57,8 +57,9 @@ from ftpeft.core.preemption import CHECKPOINT_NOTE, PREEMPTED_EXIT_CODE, PREEMPT
 
 bert_cls = load_recipe("bert_cls")
 
-# evaluations every 8 steps (one per epoch of 64 rows); the reference improves until step 32, then patience (2) runs out
-# at step 48; 8 evaluation batches of 2, so an evaluation is looked at after its 4th and 8th batch
+# evaluations every 8 steps (one per epoch of 64 rows); the reference improves until step 32, its patience (2) runs out
+# at step 48 and it stops there or after its cooldown; 8 evaluation batches of 2, so an evaluation is looked at after
+# its 4th and 8th batch
 STOPPING = ["--unfreeze-last", "all", "--learning_rate", "3e-3", "--head_lr", "3e-3", "--layer_decay", "1",
             "--seed", "3", "--early_stopping_patience", "2", "--auto_max_epochs", "8",
             "--per_device_eval_batch_size", "2", "--save_total_limit", "3"]  # fmt: skip
@@ -78,7 +79,8 @@ def reference(tiny_bert_dir, text_csv_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("preemption") / "reference"
     outcome = call_entry_point(bert_cls.main, auto_argv(tiny_bert_dir, text_csv_dir, out))
     assert outcome.code == 0, outcome.stderr[-3000:]
-    assert stop_record(out)["stopped_step"] == 48 and stop_record(out)["best_step"] == 32
+    assert stop_record(out)["converged"] and stop_record(out)["best_step"] == 32
+    assert stop_record(out)["stopped_step"] >= 48 and stop_record(out)["stopped_step"] % 8 == 0
     # a finished run lets go of its dir and of the signals
     assert not (out / LOCK_FILE).exists() and not (out / PREEMPTED_FILE).exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -106,7 +108,7 @@ def trained_state(out: Path) -> dict:
             if "eval_loss" in entry
         ],
         "best": (state["best_metric"], state["best_global_step"]),
-        "patience": state["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"],
+        "callbacks": state["stateful_callbacks"],  # the early-stopping counter among them
         "stop": {key: stop_record(out)[key] for key in ("stopped_step", "best_step", "best_metric", "converged")},
         "metrics": {
             key: value
@@ -141,6 +143,7 @@ def fault(name, signals, step, saved, owed, extra=(), slow=True):
     return pytest.param(signals, extra, (step, saved, owed), id=name, marks=[pytest.mark.slow] if slow else [])
 
 
+LAST = "the reference's last step"  # filled in from the reference run
 TERM_AFTER_44 = [{"signal": "TERM", "at": "step_end", "step": 44}]
 USR1_IN_EVAL_40 = [{"signal": "USR1", "at": "prediction", "step": 40, "batch": 2}]
 TWICE = [*TERM_AFTER_44, {**TERM_AFTER_44[0], "at": "save"}]  # the second inside the save of checkpoint-44
@@ -148,7 +151,7 @@ FAULTS = [
     fault("sigterm-after-a-step", TERM_AFTER_44, 44, True, False, slow=False),
     fault("sigusr1-during-an-evaluation", USR1_IN_EVAL_40, 40, True, True, slow=False),
     fault("sigterm-at-an-evaluation-step", [{"signal": "TERM", "at": "step_end", "step": 40}], 40, True, True),
-    fault("sigusr1-during-the-last-evaluation", [{**USR1_IN_EVAL_40[0], "step": 48, "batch": 6}], 48, True, True),
+    fault("sigusr1-during-the-last-evaluation", [{**USR1_IN_EVAL_40[0], "step": LAST, "batch": 6}], LAST, True, True),
     fault("sigterm-twice-the-second-during-the-save", TWICE, 44, True, False),
     fault("sigusr1-before-the-first-step", [{"signal": "USR1", "at": "train_begin"}], 0, False, False),
     fault("enable-jit-checkpoint-and-sigterm", TERM_AFTER_44, 44, True, False, extra=("--enable_jit_checkpoint",)),
@@ -160,6 +163,9 @@ def test_a_preempted_run_stops_at_a_checkpoint_and_resumes_to_the_same_end(
     reference, tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch, caplog, signals, extra, stop
 ):
     out = tmp_path / "run"
+    last = stop_record(reference)["stopped_step"]
+    signals = [{**entry, "step": last} if entry.get("step") == LAST else entry for entry in signals]
+    stop = (last, *stop[1:]) if stop[0] == LAST else stop
     finishes = []
     finish = Run.finish
     monkeypatch.setattr(
@@ -186,8 +192,8 @@ def test_a_preempted_run_stops_at_a_checkpoint_and_resumes_to_the_same_end(
     # the run never reached its finishing steps: no final save, evaluation, test, card or push
     assert finishes == [] and not [name for name in FINISHING_FILES if (out / name).exists()]
     assert not (out / LOCK_FILE).exists() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    last = [r.getMessage() for r in caplog.records if r.name == "ftpeft"][-1]
-    assert last.startswith(f"preempted by SIG{signals[0]['signal']} at step {step}: ") and "auto" in last
+    last_line = [r.getMessage() for r in caplog.records if r.name == "ftpeft"][-1]
+    assert last_line.startswith(f"preempted by SIG{signals[0]['signal']} at step {step}: ") and "auto" in last_line
 
     resumed = call_entry_point(bert_cls.main, auto_argv(tiny_bert_dir, text_csv_dir, out, *extra,
                                                         "--resume_from_checkpoint", "auto"))  # fmt: skip

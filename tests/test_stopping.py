@@ -133,8 +133,9 @@ def auto_argv(tiny_bert_dir, text_csv_dir, out, *extra):
 def test_an_auto_run_stops_on_validation_and_keeps_the_best_evaluation(tiny_bert_dir, text_csv_dir, tmp_path):
     out = tmp_path / "run"
     metrics = bert_cls.main(
-        auto_argv(tiny_bert_dir, text_csv_dir, out, "--early_stopping_patience", "2", "--auto_max_epochs", "12")
-    )
+        auto_argv(tiny_bert_dir, text_csv_dir, out, "--early_stopping_patience", "2", "--auto_max_epochs", "12",
+                  "--auto_cooldown", "0")
+    )  # fmt: skip
     settings = json.loads((out / "resolved_settings.json").read_text())
     record = settings["stopping"]["used"]
     assert record["stopped_step"] <= 96 and record["best_step"] <= record["stopped_step"]
@@ -185,3 +186,38 @@ def test_an_auto_run_on_two_cpu_ranks_stops_on_every_rank_at_the_same_step(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_accuracy"] == pytest.approx(record["best_metric"])
     assert result.stdout.count("stopped at step") + result.stderr.count("stopped at step") >= 1
+
+
+@pytest.mark.parametrize(
+    "warmup, start, length, expected",
+    [
+        (4, None, 0, {0: 0.0, 2: 0.5, 4: 1.0, 100: 1.0}),  # warm-up, then constant
+        (0, 20, 10, {19: 1.0, 20: 1.0, 25: 0.5, 30: 0.0, 40: 0.0}),  # the cooldown's linear fall to 0
+    ],
+)
+def test_the_lr_multiplier_warms_up_holds_then_cools_down(warmup, start, length, expected):
+    from ftpeft.core.stopping import PlateauStopping
+
+    stopper = PlateauStopping(patience=2, cooldown=0.2, eval_steps=5)
+    stopper._warmup, stopper.cooldown_start, stopper.cooldown_steps = warmup, start, length
+    assert {step: stopper.multiplier(step) for step in expected} == pytest.approx(expected)
+
+
+def test_after_the_plateau_the_lr_anneals_to_zero_and_the_run_stops_at_the_end(tiny_bert_dir, text_csv_dir, tmp_path):
+    out = tmp_path / "run"
+    bert_cls.main(
+        auto_argv(tiny_bert_dir, text_csv_dir, out, "--early_stopping_patience", "1", "--auto_max_epochs", "12",
+                  "--auto_cooldown", "0.5", "--logging_steps", "1")
+    )  # fmt: skip
+    record = json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
+    start = record["cooldown_start"]
+    assert record["converged"] and start is not None
+    # half the steps run so far, in whole evaluation intervals of 8 steps
+    assert record["stopped_step"] - start == max(1, -(-start * 0.5 // 8)) * 8
+    logged = json.loads((out / f"checkpoint-{record['stopped_step']}" / "trainer_state.json").read_text())
+    rates = {entry["step"]: entry["learning_rate"] for entry in logged["log_history"] if "learning_rate" in entry}
+    top = rates[start]  # the constant LR the plateau was reached at, then a linear fall to 0
+    assert rates[record["stopped_step"]] < 0.2 * top and all(
+        rates[step] >= rates[step + 1] for step in range(start, record["stopped_step"])
+    )
+    assert "annealed to 0" in record["reason"]

@@ -31,6 +31,7 @@ from ftpeft.core.validation import (
     PERCENTAGE,
     POSITIVE,
     RULE_KEYS,
+    between,
     check_fields,
     check_training_values,
     rule_text,
@@ -68,6 +69,15 @@ class RunArguments:
         metadata={
             "help": "With --num_train_epochs auto: the least change of the metric that counts as better.",
             "range": NON_NEGATIVE,
+        },
+    )
+    auto_cooldown: float = dataclasses.field(
+        default=0.2,
+        metadata={
+            "help": "With --num_train_epochs auto: once validation stops improving, anneal the LR linearly to 0 over "
+            "this share of the steps run so far, then stop (0: stop at once). Not with an explicit "
+            "--lr_scheduler_type.",
+            "range": between(0, 1),
         },
     )
     auto_max_epochs: float = dataclasses.field(

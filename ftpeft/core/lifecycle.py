@@ -3,7 +3,7 @@
     run = start_run("bert_cls", config, training_args, run_args)     # checks before any work
     run.plan_stopping(len(train))                                     # --num_train_epochs auto, once data is known
     run.save_config(tuning.freeze)                                    # run_args.yaml, resolved_settings.json, ...
-    train_metrics = run.train(trainer)                                # timed, resumable
+    train_metrics = run.train(trainer)                                # timed, resumable; preempted: exit 75
     metrics = run.finish(trainer, splits, label_names, description)   # atomic save, reports, card, push
 
 What differs between jobs (data, model, tuning) stays in the job's own module; this module owns the rest.

@@ -14,7 +14,12 @@ resolved_settings.json):
   ``k = min(4, max(1, S // 25))`` evaluations per epoch: an epoch of fewer than 50 steps is evaluated once, a
   long one up to four times, never more often than every 25 steps. Small data converges in many short epochs;
   large data may peak inside the first one.
-- **patience**: ``--early_stopping_patience`` evaluations (3) without a better ``--metric_for_best_model``.
+- **patience, then a cooldown**: after ``--early_stopping_patience`` evaluations (3) without a better
+  ``--metric_for_best_model`` the LR anneals linearly to 0 over ``--auto_cooldown`` (0.2) of the steps run so far
+  (rounded up to whole evaluation intervals), and the run stops at the end of it. This is the decay phase of a
+  warm-up/stable/decay schedule: a run at a constant LR has not annealed, and a fixed-length run's decay to 0
+  buys it a point or more (``benchmarks/results/epochs.md``: constant LR without the cooldown trailed the best
+  fixed epoch count by 1.4 to 1.6 test points). ``--auto_cooldown 0`` stops at the plateau.
 - **cap**: ``--auto_max_epochs`` (20) and ``--auto_max_steps``, if validation never stops improving.
 - **the best checkpoint**: ``load_best_model_at_end``; its direction comes from the metric registry
   (``ftpeft.core.metrics.METRICS``). The patience counter is restored on resume
@@ -37,7 +42,8 @@ import logging
 import math
 from typing import Any
 
-from transformers import EarlyStoppingCallback
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.metrics import default_metric, metric_spec
@@ -72,13 +78,19 @@ class StoppingPlan:
     cap_steps: int
     metric: str
     greater_is_better: bool
+    cooldown: float = 0.0  # share of the steps so far that anneal the LR to 0 after the plateau (0: stop there)
 
     def describe(self) -> str:
         per_epoch = self.epoch_steps / self.eval_steps
+        then = (
+            f"then anneal the LR to 0 over {self.cooldown:g} of the steps run so far and stop"
+            if self.cooldown
+            else "then stop"
+        )
         return (
-            f"evaluate every {self.eval_steps} steps ({per_epoch:.3g} per epoch of {self.epoch_steps} steps), stop "
-            f"after {self.patience} evaluations without a better validation {self.metric}, at most {self.cap_steps} "
-            "steps; keep the best checkpoint"
+            f"evaluate every {self.eval_steps} steps ({per_epoch:.3g} per epoch of {self.epoch_steps} steps); after "
+            f"{self.patience} evaluations without a better validation {self.metric}, {then}; at most "
+            f"{self.cap_steps} steps; keep the best checkpoint"
         )
 
 
@@ -112,6 +124,8 @@ def plan_auto_epochs(training_args, run_args, train_rows: int) -> StoppingPlan |
         cap_steps=cap_steps,
         metric=spec.name,
         greater_is_better=spec.greater_is_better,
+        # the cooldown reshapes the constant schedule auto chooses; a schedule the user chose is left as it is
+        cooldown=0.0 if "lr_scheduler_type" in given else run_args.auto_cooldown,
     )
 
 
@@ -156,23 +170,113 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def early_stopping(plan: StoppingPlan) -> EarlyStoppingCallback:
-    """transformers' own early stopping, as ``plan`` sets it (a stock callback: Trainer saves its patience counter in
-    every checkpoint and restores it, as a new object, on resume)."""
-    return EarlyStoppingCallback(early_stopping_patience=plan.patience, early_stopping_threshold=plan.threshold)
+class PlateauStopping(TrainerCallback, ExportableState):
+    """Early stopping with a cooldown: after ``patience`` evaluations without a better metric (more than
+    ``threshold``, compared with ``state.best_metric`` as transformers' EarlyStoppingCallback does), the LR multiplier
+    falls linearly from 1 to 0 over ``cooldown`` of the steps so far (whole evaluation intervals), and training stops
+    at the evaluation that ends it. With ``cooldown`` 0 it stops at the plateau, as EarlyStoppingCallback would.
+
+    Its state (counter, cooldown start and length) is an ``ExportableState``: Trainer saves it in every checkpoint and
+    restores it on resume (``restore_callback_states_from_checkpoint``). The multiplier is installed on the Trainer's
+    ``LambdaLR`` (warm-up then 1, the ``constant_with_warmup`` shape) as a plain function of the step, which the
+    scheduler's checkpoint does not store and every resume installs again.
+    """
+
+    def __init__(
+        self, patience: int, threshold: float = 0.0, cooldown: float = 0.0, eval_steps: int = 1, greater: bool = True
+    ):
+        self.patience, self.threshold, self.cooldown = patience, threshold, cooldown
+        self.eval_steps, self.greater = eval_steps, greater
+        self.counter = 0  # evaluations since the last better one
+        self.cooldown_start: int | None = None
+        self.cooldown_steps = 0
+        self.stopped = False  # patience ran out (and the cooldown, if any, ended): converged
+        self._warmup = 0
+
+    @classmethod
+    def for_plan(cls, plan: StoppingPlan) -> PlateauStopping:
+        return cls(plan.patience, plan.threshold, plan.cooldown, plan.eval_steps, plan.greater_is_better)
+
+    def state(self) -> dict:
+        return {
+            "args": {
+                "patience": self.patience,
+                "threshold": self.threshold,
+                "cooldown": self.cooldown,
+                "eval_steps": self.eval_steps,
+                "greater": self.greater,
+            },
+            "attributes": {
+                "counter": self.counter,
+                "cooldown_start": self.cooldown_start,
+                "cooldown_steps": self.cooldown_steps,
+                "stopped": self.stopped,
+            },
+        }
+
+    def multiplier(self, step: int) -> float:
+        """The LR multiplier at optimizer step ``step``: warm-up, 1, then the cooldown's linear fall to 0."""
+        if step < self._warmup:
+            return step / max(1, self._warmup)
+        if self.cooldown_start is None or step < self.cooldown_start:
+            return 1.0
+        return max(0.0, 1.0 - (step - self.cooldown_start) / max(self.cooldown_steps, 1))
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        if self.cooldown and lr_scheduler is not None and hasattr(lr_scheduler, "lr_lambdas"):
+            self._warmup = args.get_warmup_steps(state.max_steps)
+
+            def schedule(step: int) -> float:  # a function: LambdaLR's state_dict leaves it out
+                return self.multiplier(step)
+
+            lr_scheduler.lr_lambdas = [schedule] * len(lr_scheduler.lr_lambdas)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        key = args.metric_for_best_model
+        value = (metrics or {}).get(key if key.startswith("eval_") else f"eval_{key}")
+        if value is None:
+            return
+        better = state.best_metric is None or (
+            (value > state.best_metric if self.greater else value < state.best_metric)
+            and abs(value - state.best_metric) > self.threshold
+        )
+        self.counter = 0 if better else self.counter + 1
+        if self.cooldown_start is not None:  # the cooldown runs to its end; the best evaluation is kept anyway
+            if state.global_step >= self.cooldown_start + self.cooldown_steps:
+                self.stopped = control.should_training_stop = True
+            return
+        if self.counter >= self.patience:
+            if not self.cooldown:
+                self.stopped = control.should_training_stop = True
+                return
+            intervals = math.ceil(self.cooldown * state.global_step / self.eval_steps)
+            self.cooldown_start, self.cooldown_steps = state.global_step, max(1, intervals) * self.eval_steps
+            logger.info(
+                "validation %s has not improved for %d evaluations: annealing the LR to 0 over %d steps, then stopping",
+                key,
+                self.counter,
+                self.cooldown_steps,
+            )
+
+
+def early_stopping(plan: StoppingPlan) -> PlateauStopping:
+    """The callback that stops an auto run as ``plan`` says (patience, then the cooldown)."""
+    return PlateauStopping.for_plan(plan)
 
 
 def stop_record(plan: StoppingPlan, trainer) -> dict[str, Any]:
     """When and why ``trainer``'s run stopped, and where its best evaluation was (what the saved model is)."""
     state = trainer.state
-    counters = [
-        cb.early_stopping_patience_counter
-        for cb in trainer.callback_handler.callbacks
-        if isinstance(cb, EarlyStoppingCallback)
-    ]
-    patience_ran_out = bool(counters) and counters[0] >= plan.patience
+    stoppers = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PlateauStopping)]
+    stopper = stoppers[0] if stoppers else None
+    converged = bool(stopper and stopper.stopped)
     best_step = state.best_global_step or state.global_step
-    if patience_ran_out:
+    if converged and stopper.cooldown_start is not None:
+        reason = (
+            f"{plan.patience} evaluations without a better validation {plan.metric} by step {stopper.cooldown_start}, "
+            f"then the LR annealed to 0 over {stopper.cooldown_steps} steps"
+        )
+    elif converged:
         reason = f"{plan.patience} evaluations without a better validation {plan.metric}"
     elif state.global_step >= plan.cap_steps:
         reason = f"the cap of {plan.cap_steps} steps, still improving (not converged)"
@@ -186,7 +290,8 @@ def stop_record(plan: StoppingPlan, trainer) -> dict[str, Any]:
         "best_metric": state.best_metric,
         "metric": plan.metric,
         "reason": reason,
-        "converged": patience_ran_out,
+        "converged": converged,
+        "cooldown_start": stopper.cooldown_start if stopper else None,
         "plan": dataclasses.asdict(plan),
     }
 

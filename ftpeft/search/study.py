@@ -19,7 +19,7 @@ from torch import nn
 from ftpeft.core.metrics import metric_spec
 from ftpeft.core.param_groups import build_param_groups
 from ftpeft.core.settings import resolve_settings
-from ftpeft.core.stopping import StoppingPlan, auto_epoch_changes, early_stopping
+from ftpeft.core.stopping import PlateauStopping, StoppingPlan, auto_epoch_changes, early_stopping
 from ftpeft.core.trainer import FtpeftTrainer
 from ftpeft.search.space import SearchSpace
 
@@ -101,7 +101,9 @@ class SearchTrainer(FtpeftTrainer):
     def train(self, *args, trial=None, **kwargs):
         if self.plan is None:
             return super().train(*args, trial=trial, **kwargs)
-        self.stopper.early_stopping_patience_counter = 0  # a fresh patience for every trial
+        self.stopper = early_stopping(self.plan)  # a fresh patience and cooldown for every trial
+        self.callback_handler.remove_callback(PlateauStopping)
+        self.add_callback(self.stopper)
         evaluations: list[tuple[int, float]] = []
         self.evaluations = evaluations
         result = super().train(*args, trial=trial, **kwargs)
