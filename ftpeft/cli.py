@@ -42,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]):
+    """One ``ftpeft`` command's arguments, parsed by the parser that runs it, without running it: the ladder's
+    (modality, flags), predict's PredictArguments, or the namespace of push / app."""
+    if argv[:1] == ["ladder"]:
+        from ftpeft.ladder.run import parse_ladder_args
+
+        return parse_ladder_args(argv[1:])
+    if argv[:1] == ["predict"]:
+        from ftpeft.predict.job import parse_predict_args
+
+        return parse_predict_args(argv[1:])
+    return _parser().parse_args(argv)
+
+
 @run_cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -55,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         predict_main(argv[1:])
         return 0
-    args = _parser().parse_args(argv)
+    args = parse(argv)
     if args.command == "app":
         from ftpeft.app.page import serve
 

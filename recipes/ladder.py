@@ -24,8 +24,17 @@ from __future__ import annotations
 from ftpeft.core.errors import run_cli
 
 
+def parse(argv: list[str] | None = None):
+    """(modality, parsed flags) of a ladder command, without running it."""
+    import sys
+
+    from ftpeft.ladder.run import parse_ladder_args  # the parser depends on --modality, so it lives with the ladder
+
+    return parse_ladder_args(list(sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    from ftpeft.ladder.run import run_ladder  # the parser depends on --modality, so it lives with the ladder
+    from ftpeft.ladder.run import run_ladder
 
     return run_ladder(argv)
 

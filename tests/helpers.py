@@ -108,6 +108,24 @@ def launch_recipe_on_two_cpu_ranks(name: str, *args: str) -> subprocess.Complete
     return run([accelerate_bin(), "launch", "--config_file", str(config), str(RECIPES / f"{name}.py"), *args])
 
 
+# SLURM templates run with stand-ins: srun starts its command once per node, scontrol names the allocation's nodes
+FAKE_SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done  # srun's own options
+for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@"; done
+"""
+FAKE_SCONTROL = '#!/bin/bash\n[ "$*" = "show hostnames gpu[07-09]" ] && printf "gpu07\\ngpu08\\ngpu09\\n"\n'
+
+
+def slurm_stand_ins(bin_dir: Path, accelerate: str) -> dict[str, str]:
+    """Write stand-in ``srun``, ``scontrol`` and ``accelerate`` (the script ``accelerate``) into ``bin_dir``; returns
+    the environment of a 3-node allocation (gpu[07-09]) that finds them first on PATH."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL, "accelerate": accelerate}.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+
+
 def assert_rank_zero_built_the_cache(result: subprocess.CompletedProcess, cache_dir: Path) -> None:
     """A 2-rank --cache_frozen run succeeded, rank 0 built the activation caches (train + validation), rank 1
     found them valid and read them."""

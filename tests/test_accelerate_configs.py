@@ -2,7 +2,7 @@
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
-from helpers import ROOT
+from helpers import ROOT, slurm_stand_ins
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {
@@ -54,10 +54,6 @@ SBATCH_CONFIG = {
     "deepspeed_zero2": "deepspeed_zero2.yaml",
     "deepspeed_zero3": "deepspeed_zero3.yaml",
 }
-FAKE_SRUN = """#!/bin/bash
-while [[ $1 == --* ]]; do shift; done  # srun's own options
-for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@"; done
-"""
 
 
 def test_one_slurm_template_per_engine():
@@ -71,18 +67,8 @@ def test_slurm_template_launches_each_node_with_its_rank(path, tmp_path):
     assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
     text = path.read_text()
     assert f"sbatch accelerate_configs/slurm/{path.name}" in text and "#SBATCH --nodes=" in text
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fakes = {
-        "srun": FAKE_SRUN,
-        "scontrol": '#!/bin/bash\n[ "$*" = "show hostnames gpu[07-09]" ] && printf "gpu07\\ngpu08\\ngpu09\\n"\n',
-        "accelerate": '#!/bin/bash\necho "$*" >> "$LAUNCH_LOG"\n',
-    }
-    for name, body in fakes.items():
-        (bin_dir / name).write_text(body)
-        (bin_dir / name).chmod(0o755)
+    env = slurm_stand_ins(tmp_path / "bin", accelerate='#!/bin/bash\necho "$*" >> "$LAUNCH_LOG"\n')
     log = tmp_path / "launches.txt"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "gpu[07-09]"}
     result = subprocess.run(
         ["bash", str(path), "--unfreeze-last", "2"],
         check=False,

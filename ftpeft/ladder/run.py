@@ -178,14 +178,19 @@ def prepare_output_dir(output_dir: Path, manifest: dict, overwrite: bool, is_mai
         write_json(existing, manifest)
 
 
+def parse_ladder_args(argv: list[str]) -> tuple[Modality, Any]:
+    """The modality a ladder command runs, and its flags parsed: the recipe's dataclasses, then LadderArguments."""
+    modality = modality_spec(infer_modality(argv))
+    defaults = {**modality.defaults, "output_dir": "outputs/ladder"}
+    return modality, parse_args((*modality.argument_types, LadderArguments), argv, defaults)
+
+
 def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, probe, run the rungs within the budget, choose on validation, write the ladder; returns ladder.json."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    modality = modality_spec(infer_modality(argv))
-    defaults = {**modality.defaults, "output_dir": "outputs/ladder"}
-    parsed = parse_args((*modality.argument_types, LadderArguments), argv, defaults)
+    modality, parsed = parse_ladder_args(argv)
     *recipe_args, ladder_args = parsed
     training_args, run_args = recipe_args[4], recipe_args[3]
     output_dir = Path(training_args.output_dir)
