@@ -93,6 +93,7 @@ class SignalFlag:
     def __init__(self, signals: tuple[signal.Signals, ...]):
         self.signals = signals
         self.received = 0
+        self.leaving = False  # stopped: the signals are ignored until the process exits
 
     def _record(self, signum, frame) -> None:
         if not self.received:  # a second signal (the launcher's forward, a repeated scancel) changes nothing
@@ -109,8 +110,20 @@ class SignalFlag:
             return False
         return True
 
+    def ignore(self) -> None:
+        """A stopped run on its way out ignores the signals to the end: once a rank has exited, a launcher signals
+        the others, and Python gives its handlers back to the default action (death) while it shuts down."""
+        try:
+            for sig in self.signals:
+                signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread: it never handled them either
+            return
+        self.leaving = True
+
     def restore(self) -> None:
-        """Give the signals back to the handlers the process had before."""
+        """Give the signals back to the handlers the process had before (not on the way out: see ``ignore``)."""
+        if self.leaving:
+            return
         for sig in self.signals:
             if sig in _ORIGINAL_HANDLERS and signal.getsignal(sig) == self._record:
                 signal.signal(sig, _ORIGINAL_HANDLERS.pop(sig))
@@ -364,6 +377,7 @@ class PreemptionGuard:
     def exit(self, trainer, stop: Stop, output_dir: Path) -> None:
         """Every rank: wait for the checkpoint, rank 0 writes OUTPUT_DIR/.preempted and the last line; exit 75."""
         trainer.accelerator.wait_for_everyone()
+        self.flag.ignore()
         record = {
             "signal": stop.signal_name,
             "step": stop.step,
@@ -376,10 +390,9 @@ class PreemptionGuard:
         }
         if trainer.is_world_process_zero():
             write_json(Path(output_dir) / PREEMPTED_FILE, record)
+            logger.warning("%s", stop_line(record))  # before any rank exits: a launcher then stops the others
         trainer.accelerator.wait_for_everyone()
         _leave_process_group()
-        if trainer.is_world_process_zero():
-            logger.warning("%s", stop_line(record))
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
     def restore(self) -> None:
