@@ -19,7 +19,7 @@ confusion_matrix.png, classification_report.md and a model card (README.md).
 
 from __future__ import annotations
 
-from ftpeft.core.config import RunArguments
+from ftpeft.core.config import OutputArguments
 from ftpeft.core.errors import run_cli
 from ftpeft.features.args import HeadArguments
 
@@ -29,7 +29,7 @@ RECIPE_DEFAULTS: dict = {}  # the dataclass defaults fit the offline demo
 def parse(argv: list[str] | None = None):
     from ftpeft.core.config import parse_args
 
-    return parse_args((HeadArguments, RunArguments), argv, RECIPE_DEFAULTS)
+    return parse_args((HeadArguments, OutputArguments), argv, RECIPE_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -188,9 +188,9 @@ CUSTOM_CHECKED = {
 
 def argument_dataclasses() -> list[type]:
     """Every dataclass defined in an ``ftpeft.*.args`` module, plus RunArguments."""
-    from ftpeft.core.config import RunArguments
+    from ftpeft.core.config import OutputArguments, RunArguments
 
-    found = [RunArguments]
+    found = [OutputArguments, RunArguments]
     for module_info in pkgutil.walk_packages(ftpeft.__path__, "ftpeft."):
         if module_info.name.endswith(".args"):
             module = importlib.import_module(module_info.name)

@@ -51,10 +51,19 @@ def epochs_value(text: str) -> str | float:
 
 
 @dataclasses.dataclass
-class RunArguments:
+class OutputArguments:
+    """What every recipe that writes an --output_dir takes (train_head.py takes only this)."""
+
     overwrite_output_dir: bool = dataclasses.field(
         default=False, metadata={"help": "Allow writing into a non-empty --output_dir (files there may be replaced)."}
     )
+
+
+@dataclasses.dataclass
+class RunArguments(OutputArguments):
+    """A Trainer run's own flags (bert_cls, knowledge_cls, image_cls, the ladder): how long it trains under
+    --num_train_epochs auto, and which signals preempt it."""
+
     # --num_train_epochs auto (the recipes' default): how long, and how often it looks at validation
     early_stopping_patience: int = dataclasses.field(
         default=3,

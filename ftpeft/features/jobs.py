@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftpeft.core.config import RunArguments
+from ftpeft.core.config import OutputArguments
 from ftpeft.core.errors import FtpeftError
 from ftpeft.features import extract, heads
 from ftpeft.features.args import FeatureArguments, HeadArguments
@@ -87,7 +87,7 @@ def export_features(feature_args: FeatureArguments, data_args: ImageDataArgument
     return result
 
 
-def train_head(head_args: HeadArguments, run_args: RunArguments, config: dict[str, Any]) -> dict[str, Any]:
+def train_head(head_args: HeadArguments, run_args: OutputArguments, config: dict[str, Any]) -> dict[str, Any]:
     """Fit a cheap head on cached features, report validation and test, save it with a card."""
     from ftpeft.core.card import RunSummary, write_model_card
     from ftpeft.core.config import command_line, save_resolved_config
