@@ -221,3 +221,24 @@ def test_after_the_plateau_the_lr_anneals_to_zero_and_the_run_stops_at_the_end(t
         rates[step] >= rates[step + 1] for step in range(start, record["stopped_step"])
     )
     assert "annealed to 0" in record["reason"]
+
+
+@pytest.mark.parametrize(
+    "best, end, rows, keeps_end",
+    [
+        (0.94, 0.92, 50, True),  # 2 points below on 50 rows: within one standard error (3.4 points)
+        (0.94, 0.90, 400, False),  # 4 points below on 400 rows: the earlier best is really better
+        (0.90, 0.90, 400, True),  # a tie: Trainer would keep the earlier one; the annealed end is kept
+        (0.90, 0.95, 400, False),  # better: Trainer's own choice is the end anyway
+    ],
+)
+def test_the_end_of_the_cooldown_is_kept_when_validation_cannot_tell_it_from_the_best(best, end, rows, keeps_end):
+    from types import SimpleNamespace
+
+    from ftpeft.core.stopping import PlateauStopping
+
+    stopper = PlateauStopping(patience=1, cooldown=0.2, eval_steps=5, metric="accuracy", validation_rows=rows)
+    state = SimpleNamespace(best_metric=best, best_global_step=10, global_step=30)
+    stopper._prefer_annealed(end, state)
+    assert (stopper.annealed_choice is not None) == keeps_end
+    assert (state.best_metric is None) == keeps_end  # then Trainer makes this evaluation the best

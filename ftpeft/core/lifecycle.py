@@ -137,10 +137,10 @@ class Run:
         logger.info("setting %s: %r -> %r (%s)", name, given, used, why)
         self.settings[name] = {"given": given, "used": used, "why": why}
 
-    def plan_stopping(self, train_rows: int) -> None:
+    def plan_stopping(self, train_rows: int, validation_rows: int = 0) -> None:
         """``--num_train_epochs auto``: resolve the cadence, cap and best-checkpoint settings for ``train_rows``
         training rows (``ftpeft.core.stopping``); ``train`` then stops early. A number of epochs changes nothing."""
-        plan = plan_auto_epochs(self.training_args, self.run_args, train_rows)
+        plan = plan_auto_epochs(self.training_args, self.run_args, train_rows, validation_rows)
         if plan is None:
             if self.run_args.auto_epochs:  # an explicit --max_steps wins
                 why = "--max_steps given: a fixed-length run, no early stopping"

@@ -19,14 +19,15 @@ class MetricSpec:
     greater_is_better: bool
     needs_threshold: bool = False
     description: str = ""
+    share: bool = False  # a share of the validation rows in [0, 1]: its binomial standard error measures its noise
 
 
 # The one registry of metrics that choose; every chooser reads the direction from here.
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec("accuracy", True, description="share of rows whose top class is the label"),
-        MetricSpec("macro_f1", True, description="unweighted mean of the per-class F1 scores"),
+        MetricSpec("accuracy", True, description="share of rows whose top class is the label", share=True),
+        MetricSpec("macro_f1", True, description="unweighted mean of the per-class F1 scores", share=True),
         MetricSpec("loss", False, description="the training loss on validation"),
     )
 }
@@ -50,6 +51,14 @@ def metric_spec(name: str, flag: str = "--metric_for_best_model") -> MetricSpec:
 
 def is_better(spec: MetricSpec, value: float, than: float) -> bool:
     return value > than if spec.greater_is_better else value < than
+
+
+def standard_error(spec: MetricSpec, value: float, rows: int) -> float:
+    """The noise of ``value`` measured on ``rows`` validation rows: one binomial standard error for a share (0 for a
+    metric that is not one, or unknown rows)."""
+    if not spec.share or rows <= 0:
+        return 0.0
+    return (max(value * (1 - value), 0.0) / rows) ** 0.5
 
 
 def _metric_class():

@@ -20,6 +20,10 @@ resolved_settings.json):
   warm-up/stable/decay schedule: a run at a constant LR has not annealed, and a fixed-length run's decay to 0
   buys it a point or more (``benchmarks/results/epochs.md``: constant LR without the cooldown trailed the best
   fixed epoch count by 1.4 to 1.6 test points). ``--auto_cooldown 0`` stops at the plateau.
+- **which evaluation is saved**: the best one on validation, except that the end of the cooldown is kept when no
+  earlier evaluation beat it by more than one binomial standard error of the metric on the validation rows (for
+  accuracy and macro-F1): the earlier best is the maximum of many noisy evaluations, and among models validation
+  cannot tell apart the annealed one is kept (the ladder's tolerance rule, applied to checkpoints).
 - **cap**: ``--auto_max_epochs`` (20) and ``--auto_max_steps``, if validation never stops improving.
 - **the best checkpoint**: ``load_best_model_at_end``; its direction comes from the metric registry
   (``ftpeft.core.metrics.METRICS``). The patience counter is restored on resume
@@ -46,7 +50,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.metrics import default_metric, metric_spec
+from ftpeft.core.metrics import default_metric, metric_spec, standard_error
 from ftpeft.core.settings import SettingChange
 
 logger = logging.getLogger("ftpeft")
@@ -79,6 +83,7 @@ class StoppingPlan:
     metric: str
     greater_is_better: bool
     cooldown: float = 0.0  # share of the steps so far that anneal the LR to 0 after the plateau (0: stop there)
+    validation_rows: int = 0  # what the metric's noise is measured on (0: unknown)
 
     def describe(self) -> str:
         per_epoch = self.epoch_steps / self.eval_steps
@@ -94,7 +99,7 @@ class StoppingPlan:
         )
 
 
-def plan_auto_epochs(training_args, run_args, train_rows: int) -> StoppingPlan | None:
+def plan_auto_epochs(training_args, run_args, train_rows: int, validation_rows: int = 0) -> StoppingPlan | None:
     """The plan for an auto run on ``train_rows`` training rows; None where the run is not auto (a number of
     epochs, or an explicit ``--max_steps``, which wins). Refuses ``--eval_strategy no``."""
     if not run_args.auto_epochs or "max_steps" in run_args.given:
@@ -126,6 +131,7 @@ def plan_auto_epochs(training_args, run_args, train_rows: int) -> StoppingPlan |
         greater_is_better=spec.greater_is_better,
         # the cooldown reshapes the constant schedule auto chooses; a schedule the user chose is left as it is
         cooldown=0.0 if "lr_scheduler_type" in given else run_args.auto_cooldown,
+        validation_rows=validation_rows,
     )
 
 
@@ -183,10 +189,19 @@ class PlateauStopping(TrainerCallback, ExportableState):
     """
 
     def __init__(
-        self, patience: int, threshold: float = 0.0, cooldown: float = 0.0, eval_steps: int = 1, greater: bool = True
+        self,
+        patience: int,
+        threshold: float = 0.0,
+        cooldown: float = 0.0,
+        eval_steps: int = 1,
+        greater: bool = True,
+        metric: str = "accuracy",
+        validation_rows: int = 0,
     ):
         self.patience, self.threshold, self.cooldown = patience, threshold, cooldown
         self.eval_steps, self.greater = eval_steps, greater
+        self.metric, self.validation_rows = metric, validation_rows
+        self.annealed_choice: dict | None = None  # the end of the cooldown kept over an earlier, noisier best
         self.counter = 0  # evaluations since the last better one
         self.cooldown_start: int | None = None
         self.cooldown_steps = 0
@@ -195,7 +210,15 @@ class PlateauStopping(TrainerCallback, ExportableState):
 
     @classmethod
     def for_plan(cls, plan: StoppingPlan) -> PlateauStopping:
-        return cls(plan.patience, plan.threshold, plan.cooldown, plan.eval_steps, plan.greater_is_better)
+        return cls(
+            plan.patience,
+            plan.threshold,
+            plan.cooldown,
+            plan.eval_steps,
+            plan.greater_is_better,
+            plan.metric,
+            plan.validation_rows,
+        )
 
     def state(self) -> dict:
         return {
@@ -205,12 +228,15 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 "cooldown": self.cooldown,
                 "eval_steps": self.eval_steps,
                 "greater": self.greater,
+                "metric": self.metric,
+                "validation_rows": self.validation_rows,
             },
             "attributes": {
                 "counter": self.counter,
                 "cooldown_start": self.cooldown_start,
                 "cooldown_steps": self.cooldown_steps,
                 "stopped": self.stopped,
+                "annealed_choice": self.annealed_choice,
             },
         }
 
@@ -244,6 +270,7 @@ class PlateauStopping(TrainerCallback, ExportableState):
         if self.cooldown_start is not None:  # the cooldown runs to its end; the best evaluation is kept anyway
             if state.global_step >= self.cooldown_start + self.cooldown_steps:
                 self.stopped = control.should_training_stop = True
+                self._prefer_annealed(value, state)
             return
         if self.counter >= self.patience:
             if not self.cooldown:
@@ -257,6 +284,29 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 self.counter,
                 self.cooldown_steps,
             )
+
+    def _prefer_annealed(self, value: float, state) -> None:
+        """Keep the end of the cooldown when no earlier evaluation beat it by more than one standard error of the
+        metric on the validation rows: among models validation cannot tell apart, the annealed one. (The earlier
+        best is the maximum of many noisy evaluations, so its score is the optimistic one.) Trainer then records
+        this step as the best, and this checkpoint is the saved model."""
+        if state.best_metric is None or strictly_better(value, state.best_metric, self.greater):
+            return  # Trainer's own check makes it the best
+        spec = metric_spec(self.metric)
+        tolerance = standard_error(spec, state.best_metric, self.validation_rows)
+        if abs(value - state.best_metric) <= tolerance:
+            self.annealed_choice = {
+                "step": state.global_step,
+                "value": value,
+                "earlier_best": state.best_metric,
+                "earlier_best_step": state.best_global_step,
+                "tolerance": round(tolerance, 6),
+            }
+            state.best_metric = None  # Trainer's best-metric check then makes this evaluation the best
+
+
+def strictly_better(value: float, than: float, greater: bool) -> bool:
+    return value > than if greater else value < than
 
 
 def early_stopping(plan: StoppingPlan) -> PlateauStopping:
@@ -292,6 +342,7 @@ def stop_record(plan: StoppingPlan, trainer) -> dict[str, Any]:
         "reason": reason,
         "converged": converged,
         "cooldown_start": stopper.cooldown_start if stopper else None,
+        "annealed_choice": stopper.annealed_choice if stopper else None,
         "plan": dataclasses.asdict(plan),
     }
 
@@ -300,8 +351,15 @@ def stop_line(record: dict[str, Any]) -> str:
     """One line for the run's last words: when and why it stopped, and which evaluation the model is."""
     best = record["best_metric"]
     best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "n/a"
-    return (
+    line = (
         f"stopped at step {record['stopped_step']} (epoch {record['stopped_epoch']:g}): {record['reason']}; the saved "
         f"model is the best evaluation, step {record['best_step']} (epoch {record['best_epoch']:g}, validation "
         f"{record['metric']} {best_text})"
     )
+    choice = record.get("annealed_choice")
+    if choice:
+        line += (
+            f": the annealed end of the cooldown, kept over step {choice['earlier_best_step']} "
+            f"({choice['earlier_best']:.4f}), which is within one standard error ({choice['tolerance']:.4f})"
+        )
+    return line

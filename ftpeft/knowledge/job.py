@@ -85,7 +85,7 @@ def train_knowledge_classifier(
     data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
-    run.plan_stopping(len(data.tokenized["train"]))
+    run.plan_stopping(len(data.tokenized["train"]), len(data.tokenized["validation"]))
     layout = knowledge_layout(data.raw, knowledge_args)
     knowledge_metrics, knowledge_notes = knowledge_report(
         knowledge_stats(data.tokenized), knowledge_args.unknown_entity

@@ -88,7 +88,7 @@ def train_classifier(
     tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
-    run.plan_stopping(len(tokenized["train"]))
+    run.plan_stopping(len(tokenized["train"]), len(tokenized["validation"]))
 
     # --- model and tuning ------------------------------------------------------------------------------
     model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling)

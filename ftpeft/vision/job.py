@@ -92,7 +92,7 @@ def train_image_classifier(
     logger.info("data: %s, %d classes, %d skipped", sizes, len(data.label_names), len(data.skipped))
     run.report_data(data.report)
     run.settings.update(resolve_settings(training_args, lone_last_batch(training_args, sizes["train"])))
-    run.plan_stopping(sizes["train"])
+    run.plan_stopping(sizes["train"], sizes.get("validation", 0))
     if training_args.should_save and data.skipped:
         skipped_file = write_skipped(training_args.output_dir, data.skipped)
         logger.warning("%d unreadable image(s) skipped: see %s", len(data.skipped), skipped_file)
