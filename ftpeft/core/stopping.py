@@ -50,7 +50,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.metrics import default_metric, metric_spec, standard_error
+from ftpeft.core.metrics import default_metric, is_better, metric_spec, standard_error
 from ftpeft.core.settings import SettingChange
 
 logger = logging.getLogger("ftpeft")
@@ -290,9 +290,9 @@ class PlateauStopping(TrainerCallback, ExportableState):
         metric on the validation rows: among models validation cannot tell apart, the annealed one. (The earlier
         best is the maximum of many noisy evaluations, so its score is the optimistic one.) Trainer then records
         this step as the best, and this checkpoint is the saved model."""
-        if state.best_metric is None or strictly_better(value, state.best_metric, self.greater):
-            return  # Trainer's own check makes it the best
         spec = metric_spec(self.metric)
+        if state.best_metric is None or is_better(spec, value, state.best_metric):
+            return  # Trainer's own check makes it the best
         tolerance = standard_error(spec, state.best_metric, self.validation_rows)
         if abs(value - state.best_metric) <= tolerance:
             self.annealed_choice = {
@@ -303,10 +303,6 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 "tolerance": round(tolerance, 6),
             }
             state.best_metric = None  # Trainer's best-metric check then makes this evaluation the best
-
-
-def strictly_better(value: float, than: float, greater: bool) -> bool:
-    return value > than if greater else value < than
 
 
 def early_stopping(plan: StoppingPlan) -> PlateauStopping:
