@@ -269,6 +269,62 @@ def make_text_files(directory: Path, fmt: str = "csv", sizes=(64, 16, 16), strin
     return directory
 
 
+# label sets: each tag is decided by words of its own, so a tiny model can learn all three
+LABEL_SET_TAGS = {"praise": POSITIVE, "film": ["film", "movie"], "story": ["plot", "story"]}
+
+
+def label_set_rows(n: int, seed: int) -> list[dict]:
+    """Rows with a 'text' and its 'tags' (a list): praise (a positive word), film, story; every row has one."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        tags = [tag for j, tag in enumerate(LABEL_SET_TAGS) if (i >> j) & 1 or (i % 8 == 0 and j == 0)]
+        words = [rng.choice(LABEL_SET_TAGS[tag]) for tag in tags]
+        words += [rng.choice(NEGATIVE)] if "praise" not in tags else []
+        words += rng.sample(["the", "was", "a", "actor", "very", "quite", "really", "and"], 3)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "tags": tags})
+    return rows
+
+
+def make_label_set_files(directory: Path, layout: str = "separator", sizes=(64, 32, 16)) -> Path:
+    """train / validation / test label-set files in one of the three formats: 'list' (JSON lines, a list column
+    'tags'), 'separator' (CSV, 'tags' joined with ','), 'columns' (CSV, one 0/1 column per tag)."""
+    import pandas as pd
+
+    for split, n, seed in zip(("train", "validation", "test"), sizes, (1, 2, 3)):
+        rows = label_set_rows(n, seed)
+        if layout == "list":
+            pd.DataFrame(rows).to_json(directory / f"{split}.jsonl", orient="records", lines=True)
+        elif layout == "separator":
+            frame = pd.DataFrame([{"text": r["text"], "tags": ",".join(r["tags"])} for r in rows])
+            frame.to_csv(directory / f"{split}.csv", index=False)
+        else:
+            frame = pd.DataFrame(
+                [{"text": r["text"], **{t: int(t in r["tags"]) for t in LABEL_SET_TAGS}} for r in rows]
+            )
+            frame.to_csv(directory / f"{split}.csv", index=False)
+    return directory
+
+
+def make_regression_files(directory: Path, sizes=(64, 32, 16), targets: int = 1) -> Path:
+    """train / validation / test CSVs whose 'score' (and 'tone' with ``targets=2``) a sentiment word decides (+-1.5,
+    plus noise, around a mean of 3: the saved model must give these units)."""
+    import pandas as pd
+
+    for split, n, seed in zip(("train", "validation", "test"), sizes, (1, 2, 3)):
+        rng = random.Random(seed)
+        rows = []
+        for row in make_rows(n, seed, string_labels=False):
+            sign = 1 if row["label"] else -1
+            record = {"text": row["text"], "score": 3 + 1.5 * sign + rng.gauss(0, 0.25)}
+            if targets == 2:
+                record["tone"] = -10 * sign + rng.gauss(0, 1)
+            rows.append(record)
+        pd.DataFrame(rows).to_csv(directory / f"{split}.csv", index=False)
+    return directory
+
+
 def make_long_text_files(directory: Path, repeat: int, sizes=(16, 8, 8)) -> Path:
     """train / validation / test csv as make_text_files, each text said ``repeat`` times (5 x ``repeat`` words)."""
     import pandas as pd

@@ -115,6 +115,11 @@ class DataReport:
     splits: dict[str, SplitReport]
     drop_duplicates: bool
     max_seq_length: int | None = None
+    targets: dict[str, Any] | None = None  # label sets and numbers: ftpeft.labels.stats.target_statistics
+
+    def with_targets(self, statistics: dict[str, Any]) -> DataReport:
+        """This report plus the label-set or target statistics (nothing to add for one class per row)."""
+        return dataclasses.replace(self, targets=statistics or None)
 
     def problems(self) -> list[str]:
         return [f"{split}: {', '.join(found)}" for split, r in self.splits.items() if (found := r.problems())]
@@ -144,6 +149,7 @@ class DataReport:
             "drop_duplicates": self.drop_duplicates,
             "max_seq_length": self.max_seq_length,
             "splits": {name: r.to_dict() for name, r in self.splits.items()},
+            **({"targets": self.targets} if self.targets else {}),
         }
 
     def summary(self) -> str:

@@ -49,6 +49,8 @@ RUN_ARGS_FILE = "run_args.yaml"
 METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 REPORT_FILE = "classification_report.md"
+# the metrics the card and the last lines show (label sets and numbers too; per-class/target ones only in metrics.json)
+CARD_METRIC_ENDINGS = ("accuracy", "f1", "loss", "map", "rmse", "mae", "r2", "pearson", "spearman")
 LABEL_NAMES_FILE = "label_names.json"  # next to a LoRA adapter: its base model's config does not know the labels
 STAGING_DIR = ".ftpeft-staging"
 # what a run writes to --output_dir before its first checkpoint: --resume_from_checkpoint auto starts afresh in a dir
@@ -110,6 +112,7 @@ class Run:
     data_report: DataReport | None = None  # data_report.json and the card's data table
     preemption: PreemptionGuard | None = None  # --preemption_signals: stop at a checkpoint, exit 75
     lock: OutputLock | None = None  # rank 0's hold on --output_dir (OUTPUT_DIR/.ftpeft.lock)
+    target: Any = None  # the labels' Target as saved (thresholds chosen), once ``finish`` has run
 
     @property
     def output_dir(self) -> Path:
@@ -137,10 +140,12 @@ class Run:
         logger.info("setting %s: %r -> %r (%s)", name, given, used, why)
         self.settings[name] = {"given": given, "used": used, "why": why}
 
-    def plan_stopping(self, train_rows: int, validation_rows: int = 0) -> None:
+    def plan_stopping(
+        self, train_rows: int, validation_rows: int = 0, problem_type: str = "single_label_classification"
+    ) -> None:
         """``--num_train_epochs auto``: resolve the cadence, cap and best-checkpoint settings for ``train_rows``
         training rows (``ftpeft.core.stopping``); ``train`` then stops early. A number of epochs changes nothing."""
-        plan = plan_auto_epochs(self.training_args, self.run_args, train_rows, validation_rows)
+        plan = plan_auto_epochs(self.training_args, self.run_args, train_rows, validation_rows, problem_type)
         if plan is None:
             if self.run_args.auto_epochs:  # an explicit --max_steps wins
                 why = "--max_steps given: a fixed-length run, no early stopping"
@@ -218,8 +223,14 @@ class Run:
         merged_export: Callable[[], tuple[Path, str]] | None = None,
         push_merged: bool = False,
         evaluation: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        target=None,
+        threshold_rule=None,
     ) -> dict[str, Any]:
         """Save the model atomically, evaluate (validation, then test once), write reports and the card, push.
+
+        ``target`` (``ftpeft.labels.target.Target``; default: one class per row of ``label_names``) is saved with the
+        model: a regression's scaling folded into its output layer, a label set's thresholds chosen on validation
+        (``threshold_rule``: ``LabelArguments.threshold_rule()``).
 
         ``write_model(folder, state_dict)`` saves the model into a folder on the main process (default: every
         rank calls ``trainer.save_model``); see ``save_model_atomically``. ``merged_export()`` writes a merged
@@ -227,15 +238,31 @@ class Run:
         instead of the output dir. ``evaluation(train_metrics)`` scores the run instead of ``evaluate_and_report`` on
         ``trainer`` (a float32-cached run scores from its cache).
         """
-        save_model_atomically(trainer, self.output_dir, write_model)
+        from ftpeft.labels.scaling import folded_scaling
+        from ftpeft.labels.target import save_target, single_label
+
+        target = target or single_label(label_names)
+        with folded_scaling(trainer.model, target):  # numbers: the saved model outputs the target's units
+            save_model_atomically(trainer, self.output_dir, write_model)
         if trainer.is_world_process_zero() and (self.output_dir / "adapter_config.json").is_file():
             write_json(self.output_dir / LABEL_NAMES_FILE, label_names)  # what `ftpeft predict` names the classes by
         if evaluation is not None:
-            metrics = evaluation(train_metrics)
+            scored = evaluation(train_metrics)
+            metrics, target = scored if isinstance(scored, tuple) else (scored, target)
         else:
-            metrics = evaluate_and_report(
-                trainer, splits["validation"], splits.get("test"), label_names, self.output_dir, train_metrics
+            metrics, target = evaluate_and_report(
+                trainer,
+                splits["validation"],
+                splits.get("test"),
+                label_names,
+                self.output_dir,
+                train_metrics,
+                target,
+                threshold_rule,
             )
+        self.target = target
+        if trainer.is_world_process_zero():
+            save_target(self.output_dir, target)
         if not trainer.is_world_process_zero():
             self.release()
             return metrics
@@ -249,7 +276,7 @@ class Run:
             total_params=total,
             split_sizes={split: len(data) for split, data in splits.items()},
             label_names=label_names,
-            metrics={k: v for k, v in metrics.items() if k.endswith(("accuracy", "f1", "loss"))},
+            metrics={k: v for k, v in metrics.items() if k.endswith(CARD_METRIC_ENDINGS)},
             train_runtime_s=self.train_runtime_s,
             learning_curve=drawn,
             data_quality=self.data_report.card_markdown() if self.data_report else "",
@@ -258,6 +285,7 @@ class Run:
         write_model_card(self.output_dir, summary)
         if merged_export is not None:
             merged_dir, snippet = merged_export()
+            save_target(merged_dir, target)
             merged = dataclasses.replace(summary, library_name="transformers", loading_snippet=snippet)
             write_model_card(merged_dir, merged)
         if self.push:
@@ -345,11 +373,21 @@ def evaluate_and_report(
     label_names: list[str],
     output_dir: str | Path,
     extra_metrics: dict[str, float] | None = None,
-) -> dict:
-    """Final validation (and test) metrics -> metrics.json, confusion matrix PNG and per-class report.
+    target=None,
+    threshold_rule=None,
+):
+    """Final validation (and test) metrics -> metrics.json, and the reports of the problem type: the confusion matrix
+    PNG and per-class report (one class per row), the per-label table (label sets, whose thresholds are chosen here,
+    on validation only) or the per-target table and scatter plot (numbers).
 
-    Every rank computes (predictions are gathered); only the main process writes.
+    Every rank computes (predictions are gathered); only the main process writes. Returns the metrics, and with a
+    ``target`` (a Target), (metrics, the target with its thresholds).
     """
+    if target is not None and not target.is_single_label:
+        from ftpeft.labels.evaluation import ThresholdRule, evaluate_target
+
+        rule = threshold_rule or ThresholdRule()
+        return evaluate_target(trainer, eval_dataset, test_dataset, target, output_dir, extra_metrics, rule)
     metrics: dict[str, float] = dict(extra_metrics or {})
     metrics.update(trainer.evaluate(eval_dataset, metric_key_prefix="eval"))
     report_split = "test" if test_dataset is not None else "eval"
@@ -363,7 +401,7 @@ def evaluate_and_report(
     references = np.asarray(prediction.label_ids)
     if trainer.is_world_process_zero():
         write_classification_reports(output_dir, metrics, references, predicted, label_names, report_split)
-    return metrics
+    return metrics if target is None else (metrics, target)
 
 
 def write_classification_reports(output_dir, metrics: dict, references, predicted, label_names, prefix: str) -> None:
@@ -384,7 +422,7 @@ def last_word(summary: RunSummary, output_dir: Path, stop_record: dict[str, Any]
     split = "test" if any(k.startswith("test_") for k in summary.metrics) else "eval"
     scores = ", ".join(
         f"{name} {summary.metrics[f'{split}_{name}']:.4f}"
-        for name in ("accuracy", "macro_f1")
+        for name in ("accuracy", "macro_f1", "map", "rmse", "spearman")
         if f"{split}_{name}" in summary.metrics
     )
     runtime = f"{summary.train_runtime_s:.1f} s" if summary.train_runtime_s is not None else "n/a"

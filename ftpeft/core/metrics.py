@@ -22,30 +22,51 @@ class MetricSpec:
     share: bool = False  # a share of the validation rows in [0, 1]: its binomial standard error measures its noise
 
 
-# The one registry of metrics that choose; every chooser reads the direction from here.
+# The one registry of metrics that choose; every chooser reads the direction from here. Label sets (multi_label) and
+# numbers (regression) have their own; ``needs_threshold``: a label-set metric that depends on the thresholds.
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
         MetricSpec("accuracy", True, description="share of rows whose top class is the label", share=True),
-        MetricSpec("macro_f1", True, description="unweighted mean of the per-class F1 scores", share=True),
+        MetricSpec(
+            "macro_f1", True, description="unweighted mean of the per-class (or per-label) F1 scores", share=True
+        ),
         MetricSpec("loss", False, description="the training loss on validation"),
+        MetricSpec("map", True, description="label sets: mean average precision over labels (threshold-free)"),
+        MetricSpec("micro_f1", True, True, "label sets: F1 of all (row, label) decisions pooled"),
+        MetricSpec("samples_f1", True, True, "label sets: mean over rows of each row's F1"),
+        MetricSpec("subset_accuracy", True, True, "label sets: share of rows whose whole set is right", share=True),
+        MetricSpec("hamming_loss", False, True, "label sets: share of wrong (row, label) decisions"),
+        MetricSpec("rmse", False, description="numbers: root mean squared error, in the target's units"),
+        MetricSpec("mae", False, description="numbers: mean absolute error, in the target's units"),
+        MetricSpec("r2", True, description="numbers: coefficient of determination"),
+        MetricSpec("pearson", True, description="numbers: Pearson correlation of prediction and truth"),
+        MetricSpec("spearman", True, description="numbers: Spearman rank correlation of prediction and truth"),
     )
 }
 PER_CLASS_F1 = "f1_"  # f1_<label>: one class's F1, as compute_metrics reports it
+# What a run stops and chooses on unless told otherwise, by problem type: threshold-free for label sets.
+DEFAULT_METRICS = {"single_label_classification": "accuracy", "multi_label_classification": "map", "regression": "rmse"}
 
 
-def default_metric() -> str:
-    """What a run stops and chooses on unless told otherwise."""
-    return "accuracy"
+def default_metric(problem_type: str = "single_label_classification") -> str:
+    """What a run of ``problem_type`` (HF's long name) stops and chooses on unless told otherwise."""
+    return DEFAULT_METRICS[problem_type]
 
 
 def metric_spec(name: str, flag: str = "--metric_for_best_model") -> MetricSpec:
-    """The registry entry of ``name`` (with or without the ``eval_`` prefix); an unknown name is refused."""
+    """The registry entry of ``name`` (with or without the ``eval_`` prefix); an unknown name is refused. A
+    per-target regression metric (``rmse_<target>``) reads its direction from its metric."""
     key = name.removeprefix("eval_")
     if key in METRICS:
         return METRICS[key]
     if key.startswith(PER_CLASS_F1) and len(key) > len(PER_CLASS_F1):
         return MetricSpec(key, True, description=f"F1 of class {key[len(PER_CLASS_F1) :]!r}")
+    for base in ("rmse", "mae", "r2", "pearson", "spearman"):
+        if key.startswith(base + "_") and len(key) > len(base) + 1:
+            return dataclasses.replace(
+                METRICS[base], name=key, description=f"{base} of target {key[len(base) + 1 :]!r}"
+            )
     raise FtpeftError(f"{flag} {name!r}: unknown metric; use one of {', '.join(METRICS)} (or f1_<label>).")
 
 
@@ -100,9 +121,15 @@ def classification_metric():
     return _METRIC
 
 
-def make_compute_metrics(label_names: list[str]):
-    """A Trainer ``compute_metrics``: accuracy, macro-F1 and per-class F1 (``f1_<label>``)."""
+def make_compute_metrics(label_names: list[str], target=None):
+    """A Trainer ``compute_metrics``: accuracy, macro-F1 and per-class F1 (``f1_<label>``) for one class per row; the
+    label-set or regression metrics of ``target`` (``ftpeft.labels.target.Target``) otherwise."""
     from sklearn.metrics import f1_score
+
+    if target is not None and not target.is_single_label:
+        from ftpeft.labels.scores import make_target_metrics
+
+        return make_target_metrics(target)
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
         logits = eval_prediction.predictions

@@ -99,9 +99,16 @@ class StoppingPlan:
         )
 
 
-def plan_auto_epochs(training_args, run_args, train_rows: int, validation_rows: int = 0) -> StoppingPlan | None:
+def plan_auto_epochs(
+    training_args,
+    run_args,
+    train_rows: int,
+    validation_rows: int = 0,
+    problem_type: str = "single_label_classification",
+) -> StoppingPlan | None:
     """The plan for an auto run on ``train_rows`` training rows; None where the run is not auto (a number of
-    epochs, or an explicit ``--max_steps``, which wins). Refuses ``--eval_strategy no``."""
+    epochs, or an explicit ``--max_steps``, which wins). Refuses ``--eval_strategy no``. It stops on
+    --metric_for_best_model, else on ``problem_type``'s default metric (HF's long name)."""
     if not run_args.auto_epochs or "max_steps" in run_args.given:
         return None
     if "eval_strategy" in run_args.given and str(getattr(training_args.eval_strategy, "value", "")) == "no":
@@ -109,7 +116,7 @@ def plan_auto_epochs(training_args, run_args, train_rows: int, validation_rows: 
             "--num_train_epochs auto needs evaluations to stop on: drop --eval_strategy no, or give a number of epochs."
         )
     given = run_args.given
-    metric = training_args.metric_for_best_model if "metric_for_best_model" in given else default_metric()
+    metric = training_args.metric_for_best_model if "metric_for_best_model" in given else default_metric(problem_type)
     spec = metric_spec(metric)
     epoch_steps = optimizer_steps_per_epoch(train_rows, training_args)
     if "eval_strategy" in given and str(training_args.eval_strategy.value) == "epoch":

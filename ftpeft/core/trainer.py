@@ -70,6 +70,8 @@ class FtpeftTrainer(Trainer):
         layers: LayerMap | None = None,
         keep_all_columns: bool = False,
         class_weights: Sequence[float] | None = None,
+        target=None,
+        pos_weight: Sequence[float] | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -81,7 +83,10 @@ class FtpeftTrainer(Trainer):
         # groups built beforehand, e.g. on the complete model before --cache_frozen swapped its bottom out
         self.param_groups = param_groups
         self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-        if self.class_weights is not None:
+        # label sets (BCE, --pos_weight) and numbers (MSE): the loss of the problem type, on the logits of any model
+        self.problem_type = None if target is None or target.is_single_label else target.problem_type
+        self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32)
+        if self.class_weights is not None or self.problem_type is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -93,7 +98,7 @@ class FtpeftTrainer(Trainer):
             return super().get_test_dataloader(test_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.class_weights is None or "labels" not in inputs:
+        if (self.class_weights is None and self.problem_type is None) or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -103,7 +108,15 @@ class FtpeftTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def classification_loss(self, logits, labels):
-        """Cross-entropy, class-weighted when the Trainer has ``class_weights``."""
+        """Cross-entropy (class-weighted with ``class_weights``); BCE with logits for label sets (``pos_weight``);
+        MSE for numbers."""
+        if self.problem_type == "multi_label_classification":
+            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits, labels.to(logits.dtype).view_as(logits), pos_weight=pos_weight
+            )
+        if self.problem_type == "regression":
+            return nn.functional.mse_loss(logits, labels.to(logits.dtype).view_as(logits))
         if self.class_weights is None:
             return nn.functional.cross_entropy(logits, labels)
         return weighted_cross_entropy(logits, labels, self.class_weights)

@@ -16,13 +16,16 @@ def encoder_config_from_dict(stored: dict) -> PretrainedConfig:
 
 
 def classification_output(
-    logits: torch.Tensor, labels: torch.Tensor | None, num_labels: int
+    logits: torch.Tensor, labels: torch.Tensor | None, num_labels: int, problem_type: str | None = None
 ) -> SequenceClassifierOutput:
-    """Logits plus the loss transformers' own classifiers use: MSE for one label, cross-entropy otherwise."""
+    """Logits plus the loss transformers' own classifiers use for the config's ``problem_type``: BCE with logits for
+    label sets, MSE for numbers (and for one output when unset), cross-entropy otherwise."""
     loss = None
     if labels is not None:
-        if num_labels == 1:
-            loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        if problem_type == "multi_label_classification":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype).view_as(logits))
+        elif problem_type == "regression" or num_labels == 1:
+            loss = nn.functional.mse_loss(logits, labels.to(logits.dtype).view_as(logits))
         else:
             loss = nn.functional.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
     return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -287,7 +287,7 @@ class KnowledgeInjectionForSequenceClassification(PreTrainedModel):
             external = self.external_features(knowledge_ids, example_knowledge_ids, knowledge_vectors, pooled.shape[0])
             features = self.fusion(features, external)
         logits = self.classifier(features)
-        return classification_output(logits, labels, self.config.num_labels)
+        return classification_output(logits, labels, self.config.num_labels, self.config.problem_type)
 
 
 def set_knowledge_trainable(model: nn.Module, trainable: bool) -> list[str]:

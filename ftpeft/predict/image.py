@@ -7,7 +7,7 @@ import torch
 
 from ftpeft.predict.inputs import ImageInput, read_image
 from ftpeft.predict.runs import SavedRun
-from ftpeft.predict.text import softmax
+from ftpeft.predict.text import model_scores, run_target
 
 
 class ImagePredictor:
@@ -15,9 +15,9 @@ class ImagePredictor:
 
     modality = "image"
 
-    def __init__(self, model, transform, label_names: list[str], device):
+    def __init__(self, model, transform, label_names: list[str], device, target=None):
         self.model, self.transform, self.device = model.to(device).eval(), transform, device
-        self.label_names = label_names
+        self.label_names, self.target = label_names, target
         self.files: list[str] = []
 
     def prepare(self, inputs: ImageInput, text_columns: list[str] | None) -> None:
@@ -26,7 +26,7 @@ class ImagePredictor:
     @torch.no_grad()
     def probabilities(self, indices: list[int]) -> np.ndarray:
         pixels = torch.stack([self.transform(read_image(self.files[i])) for i in indices]).to(self.device)
-        return softmax(self.model(pixels))
+        return model_scores(self.model(pixels), self.target)
 
 
 def load_image_predictor(run: SavedRun, device) -> ImagePredictor:
@@ -41,4 +41,4 @@ def load_image_predictor(run: SavedRun, device) -> ImagePredictor:
     transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
     names = config.get("label_names") or model.pretrained_cfg.get("label_names")
     label_names = [str(n) for n in names] if names else [str(i) for i in range(model.num_classes)]
-    return ImagePredictor(model, transform, label_names, device)
+    return ImagePredictor(model, transform, label_names, device, run_target(run, label_names))

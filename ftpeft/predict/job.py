@@ -67,7 +67,8 @@ def predict(args: PredictArguments) -> Path | None:
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
         inputs = read_inputs(args.input, input_modality(run), args.id_column, args.strict_images)
         predictor = load_predictor(run, state.device)
-        prediction_columns(args.id_column, predictor.label_names)  # a clash of names is refused before the work
+        target = getattr(predictor, "target", None)
+        prediction_columns(args.id_column, predictor.label_names, target)  # a clash of names is refused before work
         predictor.prepare(inputs, args.text_columns)
 
     from tqdm.auto import tqdm
@@ -91,7 +92,7 @@ def predict(args: PredictArguments) -> Path | None:
     if not state.is_main_process:
         state.wait_for_everyone()
         return None
-    written = write_predictions(args.output, args.id_column, inputs.ids, predictor.label_names, probabilities)
+    written = write_predictions(args.output, args.id_column, inputs.ids, predictor.label_names, probabilities, target)
     skipped = getattr(inputs, "skipped", [])
     if skipped:
         from ftpeft.core.outputs import atomic_write_text

@@ -25,6 +25,26 @@ def softmax(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.detach().double(), dim=-1).cpu().numpy()
 
 
+def model_scores(logits: torch.Tensor, target) -> np.ndarray:
+    """What a model's logits mean for its ``target`` (a Target), in float64: class probabilities (softmax), label
+    probabilities (sigmoid), or the numbers themselves (a saved regression model outputs the target's units)."""
+    if target is None or target.is_single_label:
+        return softmax(logits)
+    if target.is_multi_label:
+        return torch.sigmoid(logits.detach().double()).cpu().numpy()
+    return logits.detach().double().reshape(len(logits), -1).cpu().numpy()
+
+
+def run_target(run: SavedRun, label_names: list[str], folder=None):
+    """The run's Target (target.json, else its config.json), else one class per row of ``label_names``."""
+    from ftpeft.labels.target import load_target, single_label
+
+    target = load_target(folder or run.model_dir)
+    if target is None and folder is None and run.model_dir != run.run_dir:
+        target = load_target(run.run_dir)
+    return target if target is not None and len(target.names) == len(label_names) else single_label(label_names)
+
+
 def max_seq_length(run: SavedRun) -> int:
     """The length the run truncated at: the one resolved_settings.json records (auto resolved), else the
     --max_seq_length of run_args.yaml (runs from before auto), else that time's default."""
@@ -102,12 +122,14 @@ def load_tokenizer(folder) -> Any:
 
 
 class TextPredictor:
-    """A sequence classifier + its tokenizer; ``probabilities(rows)`` = softmax of its logits."""
+    """A sequence classifier + its tokenizer; ``probabilities(rows)`` = its outputs as its target reads them
+    (``model_scores``: softmax, sigmoid, or the numbers)."""
 
     modality = "text"
 
-    def __init__(self, run: SavedRun, model, tokenizer, label_names: list[str], device):
+    def __init__(self, run: SavedRun, model, tokenizer, label_names: list[str], device, target=None):
         self.run, self.tokenizer, self.label_names, self.device = run, tokenizer, label_names, device
+        self.target = target or run_target(run, label_names)
         self.model = model.to(device).eval()
         self.encoded = None
 
@@ -122,7 +144,7 @@ class TextPredictor:
     def probabilities(self, indices: list[int]) -> np.ndarray:
         batch = self.collate([self.encoded[i] for i in indices])
         logits = self.model(**{name: value.to(self.device) for name, value in batch.items()}).logits
-        return softmax(logits)
+        return model_scores(logits, self.target)
 
 
 def _label_names(config) -> list[str]:
@@ -176,7 +198,8 @@ def load_adapter_predictor(run: SavedRun, device) -> TextPredictor:
         raise FtpeftError(
             f"{run.run_dir}: could not load the adapter on its base model {base} ({str(error).splitlines()[0]})."
         ) from None
-    return TextPredictor(run, model, load_tokenizer(run.run_dir), label_names, device)
+    target = run_target(run, label_names, run.run_dir)
+    return TextPredictor(run, model, load_tokenizer(run.run_dir), label_names, device, target)
 
 
 class KnowledgePredictor(TextPredictor):

@@ -1,4 +1,6 @@
-"""The predictions CSV: id, predicted label, one probability column per class named by label (Kaggle's shape)."""
+"""The predictions CSV (Kaggle's shape): one class per row: id, the predicted label, one probability column per class;
+label sets: id, the predicted ``labels`` (joined with the run's separator), one probability column per label;
+numbers: id, one column per target."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 from ftpeft.core.errors import FtpeftError
 
 LABEL_COLUMN = "label"
+LABEL_SET_COLUMN = "labels"
 
 
 def check_output(path: str | Path, overwrite: bool) -> None:
@@ -20,28 +23,47 @@ def check_output(path: str | Path, overwrite: bool) -> None:
         raise FtpeftError(f"--output {path} exists; pass --overwrite to replace it, or choose another --output.")
 
 
-def prediction_columns(id_column: str, label_names: list[str]) -> list[str]:
-    """[id, label, <class 0>, <class 1>, ...]; a class named like the id or label column would be ambiguous."""
-    clash = [name for name in label_names if name in (id_column, LABEL_COLUMN)]
+def prediction_columns(id_column: str, label_names: list[str], target=None) -> list[str]:
+    """[id, label(s), <class 0>, <class 1>, ...] ([id, <target 0>, ...] for numbers); a class named like the id or
+    label column would be ambiguous."""
+    if target is not None and target.is_regression:
+        if id_column in label_names:
+            raise FtpeftError(
+                f"the model has a target named {id_column!r} like the id column; pass another --id_column."
+            )
+        return [id_column, *label_names]
+    label_column = LABEL_SET_COLUMN if target is not None and target.is_multi_label else LABEL_COLUMN
+    clash = [name for name in label_names if name in (id_column, label_column)]
     if clash:
         raise FtpeftError(
             f"the model has a class named {clash[0]!r}, which is also the name of the id or label column of the "
             "output; pass another --id_column."
         )
-    return [id_column, LABEL_COLUMN, *label_names]
+    return [id_column, label_column, *label_names]
+
+
+def predicted_labels(scores: np.ndarray, label_names: list[str], target=None) -> list[str]:
+    """Per row, the top class; for label sets, every label at or above its threshold, joined with the separator."""
+    if target is not None and target.is_multi_label:
+        chosen = scores >= np.asarray(target.decision_thresholds())[None, :]
+        separator = target.separator or ","
+        return [separator.join(n for n, on in zip(label_names, row) if on) for row in chosen]
+    return [label_names[i] for i in scores.argmax(axis=1)]
 
 
 def write_predictions(
-    path: str | Path, id_column: str, ids: list[str], label_names: list[str], probabilities: np.ndarray
+    path: str | Path, id_column: str, ids: list[str], label_names: list[str], probabilities: np.ndarray, target=None
 ) -> Path:
-    """Write the CSV atomically (a temporary file renamed into place) and return its path."""
+    """Write the CSV atomically (a temporary file renamed into place) and return its path. ``probabilities``: the
+    predictor's outputs (class or label probabilities, or the numbers of a regression ``target``)."""
     import pandas as pd
 
     from ftpeft.core.outputs import staged
 
-    columns = prediction_columns(id_column, label_names)
-    predicted = [label_names[i] for i in probabilities.argmax(axis=1)]
-    frame = pd.DataFrame({columns[0]: ids, LABEL_COLUMN: predicted})
+    columns = prediction_columns(id_column, label_names, target)
+    frame = pd.DataFrame({columns[0]: ids})
+    if target is None or not target.is_regression:
+        frame[columns[1]] = predicted_labels(probabilities, label_names, target)
     frame = pd.concat([frame, pd.DataFrame(probabilities, columns=label_names)], axis=1)
     with staged(path) as tmp:
         frame.to_csv(tmp, index=False)

@@ -8,6 +8,7 @@ import re
 from ftpeft.core.config import SplitArguments
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, check_fields, check_value
+from ftpeft.labels.args import LabelArguments
 
 AUTO_SEQ_LENGTH = "auto"  # --max_seq_length auto: from the training texts (text.modeling.resolve_max_seq_length)
 
@@ -52,7 +53,7 @@ class ModelArguments:
 
 
 @dataclasses.dataclass
-class TextDataArguments(SplitArguments):
+class TextDataArguments(SplitArguments, LabelArguments):
     dataset_name: str | None = dataclasses.field(
         default=None, metadata={"help": "Hub dataset id (e.g. glue). Default: the built-in offline demo tweets."}
     )
@@ -69,7 +70,11 @@ class TextDataArguments(SplitArguments):
         metadata={"help": "One or two text columns (a pair is encoded as one sequence pair). Default: guessed."},
     )
     label_column: str = dataclasses.field(
-        default="label", metadata={"help": "Column holding the labels (strings or ints)."}
+        default="label",
+        metadata={
+            "help": "Column holding the labels: a class (string or int), a label set (a list, or a string split at "
+            "--label_separator) or a number (regression)."
+        },
     )
     # Whether the user fixed the length: only a number is ever theirs (no recipe defaults to one). A number longer
     # than the model's positions is refused; auto's choice is clipped to them, with a note.
@@ -104,7 +109,7 @@ class TextDataArguments(SplitArguments):
     )
 
     def __post_init__(self):
-        check_fields(self)
+        LabelArguments.__post_init__(self)  # checks every field's rule, then the label-shape flags
         parse_max_seq_length(self.max_seq_length)  # refuses anything but auto or a number >= 1, before any work
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise FtpeftError(f"--text_columns takes one or two column names, got {self.text_columns}.")

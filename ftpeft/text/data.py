@@ -11,6 +11,8 @@ from typing import Any
 
 from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
 from ftpeft.core.errors import FtpeftError, reading_problem
+from ftpeft.labels.columns import check_header, encode_targets, is_list_feature, label_rows, label_source_columns
+from ftpeft.labels.target import Target
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.demo import DEMO_TWEETS_NAME, demo_tweets
 
@@ -49,6 +51,13 @@ def _has_no_rows(path: Path, fmt: str) -> bool:
     return False
 
 
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as stream:
+        return next(csv.reader(stream), [])
+
+
 def _load_local(data_args: TextDataArguments):
     from datasets import DatasetDict, load_dataset
 
@@ -74,6 +83,13 @@ def _load_local(data_args: TextDataArguments):
     if len(formats) > 1:
         raise FtpeftError(f"--train_file/--validation_file/--test_file mix formats {sorted(formats)}; use one format.")
     fmt = formats.pop()
+    if fmt == "csv":  # pandas renames a repeated header ('text', 'text.1'): read the header as written
+        for split, path in files.items():
+            check_header(
+                _csv_header(Path(path)),
+                label_source_columns(data_args, data_args.label_column),
+                f"--{split}_file {path}",
+            )
     splits = {}
     for split, path in files.items():  # one file at a time: each split's columns are checked on their own
         try:
@@ -125,19 +141,23 @@ def _label_names(raw, label_column: str) -> list[str]:
     return [label_text(v) for v in sorted(values)]
 
 
-def require_columns(raw, text_columns: list[str], label_column: str) -> None:
-    """Every split has the text and label columns (an error names the split and lists its columns)."""
+def require_columns(raw, text_columns: list[str], label_column: str | list[str]) -> None:
+    """Every split has the text and label columns (an error names the split and lists its columns). A label column
+    may be list-typed (a label set per row); text columns hold one value per row."""
+    label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
+    flag = "--label_column" if isinstance(label_column, str) else "--label_columns"
     for split, dataset in raw.items():
-        if label_column not in dataset.column_names:
-            raise FtpeftError(
-                f"--label_column '{label_column}' not found in the {split} split; columns: {dataset.column_names}."
-            )
+        missing_labels = [c for c in label_columns if c not in dataset.column_names]
+        if missing_labels:
+            named = f"'{missing_labels[0]}'" if isinstance(label_column, str) else str(missing_labels)
+            raise FtpeftError(f"{flag} {named} not found in the {split} split; columns: {dataset.column_names}.")
+        check_header(dataset.column_names, label_columns, f"the {split} split")
         missing = [c for c in text_columns if c not in dataset.column_names]
         if missing:
             raise FtpeftError(
                 f"text column(s) {missing} not found in the {split} split; columns: {dataset.column_names}."
             )
-        for column in [*text_columns, label_column]:
+        for column in [*text_columns, *(c for c in label_columns if not is_list_feature(dataset.features[c]))]:
             _require_scalar_column(dataset, split, column)
 
 
@@ -169,7 +189,9 @@ def text_key(texts: tuple) -> tuple[str, ...]:
     return tuple("" if _is_missing(t) else str(t).strip() for t in texts)
 
 
-def check_text_rows(raw, text_columns: list[str], label_column: str, drop_duplicates: bool, sources: dict[str, str]):
+def check_text_rows(
+    raw, text_columns: list[str], label_column: str | list[str], drop_duplicates: bool, sources: dict[str, str]
+):
     """Drop the rows that cannot be trained or scored on (empty/blank text, a missing label: None, NaN or a
     Hub ClassLabel's -1 of unlabelled test sets) and, with ``drop_duplicates``, repeated texts.
 
@@ -177,18 +199,20 @@ def check_text_rows(raw, text_columns: list[str], label_column: str, drop_duplic
     from datasets import ClassLabel, DatasetDict
 
     require_columns(raw, text_columns, label_column)
+    label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
     kept, checks = {}, {}
     for split, dataset in raw.items():
-        columns = dataset.select_columns([*text_columns, label_column]).to_dict()
-        is_class_label = isinstance(dataset.features[label_column], ClassLabel)
+        columns = dataset.select_columns([*text_columns, *label_columns]).to_dict()
+        class_labels = [c for c in label_columns if isinstance(dataset.features[c], ClassLabel)]
         texts = list(zip(*(columns[c] for c in text_columns)))
+        labels = list(zip(*(columns[c] for c in label_columns)))
         reasons = [
             "blank_text"
             if any(k == "" for k in text_key(row))
             else "missing_label"
-            if _is_missing(label) or (is_class_label and label == -1)
+            if any(_is_missing(v) or (c in class_labels and v == -1) for c, v in zip(label_columns, label))
             else None
-            for row, label in zip(texts, columns[label_column])
+            for row, label in zip(texts, labels)
         ]
         check = check_split(sources.get(split, split), reasons, [text_key(row) for row in texts], drop_duplicates)
         if check.drop_note():
@@ -235,7 +259,7 @@ def encode_labels(raw, label_column: str):
     return DatasetDict(encoded), names
 
 
-def split_and_limit(datasets, data_args: TextDataArguments, seed: int):
+def split_and_limit(datasets, data_args: TextDataArguments, seed: int, target: Target | None = None):
     """Add a stratified, seeded validation split when none exists; apply --max_*_samples."""
     if len(datasets["train"]) == 0:
         raise FtpeftError(
@@ -243,12 +267,9 @@ def split_and_limit(datasets, data_args: TextDataArguments, seed: int):
             "--label_column / --text_columns."
         )
     if "validation" not in datasets:
-        fraction = data_args.validation_split_percentage / 100
-        try:
-            split = datasets["train"].train_test_split(test_size=fraction, seed=seed, stratify_by_column="labels")
-        except ValueError:  # a class too small to stratify
-            split = datasets["train"].train_test_split(test_size=fraction, seed=seed)
-        datasets["train"], datasets["validation"] = split["train"], split["test"]
+        datasets["train"], datasets["validation"] = hold_out_validation(
+            datasets["train"], data_args.validation_split_percentage / 100, seed, target
+        )
     for split_name, limit in (
         ("train", data_args.max_train_samples),
         ("validation", data_args.max_eval_samples),
@@ -259,6 +280,22 @@ def split_and_limit(datasets, data_args: TextDataArguments, seed: int):
     if len(datasets["train"]) == 0:
         raise FtpeftError("the training set is empty after filtering; check --max_train_samples and the data.")
     return datasets
+
+
+def hold_out_validation(train, fraction: float, seed: int, target: Target | None = None):
+    """(train, validation) of a seeded split that keeps the labels' shares: stratified by class, iteratively
+    stratified for label sets, random for numbers."""
+    if target is not None and target.is_multi_label:
+        from ftpeft.labels.stratify import iterative_split
+
+        kept, held_out = iterative_split(train["labels"], fraction, seed)
+        return train.select(kept), train.select(held_out)
+    stratify = {} if target is not None and target.is_regression else {"stratify_by_column": "labels"}
+    try:
+        split = train.train_test_split(test_size=fraction, seed=seed, **stratify)
+    except ValueError:  # a class too small to stratify
+        split = train.train_test_split(test_size=fraction, seed=seed)
+    return split["train"], split["test"]
 
 
 def tokenize(
@@ -301,34 +338,46 @@ def split_sources(data_args: TextDataArguments, splits) -> dict[str, str]:
     return {split: f"{dataset_description(data_args)} [{split}]" for split in splits}
 
 
-def text_data_report(datasets, checks: dict[str, SplitCheck], text_columns: list[str], data_args) -> DataReport:
+def text_data_report(
+    datasets, checks: dict[str, SplitCheck], text_columns: list[str], data_args, target: Target
+) -> DataReport:
     """The data report of the splits as used (labels, leakage) on top of the row checks of their sources."""
+    from ftpeft.labels.stats import target_statistics
+
     keys, labels = {}, {}
     for split, dataset in datasets.items():
         columns = dataset.select_columns(text_columns).to_dict()
         keys[split] = [text_key(row) for row in zip(*(columns[c] for c in text_columns))]
-        names = dataset.features["labels"].names
-        labels[split] = [names[i] for i in dataset["labels"]]
+        labels[split] = label_rows(dataset["labels"], target)
     held_out = f"held out from train ({data_args.validation_split_percentage}%)"
-    return build_report(checks, keys, labels, data_args.drop_duplicates, held_out)
+    report = build_report(checks, keys, labels, data_args.drop_duplicates, held_out)
+    statistics = {split: dataset["labels"] for split, dataset in datasets.items()}
+    return report.with_targets(target_statistics(statistics, target, data_args.min_threshold_positives))
 
 
 def load_text_classification_data(data_args: TextDataArguments, seed: int, cache_dir: str | None = None):
     """Raw data -> unusable rows dropped, labels encoded, validation split made, limits applied.
 
-    Returns (datasets, label names, text columns, data report); ``--strict_data`` turns a drop or leakage
-    into an error here, before any tokenising."""
+    Returns (datasets, label names, text columns, data report, target); ``--strict_data`` turns a drop or leakage
+    into an error here, before any tokenising. The labels' shape (``--problem_type``) is decided here
+    (``ftpeft.labels.columns``) and logged."""
     raw = load_raw_text_datasets(data_args, cache_dir)
     text_columns = resolve_text_columns(raw["train"].column_names, data_args)
+    label_columns = label_source_columns(data_args, data_args.label_column)
     raw, checks = check_text_rows(
-        raw, text_columns, data_args.label_column, data_args.drop_duplicates, split_sources(data_args, raw)
+        raw,
+        text_columns,
+        data_args.label_column if not data_args.label_columns else label_columns,
+        data_args.drop_duplicates,
+        split_sources(data_args, raw),
     )
-    datasets, label_names = encode_labels(raw, data_args.label_column)
-    datasets = split_and_limit(datasets, data_args, seed)
-    report = text_data_report(datasets, checks, text_columns, data_args)
+    datasets, target = encode_targets(raw, data_args, data_args.label_column, encode_labels)
+    logger.info("labels: %s, %d output(s) (%s)", target.short_name, target.num_outputs, target.why)
+    datasets = split_and_limit(datasets, data_args, seed, target)
+    report = text_data_report(datasets, checks, text_columns, data_args, target)
     if data_args.strict_data:
         refuse_problems(report)
-    return datasets, label_names, text_columns, report
+    return datasets, list(target.names), text_columns, report, target
 
 
 def token_lengths(datasets, tokenizer, text_columns: list[str]) -> dict[str, list[int]]:
@@ -360,6 +409,7 @@ class TextData:
     report: DataReport  # rows read, dropped, duplicated, leaked, token lengths, truncated (data_report.json)
     max_seq_length: int  # what the splits were truncated at (--max_seq_length, auto resolved)
     max_seq_length_why: str  # why that length (resolved_settings.json)
+    target: Target  # the labels' shape: problem type, names, scaling (ftpeft.labels)
 
 
 def load_tokenized_data(
@@ -379,7 +429,7 @@ def load_tokenized_data(
 
     tokenizer = load_tokenizer(model_args, model_path)
     with training_args.main_process_first(desc="loading and tokenising"):
-        raw, label_names, text_columns, report = load_text_classification_data(
+        raw, label_names, text_columns, report, target = load_text_classification_data(
             data_args, training_args.seed, model_args.cache_dir
         )
         lengths = token_lengths(raw, tokenizer, text_columns)  # once: auto's choice and the report's truncation
@@ -393,7 +443,7 @@ def load_tokenized_data(
             tokenized = tokenize(raw, tokenizer, text_columns, max_seq_length, data_args.preprocessing_num_workers)
         else:
             tokenized = encode(raw, tokenizer, text_columns, max_seq_length)
-    labels = {split: [label_names[i] for i in dataset["labels"]] for split, dataset in raw.items()}
+    labels = {split: label_rows(dataset["labels"], target) for split, dataset in raw.items()}
     report = report.with_token_lengths(lengths, labels, max_seq_length)
     logger.info("data: %s, labels %s", {k: len(v) for k, v in tokenized.items()}, label_names)
-    return TextData(tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why)
+    return TextData(tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why, target)

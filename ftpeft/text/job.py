@@ -58,10 +58,10 @@ def train_classifier(
     from transformers import DataCollatorWithPadding
 
     from ftpeft.core.card import text_loading_snippet
-    from ftpeft.core.class_weights import class_weights_for_run
     from ftpeft.core.lifecycle import ModelDescription, start_run
     from ftpeft.core.metrics import make_compute_metrics
     from ftpeft.core.trainer import FtpeftTrainer
+    from ftpeft.labels.loss import loss_weights_for_run
     from ftpeft.text.data import dataset_description, load_tokenized_data
     from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_sequence_classifier, resolve_model_path
     from ftpeft.text.pooling import pooling_for, readout_note
@@ -85,19 +85,20 @@ def train_classifier(
 
     # --- data ------------------------------------------------------------------------------------------
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
-    tokenizer, tokenized, label_names = data.tokenizer, data.tokenized, data.label_names
+    tokenizer, tokenized, label_names, target = data.tokenizer, data.tokenized, data.label_names, data.target
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
-    run.plan_stopping(len(tokenized["train"]), len(tokenized["validation"]))
+    run.record("problem_type", data_args.problem_type, target.short_name, target.why)
+    run.plan_stopping(len(tokenized["train"]), len(tokenized["validation"]), target.problem_type)
 
     # --- model and tuning ------------------------------------------------------------------------------
-    model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling)
+    model, newly_initialised = load_sequence_classifier(model_args, model_path, label_names, pooling, target)
     tuning = apply_tuning(model, tuning_args, newly_initialised)
     model = tuning.model
     # --lp_ft / --gradual_unfreeze: the backbone's groups join at their steps (the head is all that is new)
     unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised, open_ended=run.stopping is not None)
-    class_weights, loss_note = class_weights_for_run(
-        run, tuning_args.class_weights, tokenized["train"]["labels"], label_names
+    class_weights, pos_weight, loss_note = loss_weights_for_run(
+        run, target, tuning_args.class_weights, data_args.pos_weight, tokenized["train"]["labels"]
     )
     run.save_config(tuning.freeze)
 
@@ -105,13 +106,15 @@ def train_classifier(
     collator = DataCollatorWithPadding(tokenizer)
     trainer_kwargs = {
         "args": training_args,
-        "compute_metrics": make_compute_metrics(label_names),
+        "compute_metrics": make_compute_metrics(label_names, target),
         "head_lr": tuning_args.head_lr,
         "layer_decay": tuning_args.layer_decay,
         "adapter_lr": tuning_args.lora_lr if tuning_args.use_peft else None,
         "layers": tuning.layers,
         "processing_class": tokenizer,
         "class_weights": class_weights,
+        "target": target,
+        "pos_weight": pos_weight,
     }
     if tuning_args.cache_frozen:
         trainer, cached = cached_trainer(model, tuning, tuning_args, tokenized, collator, training_args, trainer_kwargs)
@@ -135,13 +138,15 @@ def train_classifier(
         )
         trainer.state = cached_run.state  # the learning curve keeps the training history (as the image job does)
         if tuning_args.evaluates_from_cache:
-            evaluation = partial(evaluate_from_cache, cached_run, cached, label_names, run.output_dir)
+            evaluation = partial(
+                evaluate_from_cache, cached_run, cached, label_names, run.output_dir, target, data_args.threshold_rule()
+            )
 
     # --- evaluate, save, card, push ---------------------------------------------------------------------
     output_dir = str(run.output_dir)
 
     def merged_export() -> tuple[Path, str]:
-        merged_dir = write_merged_model(output_dir, label_names)
+        merged_dir = write_merged_model(output_dir, label_names)  # its config.json gets the target in finish
         return Path(merged_dir), text_loading_snippet(merged_dir, adapter=False)
 
     description = ModelDescription(
@@ -163,6 +168,8 @@ def train_classifier(
         merged_export=merged_export if tuning_args.merge_adapter else None,
         push_merged=tuning_args.push_merged,
         evaluation=evaluation,
+        target=target,
+        threshold_rule=data_args.threshold_rule(),
     )
 
 
@@ -193,12 +200,21 @@ def cached_trainer(model, tuning, tuning_args: TuningArguments, tokenized, colla
     return trainer, cached
 
 
-def evaluate_from_cache(cached_run, cached: dict, label_names: list[str], output_dir, train_metrics: dict) -> dict:
+def evaluate_from_cache(
+    cached_run, cached: dict, label_names: list[str], output_dir, target, threshold_rule, train_metrics: dict
+):
     """The final validation and test scores, read from the float32 cache: the top layers only, on the frozen
-    layers' exact output (what the saved model computes on the real inputs)."""
+    layers' exact output (what the saved model computes on the real inputs). Returns (metrics, target)."""
     from ftpeft.core.lifecycle import evaluate_and_report
 
     with cached_run.model.prefix_cached():
         return evaluate_and_report(
-            cached_run, cached["validation"], cached.get("test"), label_names, output_dir, train_metrics
+            cached_run,
+            cached["validation"],
+            cached.get("test"),
+            label_names,
+            output_dir,
+            train_metrics,
+            target,
+            threshold_rule,
         )

@@ -199,9 +199,12 @@ def training_text_sample(splits, text_columns: list[str], rows: int = SAMPLE_ROW
     return [str(text) for column in text_columns for text in sample[column] if text is not None]
 
 
-def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_names: list[str], pooling: str = "cls"):
-    """AutoModelForSequenceClassification with ``id2label``/``label2id`` set from the data; with
-    ``pooling="mean"`` the mean-pooling classifier of ``ftpeft.text.pooling`` around the same encoder.
+def load_sequence_classifier(
+    model_args: ModelArguments, model_path: str, label_names: list[str], pooling: str = "cls", target=None
+):
+    """AutoModelForSequenceClassification with ``id2label``/``label2id`` set from the data (and HF's ``problem_type``
+    from ``target``, a ``ftpeft.labels.target.Target``: label sets or numbers); with ``pooling="mean"`` the
+    mean-pooling classifier of ``ftpeft.text.pooling`` around the same encoder.
 
     Returns (model, names of newly initialised parameters) -- the new head, which is always trained.
     """
@@ -215,19 +218,16 @@ def load_sequence_classifier(model_args: ModelArguments, model_path: str, label_
         "cache_dir": model_args.cache_dir,
         "trust_remote_code": model_args.trust_remote_code,
     }
+    from ftpeft.labels.target import single_label
+
+    label_fields = (target or single_label(label_names)).config_fields()
     with loading_model(model_path):
         try:
             if pooling == "mean":
                 from ftpeft.text.pooling import build_mean_pooling_classifier
 
-                return build_mean_pooling_classifier(model_path, label_names, **common)
-            config = AutoConfig.from_pretrained(
-                model_path,
-                num_labels=len(label_names),
-                id2label=dict(enumerate(label_names)),
-                label2id={name: i for i, name in enumerate(label_names)},
-                **common,
-            )
+                return build_mean_pooling_classifier(model_path, label_names, label_fields, **common)
+            config = AutoConfig.from_pretrained(model_path, **label_fields, **common)
             # a checkpoint's own head may have another number of classes: it is replaced (checked below)
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 model_path, config=config, output_loading_info=True, ignore_mismatched_sizes=True, **common

@@ -103,13 +103,14 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
         outputs = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **encoder_kwargs)
         features = torch.tanh(self.dense(self.pooled(outputs.last_hidden_state, attention_mask)))
         logits = self.classifier(self.dropout(features))
-        return classification_output(logits, labels, self.config.num_labels)
+        return classification_output(logits, labels, self.config.num_labels, self.config.problem_type)
 
 
 def build_mean_pooling_classifier(
-    encoder_path: str, label_names: list[str], **load_kwargs: Any
+    encoder_path: str, label_names: list[str], label_fields: dict[str, Any] | None = None, **load_kwargs: Any
 ) -> tuple[MeanPoolingForSequenceClassification, list[str]]:
-    """A mean-pooling classifier around the pretrained encoder at ``encoder_path``.
+    """A mean-pooling classifier around the pretrained encoder at ``encoder_path``; ``label_fields`` (num_labels,
+    id2label, label2id, problem_type: ``Target.config_fields()``) default to one class per row of ``label_names``.
 
     Returns (model, names of the newly initialised parameters: the head). ``load_kwargs`` go to
     ``from_pretrained`` (revision, cache_dir, trust_remote_code).
@@ -118,9 +119,14 @@ def build_mean_pooling_classifier(
     config = MeanPoolingConfig(
         encoder_config=encoder.config.to_dict(),
         encoder_name_or_path=str(encoder_path),
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
+        **(
+            label_fields
+            or {
+                "num_labels": len(label_names),
+                "id2label": dict(enumerate(label_names)),
+                "label2id": {name: i for i, name in enumerate(label_names)},
+            }
+        ),
         pad_token_id=encoder.config.pad_token_id,
     )
     model = MeanPoolingForSequenceClassification(config)

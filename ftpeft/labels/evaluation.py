@@ -1,0 +1,97 @@
+"""The final evaluation of a label-set or regression run: validation first (where a label set's thresholds are
+chosen), then test once, at the chosen thresholds and at 0.5; metrics.json and the per-label or per-target report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ftpeft.labels.reports import SCATTER_FILE, per_label_markdown, per_target_markdown, save_scatter
+from ftpeft.labels.scores import THRESHOLD_METRICS, multi_label_scores, raw_outputs, sigmoid, unscale
+from ftpeft.labels.target import DEFAULT_THRESHOLD, Target
+from ftpeft.labels.thresholds import choose_thresholds
+
+logger = logging.getLogger("ftpeft")
+REPORT_FILE = "classification_report.md"  # the per-label (or per-target) table, where single-label runs put theirs
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdRule:
+    """How a label set's thresholds are decided: --threshold (auto or a number) and --min_threshold_positives."""
+
+    threshold: str | float = "auto"
+    min_positives: int = 10
+
+
+def decided_thresholds(probabilities, references, target: Target, rule: ThresholdRule):
+    """The target with its thresholds: chosen on these (validation) rows for 'auto', else the number given."""
+    if rule.threshold != "auto":
+        thresholds = (float(rule.threshold),) * target.num_outputs
+        return dataclasses.replace(target, thresholds=thresholds), f"--threshold {rule.threshold}"
+    min_positives = rule.min_positives
+    thresholds, note = choose_thresholds(probabilities, references, min_positives)
+    why = "per label by F1 on validation"
+    if note["global_labels"]:
+        shared = [target.names[j] for j in note["global_labels"]]
+        why += (
+            f"; {len(shared)} label(s) with fewer than {min_positives} validation positives share "
+            f"{note['global_threshold']:.2f} ({', '.join(shared[:10])})"
+        )
+    return dataclasses.replace(target, thresholds=thresholds), why
+
+
+def evaluate_target(
+    trainer,
+    eval_dataset,
+    test_dataset,
+    target: Target,
+    output_dir,
+    extra_metrics=None,
+    rule: ThresholdRule = ThresholdRule(),
+):
+    """(metrics, the target as saved). Label sets: eval_/test_<metric> at the chosen thresholds and
+    <metric>_at_0.5 beside them; the thresholds come from validation only. Numbers: in the target's units."""
+    from ftpeft.core.outputs import atomic_write_text, write_json
+
+    metrics: dict[str, float] = dict(extra_metrics or {})
+    validation = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    test = trainer.predict(test_dataset, metric_key_prefix="test") if test_dataset is not None else None
+    why = ""
+    if target.is_multi_label:
+        val_probabilities = sigmoid(raw_outputs(validation.predictions))
+        target, why = decided_thresholds(val_probabilities, validation.label_ids, target, rule)
+        logger.info("label thresholds: %s (%s)", dict(zip(target.names, target.decision_thresholds())), why)
+    for prefix, prediction in (("eval", validation), ("test", test)):
+        if prediction is None:
+            continue
+        scores = dict(prediction.metrics)  # the loss, timing, and (label sets) the metrics at 0.5
+        if target.is_multi_label:
+            probabilities = sigmoid(raw_outputs(prediction.predictions))
+            for name in THRESHOLD_METRICS:
+                scores[f"{prefix}_{name}_at_{DEFAULT_THRESHOLD}"] = scores.pop(f"{prefix}_{name}")
+            tuned = multi_label_scores(probabilities, prediction.label_ids, target.decision_thresholds())
+            scores.update({f"{prefix}_{name}": tuned[name] for name in THRESHOLD_METRICS})
+        metrics.update(scores)
+    if not trainer.is_world_process_zero():
+        return metrics, target
+    output_dir = Path(output_dir)
+    split, prediction = ("test", test) if test is not None else ("eval", validation)
+    if why:
+        metrics["thresholds_chosen_on"] = "validation"
+    write_json(output_dir / "metrics.json", metrics)
+    title = f"# Per-{'label' if target.is_multi_label else 'target'} results ({split} split, {len(prediction.label_ids)} rows)\n\n"
+    if target.is_multi_label:
+        probabilities = sigmoid(raw_outputs(prediction.predictions))
+        note = f"Thresholds: {why}. A label with no positives in this split is left out of mAP; its F1 is 0.\n\n"
+        atomic_write_text(
+            output_dir / REPORT_FILE, title + note + per_label_markdown(probabilities, prediction.label_ids, target)
+        )
+    else:
+        predicted = unscale(raw_outputs(prediction.predictions), target)
+        truth = unscale(np.asarray(prediction.label_ids), target)
+        atomic_write_text(output_dir / REPORT_FILE, title + per_target_markdown(predicted, truth, target))
+        save_scatter(output_dir / SCATTER_FILE, predicted, truth, target.names, f"{split}: prediction against truth")
+    return metrics, target
