@@ -43,7 +43,7 @@ def export_features(feature_args: FeatureArguments, data_args: ImageDataArgument
             from ftpeft.text.data import dataset_description, load_text_classification_data
 
             text_args = feature_args.text_data_arguments(data_args)
-            datasets, label_names, text_columns, _ = load_text_classification_data(text_args, feature_args.seed)
+            datasets, label_names, text_columns, _, _ = load_text_classification_data(text_args, feature_args.seed)
             backbones = extract.load_text_backbones(feature_args, datasets, text_columns)  # auto: from train
             skipped, description = [], dataset_description(text_args)
             fingerprints = {split: ds._fingerprint for split, ds in datasets.items()}
