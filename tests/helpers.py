@@ -348,6 +348,7 @@ TEXT_RUN_FILES = {
     "run_args.yaml",
     "resolved_settings.json",
     "learning_curve.png",
+    "target.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "training_args.bin",

@@ -19,7 +19,7 @@ def load(directory, fmt="csv", **kwargs):
 @pytest.mark.parametrize("string_labels", [True, False])
 def test_every_format_and_label_kind(tmp_path, fmt, string_labels):
     make_text_files(tmp_path, fmt, string_labels=string_labels)
-    datasets, names, columns, _ = load(tmp_path, fmt)
+    datasets, names, columns, *_ = load(tmp_path, fmt)
     assert names == (["neg", "pos"] if string_labels else ["0", "1"])
     assert columns == ["text"]
     assert {k: len(v) for k, v in datasets.items()} == {"train": 64, "validation": 16, "test": 16}
@@ -42,7 +42,7 @@ def test_two_text_columns_and_max_samples(tmp_path):
     args = TextDataArguments(
         train_file=str(tmp_path / "train.csv"), max_train_samples=4, validation_split_percentage=20
     )
-    datasets, names, columns, _ = load_text_classification_data(args, seed=0)
+    datasets, names, columns, _, _ = load_text_classification_data(args, seed=0)
     assert columns == ["premise", "hypothesis"] and names == ["x", "y"] and len(datasets["train"]) == 4
 
 
@@ -78,7 +78,7 @@ def test_empty_training_set(tmp_path):
 
 def test_offline_demo_tweets_are_fixed_and_balanced_by_class_choice():
     args = TextDataArguments(demo_train_samples=200, demo_test_samples=100)
-    datasets, names, columns, _ = load_text_classification_data(args, seed=0)
+    datasets, names, columns, _, _ = load_text_classification_data(args, seed=0)
     assert names == ["negative", "positive"] and columns == ["text"]
     other_seed, *_ = load_text_classification_data(args, seed=1)
     assert datasets["test"]["text"] == other_seed["test"]["text"]  # the test set never depends on --seed

@@ -108,7 +108,7 @@ def test_integer_labels_with_an_empty_cell_keep_their_names(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)  # the reader turns the column into floats
     pd.DataFrame(unique_rows(4, seed=2, string_labels=False)).to_csv(tmp_path / "validation.csv", index=False)
     args = TextDataArguments(train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "validation.csv"))
-    _, names, _, report = load_text_classification_data(args, seed=0)
+    _, names, _, report, _ = load_text_classification_data(args, seed=0)
     assert names == ["0", "1"] and report.splits["train"].dropped == {"missing_label": 1}  # not "0.0", "1.0"
     assert report.splits["validation"].label_counts == {"0": 2, "1": 2}
 

@@ -117,12 +117,13 @@ def test_num_train_epochs_refuses_other_words():
 def test_the_registry_gives_each_metric_its_direction():
     from ftpeft.core.metrics import METRICS, metric_spec
 
-    assert {name: spec.greater_is_better for name, spec in METRICS.items()} == {
-        "accuracy": True,
-        "macro_f1": True,
-        "loss": False,
-    }
+    lower_is_better = {name for name, spec in METRICS.items() if not spec.greater_is_better}
+    assert lower_is_better == {"loss", "hamming_loss", "rmse", "mae"}
+    assert {name for name, spec in METRICS.items() if spec.needs_threshold} == {
+        "micro_f1", "samples_f1", "subset_accuracy", "hamming_loss"
+    }  # fmt: skip
     assert metric_spec("eval_f1_pos").greater_is_better
+    assert not metric_spec("eval_rmse_score").greater_is_better and metric_spec("spearman_tone").greater_is_better
 
 
 def auto_argv(tiny_bert_dir, text_csv_dir, out, *extra):
