@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -339,3 +340,114 @@ def entry_point(command: DocCommand) -> str:
 def test_the_readme_shows_every_recipe():
     shown = {entry_point(c) for c in COMMANDS if c.where.startswith("README.md:")}
     assert {f"recipes/{p.name}" for p in RECIPE_FILES} <= shown, shown
+
+
+# --- generated tables and the Python blocks ----------------------------------------------------------------------
+
+
+@functools.cache
+def gen_docs():
+    """scripts/gen_docs.py as a module: it writes the flag, default and results tables the docs show."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts/gen_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_docs"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in MARKDOWN if p.is_file() and "<!-- generated:" in p.read_text()], ids=lambda p: p.name
+)
+def test_generated_blocks_are_what_the_generator_writes_now(path):
+    text = path.read_text()
+    stale = [
+        match.group("name")
+        for match in gen_docs().BLOCK.finditer(text)
+        if match.group("body") != gen_docs().render(match.group("name")) + "\n"
+    ]
+    assert not stale, f"{path.relative_to(ROOT)}: stale generated block(s) {stale}; run python scripts/gen_docs.py"
+
+
+def test_the_reference_table_is_what_the_results_files_give():
+    reference = ROOT / "benchmarks/results/reference.md"
+    assert reference.read_text() == gen_docs().reference_markdown(), "run python scripts/gen_docs.py"
+
+
+def test_every_results_file_is_read_by_the_reference(tmp_path, monkeypatch):
+    generator = gen_docs()
+    new = tmp_path / "new.json"
+    new.write_text('{"rows": []}')
+    monkeypatch.setattr(generator, "RESULTS", tmp_path)
+    with pytest.raises(KeyError, match="new.json: neither the shared schema nor in LEGACY"):
+        generator.reference_figures()
+
+
+def test_a_results_file_in_the_shared_schema_becomes_a_row(tmp_path, monkeypatch):
+    generator = gen_docs()
+    result = {
+        "setting": {"recipe": "bert_cls", "tuning": "top 2 layers", "data": "demo", "size": "2,000 tweets"}
+        | {"epochs": "auto", "seeds": "42-44"},
+        "date": "2026-12-07",
+        "machine": "1 GPU",
+        "load": "idle",
+        "command": "python recipes/bert_cls.py --unfreeze-last 2",
+        "figures": {"val_accuracy": 0.9, "test_accuracy": [0.88, 0.01]},
+        "headline": "test_accuracy",
+    }
+    (tmp_path / "new.json").write_text(__import__("json").dumps({"results": [result]}))
+    monkeypatch.setattr(generator, "RESULTS", tmp_path)
+    (figure,) = generator.reference_figures()
+    assert (figure.figure, figure.date, figure.machine, figure.headline) == (
+        "test accuracy 0.880 ± 0.010",
+        "2026-12-07",
+        "1 GPU, load idle",
+        True,
+    )
+
+
+def test_a_flag_table_follows_the_dataclass():
+    table = gen_docs().render("flags:TuningArguments:head_lr,lora_lr")
+    rows = table.splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| `--head_lr`", "| `--lora_lr`"]
+    assert "| `2e-3` |" not in rows[1] and "`0.002`" in rows[1]  # the default as Python prints it
+    with pytest.raises(KeyError, match="no field"):
+        gen_docs().render("flags:TuningArguments:no_such_flag")
+
+
+def test_the_lora_config_uses_the_validated_lrs():
+    """recipes/configs/bert_cls/lora.yaml writes out the text recipe's LRs (checked for LoRA in lora_defaults.md)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "recipes/configs/bert_cls/lora.yaml").read_text())
+    defaults = recipe("recipes/bert_cls.py").DEFAULTS
+    assert (config["learning_rate"], config["head_lr"]) == (defaults["learning_rate"], defaults["head_lr"])
+
+
+PYTHON_BLOCK = re.compile(r"(?P<marker><!-- [^>]*-->\n)?```python\n(?P<code>.*?)```", re.DOTALL)
+DISPLAY_ONLY = (
+    "<!-- display-only"  # a block that shows code but cannot run on its own says so: <!-- display-only: why -->
+)
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(file:line, code) of every ```python block of docs/ and benchmarks/README.md not marked display-only (the
+    README's one block is run by tests/test_readme.py)."""
+    blocks = []
+    for path in MARKDOWN[1:]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        for match in PYTHON_BLOCK.finditer(text):
+            if not (match.group("marker") or "").startswith(DISPLAY_ONLY):
+                line = text.count("\n", 0, match.start("code")) + 1
+                blocks.append((f"{path.relative_to(ROOT)}:{line}", match.group("code")))
+    return blocks
+
+
+@pytest.mark.parametrize("where, code", python_blocks(), ids=[w for w, _ in python_blocks()])
+def test_every_python_block_runs(where, code, tmp_path, monkeypatch, restored_environ):
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, where, "exec"), {})  # noqa: S102  (the docs' example runs as written)
