@@ -245,5 +245,5 @@ class CachedStatesCollator:
         return {
             "boundary_states": states,
             "attention_mask": mask,
-            "labels": torch.tensor([int(f["labels"]) for f in features]),
+            "labels": torch.tensor([f["labels"] for f in features]),  # class ids, multi-hot rows or numbers
         }

@@ -246,7 +246,7 @@ class CachedViewsCollator:
             rows.append(self.store.get(index, int(torch.randint(views, ())) if views > 1 else 0))
         return {
             "boundary_states": torch.cat(rows).to(self.dtype),
-            "labels": torch.tensor([int(f["labels"]) for f in features]),
+            "labels": torch.tensor([f["labels"] for f in features]),  # class ids, multi-hot rows or numbers
         }
 
 

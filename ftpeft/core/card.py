@@ -141,11 +141,13 @@ def write_model_card(output_dir: str | Path, summary: RunSummary) -> Path:
 
 def adapter_label_kwargs(label_names: list[str]) -> dict:
     """What the base model needs to build the head an adapter was trained with (peft reloads the base
-    checkpoint, whose config does not know the task's labels)."""
+    checkpoint, whose config does not know the task's labels; a base with a head of another size gets a new one,
+    which the adapter's saved head then replaces)."""
     return {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
+        "ignore_mismatched_sizes": True,
     }
 
 

@@ -41,7 +41,6 @@ def train_knowledge_classifier(
     """Train, evaluate and save one knowledge-injection classifier; returns the final metrics."""
     import torch
 
-    from ftpeft.core.class_weights import class_weights_for_run
     from ftpeft.core.lifecycle import ModelDescription, start_run
     from ftpeft.core.metrics import make_compute_metrics
     from ftpeft.core.outputs import atomic_write_text
@@ -55,6 +54,7 @@ def train_knowledge_classifier(
     )
     from ftpeft.knowledge.model import build_knowledge_model, newly_initialised_parameters, set_knowledge_trainable
     from ftpeft.knowledge.table import load_knowledge_table, vader_lexicon_path
+    from ftpeft.labels.loss import loss_weights_for_run
     from ftpeft.text.data import dataset_description, load_tokenized_data
     from ftpeft.text.modeling import base_model_name, check_max_seq_length, resolve_model_path
     from ftpeft.tuning.apply import apply_tuning
@@ -85,7 +85,9 @@ def train_knowledge_classifier(
     data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
-    run.plan_stopping(len(data.tokenized["train"]), len(data.tokenized["validation"]))
+    target = data.target
+    run.record("problem_type", data_args.problem_type, target.short_name, target.why)
+    run.plan_stopping(len(data.tokenized["train"]), len(data.tokenized["validation"]), target.problem_type)
     layout = knowledge_layout(data.raw, knowledge_args)
     knowledge_metrics, knowledge_notes = knowledge_report(
         knowledge_stats(data.tokenized), knowledge_args.unknown_entity
@@ -98,6 +100,7 @@ def train_knowledge_classifier(
         model_path,
         data.label_names,
         None if table is None else torch.from_numpy(table.vectors),
+        target,
         inject_mode=inject,
         unknown_entity=knowledge_args.unknown_entity,
         train_knowledge=knowledge_args.train_knowledge,
@@ -115,8 +118,8 @@ def train_knowledge_classifier(
     model = tuning.model
     # --lp_ft / --gradual_unfreeze: the encoder's groups join at their steps; injection, fusion and head from step 0
     unfreezing = staged_unfreezing(tuning_args, tuning, newly_initialised, open_ended=run.stopping is not None)
-    class_weights, loss_note = class_weights_for_run(
-        run, tuning_args.class_weights, data.tokenized["train"]["labels"], data.label_names
+    class_weights, pos_weight, loss_note = loss_weights_for_run(
+        run, target, tuning_args.class_weights, data_args.pos_weight, data.tokenized["train"]["labels"]
     )
     run.save_config(tuning.freeze)
 
@@ -128,12 +131,14 @@ def train_knowledge_classifier(
         eval_dataset=data.tokenized["validation"],
         processing_class=data.tokenizer,
         data_collator=KnowledgeCollator(data.tokenizer),
-        compute_metrics=make_compute_metrics(data.label_names),
+        compute_metrics=make_compute_metrics(data.label_names, target),
         head_lr=tuning_args.head_lr,
         layer_decay=tuning_args.layer_decay,
         adapter_lr=tuning_args.lora_lr if tuning_args.use_peft else None,
         layers=tuning.layers,
         class_weights=class_weights,
+        target=target,
+        pos_weight=pos_weight,
     )
     if unfreezing:
         trainer.add_callback(unfreezing)
@@ -176,6 +181,8 @@ def train_knowledge_classifier(
         merged_export=merged_export if tuning_args.use_peft else None,
         # with LoRA the merged model: the adapter alone cannot be rebuilt (its wrapper base is not on the Hub)
         push_merged=tuning_args.use_peft,
+        target=target,
+        threshold_rule=data_args.threshold_rule(),
     )
 
 

@@ -310,9 +310,11 @@ def build_knowledge_model(
     encoder_path: str,
     label_names: list[str],
     vectors: torch.Tensor | None,
+    target=None,
     **settings: Any,
 ) -> KnowledgeInjectionForSequenceClassification:
-    """A knowledge-injection classifier around the pretrained encoder at ``encoder_path``.
+    """A knowledge-injection classifier around the pretrained encoder at ``encoder_path``, with the outputs of
+    ``target`` (a ``ftpeft.labels.target.Target``: label sets, numbers; default one class per row of ``label_names``).
 
     ``vectors`` (N, D) fill table rows 2..N+1; ``settings`` are KnowledgeInjectionConfig fields
     (inject_mode, token_knowledge, num_example_ids, example_vector_dim, ...). Fails with FtpeftError
@@ -320,6 +322,7 @@ def build_knowledge_model(
     """
     from ftpeft.core.artifacts import check_model_folder, loading_model
     from ftpeft.core.freezing import ARCHITECTURES
+    from ftpeft.labels.target import single_label
 
     if Path(encoder_path).is_dir():
         check_model_folder(encoder_path)
@@ -340,9 +343,7 @@ def build_knowledge_model(
     config = KnowledgeInjectionConfig(
         encoder_config=encoder_config.to_dict(),
         encoder_name_or_path=str(encoder_path),
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
+        **(target or single_label(label_names)).config_fields(),
         **settings,
     )
     with loading_model(encoder_path):

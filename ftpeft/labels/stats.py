@@ -20,7 +20,7 @@ def target_statistics(labels: Mapping[str, Sequence], target: Target, min_thresh
     statistics: dict[str, Any] = {"problem_type": target.short_name, "why": target.why, "splits": {}}
     for split, values in labels.items():
         if target.is_multi_label:
-            matrix = np.asarray(values, dtype=float).reshape(len(values), -1)
+            matrix = np.asarray(values, dtype=float).reshape(len(values), target.num_outputs)
             counts = matrix.sum(axis=0).astype(int)
             statistics["splits"][split] = {
                 "label_cardinality": float(matrix.sum(axis=1).mean()) if len(matrix) else 0.0,
@@ -31,7 +31,7 @@ def target_statistics(labels: Mapping[str, Sequence], target: Target, min_thresh
                 statistics["labels_below_threshold_minimum"] = [
                     name for name, n in zip(target.names, counts) if n < min_threshold_positives
                 ]
-        else:
+        elif len(values):
             numbers = unscale(values, target)
             statistics["splits"][split] = {
                 name: {

@@ -34,4 +34,6 @@ def iterative_split(label_matrix, test_fraction: float, seed: int) -> tuple[list
         chosen = int(np.argmax(wanted_rows))
         part[row] = chosen
         wanted_rows[chosen] -= 1
+    if rows > 1 and test_fraction > 0 and not (part == 1).any():  # a tiny split still holds one row out
+        part[int(rng.integers(rows))] = 1
     return np.flatnonzero(part == 0).tolist(), np.flatnonzero(part == 1).tolist()
