@@ -9,8 +9,8 @@ them is replaced by what its NAME renders:
 
     <!-- generated:flags:TuningArguments:lora_r,lora_alpha -->  ...  <!-- /generated:flags:TuningArguments:lora_r,lora_alpha -->
 
-- ``flags:CLASS[:field,field,...]``: one row per field of an argument dataclass (flag, default, allowed values,
-  help text), every field or the ones named;
+- ``flags:CLASS[:field,field,...|:own]``: one row per field of an argument dataclass (flag, default, allowed values,
+  help text): every field, the ones named, or those the class declares itself (not inherited);
 - ``defaults:RECIPE``: the recipe's own defaults (its DEFAULTS dict) next to the library's (the dataclass field's
   or TrainingArguments');
 - ``reference`` / ``reference:headline``: the rows of ``benchmarks/results/reference.md`` (all, or the headline
@@ -101,6 +101,9 @@ def shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(shown(v) for v in value) or "—"
     if isinstance(value, float):
+        if value and abs(value) < 0.01:  # learning rates as people write them: 2e-3, not 0.002
+            mantissa, exponent = f"{value:e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
         return f"{value:g}"
     if hasattr(value, "value"):  # an Enum of TrainingArguments
         return str(value.value)
@@ -112,7 +115,7 @@ def cell(text: str) -> str:
 
 
 def escape(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    return " ".join(text.split()).replace("|", "\\|").replace("%%", "%")  # argparse's %% is a percent sign
 
 
 def field_default(field: dataclasses.Field) -> Any:
@@ -125,8 +128,14 @@ def flags_table(class_name: str, names: list[str] | None = None) -> str:
     """One row per field of an argument dataclass: the flag, its default, what it accepts and its help text."""
     from ftpeft.core.validation import rule_text
 
-    fields = [f for f in dataclasses.fields(argument_classes()[class_name]) if f.init]
-    if names:
+    cls = argument_classes()[class_name]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    if names == ["own"]:  # the class's own fields, not those it inherits (SplitArguments has its own table)
+        inherited = {
+            f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)
+        }
+        fields = [f for f in fields if f.name not in inherited]
+    elif names:
         by_name = {f.name: f for f in fields}
         unknown = [n for n in names if n not in by_name]
         if unknown:
@@ -157,12 +166,15 @@ RECIPE_DEFAULTS = {  # recipe -> (the name of its defaults dict, the argument cl
 }
 
 
+TRAINER_DEFAULT = "transformers' default"  # not its value: that moves with the installed transformers release
+
+
 def library_defaults(class_names: tuple[str, ...]) -> dict[str, Any]:
-    """Field name -> default, over the named argument classes and transformers' TrainingArguments."""
+    """Field name -> default, over the named argument classes (TrainingArguments' fields: TRAINER_DEFAULT)."""
     from transformers import TrainingArguments
 
     classes = argument_classes()
-    defaults = {f.name: field_default(f) for f in dataclasses.fields(TrainingArguments) if f.init}
+    defaults = {f.name: TRAINER_DEFAULT for f in dataclasses.fields(TrainingArguments) if f.init}
     for name in class_names:
         defaults.update({f.name: field_default(f) for f in dataclasses.fields(classes[name]) if f.init})
     return defaults
@@ -175,7 +187,10 @@ def defaults_table(recipe: str) -> str:
     library = library_defaults(class_names)
     rows = [f"| setting | `{recipe}.py` default | library default |", "|---|---|---|"]
     for name, value in recipe_defaults.items():
-        rows.append(f"| `--{name}` | {cell(shown(value))} | {cell(shown(library.get(name, dataclasses.MISSING)))} |")
+        default = library.get(name, dataclasses.MISSING)
+        rows.append(
+            f"| `--{name}` | {cell(shown(value))} | {default if default == TRAINER_DEFAULT else cell(shown(default))} |"
+        )
     return "\n".join(rows)
 
 
