@@ -3,6 +3,8 @@
     python recipes/image_cls.py                                  # offline demo: EfficientNet-Lite0 on MNIST
     python recipes/image_cls.py --unfreeze-last 0                # same, head only (frozen backbone)
     accelerate launch recipes/image_cls.py --config recipes/configs/image_cls/dog_breed.yaml
+    python recipes/image_cls.py --labels_csv train_v2.csv --image_dir train-jpg --image_ext .jpg \
+        --id_column image_name --label_column tags --label_separator ' '   # Kaggle "planet": a tag set per image
     python recipes/image_cls.py --help
 
 Features (flag):
@@ -15,6 +17,11 @@ Features (flag):
   layer-wise decay (--layer_decay)
 - staged unfreezing in one run: LP-FT (--lp_ft) or gradual unfreezing of the stages (--gradual_unfreeze)
 - a class-weighted loss for imbalanced classes (--class_weights balanced|none|FILE)
+- label sets and numbers (--problem_type auto|single_label|multi_label|regression; auto reads the columns): a
+  Kaggle tag column (--label_separator ' ', as in "planet"), one 0/1 column per label or numeric columns
+  (--label_columns), a Hub list or float column. Label sets train with BCE (--pos_weight balanced|none|FILE) and
+  per-label thresholds chosen on validation (--threshold auto|FLOAT); numbers with MSE on standardised targets,
+  the scaling folded back into the saved head. Class folders give one class per image
 - frozen-stage cache (--cache_frozen, with --unfreeze_last k): the frozen stages run once per image, their
   output is cached on disk (--activation_cache_dir, --cache_dtype) and only the top k stages + head train
   from it; training images then go through the evaluation transform (no augmentation), or
@@ -34,9 +41,10 @@ Features (flag):
 - every TrainingArguments flag (--num_train_epochs N, --bf16, --push_to_hub, --report_to, ...)
 
 Writes to --output_dir: model.safetensors + config.json (timm format, with the evaluation transform's data
-config: reload with timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)), run_args.yaml,
-resolved_settings.json, freeze_report.json, data_report.json, metrics.json, confusion_matrix.png,
-classification_report.md and a model card (README.md).
+config and, for label sets and numbers, HF's problem_type and the label thresholds: reload with
+timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)), target.json (+ thresholds.json for label sets),
+run_args.yaml, resolved_settings.json, freeze_report.json, data_report.json, metrics.json, confusion_matrix.png
+(numbers: predictions_scatter.png), classification_report.md and a model card (README.md).
 """
 
 from __future__ import annotations

@@ -160,6 +160,7 @@ EXPECTED_FILES = {
     "confusion_matrix.png",
     "classification_report.md",
     "README.md",
+    "target.json",  # one class per row: the label names and the problem type, as every run saves them
     SKIPPED_FILE,
 }
 

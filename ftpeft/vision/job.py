@@ -1,7 +1,9 @@
 """The image-classification job: a timm model, head only / last k stages / full, trained with HF Trainer.
 
 ``train_image_classifier(...)`` is one run, called by ``recipes/image_cls.py`` and by the library. The
-saved model is a stock timm model: ``timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)``.
+saved model is a stock timm model: ``timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)``. Its outputs are
+class logits, one logit per label of a label set (sigmoid, thresholds in config.json), or the numbers of a regression
+in the targets' own units (the training scaling is folded into the head when it is saved).
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ def train_image_classifier(
     """Train, evaluate and save one timm image classifier; returns the final metrics."""
     from transformers import default_data_collator
 
-    from ftpeft.core.class_weights import class_weights_for_run
     from ftpeft.core.lifecycle import ModelDescription, start_run
     from ftpeft.core.metrics import make_compute_metrics
     from ftpeft.core.settings import resolve_settings
+    from ftpeft.labels.loss import loss_weights_for_run
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.schedules import staged_unfreezing
     from ftpeft.vision.data import (
@@ -77,6 +79,8 @@ def train_image_classifier(
     tuning_args.require_supported("image_cls", peft=False, cache=True)
     if data_args.cache_augmented_views and not tuning_args.cache_frozen:
         raise FtpeftError("--cache_augmented_views needs --cache_frozen (without it every epoch draws new views).")
+    if data_args.is_demo:
+        data_args.refuse_label_shapes("the demo digits")
     run = start_run(
         "image_cls", config, training_args, run_args, keep_all_columns=True, flags=tuning_args.engine_dependent_flags
     )
@@ -88,11 +92,13 @@ def train_image_classifier(
     # --- data (files verified up front; the unreadable ones skipped and listed) ------------------------
     with training_args.main_process_first(desc="scanning images"):
         data = load_image_classification_data(data_args, training_args.seed, model_args.cache_dir)
+    target = data.target
     sizes = {split: len(images) for split, images in data.splits.items()}
-    logger.info("data: %s, %d classes, %d skipped", sizes, len(data.label_names), len(data.skipped))
+    logger.info("data: %s, %d outputs, %d skipped", sizes, target.num_outputs, len(data.skipped))
     run.report_data(data.report)
+    run.record("problem_type", data_args.problem_type, target.short_name, target.why)
     run.settings.update(resolve_settings(training_args, lone_last_batch(training_args, sizes["train"])))
-    run.plan_stopping(sizes["train"], sizes.get("validation", 0))
+    run.plan_stopping(sizes["train"], sizes.get("validation", 0), target.problem_type)
     if training_args.should_save and data.skipped:
         skipped_file = write_skipped(training_args.output_dir, data.skipped)
         logger.warning("%d unreadable image(s) skipped: see %s", len(data.skipped), skipped_file)
@@ -100,7 +106,7 @@ def train_image_classifier(
     # --- model and tuning ------------------------------------------------------------------------------
     model = create_timm_model(
         model_name,
-        len(data.label_names),
+        target.num_outputs,
         pretrained=model_args.pretrained,
         pretrained_file=weights_file,
         cache_dir=model_args.cache_dir,
@@ -110,14 +116,15 @@ def train_image_classifier(
         zero_init_head(model)  # a zero head: no large random-logit gradients flow into the pretrained backbone
     else:
         logger.warning("%s starts from random weights (pass --pretrained or --pretrained_file).", model_name)
+    check_regression_head(model, target)
     run.settings.update(resolve_settings(training_args, timm_checkpointing(model, training_args)))
     # frozen BatchNorm layers are pinned to eval mode: their running statistics never move
     tuning = apply_tuning(model, tuning_args)
     unfreezing = staged_unfreezing(
         tuning_args, tuning, open_ended=run.stopping is not None
     )  # --lp_ft / --gradual_unfreeze
-    class_weights, loss_note = class_weights_for_run(
-        run, tuning_args.class_weights, data.splits["train"].labels, data.label_names
+    class_weights, pos_weight, loss_note = loss_weights_for_run(
+        run, target, tuning_args.class_weights, data_args.pos_weight, data.splits["train"].labels
     )
     # input size, crop, interpolation, mean/std: the model's pretrained_cfg unless a flag (or the demo) sets them
     image_settings = resolve_image_settings(model, data_args)
@@ -141,11 +148,13 @@ def train_image_classifier(
     }
     trainer_kwargs = {
         "args": training_args,
-        "compute_metrics": make_compute_metrics(data.label_names),
+        "compute_metrics": make_compute_metrics(data.label_names, target),
         "head_lr": tuning_args.head_lr,
         "layer_decay": tuning_args.layer_decay,
         "layers": tuning.layers,
         "class_weights": class_weights,
+        "target": target,
+        "pos_weight": pos_weight,
     }
     inputs = {
         "model": model,
@@ -169,8 +178,9 @@ def train_image_classifier(
         )
         trainer.state = cached_run.state  # the learning curve keeps the training history
 
-    # --- evaluate, save (a stock timm model), card, push -----------------------------------------------
+    # --- evaluate, save (a stock timm model; a regression's scaling folded into its head), card, push ----------
     def write_model(folder: Path, state_dict: dict | None) -> None:
+        # the Trainer's own model (trained in place): finish folds a regression's scaling into its head meanwhile
         save_timm_model(model, folder, data.label_names, image_settings.data_config, state_dict)
 
     trained = tuning.freeze.trainable_layers or "none, head only"
@@ -182,14 +192,45 @@ def train_image_classifier(
         tuning=unfreezing.describe(tuning_text) if unfreezing else tuning_text,
         dataset=data.description,
         hub_dataset=data_args.dataset_name,
-        loading_snippet=image_loading_snippet(training_args.output_dir),
+        loading_snippet=image_loading_snippet(training_args.output_dir, target),
         notes=[f"{len(data.skipped)} unreadable image(s) skipped (skipped_images.txt)"] if data.skipped else [],
     )
     if tuning_args.cache_frozen:
         description.notes.append(cache_card_note(data_args.cache_augmented_views))
     if loss_note:
         description.notes.append(loss_note)
-    return run.finish(trainer, datasets, data.label_names, description, train_metrics, write_model=write_model)
+    return run.finish(
+        trainer,
+        datasets,
+        data.label_names,
+        description,
+        train_metrics,
+        write_model=write_model,
+        target=target,
+        threshold_rule=data_args.threshold_rule(),
+    )
+
+
+def check_regression_head(model, target) -> None:
+    """A regression's scaling is folded into the model's output layer when it is saved (``ftpeft.labels.scaling``):
+    that layer must be the timm classifier (a linear layer with a bias), checked before any training."""
+    from torch import nn
+
+    from ftpeft.labels.scaling import output_layer
+
+    if not target.is_regression:
+        return
+    classifier = model.get_classifier()
+    if (
+        not isinstance(classifier, nn.Linear)
+        or classifier.bias is None
+        or output_layer(model, target.num_outputs) is not classifier
+    ):
+        raise FtpeftError(
+            f"--problem_type regression: {type(model).__name__}'s classifier ({type(classifier).__name__}) is not the "
+            "last linear layer with a bias, where the target scaling is folded in when the model is saved; choose "
+            "a timm model with a linear head."
+        )
 
 
 CACHE_TRANSFORM_NOTE = (

@@ -1,7 +1,8 @@
 """timm models for the recipes: creation with clear errors, a Trainer for them, and save/reload as stock timm.
 
 A run's artefact is a plain timm model: ``model.safetensors`` + ``config.json`` in timm's Hub format
-(architecture, num_classes, label_names, pretrained_cfg), reloadable with
+(architecture, num_classes, label_names, pretrained_cfg; HF's problem_type and label_thresholds for label sets and
+numbers, added by ``ftpeft.labels.target.save_target``), reloadable with
 ``timm.create_model("local-dir:OUTPUT_DIR", pretrained=True)``.
 """
 
@@ -71,7 +72,8 @@ def create_timm_model(
 
 
 class ImageClassificationTrainer(FtpeftTrainer):
-    """FtpeftTrainer for a plain timm model: batches are {"pixel_values", "labels"}, loss is cross-entropy.
+    """FtpeftTrainer for a plain timm model: batches are {"pixel_values", "labels"}; the loss of the problem type
+    (cross-entropy, BCE for label sets, MSE for numbers: ``FtpeftTrainer.classification_loss``).
 
     ``input_name`` is the batch key fed to the model (``boundary_states`` when training from the cache).
     """
@@ -83,7 +85,7 @@ class ImageClassificationTrainer(FtpeftTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = model(inputs[self.input_name])
-        loss = self.classification_loss(logits, inputs["labels"])  # class-weighted with --class_weights
+        loss = self.classification_loss(logits, inputs["labels"])  # --class_weights, --pos_weight
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
@@ -107,16 +109,31 @@ def save_timm_model(
     )
 
 
-def image_loading_snippet(output_dir: str) -> str:
-    return (
-        "import timm, torch\n"
-        "from PIL import Image\n"
-        f'model = timm.create_model("local-dir:{output_dir}", pretrained=True).eval()\n'
-        "config = timm.data.resolve_data_config({}, model=model)\n"
-        "transform = timm.data.create_transform(**config)\n"
-        'logits = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0))\n'
-        'print(model.pretrained_cfg.get("label_names"), logits.softmax(-1))'
-    )
+def image_loading_snippet(output_dir: str, target=None) -> str:
+    """The card's loading code: class probabilities (softmax), the label set at the run's thresholds (sigmoid; the
+    thresholds are in config.json), or the numbers themselves (the saved head outputs the targets' units)."""
+    multi_label = target is not None and target.is_multi_label
+    lines = [
+        "import json, timm, torch" if multi_label else "import timm, torch",
+        "from PIL import Image",
+        f'model = timm.create_model("local-dir:{output_dir}", pretrained=True).eval()',
+        "config = timm.data.resolve_data_config({}, model=model)",
+        "transform = timm.data.create_transform(**config)",
+        "with torch.no_grad():",
+        '    logits = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0))[0]',
+        'names = model.pretrained_cfg["label_names"]',
+    ]
+    if multi_label:
+        lines += [
+            f'thresholds = json.load(open("{output_dir}/config.json"))["label_thresholds"]  # chosen on validation',
+            "probabilities = dict(zip(names, logits.sigmoid().tolist()))",
+            "print([name for name, p in probabilities.items() if p >= thresholds[name]], probabilities)",
+        ]
+    elif target is not None and target.is_regression:
+        lines += ["values = dict(zip(names, logits.tolist()))  # in the targets' own units", "print(values)"]
+    else:
+        lines += ["probabilities = dict(zip(names, logits.softmax(-1).tolist()))", "print(probabilities)"]
+    return "\n".join(lines)
 
 
 def zero_init_head(model: nn.Module) -> str:
