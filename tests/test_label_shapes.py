@@ -228,3 +228,24 @@ def test_bad_label_input_is_one_line_and_exit_2(tiny_bert_dir, tmp_path, case, w
     last = outcome.stderr.rstrip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
     assert snapshot(data) == before and not (out.exists() and any(out.iterdir()))
+
+
+@pytest.mark.parametrize(
+    "problem_type, metric, lower_is_better", [("multi_label", "map", False), ("regression", "rmse", True)]
+)
+def test_the_ladder_chooses_on_the_problem_types_threshold_free_metric(
+    tiny_bert_dir, shape_data, tmp_path, problem_type, metric, lower_is_better
+):
+    data, label_flags = shape_data[problem_type]
+    argv = tiny_args(tiny_bert_dir, data, tmp_path / "ladder", *label_flags, "--max_steps", "6", "--learning_rate",
+                     "3e-3", "--rungs", "probe_head", "head_only", "last_k_small", "--time_budget", "10m")  # fmt: skip
+    result = load_recipe("ladder").main(argv)
+    assert result["metric"] == metric and result["data"]["problem_type"].startswith(problem_type.split("_")[0])
+    assert "bootstrap" in result["tolerance_method"] and result["tolerance"] > 0
+    done = [r for r in result["rungs"] if r["status"] == "done"]
+    assert {r["name"] for r in done} == {"probe_head", "head_only", "last_k_small"}
+    scores = {r["name"]: r["val_scores"][metric] for r in done}
+    best = (min if lower_is_better else max)(scores.values())
+    chosen = scores[result["recommended"]]
+    assert abs(chosen - best) <= result["tolerance"] + 1e-9  # within the tolerance of the best on validation
+    assert f"val {metric}" in (tmp_path / "ladder" / "ladder.md").read_text()

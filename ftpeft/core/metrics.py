@@ -49,6 +49,36 @@ PER_CLASS_F1 = "f1_"  # f1_<label>: one class's F1, as compute_metrics reports i
 DEFAULT_METRICS = {"single_label_classification": "accuracy", "multi_label_classification": "map", "regression": "rmse"}
 
 
+# Which metrics a run of each problem type reports (per-class f1_<class> and per-target <metric>_<target> too).
+PROBLEM_METRICS = {
+    "single_label_classification": ("accuracy", "macro_f1", "loss"),
+    "multi_label_classification": (
+        "map",
+        "micro_f1",
+        "macro_f1",
+        "samples_f1",
+        "subset_accuracy",
+        "hamming_loss",
+        "loss",
+    ),
+    "regression": ("rmse", "mae", "r2", "pearson", "spearman", "loss"),
+}
+
+
+def check_metric_fits(name: str, problem_type: str, flag: str = "--metric_for_best_model") -> None:
+    """Refuse a metric that runs of ``problem_type`` do not report (accuracy for numbers, RMSE for classes)."""
+    key = name.removeprefix("eval_")
+    spec = metric_spec(name, flag)
+    base = "f1" if key.startswith(PER_CLASS_F1) and key not in METRICS else spec.name.split("_")[0]
+    allowed = PROBLEM_METRICS[problem_type]
+    per_item = (base == "f1" and problem_type == "single_label_classification") or (
+        problem_type == "regression" and key.split("_")[0] in allowed
+    )
+    if key not in allowed and not per_item:
+        short = problem_type.replace("_classification", "")
+        raise FtpeftError(f"{flag} {name}: not a metric of {short} runs; use one of {', '.join(allowed)}.")
+
+
 def default_metric(problem_type: str = "single_label_classification") -> str:
     """What a run of ``problem_type`` (HF's long name) stops and chooses on unless told otherwise."""
     return DEFAULT_METRICS[problem_type]

@@ -16,6 +16,8 @@ from ftpeft.labels.thresholds import choose_thresholds
 
 logger = logging.getLogger("ftpeft")
 REPORT_FILE = "classification_report.md"  # the per-label (or per-target) table, where single-label runs put theirs
+# the validation rows' raw outputs and labels: what the thresholds were chosen on, and what the ladder bootstraps
+VALIDATION_OUTPUTS_FILE = "validation_outputs.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,9 @@ def evaluate_target(
     if why:
         metrics["thresholds_chosen_on"] = "validation"
     write_json(output_dir / "metrics.json", metrics)
+    np.savez(
+        output_dir / VALIDATION_OUTPUTS_FILE, outputs=raw_outputs(validation.predictions), labels=validation.label_ids
+    )
     title = f"# Per-{'label' if target.is_multi_label else 'target'} results ({split} split, {len(prediction.label_ids)} rows)\n\n"
     if target.is_multi_label:
         probabilities = sigmoid(raw_outputs(prediction.predictions))

@@ -97,3 +97,19 @@ def make_target_metrics(target: Target):
         return target_scores(eval_prediction.predictions, eval_prediction.label_ids, target)
 
     return compute_metrics
+
+
+def bootstrap_standard_error(
+    outputs, label_ids, target: Target, metric: str, resamples: int = 200, seed: int = 0
+) -> float:
+    """The standard deviation of ``metric`` over bootstrap resamples of the validation rows (raw ``outputs`` and
+    encoded ``label_ids``): the noise of a metric that is not a share, for the ladder's tolerance."""
+    outputs, label_ids = np.asarray(outputs), np.asarray(label_ids)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        rows = rng.integers(0, len(outputs), len(outputs))
+        value = target_scores(outputs[rows], label_ids[rows], target).get(metric)
+        if value is not None and np.isfinite(value):
+            values.append(value)
+    return float(np.std(values)) if len(values) > 1 else 0.0

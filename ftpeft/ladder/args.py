@@ -36,8 +36,11 @@ class LadderArguments:
         metadata={"help": "Seeds per rung (--seed, --seed+1, ...); mean ± sd with 2 or more.", "range": COUNT},
     )
     metric: str = dataclasses.field(
-        default="accuracy",
-        metadata={"help": "Validation metric that chooses.", "choices": ("accuracy", "macro_f1")},
+        default="auto",
+        metadata={
+            "help": "Validation metric that chooses (a name of ftpeft's metric registry: accuracy, macro_f1, map, "
+            "rmse, spearman, ...). auto: accuracy for one class per row, mAP for label sets, RMSE for numbers."
+        },
     )
     tolerance: float | None = dataclasses.field(
         default=None,
@@ -50,6 +53,10 @@ class LadderArguments:
 
     def __post_init__(self):
         check_fields(self)
+        if self.metric != "auto":
+            from ftpeft.core.metrics import metric_spec
+
+            metric_spec(self.metric, "--metric")  # an unknown name is refused before any work
         self.budget_seconds  # noqa: B018  (validates the budget's format before any work)
         unknown = [name for name in self.rungs if name not in (*RUNG_NAMES, "all", "default")]
         if unknown:

@@ -29,10 +29,22 @@ class ProbeLayer:
     name: str  # "layer 3 (mean)", "stage 2", "pre_logits"
     depth: int  # 0 = embeddings/stem ... num_layers = top
     pooling: str
-    val_accuracy: float
-    val_macro_f1: float
+    val_accuracy: float | None  # one class per row (None for label sets and numbers: see val_scores)
+    val_macro_f1: float | None
     test_accuracy: float | None
     fit_seconds: float
+    val_scores: dict[str, float] = dataclasses.field(default_factory=dict)  # every metric of the problem type
+    test_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    val_standard_error: float | None = None  # label sets and numbers: the choosing metric's bootstrap SE
+
+    def score(self, metric: str) -> float:
+        """Validation ``metric``, signed so that larger is better (the metric registry gives the direction)."""
+        from ftpeft.core.metrics import metric_spec
+
+        value = self.val_scores.get(metric, getattr(self, f"val_{metric}", None))
+        if value is None:
+            raise KeyError(metric)
+        return value if metric_spec(metric, "--metric").greater_is_better else -value
 
 
 @dataclasses.dataclass
@@ -48,9 +60,8 @@ class ProbeResult:
         return self.forward_seconds / max(self.rows, 1)
 
     def best(self, metric: str) -> ProbeLayer:
-        key = "val_accuracy" if metric == "accuracy" else "val_macro_f1"
         # ties go to the deeper layer: it needs no extra cut of the network
-        return max(self.layers, key=lambda layer: (getattr(layer, key), layer.depth))
+        return max(self.layers, key=lambda layer: (layer.score(metric), layer.depth))
 
 
 def _batches(count: int, size: int) -> Iterator[slice]:
@@ -132,6 +143,39 @@ def probe_solver(features: int, classes: int) -> str:
     return "newton-cholesky" if features * (1 if classes <= 2 else classes) <= NEWTON_MAX_UNKNOWNS else "lbfgs"
 
 
+def fit_target_layer(train, val, test, seed: int, target, metric: str) -> tuple[dict, dict, float, float]:
+    """Label sets: one-vs-rest logistic regression; numbers: ridge (standardised targets); on standardised features.
+    Returns (validation metrics, test metrics, fit seconds, the bootstrap standard error of validation ``metric``);
+    thresholds stay at 0.5 (the probe ranks layers by the threshold-free mAP, or by RMSE)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ftpeft.labels.scores import bootstrap_standard_error, target_scores
+
+    start = time.perf_counter()
+    x, y = train
+    if len(y) > MAX_PROBE_TRAIN:
+        keep = np.random.default_rng(seed).choice(len(y), MAX_PROBE_TRAIN, replace=False)
+        x, y = x[keep], y[keep]
+    if target.is_multi_label:
+        head = make_pipeline(StandardScaler(), OneVsRestClassifier(LogisticRegression(C=PROBE_C, max_iter=1000)))
+        head.fit(x, y.astype(int))
+
+        def outputs(features):  # logits, as a trained model's raw outputs
+            p = np.clip(head.predict_proba(features), 1e-7, 1 - 1e-7)
+            return np.log(p / (1 - p))
+    else:
+        head = make_pipeline(StandardScaler(), Ridge(alpha=PROBE_C)).fit(x, y)
+        outputs = head.predict
+    seconds = time.perf_counter() - start
+    val_outputs = outputs(val[0])
+    val_scores = target_scores(val_outputs, val[1], target)
+    test_scores = target_scores(outputs(test[0]), test[1], target) if test is not None else {}
+    return val_scores, test_scores, seconds, bootstrap_standard_error(val_outputs, val[1], target, metric, 100, seed)
+
+
 def fit_layer(train: tuple[np.ndarray, np.ndarray], val, test, seed: int) -> tuple[float, float, float | None, float]:
     """Standardised logistic regression on one layer: (val accuracy, val macro-F1, test accuracy, fit seconds)."""
     from sklearn.linear_model import LogisticRegression
@@ -159,8 +203,16 @@ def fit_layer(train: tuple[np.ndarray, np.ndarray], val, test, seed: int) -> tup
     )
 
 
-def probe_layers(features: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], seed: int) -> list:
-    """One regression per (pooling, depth); ``features[split][pooling]`` is [N, depths, D]."""
+def probe_layers(
+    features: dict[str, dict[str, np.ndarray]],
+    labels: dict[str, np.ndarray],
+    seed: int,
+    target=None,
+    metric: str = "accuracy",
+) -> list:
+    """One regression per (pooling, depth); ``features[split][pooling]`` is [N, depths, D]. ``target`` (a Target):
+    label sets and numbers get their own heads and metrics (``fit_target_layer``), and the bootstrap standard error
+    of the choosing ``metric``."""
     layers = []
     poolings = [p for p in features["train"] if p != "widths"]
     widths = features["train"].get("widths")
@@ -174,6 +226,12 @@ def probe_layers(features: dict[str, dict[str, np.ndarray]], labels: dict[str, n
                     return None
                 return features[split][pooling][:, depth, :width], labels[split]
 
+            if target is not None and not target.is_single_label:
+                val_scores, test_scores, seconds, se = fit_target_layer(
+                    take("train"), take("validation"), take("test"), seed, target, metric
+                )
+                layers.append(ProbeLayer("", depth, pooling, None, None, None, seconds, val_scores, test_scores, se))
+                continue
             val_acc, val_f1, test_acc, seconds = fit_layer(take("train"), take("validation"), take("test"), seed)
             layers.append(ProbeLayer("", depth, pooling, val_acc, val_f1, test_acc, seconds))
     return layers
@@ -188,16 +246,18 @@ def save_transfer_curve(output_dir: Path, result: ProbeResult, modality: str, me
 
     from ftpeft.core.outputs import atomic_write_text
 
-    key = "val_accuracy" if metric == "accuracy" else "val_macro_f1"
+    def value(layer: ProbeLayer) -> float:
+        return layer.val_scores.get(metric, getattr(layer, f"val_{metric}", None))
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for pooling in sorted({layer.pooling for layer in result.layers}):
         rows = [layer for layer in result.layers if layer.pooling == pooling]
-        ax.plot([r.depth for r in rows], [getattr(r, key) for r in rows], "o-", label=f"{pooling} pooling")
+        ax.plot([r.depth for r in rows], [value(r) for r in rows], "o-", label=f"{pooling} pooling")
     best = result.best(metric)
     ax.axvline(best.depth, color="grey", linestyle=":", label=f"best: {best.name}")
     unit = "stage" if modality == "image" else "layer"
     ax.set(xlabel=f"{unit} (0 = {'stem' if modality == 'image' else 'embeddings'})", ylabel=f"validation {metric}")
-    ax.set_title("transfer probe: logistic regression on frozen features")
+    ax.set_title("transfer probe: a linear head on frozen features")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(output_dir / CURVE_FILE, dpi=110)
@@ -209,9 +269,19 @@ def save_transfer_curve(output_dir: Path, result: ProbeResult, modality: str, me
         f"forward pass over every split ({result.rows:,} rows, {result.forward_seconds:.1f} s). Chosen on validation;",
         "test is shown, never used to choose.",
         "",
-        "| depth | features | val accuracy | val macro-F1 | test accuracy | fit s |",
-        "|---|---|---|---|---|---|",
     ]
+    if result.layers and result.layers[0].val_scores:  # label sets (one-vs-rest logistic) or numbers (ridge)
+        lines += [f"| depth | features | val {metric} | test {metric} | fit s |", "|---|---|---|---|---|"]
+        for layer in sorted(result.layers, key=lambda r: (r.pooling, r.depth)):
+            test = layer.test_scores.get(metric)
+            mark = " **best**" if layer is best else ""
+            test_text = f"{test:.4f}" if test is not None else "-"
+            lines.append(
+                f"| {layer.depth} | {layer.name}{mark} | {value(layer):.4f} | {test_text} | {layer.fit_seconds:.1f} |"
+            )
+        atomic_write_text(output_dir / TABLE_FILE, "\n".join(lines) + "\n")
+        return
+    lines += ["| depth | features | val accuracy | val macro-F1 | test accuracy | fit s |", "|---|---|---|---|---|---|"]
     for layer in sorted(result.layers, key=lambda r: (r.pooling, r.depth)):
         test = f"{layer.test_accuracy:.4f}" if layer.test_accuracy is not None else "-"
         mark = " **best**" if layer is best else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ class RungRow:
     best_epoch: list[float] = dataclasses.field(default_factory=list)
     stopped_epoch: list[float] = dataclasses.field(default_factory=list)
     stop_note: str = ""  # why a seed stopped before converging (the ladder's budget, or the epoch cap)
+    # label sets and numbers: every validation/test metric of the problem type, one value per seed
+    val_scores: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    test_scores: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def comparable(self) -> bool:
@@ -53,7 +57,21 @@ class RungRow:
         return statistics.stdev(values) if len(values) > 1 else None
 
     def score(self, metric: str) -> float | None:
-        return self.mean("val_accuracy" if metric == "accuracy" else "val_macro_f1")
+        """The mean validation ``metric`` over seeds."""
+        values = self.val_scores.get(metric) or getattr(self, f"val_{metric}", None) or []
+        return statistics.mean(values) if values else None
+
+    def test_score(self, metric: str) -> tuple[float | None, float | None]:
+        """The mean test ``metric`` over seeds and its sd (None with one seed)."""
+        values = self.test_scores.get(metric) or getattr(self, f"test_{metric}", None) or []
+        return (statistics.mean(values) if values else None), (statistics.stdev(values) if len(values) > 1 else None)
+
+    def add_scores(self, scores: dict[str, float], prefix: str) -> None:
+        """One seed's metrics (``eval_*`` or ``test_*`` keys of a run) into val_scores or test_scores."""
+        kept = self.val_scores if prefix == "eval" else self.test_scores
+        for key, value in scores.items():
+            if key.startswith(f"{prefix}_") and isinstance(value, (int, float)):
+                kept.setdefault(key.removeprefix(f"{prefix}_"), []).append(float(value))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +88,9 @@ class RungRow:
             "trainable_params": self.trainable_params,
             "peak_rss_mb": self.peak_rss_mb,
             "estimated_seconds": self.estimated_seconds,
-            "seeds": len(self.val_accuracy),
+            "seeds": max(len(self.val_accuracy), *(len(v) for v in self.val_scores.values()), 0),
+            "val_scores": {k: statistics.mean(v) for k, v in self.val_scores.items()},
+            "test_scores": {k: statistics.mean(v) for k, v in self.test_scores.items()},
             "converged": self.converged,
             "comparable": self.comparable,
             "best_epoch": self.mean("best_epoch"),
@@ -80,8 +100,12 @@ class RungRow:
         }
 
 
-def default_tolerance(best: float, n_val: int) -> float:
-    """The larger of half a point and one binomial standard error of the best score on the validation size."""
+def default_tolerance(best: float, n_val: int, metric: str = "accuracy", bootstrap_se: float | None = None) -> float:
+    """A share (accuracy, macro-F1 of one class per row): the larger of half a point and one binomial standard error
+    of the best score on the validation size. Any other metric (mAP, RMSE, ...): one bootstrap standard error of the
+    best rung's score over its validation rows (``bootstrap_se``; 0 where unknown: the best rung alone)."""
+    if not metric_spec(metric, "--metric").share or bootstrap_se is not None:
+        return bootstrap_se or 0.0
     return max(MIN_TOLERANCE, math.sqrt(max(best * (1 - best), 0.0) / max(n_val, 1)))
 
 
@@ -90,14 +114,23 @@ def goodness(row: RungRow, metric: str) -> float:
     return row.score(metric) if metric_spec(metric, "--metric").greater_is_better else -row.score(metric)
 
 
-def choose(rows: list[RungRow], metric: str, n_val: int, tolerance: float | None) -> tuple[RungRow | None, float]:
+def choose(
+    rows: list[RungRow],
+    metric: str,
+    n_val: int,
+    tolerance: float | None,
+    bootstrap_se: Callable[[RungRow], float | None] | None = None,
+) -> tuple[RungRow | None, float]:
     """The cheapest comparable rung within ``tolerance`` of the best VALIDATION score (test is never read here);
-    a rung that stopped before it converged is not a candidate."""
+    a rung that stopped before it converged is not a candidate. ``bootstrap_se(best row)`` gives the noise of a
+    metric that is not a share (``default_tolerance``)."""
     done = [row for row in rows if row.comparable and row.score(metric) is not None]
     if not done:
         return None, tolerance or MIN_TOLERANCE
     best = max(done, key=lambda row: goodness(row, metric))
-    tolerance = default_tolerance(best.score(metric), n_val) if tolerance is None else tolerance
+    if tolerance is None:
+        se = bootstrap_se(best) if bootstrap_se is not None else None
+        tolerance = default_tolerance(best.score(metric), n_val, metric, se)
     near = [row for row in done if goodness(row, metric) >= goodness(best, metric) - tolerance - 1e-12]
     return min(near, key=lambda row: (row.mean("train_seconds"), -goodness(row, metric))), tolerance
 
@@ -139,8 +172,10 @@ def scenario(
         ),
         f"the best probe layer sits {probe_from_top} below the top",
     ]
-    if gap is not None:
+    if gap is not None and metric_spec(metric, "--metric").share:
         facts.append(f"{head.name} trails the best rung by {gap:.1f} points (tolerance {tolerance * 100:.1f})")
+    elif gap is not None:
+        facts.append(f"{head.name} trails the best rung by {gap / 100:.4f} {metric} (tolerance {tolerance:.4f})")
     return f"scenario: {case}; " + "; ".join(facts) + "."
 
 
@@ -169,14 +204,20 @@ def _fmt(value: float | None, sd: float | None = None, digits: int = 4) -> str:
 def render_markdown(
     rows: list[RungRow], recommended: RungRow | None, tolerance: float, metric: str, extra: dict
 ) -> str:
+    share = metric_spec(metric, "--metric").share
+    within = f"{tolerance * 100:.2f} points" if share else f"{tolerance:.4f} (one bootstrap standard error)"
     lines = [
         "# Strategy ladder",
         "",
         (
-            f"Chosen on validation {metric}: the cheapest rung within {tolerance * 100:.2f} points of the best. Test is "
+            f"Chosen on validation {metric}: the cheapest rung within {within} of the best. Test is "
             "scored once per run for this table and never used to choose."
         ),
         "",
+    ]
+    if any(row.val_scores for row in rows):  # label sets or numbers: the choosing metric's columns
+        return "\n".join(lines + _target_table(rows, recommended, metric, extra)) + "\n"
+    lines += [
         (
             "| rung | what | val accuracy | val macro-F1 | test accuracy | train s | trainable params | process peak RSS MB "
             "| status | command |"
@@ -185,11 +226,7 @@ def render_markdown(
     ]
     for row in rows:
         star = " **recommended**" if recommended is row else ""
-        status = row.status + (f": {row.reason}" if row.reason else "")
-        if row.status == "done" and not row.comparable:
-            status = f"**not converged** ({row.stop_note}): not compared"
-        elif row.best_epoch:
-            status += f", best epoch {row.mean('best_epoch'):.2g} (stopped {row.mean('stopped_epoch'):.2g})"
+        status = _status(row)
         params = f"{row.trainable_params:,}" if row.trainable_params is not None else "-"
         rss = f"{row.peak_rss_mb:,.0f}" if row.peak_rss_mb is not None else "-"
         lines.append(
@@ -201,6 +238,35 @@ def render_markdown(
         lines += ["", extra["recommendation"]]
     lines += ["", "![ladder](ladder.png) ![transfer curve](transfer_curve.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _status(row: RungRow) -> str:
+    status = row.status + (f": {row.reason}" if row.reason else "")
+    if row.status == "done" and not row.comparable:
+        return f"**not converged** ({row.stop_note}): not compared"
+    if row.best_epoch:
+        status += f", best epoch {row.mean('best_epoch'):.2g} (stopped {row.mean('stopped_epoch'):.2g})"
+    return status
+
+
+def _target_table(rows: list[RungRow], recommended: RungRow | None, metric: str, extra: dict) -> list[str]:
+    """The ladder's rows for label sets and numbers: the choosing metric on validation and test."""
+    lines = [
+        f"| rung | what | val {metric} | test {metric} | train s | trainable params | status | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        star = " **recommended**" if recommended is row else ""
+        test, test_sd = row.test_score(metric)
+        params = f"{row.trainable_params:,}" if row.trainable_params is not None else "-"
+        lines.append(
+            f"| {row.name}{star} | {row.what} | {_fmt(row.score(metric))} | {_fmt(test, test_sd)} | "
+            f"{_fmt(row.mean('train_seconds'), digits=1)} | {params} | {_status(row)} | `{row.command}` |"
+        )
+    if extra.get("recommendation"):
+        lines += ["", extra["recommendation"]]
+    lines += ["", "![ladder](ladder.png) ![transfer curve](transfer_curve.png)"]
+    return lines
 
 
 def save_ladder_plot(path: Path, rows: list[RungRow], recommended: RungRow | None, metric: str) -> None:

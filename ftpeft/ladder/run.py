@@ -15,6 +15,7 @@ import shutil
 import statistics
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ftpeft.core.config import RunArguments, parse_args
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.metrics import check_metric_fits, default_metric, metric_spec
 from ftpeft.core.outputs import write_json
 from ftpeft.core.settings import SETTINGS_FILE
 from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
@@ -211,7 +213,8 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     probe, data_facts, num_layers, caches = run_probe(
         modality.name, recipe_args, ladder_args, output_dir, is_main, cache_dtype
     )
-    best_probe = probe.best(ladder_args.metric)
+    metric = resolve_metric(ladder_args.metric, data_facts)
+    best_probe = probe.best(metric)
     ks = choose_ks(num_layers, best_probe.depth, probe.num_layers)
     logger.info("ladder: best probe layer %s; last-k rungs k = %s", best_probe.name, ks)
 
@@ -246,28 +249,65 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     rows.sort(key=lambda row: order.get(row.name, len(order)))
 
     # --- 3. choose on validation, write the ladder, print the command ------------------------------------------
-    recommended, tolerance = choose(rows, ladder_args.metric, rows_by_split.get("validation", 0), ladder_args.tolerance)
+    recommended, tolerance = choose(
+        rows,
+        metric,
+        rows_by_split.get("validation", 0),
+        ladder_args.tolerance,
+        partial(bootstrap_se, output_dir, metric, best_probe),
+    )
     extra = {
         "modality": modality.name,
         "seeds": seeds,
         "budget_seconds": ladder_args.budget_seconds,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "best_probe_layer": dataclasses.asdict(best_probe),
+        "tolerance_method": "binomial standard error (a share)"
+        if metric_spec(metric, "--metric").share or ladder_args.tolerance is not None
+        else "bootstrap standard error of the best rung's validation rows (200 resamples)",
         "last_k": list(ks),
         "data": data_facts,
     }
     if recommended is not None:
         per_class = rows_by_split.get("train", 0) / max(data_facts["num_classes"], 1)
         extra["recommendation"] = (
-            f"Recommended: **{recommended.name}** ({recommended.what}), validation {ladder_args.metric} "
-            f"{recommended.score(ladder_args.metric):.4f} in {recommended.mean('train_seconds'):.1f} s of training. "
-            + scenario(recommended, rows, ladder_args.metric, per_class, probe.num_layers - best_probe.depth, tolerance)
+            f"Recommended: **{recommended.name}** ({recommended.what}), validation {metric} "
+            f"{recommended.score(metric):.4f} in {recommended.mean('train_seconds'):.1f} s of training. "
+            + scenario(recommended, rows, metric, per_class, probe.num_layers - best_probe.depth, tolerance)
             + f"\n\n    {recommended.command}"
         )
     if is_main:
-        write_outputs(output_dir, rows, recommended, tolerance, ladder_args.metric, extra)
+        write_outputs(output_dir, rows, recommended, tolerance, metric, extra)
         print(extra.get("recommendation", "no rung finished: see ladder.md for the reasons").replace("**", ""))
     return json.loads((output_dir / "ladder.json").read_text()) if is_main else {}
+
+
+def resolve_metric(requested: str, data_facts: dict) -> str:
+    """--metric, or for auto the default of the data's problem type (mAP for label sets, RMSE for numbers)."""
+    problem_type = data_facts.get("problem_type", "single_label_classification")
+    if requested == "auto":
+        return default_metric(problem_type)
+    check_metric_fits(requested, problem_type, "--metric")
+    return requested
+
+
+def bootstrap_se(output_dir: Path, metric: str, best_probe: ProbeLayer, row: RungRow) -> float | None:
+    """One bootstrap standard error of ``metric`` over a rung's validation rows (its first seed's saved validation
+    outputs, ``ftpeft.labels.evaluation``; the probe head's from the probe); None where there are none (one class
+    per row)."""
+    from ftpeft.labels.evaluation import VALIDATION_OUTPUTS_FILE
+    from ftpeft.labels.scores import bootstrap_standard_error
+    from ftpeft.labels.target import load_target
+
+    if row.name == "probe_head":
+        return best_probe.val_standard_error
+
+    for folder in sorted((output_dir / RUNGS_DIR).glob(f"{row.name}-seed*")):
+        target = load_target(folder)
+        if (folder / VALIDATION_OUTPUTS_FILE).is_file() and target is not None:
+            saved = np.load(folder / VALIDATION_OUTPUTS_FILE)
+            return bootstrap_standard_error(saved["outputs"], saved["labels"], target, metric)
+    return None
 
 
 def rung_cache(base_argv: list[str], tuning_args: TuningArguments) -> tuple[list[str], str]:
@@ -406,10 +446,14 @@ def run_rung(
         if result["status"] != "done":
             row.status, row.reason = result["status"], result["reason"]
             break
-        row.val_accuracy.append(result["eval_accuracy"])
-        row.val_macro_f1.append(result["eval_macro_f1"])
-        if result.get("test_accuracy") is not None:
-            row.test_accuracy.append(result["test_accuracy"])
+        if result.get("eval_accuracy") is not None:  # one class per row
+            row.val_accuracy.append(result["eval_accuracy"])
+            row.val_macro_f1.append(result["eval_macro_f1"])
+            if result.get("test_accuracy") is not None:
+                row.test_accuracy.append(result["test_accuracy"])
+        else:  # label sets and numbers: every metric of the problem type
+            row.add_scores(result.get("scores", {}), "eval")
+            row.add_scores(result.get("scores", {}), "test")
         row.train_seconds.append(result["train_seconds"])
         row.trainable_params = result["trainable_params"]
         row.peak_rss_mb = max(row.peak_rss_mb or 0.0, result["peak_rss_mb"])
@@ -446,9 +490,13 @@ def run_one(modality: Modality, argv: list[str]) -> dict[str, Any]:
     return {
         "status": "done",
         **({key: stop[key] for key in ("converged", "best_epoch", "stopped_epoch", "stopped_step")} if stop else {}),
-        "eval_accuracy": metrics["eval_accuracy"],
-        "eval_macro_f1": metrics["eval_macro_f1"],
+        "eval_accuracy": metrics.get("eval_accuracy"),
+        "eval_macro_f1": metrics.get("eval_macro_f1") if "eval_accuracy" in metrics else None,
         "test_accuracy": metrics.get("test_accuracy"),
+        "scores": {
+            k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, (int, float))
+        },
+        "output_dir": str(parsed[4].output_dir),
         "train_seconds": metrics["train_runtime"],
         "trainable_params": json.loads(freeze.read_text())["trainable_params"] if freeze.is_file() else None,
         "peak_rss_mb": round(rss.peak_mb, 1),
@@ -479,21 +527,21 @@ def run_probe(modality: str, recipe_args, ladder_args, output_dir: Path, is_main
     with PartialState().main_process_first():
         if not saved.is_file():
             if modality == "text":
-                result, facts, num_layers, caches = probe_text(recipe_args, cache_dtype)
+                result, facts, num_layers, caches = probe_text(recipe_args, cache_dtype, ladder_args.metric)
             else:
-                result, facts, num_layers, caches = probe_images(recipe_args)
+                result, facts, num_layers, caches = probe_images(recipe_args, ladder_args.metric)
             name_layers(result.layers, result.num_layers, modality)
             if is_main:
                 payload = {"probe": dataclasses.asdict(result), "data": facts, "num_layers": num_layers}
                 write_json(saved, {**payload, "prefix_caches": caches})
-                save_transfer_curve(output_dir, result, modality, ladder_args.metric)
+                save_transfer_curve(output_dir, result, modality, resolve_metric(ladder_args.metric, facts))
     payload = json.loads(saved.read_text())
     probe = payload["probe"]
     probe["layers"] = [ProbeLayer(**layer) for layer in probe["layers"]]
     return ProbeResult(**probe), payload["data"], payload["num_layers"], payload.get("prefix_caches", {})
 
 
-def probe_text(recipe_args, cache_dtype: str):
+def probe_text(recipe_args, cache_dtype: str, metric: str = "auto"):
     from transformers import AutoModel, DataCollatorWithPadding
 
     from ftpeft.core.artifacts import loading_model
@@ -523,15 +571,21 @@ def probe_text(recipe_args, cache_dtype: str):
             )
     seconds = time.perf_counter() - start - caches.write_seconds
     labels = {split: np.asarray(dataset["labels"]) for split, dataset in data.tokenized.items()}
-    layers = probe_layers(features, labels, training_args.seed)
+    facts = {"problem_type": data.target.problem_type}
+    layers = probe_layers(features, labels, training_args.seed, data.target, resolve_metric(metric, facts))
     rows = {split: len(dataset) for split, dataset in data.tokenized.items()}
     depth = features["train"]["mean"].shape[1] - 1
     result = ProbeResult(layers, depth, seconds, sum(rows.values()), {"hidden": features["train"]["mean"].shape[2]})
-    facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
+    facts = {
+        "rows": rows,
+        "num_classes": len(data.label_names),
+        "label_names": data.label_names,
+        "problem_type": data.target.problem_type,
+    }
     return result, facts, num_layers, caches.describe()
 
 
-def probe_images(recipe_args):
+def probe_images(recipe_args, metric: str = "auto"):
     from ftpeft.core.freezing import layer_map
     from ftpeft.ladder.probe import image_stage_features, probe_layers
     from ftpeft.vision.data import TransformedImages, build_transforms, load_image_classification_data
@@ -549,7 +603,9 @@ def probe_images(recipe_args):
     }
     seconds = time.perf_counter() - start
     labels = {split: np.asarray(images.labels) for split, images in data.splits.items()}
-    layers = probe_layers(features, labels, training_args.seed)
+    target = getattr(data, "target", None)
+    facts = {"problem_type": target.problem_type} if target is not None else {}
+    layers = probe_layers(features, labels, training_args.seed, target, resolve_metric(metric, facts))
     rows = {split: len(images) for split, images in data.splits.items()}
     widths = features["train"]["widths"].tolist()
     # the module each stage's features came from, so the probe_head command extracts that stage again
@@ -558,6 +614,8 @@ def probe_images(recipe_args):
         layers, len(widths) - 1, seconds, sum(rows.values()), {"widths": widths, "stage_modules": modules}
     )
     facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
+    if target is not None:
+        facts["problem_type"] = target.problem_type
     return result, facts, layer_map(model).num_layers, {}
 
 
@@ -592,18 +650,22 @@ def probe_row(
         "python", "recipes/extract_features.py", "--modality", modality.name, *model,
         *(["--layer", layer] if layer else []), "--pooling", best.pooling, "--feature_dir", str(output_dir / "features"),
     ]  # fmt: skip
-    head = ["python", "recipes/train_head.py", "--features_dir", str(output_dir / "features"), "--head", "logreg",
-            "--regularization_c", f"{PROBE_C:g}", "--output_dir", str(output_dir / "probe_head")]  # fmt: skip
+    numbers = facts.get("problem_type") == "regression"
+    head_flags = ["--head", "ridge"] if numbers else ["--head", "logreg", "--regularization_c", f"{PROBE_C:g}"]
+    head = ["python", "recipes/train_head.py", "--features_dir", str(output_dir / "features"), *head_flags,
+            "--output_dir", str(output_dir / "probe_head")]  # fmt: skip
     widths = probe.feature_dims.get("widths")
     width = probe.feature_dims.get("hidden") or (widths[best.depth] if widths else 0)
     row = RungRow(
         "probe_head",
-        f"logistic regression on frozen {best.name} features",
+        f"{'ridge' if numbers else 'logistic regression'} on frozen {best.name} features",
         f"{shlex.join(extract)} && {shlex.join(head)}",
         "done",
-        val_accuracy=[best.val_accuracy],
-        val_macro_f1=[best.val_macro_f1],
+        val_accuracy=[best.val_accuracy] if best.val_accuracy is not None else [],
+        val_macro_f1=[best.val_macro_f1] if best.val_macro_f1 is not None else [],
         test_accuracy=[best.test_accuracy] if best.test_accuracy is not None else [],
+        val_scores={k: [v] for k, v in best.val_scores.items()},
+        test_scores={k: [v] for k, v in best.test_scores.items()},
         # its cost: the frozen pass over the data (shared by every probe layer) plus this layer's fit
         train_seconds=[round(probe.forward_seconds + best.fit_seconds, 2)],
         trainable_params=(width + 1) * max(facts["num_classes"], 2),
