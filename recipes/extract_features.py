@@ -4,6 +4,9 @@
     python recipes/extract_features.py --model_name_or_path resnet50 convnext_tiny --pretrained \\
         --labels_csv labels.csv --image_dir train --image_size 224   # two backbones, concatenated
     python recipes/extract_features.py --modality text --pooling cls  # packaged MiniLM on the demo tweets
+    python recipes/extract_features.py --modality text --train_file train.csv --label_column tags \
+        --label_separator ,                                    # label sets: multi-hot labels
+    python recipes/extract_features.py --modality text --train_file train.csv --label_column score  # numbers
     accelerate launch --multi_gpu --num_processes 2 recipes/extract_features.py   # ranks split the data
     python recipes/extract_features.py --help
 
@@ -14,12 +17,16 @@ Features (flag):
 - text encoders (--modality text): [CLS] or mean pooling (--pooling cls|mean) of any hidden state
   (--layer -1, -2, ...) or module (--layer NAME); data flags as in bert_cls (--train_file, --text_columns, ...)
 - image data flags as in image_cls (--image_dir, --labels_csv, --dataset_name, --image_size, ...)
+- every label shape (--problem_type auto|single_label|multi_label|regression, --label_separator, --label_columns,
+  as bert_cls and image_cls read them): class ids, multi-hot label sets, or numbers in the target's own units; the
+  target (problem type, names, training mean/sd) is in metadata.json and part of the cache key
 - a cache (--feature_dir): identical settings reuse FEATURE_DIR/<key> ("reusing"); different settings go
   to a new key folder, never a silent reuse. Written to a temp folder, then renamed into place.
 - accelerate launch: each rank runs its share of the data; rank 0 gathers and writes
 
 Writes FEATURE_DIR/<key>/: <split>-00000.safetensors (features, labels) per split, metadata.json (models,
-checkpoint hashes, layer, transform, label names, split sizes), skipped_images.txt if any; FEATURE_DIR/latest.txt.
+checkpoint hashes, layer, transform, label names, target, split sizes), skipped_images.txt if any;
+FEATURE_DIR/latest.txt.
 """
 
 from __future__ import annotations

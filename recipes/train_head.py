@@ -3,6 +3,8 @@
     python recipes/extract_features.py && python recipes/train_head.py          # offline demo, logreg
     python recipes/train_head.py --head linear_svm --regularization_c 0.003
     python recipes/train_head.py --head mlp --epochs 50 --features_dir outputs/features/<key>
+    python recipes/train_head.py --head logreg --threshold auto   # label-set features: one-vs-rest, thresholds
+    python recipes/train_head.py --head ridge                     # numeric features
     python recipes/train_head.py --help
 
 Features (flag):
@@ -12,9 +14,17 @@ Features (flag):
   head on one timm backbone's pre-logit features attaches back onto it (ftpeft.attach_head); a
   linear one is also written as a complete timm model (OUTPUT_DIR/timm_model)
 - --features_dir: one extraction folder, or a cache root (its latest extraction)
+- the features' label shape (--problem_type auto, or the same type named): label sets train each scikit-learn
+  classifier one-vs-rest (C chosen on validation mAP) or a torch head with BCE (--pos_weight); thresholds per label
+  on validation (--threshold, --min_threshold_positives), never on test; numbers train ridge (alpha chosen on
+  validation RMSE, --regularization_alpha) or a torch head with MSE, outputs in the target's units; a head that does
+  not fit the shape is refused
+- metrics: accuracy/macro-F1 (classes); mAP, micro/macro/samples F1, subset accuracy and Hamming loss at the chosen
+  thresholds and at 0.5 (label sets); RMSE, MAE, R², Pearson, Spearman (numbers)
 
-Writes to --output_dir: head.skops or head.safetensors + head_config.json, run_args.yaml, metrics.json,
-confusion_matrix.png, classification_report.md and a model card (README.md).
+Writes to --output_dir: head.skops or head.safetensors + head_config.json, target.json (+ thresholds.json for
+label sets), run_args.yaml, metrics.json, classification_report.md (per class, label or target),
+confusion_matrix.png (classes) or predictions_scatter.png (numbers) and a model card (README.md).
 """
 
 from __future__ import annotations

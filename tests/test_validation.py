@@ -116,7 +116,7 @@ RULE_CASES = [
     ("extract_features", ["--max_seq_length", "0"], "--max_seq_length must be >= 1, got 0."),
     ("extract_features", ["--seed", "-1"], "--seed must be in [0, 4294967295], got -1."),
     # heads on features
-    ("train_head", ["--head", "xgboost"], "--head must be logreg, linear_svm, random_forest, hist_gb, linear or mlp"),
+    ("train_head", ["--head", "xgboost"], "--head must be logreg, linear_svm, random_forest, hist_gb, ridge, linear"),
     ("train_head", ["--regularization_c", "0"], "--regularization_c must be > 0, got 0.0."),
     ("train_head", ["--max_iter", "0"], "--max_iter must be >= 1, got 0."),
     ("train_head", ["--n_estimators", "0"], "--n_estimators must be >= 1, got 0."),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, NON_NEGATIVE, POSITIVE, SEED, check_fields
+from ftpeft.labels.args import LabelArguments, threshold_value
+from ftpeft.labels.target import problem_type_name
 from ftpeft.text.args import AUTO_SEQ_LENGTH, TextDataArguments, parse_max_seq_length
 from ftpeft.vision.args import ImageDataArguments
 
@@ -71,8 +74,11 @@ class FeatureArguments:
             raise FtpeftError("--pretrained_file takes one file per --model_name_or_path backbone, in the same order.")
 
     def text_data_arguments(self, image_data: ImageDataArguments) -> TextDataArguments:
-        """The text loader's arguments: shared fields from the data arguments, text-only ones from here."""
+        """The text loader's arguments: shared fields (the label-shape flags too) from the data arguments, text-only
+        ones from here."""
+        label_flags = {field.name: getattr(image_data, field.name) for field in dataclasses.fields(LabelArguments)}
         return TextDataArguments(
+            **label_flags,
             dataset_name=image_data.dataset_name,
             dataset_config_name=image_data.dataset_config_name,
             train_file=self.train_file,
@@ -90,7 +96,14 @@ class FeatureArguments:
         )
 
 
-HEAD_TYPES = ("logreg", "linear_svm", "random_forest", "hist_gb", "linear", "mlp")
+HEAD_TYPES = ("logreg", "linear_svm", "random_forest", "hist_gb", "ridge", "linear", "mlp")
+
+
+def label_flag(name: str):
+    """The field of LabelArguments' flag ``name`` (its one help text), for train_head, which decides thresholds and
+    weighs the loss but reads no label column."""
+    source = {field.name: field for field in dataclasses.fields(LabelArguments)}[name]
+    return dataclasses.field(default=source.default, metadata=source.metadata)
 
 
 @dataclasses.dataclass
@@ -100,7 +113,19 @@ class HeadArguments:
         metadata={"help": "A feature folder written by extract_features (FEATURE_DIR/<key>, or the root: its latest)."},
     )
     head: str = dataclasses.field(
-        default="logreg", metadata={"help": f"Classifier: {', '.join(HEAD_TYPES)}.", "choices": HEAD_TYPES}
+        default="logreg",
+        metadata={
+            "help": "The head: logreg, linear_svm, random_forest, hist_gb (classes; one-vs-rest per label for label "
+            "sets), ridge (numbers), linear or mlp (torch, every problem type).",
+            "choices": HEAD_TYPES,
+        },
+    )
+    problem_type: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "auto: the features' own (extract_features decided it, metadata.json's target); single_label, "
+            "multi_label or regression must match it (to change it, extract again with that --problem_type)."
+        },
     )
     output_dir: str = dataclasses.field(
         default="outputs/train_head", metadata={"help": "Where the head and reports go."}
@@ -109,10 +134,22 @@ class HeadArguments:
         default=None,
         metadata={
             "help": "logreg/linear_svm: inverse L2 strength C. Default: chosen on the validation split from "
-            "0.01-1 (logreg) or 0.001-0.1 (linear_svm); without a validation split 1.0 logreg, 0.01 linear_svm.",
+            "0.01-1 (logreg) or 0.001-0.1 (linear_svm); without a validation split 1.0 logreg, 0.01 linear_svm. "
+            "Label sets choose by validation mAP.",
             "range": POSITIVE,
         },
     )
+    regularization_alpha: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "ridge: L2 strength alpha. Default: chosen on the validation split's RMSE from 0.1-10000 (1.0 "
+            "without a validation split).",
+            "range": POSITIVE,
+        },
+    )
+    threshold: str = label_flag("threshold")
+    min_threshold_positives: int = label_flag("min_threshold_positives")
+    pos_weight: str = label_flag("pos_weight")
     max_iter: int = dataclasses.field(
         default=2000, metadata={"help": "logreg/linear_svm/hist_gb: iteration limit.", "range": COUNT}
     )
@@ -134,3 +171,17 @@ class HeadArguments:
 
     def __post_init__(self):
         check_fields(self)
+        self.problem_type = problem_type_name(self.problem_type)
+        threshold_value(self.threshold)
+        if self.pos_weight not in ("balanced", "none") and not Path(self.pos_weight).is_file():
+            raise FtpeftError(f"--pos_weight {self.pos_weight}: not 'balanced', 'none' or an existing JSON file.")
+        if self.pos_weight != "none" and self.head not in ("linear", "mlp"):
+            raise FtpeftError(
+                f"--pos_weight weighs the BCE loss of the torch heads (linear, mlp); --head {self.head} has none."
+            )
+
+    def threshold_rule(self):
+        """--threshold and --min_threshold_positives, for the final evaluation."""
+        from ftpeft.labels.evaluation import ThresholdRule
+
+        return ThresholdRule(threshold_value(self.threshold), self.min_threshold_positives)

@@ -1,7 +1,11 @@
 """Frozen-feature export: run backbones once over a dataset, keep the features, train cheap heads on them.
 
     from ftpeft.features import load_features
-    splits, metadata = load_features("outputs/features")       # {split: (X [N, D] float32, y [N])}
+    splits, metadata = load_features("outputs/features")       # {split: (X [N, D] float32, y)}
+
+Labels by problem type (metadata.json's ``target``, ``ftpeft.labels.target.Target.to_dict()``): class ids [N] int64;
+label sets multi-hot [N, labels] float32; numbers [N, targets] float32 in the target's own units (a user reads the
+rating, not its z-score; the target's training mean and sd are in metadata.json for heads that train standardised).
 
 Features come from timm models (default: pre-logits via ``forward_head(pre_logits=True)``; any module
 via ``--layer NAME`` and a forward hook) or transformers text encoders ([CLS] or masked-mean pooling of
@@ -9,9 +13,10 @@ a hidden state, by index, or any module by hook). Several backbones are concaten
 
 Cache: FEATURE_DIR/<key>/ holds ``<split>-00000.safetensors`` shards and ``metadata.json``. The key is a
 hash of everything that determines the features (models, checkpoint hashes, layer, pooling, transform,
-data fingerprint, labels). The same request reuses the folder (and says "reusing"); any difference gives
-a new key, so a cache is never silently reused for other settings. Folders are written under a temporary
-name and renamed into place, so a killed run leaves no half-written cache.
+data fingerprint, and the labels: the target's problem type, names, separator and scaling). The same request
+reuses the folder (and says "reusing"); any difference gives a new key, so a cache is never silently reused
+for other settings. Folders are written under a temporary name and renamed into place, so a killed run leaves
+no half-written cache.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import nn
 from ftpeft.core.artifacts import loading_model
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import atomic_write_text, staged
+from ftpeft.labels.target import Target, single_label
 
 FORMAT = "ftpeft-features/1"
 METADATA_FILE = "metadata.json"
@@ -231,7 +237,7 @@ def write_features(
                 save_file(
                     {
                         "features": np.ascontiguousarray(features[start : start + SHARD_ROWS], dtype=np.float32),
-                        "labels": np.ascontiguousarray(labels[start : start + SHARD_ROWS], dtype=np.int64),
+                        "labels": np.ascontiguousarray(labels[start : start + SHARD_ROWS]),
                     },
                     str(tmp / name),
                 )
@@ -267,7 +273,8 @@ def resolve_feature_dir(path: str | Path) -> Path:
 
 
 def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
-    """({split: (features [N, D] float32, labels [N] int64)}, metadata) from an extraction folder or cache root."""
+    """({split: (features [N, D] float32, labels)}, metadata) from an extraction folder or cache root; the labels
+    by problem type as the module docstring says (``feature_target(metadata)`` reads the target)."""
     from safetensors.numpy import load_file
 
     from ftpeft.core.artifacts import check_safetensors, read_json_file
@@ -291,15 +298,56 @@ def load_features(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
     problem = _metadata_problem(metadata)  # after the shards: a cut shard is the likelier damage, named first
     if problem:
         raise FtpeftError(f"{folder / METADATA_FILE}: damaged ({problem}); {again}.")
-    classes = len(metadata["label_names"])
+    target = feature_target(metadata)
     for split, (features, labels) in splits.items():
         if not np.isfinite(features).all():  # bytes overwritten inside a shard whose header is whole
             raise FtpeftError(f"{folder}: the {split} features hold NaN or inf values (a damaged shard); {again}.")
-        if labels.size and not (0 <= labels.min() and labels.max() < classes):
-            raise FtpeftError(
-                f"{folder}: the {split} labels run to {labels.max()} but metadata.json names {classes} classes; {again}."
-            )
+        problem = _labels_problem(labels, target)
+        if problem:
+            raise FtpeftError(f"{folder}: the {split} labels {problem}; {again}.")
     return splits, metadata
+
+
+def feature_target(metadata: dict) -> Target:
+    """The labels' Target an extraction recorded; one class per row of ``label_names`` for folders written before
+    targets were recorded."""
+    if isinstance(metadata.get("target"), dict):
+        return Target.from_dict(metadata["target"])
+    return single_label(metadata["label_names"])
+
+
+def target_key(target: Target) -> dict:
+    """The target as part of the cache key: everything but ``why`` (how auto decided does not change the labels)."""
+    return {k: v for k, v in target.to_dict().items() if k != "why"}
+
+
+def stored_labels(labels, target: Target) -> np.ndarray:
+    """What a shard keeps (see the module docstring), from the labels the text and image loaders encode: class ids,
+    multi-hot rows, or numbers as z-scores of the target's training mean and sd (stored in the target's units)."""
+    if target.is_single_label:
+        return np.asarray(labels, dtype=np.int64)
+    values = np.asarray(labels, dtype=np.float64).reshape(len(labels), target.num_outputs)
+    if target.is_regression:
+        from ftpeft.labels.scores import unscale
+
+        values = unscale(values, target)
+    return values.astype(np.float32)
+
+
+def _labels_problem(labels: np.ndarray, target: Target) -> str | None:
+    """How a split's stored labels disagree with the target (None: they fit)."""
+    if target.is_single_label:
+        if labels.ndim == 1 and (not labels.size or (0 <= labels.min() and labels.max() < target.num_outputs)):
+            return None
+        top = labels.max() if labels.size else None
+        return f"run to {top} (shape {labels.shape}) but metadata.json names {target.num_outputs} classes"
+    if labels.ndim != 2 or labels.shape[1] != target.num_outputs:
+        return f"have shape {labels.shape}; metadata.json's target has {target.num_outputs} output(s)"
+    if target.is_multi_label and not np.isin(labels, (0.0, 1.0)).all():
+        return "are not 0/1 (label sets are stored multi-hot)"
+    if not np.isfinite(labels).all():
+        return "hold NaN or inf values"
+    return None
 
 
 METADATA_TYPES = {"label_names": list, "modality": str, "split_sizes": dict, "request": dict}  # what readers use
@@ -316,6 +364,20 @@ def _metadata_problem(metadata: dict) -> str | None:
         return "'request.backbones' is missing or malformed"
     if "data" not in metadata["request"]:
         return "'request.data' is missing"
+    target = metadata.get("target")
+    if target is not None:  # folders written before targets were recorded have none: one class per row
+        from ftpeft.labels.target import PROBLEM_TYPES, REGRESSION
+
+        if not (isinstance(target, dict) and target.get("problem_type") in PROBLEM_TYPES.values()):
+            return "'target' is malformed"
+        if list(target.get("names") or []) != metadata["label_names"]:
+            return "'target.names' differ from 'label_names'"
+        scaling = [target.get("mean"), target.get("std")]
+        if target["problem_type"] == REGRESSION and not all(
+            isinstance(v, list) and len(v) == len(target["names"]) and all(isinstance(x, (int, float)) for x in v)
+            for v in scaling
+        ):
+            return "'target.mean' or 'target.std' is not one number per target"
     return None
 
 
@@ -391,7 +453,8 @@ def _progress(total: int, desc: str):
 
 
 def extract_image_splits(backbones: list[Backbone], splits: dict, batch_size: int) -> dict | None:
-    """{split: (features of all backbones side by side, labels)} on rank 0; None on other ranks."""
+    """{split: (features of all backbones side by side, labels as the images hold them)} on rank 0; None on other
+    ranks (``stored_labels`` gives the labels the stored form)."""
     result = {}
     for split, images in splits.items():
         columns = []
@@ -410,7 +473,7 @@ def extract_image_splits(backbones: list[Backbone], splits: dict, batch_size: in
             backbone.feature_dim = None if columns[-1] is None else int(columns[-1].shape[1])
             bar.close()
         if columns[0] is not None:
-            result[split] = (np.concatenate(columns, axis=1), np.asarray(images.labels, dtype=np.int64))
+            result[split] = (np.concatenate(columns, axis=1), np.asarray(images.labels))  # as stored_labels makes
     return result or None
 
 
@@ -453,7 +516,7 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
             bar.close()
     for split, columns in columns_by_split.items():
         if columns[0] is not None:
-            result[split] = (np.concatenate(columns, axis=1), np.asarray(datasets[split]["labels"], dtype=np.int64))
+            result[split] = (np.concatenate(columns, axis=1), np.asarray(datasets[split]["labels"]))
     return result or None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,33 +21,61 @@ from torch import nn
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import atomic_write_text
+from ftpeft.labels.target import MULTI_LABEL, REGRESSION, SINGLE_LABEL, Target
 
-SKLEARN_HEADS = ("logreg", "linear_svm", "random_forest", "hist_gb")
+SKLEARN_HEADS = ("logreg", "linear_svm", "random_forest", "hist_gb", "ridge")
 TORCH_HEADS = ("linear", "mlp")
+CLASSIFIERS = ("logreg", "linear_svm", "random_forest", "hist_gb")
+HEADS_BY_PROBLEM_TYPE = {
+    SINGLE_LABEL: (*CLASSIFIERS, *TORCH_HEADS),
+    MULTI_LABEL: (*CLASSIFIERS, *TORCH_HEADS),  # scikit-learn ones one-vs-rest: one binary classifier per label
+    REGRESSION: ("ridge", *TORCH_HEADS),
+}
 SKOPS_FILE = "head.skops"
 TORCH_FILE = "head.safetensors"
 HEAD_CONFIG_FILE = "head_config.json"
 TRUSTED_PREFIXES = ("sklearn.", "numpy.")
-# C values tried on the validation split when --regularization_c is not given (linear heads only)
-REGULARIZATION_GRID = {"logreg": (0.01, 0.03, 0.1, 0.3, 1.0), "linear_svm": (0.001, 0.003, 0.01, 0.03, 0.1)}
+# the values tried on the validation split when the flag is not given: C (logreg, linear_svm), alpha (ridge)
+REGULARIZATION_GRID = {
+    "logreg": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "linear_svm": (0.001, 0.003, 0.01, 0.03, 0.1),
+    "ridge": (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
+}
+# what the choice on validation maximises (rmse: minimises), by problem type: threshold-free for label sets
+VALIDATION_METRIC = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "map", REGRESSION: "rmse"}
 
 
-def build_sklearn_head(head: str, args):
-    """An unfitted scikit-learn classifier; linear ones standardise the features first."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
+def check_head_fits(head: str, target: Target) -> None:
+    """Refuse, before any fitting, a head the problem type has none of (e.g. a tree head for numbers)."""
+    fitting = HEADS_BY_PROBLEM_TYPE[target.problem_type]
+    if head not in fitting:
+        raise FtpeftError(f"--head {head} does not fit {target.short_name} features; use one of {', '.join(fitting)}.")
+
+
+def build_sklearn_head(head: str, args, target: Target | None = None):
+    """An unfitted scikit-learn head; linear ones standardise the features first. For label sets the classifier is
+    wrapped one-vs-rest (one binary classifier per label, ``predict_proba`` per label)."""
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    estimator = _sklearn_estimator(head, args)
+    if target is not None and target.is_multi_label:
+        estimator = OneVsRestClassifier(estimator)
+    return make_pipeline(StandardScaler(), estimator) if head in REGULARIZATION_GRID else estimator
+
+
+def _sklearn_estimator(head: str, args):
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.svm import LinearSVC
 
     if head == "logreg":
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=args.regularization_c or 1.0, max_iter=args.max_iter)
-        )
+        return LogisticRegression(C=args.regularization_c or 1.0, max_iter=args.max_iter)
     if head == "linear_svm":  # small C + dual solver: seconds, not minutes, on 1,280-d features
-        return make_pipeline(
-            StandardScaler(), LinearSVC(C=args.regularization_c or 0.01, dual=True, max_iter=args.max_iter)
-        )
+        return LinearSVC(C=args.regularization_c or 0.01, dual=True, max_iter=args.max_iter)
+    if head == "ridge":
+        return Ridge(alpha=args.regularization_alpha or 1.0)
     if head == "random_forest":
         return RandomForestClassifier(n_estimators=args.n_estimators, random_state=args.seed, n_jobs=1)
     if head == "hist_gb":
@@ -56,18 +85,56 @@ def build_sklearn_head(head: str, args):
     raise FtpeftError(f"--head {head}: not a scikit-learn head ({', '.join(SKLEARN_HEADS)}).")
 
 
-def fit_sklearn_head(head: str, args, train: tuple, validation: tuple | None) -> tuple[object, dict]:
-    """Fit a scikit-learn head. For logreg / linear_svm without --regularization_c, C is chosen on validation
-    accuracy from REGULARIZATION_GRID (a tie goes to the smaller C, the stronger regularisation); the returned
-    dict says what was chosen and each C's score ({} when nothing was chosen)."""
-    if head not in REGULARIZATION_GRID or args.regularization_c is not None or validation is None:
-        return build_sklearn_head(head, args).fit(*train), {}
+def fit_sklearn_head(
+    head: str, args, train: tuple, validation: tuple | None, target: Target | None = None
+) -> tuple[object, dict]:
+    """Fit a scikit-learn head. For logreg / linear_svm without --regularization_c (ridge without
+    --regularization_alpha), the value is chosen on validation from REGULARIZATION_GRID by the problem type's
+    VALIDATION_METRIC: accuracy, mAP (label sets: threshold-free, so thresholds are chosen afterwards, for the chosen
+    head) or RMSE (numbers). A tie goes to the stronger regularisation. The returned dict says what was chosen and
+    each value's score ({} when nothing was chosen)."""
+    target = target or Target(SINGLE_LABEL)
+    flag, name = ("regularization_alpha", "alpha") if head == "ridge" else ("regularization_c", "c")
+    if head not in REGULARIZATION_GRID or getattr(args, flag) is not None or validation is None:
+        return build_sklearn_head(head, args, target).fit(*train), {}
+    metric = VALIDATION_METRIC[target.problem_type]
+    sign = -1.0 if metric == "rmse" else 1.0
+    stronger = 1.0 if head == "ridge" else -1.0  # a larger alpha, a smaller C
     fitted, scores = {}, {}
-    for c in REGULARIZATION_GRID[head]:
-        fitted[c] = build_sklearn_head(head, dataclasses.replace(args, regularization_c=c)).fit(*train)
-        scores[c] = float(np.mean(fitted[c].predict(validation[0]) == validation[1]))
-    best = max(scores, key=lambda c: (scores[c], -c))
-    return fitted[best], {"regularization_c": best, "validation_accuracy_by_c": scores}
+    for value in REGULARIZATION_GRID[head]:
+        fitted[value] = build_sklearn_head(head, dataclasses.replace(args, **{flag: value}), target).fit(*train)
+        scores[value] = validation_score(fitted[value], validation, target)
+    best = max(scores, key=lambda v: (np.nan_to_num(sign * scores[v], nan=-np.inf), stronger * v))
+    return fitted[best], {flag: best, f"validation_{metric}_by_{name}": scores}
+
+
+def validation_score(head, validation: tuple, target: Target) -> float:
+    """The problem type's VALIDATION_METRIC of a fitted head on the validation rows."""
+    from ftpeft.labels.scores import multi_label_scores, regression_scores
+
+    features, references = validation
+    if target.is_single_label:
+        return float(np.mean(head.predict(features) == references))
+    outputs = head_outputs(head, features, target)
+    if target.is_multi_label:
+        return multi_label_scores(outputs, references, target.decision_thresholds())["map"]
+    return regression_scores(outputs, references, target.names)["rmse"]
+
+
+def head_outputs(head, features: np.ndarray, target: Target) -> np.ndarray:
+    """What a head says of each row under a label-set or numeric target, as ``ftpeft predict`` writes it: per-label
+    probabilities (``predict_proba`` per label; the sigmoid of a linear SVM's ``decision_function`` or of a torch
+    head's logits: 0.5 is their own cut) or numbers in the target's units (rows x targets)."""
+    from ftpeft.labels.scores import sigmoid
+
+    if isinstance(head, nn.Module):
+        outputs = torch_head_scores(head, features).astype(np.float64)
+        return sigmoid(outputs) if target.is_multi_label else outputs
+    if target.is_regression:
+        return np.asarray(head.predict(features), dtype=np.float64).reshape(len(features), -1)
+    if hasattr(head, "predict_proba"):
+        return np.asarray(head.predict_proba(features), dtype=np.float64)
+    return sigmoid(head.decision_function(features)).reshape(len(features), -1)
 
 
 def save_sklearn_head(classifier, output_dir: str | Path) -> Path:
@@ -103,23 +170,54 @@ def torch_head(head: str, in_features: int, num_classes: int, hidden_size: int =
     raise FtpeftError(f"--head {head}: not a torch head ({', '.join(TORCH_HEADS)}).")
 
 
-def train_torch_head(features: np.ndarray, labels: np.ndarray, num_classes: int, args) -> nn.Module:
-    """AdamW + cross-entropy over mini-batches of the cached features (CPU, seconds)."""
+def train_torch_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    args,
+    target: Target | None = None,
+    pos_weight: list[float] | None = None,
+) -> nn.Module:
+    """AdamW over mini-batches of the cached features (CPU, seconds), with the problem type's loss: cross-entropy
+    (classes), BCE with logits (label sets; ``pos_weight`` per label) or MSE on targets standardised by the target's
+    training mean and sd (numbers; the scaling is then folded into the output layer: the head gives target units)."""
     torch.manual_seed(args.seed)
     module = torch_head(args.head, features.shape[1], num_classes, args.hidden_size)
     optimizer = torch.optim.AdamW(module.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     steps = args.epochs * -(-len(labels) // args.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    x, y = torch.from_numpy(features).float(), torch.from_numpy(labels).long()
+    x = torch.from_numpy(features).float()
+    if target is None or target.is_single_label:
+        y, loss_function = torch.from_numpy(labels).long(), nn.functional.cross_entropy
+    elif target.is_multi_label:
+        weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32)
+        y = torch.from_numpy(labels).float()
+        loss_function = partial(nn.functional.binary_cross_entropy_with_logits, pos_weight=weight)
+    else:
+        standardised = (labels - np.asarray(target.mean)) / np.asarray(target.std)
+        y, loss_function = torch.from_numpy(standardised).float(), nn.functional.mse_loss
     module.train()
     for _ in range(args.epochs):
         for batch in torch.randperm(len(y)).split(args.batch_size):
-            loss = nn.functional.cross_entropy(module(x[batch]), y[batch])
+            loss = loss_function(module(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-    return module.eval()
+    module.eval()
+    if target is not None and target.is_regression:
+        fold_target_scaling(module, target)
+    return module
+
+
+def fold_target_scaling(module: nn.Module, target: Target) -> None:
+    """From now on the head's output layer gives the target's units (W' = sd * W, b' = sd * b + mean), as the
+    Trainer recipes' saved regression models do (``ftpeft.labels.scaling``)."""
+    from ftpeft.labels.scaling import folded_scaling
+
+    with folded_scaling(module, target):
+        folded = {name: value.clone() for name, value in module.state_dict().items()}
+    module.load_state_dict(folded)
 
 
 @torch.no_grad()
@@ -189,7 +287,11 @@ def attach_head(head_dir: str | Path, backbone: nn.Module | None = None) -> nn.M
 
 def sklearn_parameter_count(classifier) -> int:
     """Fitted numbers in a scikit-learn head (coefficients, or tree nodes), for the card."""
+    from sklearn.multiclass import OneVsRestClassifier
+
     estimator = classifier.steps[-1][1] if hasattr(classifier, "steps") else classifier
+    if isinstance(estimator, OneVsRestClassifier):  # label sets: one fitted classifier per label
+        return sum(sklearn_parameter_count(one) for one in estimator.estimators_)
     if hasattr(estimator, "coef_"):
         return int(estimator.coef_.size + np.size(estimator.intercept_))
     if hasattr(estimator, "estimators_"):

@@ -2,8 +2,10 @@
 
 The head's head_config.json keeps the feature metadata: each backbone's model, weights (checked by hash),
 layer, pooling and transform. Features are computed as ``ftpeft.features.extract`` computed the cached ones,
-concatenated in the same order, and the head scores them: ``predict_proba`` of a scikit-learn head (softmax of
-``decision_function`` for one without, e.g. linear_svm), softmax of a torch head's logits.
+concatenated in the same order, and the head scores them by the target saved with it (target.json): for one class
+per row ``predict_proba`` of a scikit-learn head (softmax of ``decision_function`` for one without, e.g. linear_svm)
+or softmax of a torch head's logits; for label sets one probability per label, for numbers the target's units
+(``ftpeft.features.heads.head_outputs``, what train_head scored).
 """
 
 from __future__ import annotations
@@ -93,11 +95,14 @@ def head_config(run: SavedRun) -> dict:
 
 
 class HeadPredictor:
-    """Backbones -> concatenated features -> a scikit-learn or torch head."""
+    """Backbones -> concatenated features -> a scikit-learn or torch head; ``target`` says what its outputs are."""
 
-    def __init__(self, backbones: list, head, label_names: list[str], modality: str, device):
+    def __init__(self, backbones: list, head, label_names: list[str], modality: str, device, target=None):
+        from ftpeft.labels.target import single_label
+
         self.backbones, self.head, self.label_names, self.device = backbones, head, label_names, device
         self.modality = modality  # image or text, as extracted
+        self.target = target or single_label(label_names)
         self.inputs = None
 
     def prepare(self, inputs, text_columns: list[str] | None) -> None:
@@ -136,6 +141,10 @@ class HeadPredictor:
         from ftpeft.predict.text import softmax
 
         features = self.features(indices)
+        if not self.target.is_single_label:
+            from ftpeft.features.heads import head_outputs
+
+            return head_outputs(self.head, features, self.target)
         if isinstance(self.head, torch.nn.Module):
             return softmax(self.head(torch.from_numpy(features).float()))
         scores = (
@@ -162,6 +171,10 @@ def load_head_predictor(run: SavedRun, device) -> HeadPredictor:
         head = load_sklearn_head(run.run_dir / SKOPS_FILE)
     else:
         head, _ = load_torch_head(run.run_dir)
+    from ftpeft.predict.text import run_target
+
     backbones = recreate_backbones(config["features"], device)
     modality = config["features"].get("modality") or "image"
-    return HeadPredictor(backbones, head, [str(n) for n in config["label_names"]], modality, device)
+    label_names = [str(n) for n in config["label_names"]]
+    target = run_target(run, label_names, run.run_dir)  # target.json; heads saved before it: one class per row
+    return HeadPredictor(backbones, head, label_names, modality, device, target)
