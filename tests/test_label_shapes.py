@@ -249,3 +249,13 @@ def test_the_ladder_chooses_on_the_problem_types_threshold_free_metric(
     chosen = scores[result["recommended"]]
     assert abs(chosen - best) <= result["tolerance"] + 1e-9  # within the tolerance of the best on validation
     assert f"val {metric}" in (tmp_path / "ladder" / "ladder.md").read_text()
+
+
+def test_hp_search_scores_trials_by_rmse_for_numbers(tiny_bert_dir, shape_data, tmp_path):
+    data, label_flags = shape_data["regression"]
+    out = tmp_path / "search"
+    argv = tiny_args(tiny_bert_dir, data, out, *label_flags, "--max_steps", "4", "--hp_search", "2")
+    metrics = bert_cls.main(argv)
+    report = (out / "hp_search.md").read_text()
+    assert "rmse" in report and "test_rmse" in metrics
+    assert json.loads((out / "target.json").read_text())["problem_type"] == "regression"

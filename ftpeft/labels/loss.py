@@ -41,8 +41,22 @@ def pos_weight_from_file(path: str, names: Sequence[str]) -> list[float]:
     return [float(v) for v in values]
 
 
-def loss_weights_for_run(run, target: Target, class_weights: str, pos_weight: str, train_labels):
-    """(class weights or None, positive weights or None, the card's note or None); recorded in resolved_settings."""
+def loss_weights(target: Target, class_weights: str, pos_weight: str, train_labels):
+    """(class weights or None, positive weights or None) for ``target``'s training labels; a flag that does not fit
+    the problem type is refused."""
+    check_loss_flags(target, class_weights, pos_weight)
+    if target.is_single_label:
+        from ftpeft.core.class_weights import compute_class_weights
+
+        return compute_class_weights(class_weights, train_labels, list(target.names)), None
+    if not target.is_multi_label or pos_weight == "none":
+        return None, None
+    if pos_weight == "balanced":
+        return None, balanced_pos_weight(train_labels)
+    return None, pos_weight_from_file(pos_weight, target.names)
+
+
+def check_loss_flags(target: Target, class_weights: str, pos_weight: str) -> None:
     if not target.is_single_label and class_weights != "none":
         raise FtpeftError(
             f"--class_weights is for one class per row; this run is {target.short_name}"
@@ -50,6 +64,11 @@ def loss_weights_for_run(run, target: Target, class_weights: str, pos_weight: st
         )
     if not target.is_multi_label and pos_weight != "none":
         raise FtpeftError(f"--pos_weight is for label sets (multi_label); this run is {target.short_name}.")
+
+
+def loss_weights_for_run(run, target: Target, class_weights: str, pos_weight: str, train_labels):
+    """(class weights or None, positive weights or None, the card's note or None); recorded in resolved_settings."""
+    check_loss_flags(target, class_weights, pos_weight)
     if target.is_single_label:
         from ftpeft.core.class_weights import class_weights_for_run
 

@@ -32,15 +32,19 @@ class SearchArguments:
         },
     )
     hp_search_metric: str = dataclasses.field(
-        default="accuracy",
+        default="auto",
         metadata={
-            "help": "Validation metric the search maximises (eval_<name>; 'loss' is minimised).",
-            "choices": ("accuracy", "macro_f1", "loss"),
+            "help": "Validation metric the trials are scored by, in its registry direction (loss, RMSE: lower is "
+            "better). auto: accuracy for one class per row, mAP for label sets, RMSE for numbers."
         },
     )
 
     def __post_init__(self):
         check_fields(self)
+        if self.hp_search_metric != "auto":
+            from ftpeft.core.metrics import metric_spec
+
+            metric_spec(self.hp_search_metric, "--hp_search_metric")  # an unknown name is refused before any work
         if self.hp_search_fields is not None and self.hp_search is None:
             raise FtpeftError("--hp_search_fields only makes sense with --hp_search N.")
         if self.hp_search_fields is not None and not self.hp_search_fields:

@@ -31,6 +31,7 @@ class SearchOutcome:
     space: Any  # ftpeft.search.space.SearchSpace
     best_config: dict[str, Any]  # what best.yaml holds
     wall_s: float
+    metric: str = "accuracy"  # what the trials were scored by (--hp_search_metric, auto resolved)
 
 
 def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "bert_cls") -> dict[str, Any]:
@@ -47,7 +48,7 @@ def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "
     outcome = search_classifier(
         model_args, data_args, tuning_args, search_args, training_args, parsed.resolved, run_args
     )
-    summary = search_summary(outcome.study, outcome.space, search_args.hp_search_metric)
+    summary = search_summary(outcome.study, outcome.space, outcome.metric)
     header = (
         f"best of {summary['trials']} trials ({summary['metric']} {summary['best_value']:.4f} on validation, "
         f"trial {summary['best_trial']}; trial 0, the given settings: {summary['given_value']})"
@@ -61,7 +62,7 @@ def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "
     if training_args.process_index == 0:
         output_dir = Path(training_args.output_dir)
         write_best_yaml(output_dir / BEST_FILE, outcome.best_config, recipe, header)
-        write_search_report(output_dir, outcome.study, outcome.space, search_args.hp_search_metric, outcome.wall_s)
+        write_search_report(output_dir, outcome.study, outcome.space, outcome.metric, outcome.wall_s)
     return {**metrics, "hp_search": {**summary, "wall_s": round(outcome.wall_s, 1)}}
 
 
@@ -76,9 +77,9 @@ def search_classifier(
     trial's trajectory cut where it was best."""
     from transformers import DataCollatorWithPadding, set_seed
 
-    from ftpeft.core.class_weights import compute_class_weights
     from ftpeft.core.lifecycle import setup_logging
     from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.labels.loss import loss_weights
     from ftpeft.search.report import best_config
     from ftpeft.search.space import build_space
     from ftpeft.search.study import SearchTrainer, TrialModels, run_search, search_training_args
@@ -99,13 +100,15 @@ def search_classifier(
     trained_with = checkpoint_pooling(model_path, **hub)
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     splits = {"train": data.tokenized["train"], "validation": data.tokenized["validation"]}  # never the test split
+    target = data.target
+    metric = search_metric(search_args.hp_search_metric, target.problem_type)
 
     def build(trial_tuning):
         """A fresh model tuned as ``trial_tuning`` says (the readout follows the trial's depth)."""
         pooling, _ = resolve_pooling(
             model_args.pooling, trained_with, trial_tuning.unfreeze_last_k, trial_tuning.use_peft
         )
-        model, newly_initialised = load_sequence_classifier(model_args, model_path, data.label_names, pooling)
+        model, newly_initialised = load_sequence_classifier(model_args, model_path, data.label_names, pooling, target)
         return apply_tuning(model, trial_tuning, newly_initialised)
 
     given = build(tuning_args)  # the layer count bounds --unfreeze_last; with the cache, its prefix is cached
@@ -114,7 +117,7 @@ def search_classifier(
     )
     logger.info("hp search space: %s", "; ".join(space.describe()))
     collator = DataCollatorWithPadding(data.tokenizer)
-    plan = trial_plan(training_args, run_args, len(splits["train"]), search_args.hp_search_metric)
+    plan = trial_plan(training_args, run_args, len(splits["train"]), metric, target.problem_type)
     with tempfile.TemporaryDirectory(prefix="ftpeft-trials-") as trial_dir:
         trial_args = search_training_args(training_args, trial_dir, plan, run_args)
         train_data, eval_data, wrap = splits["train"], splits["validation"], None
@@ -122,34 +125,50 @@ def search_classifier(
             train_data, eval_data, collator, wrap = shared_prefix_cache(
                 given.model, tuning_args, splits, collator, trial_args
             )
-        class_weights = compute_class_weights(tuning_args.class_weights, splits["train"]["labels"], data.label_names)
+        class_weights, pos_weight = loss_weights(
+            target, tuning_args.class_weights, data_args.pos_weight, splits["train"]["labels"]
+        )
         trainer = SearchTrainer(
             args=trial_args,
             trial_models=TrialModels(space, tuning_args, trial_args, build, wrap),
             train_dataset=train_data,
             eval_dataset=eval_data,
             data_collator=collator,
-            compute_metrics=make_compute_metrics(data.label_names),
+            compute_metrics=make_compute_metrics(data.label_names, target),
             processing_class=data.tokenizer,
             keep_all_columns=tuning_args.cache_frozen,
             class_weights=class_weights,
+            target=target,
+            pos_weight=pos_weight,
             plan=plan,
         )
         start = time.perf_counter()
-        study = run_search(trainer, space, search_args.hp_search, search_args.hp_search_metric, training_args.seed)
+        study = run_search(trainer, space, search_args.hp_search, metric, training_args.seed)
         wall_s = time.perf_counter() - start
     best = best_config(config, study.best_trial.params)
     if plan is not None:
         best.update(stopping_point(study.best_trial, trial_args))
-    return SearchOutcome(study, space, best, wall_s)
+    return SearchOutcome(study, space, best, wall_s, metric)
 
 
-def trial_plan(training_args, run_args, train_rows: int, metric: str):
+def search_metric(requested: str, problem_type: str) -> str:
+    """--hp_search_metric, or for auto the problem type's default (accuracy, mAP or RMSE); one it lacks is refused."""
+    from ftpeft.core.metrics import check_metric_fits, default_metric
+
+    if requested == "auto":
+        return default_metric(problem_type)
+    check_metric_fits(requested, problem_type, "--hp_search_metric")
+    return requested
+
+
+def trial_plan(
+    training_args, run_args, train_rows: int, metric: str, problem_type: str = "single_label_classification"
+):
     """The trials' ``--num_train_epochs auto`` plan (None for a fixed length): they stop on the searched metric."""
     from ftpeft.core.metrics import metric_spec
     from ftpeft.core.stopping import plan_auto_epochs
 
-    plan = plan_auto_epochs(training_args, run_args, train_rows) if run_args is not None else None
+    plan = plan_auto_epochs(training_args, run_args, train_rows, 0, problem_type) if run_args is not None else None
     if plan is None:
         return None
     spec = metric_spec(metric, "--hp_search_metric")
