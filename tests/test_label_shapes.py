@@ -259,3 +259,23 @@ def test_hp_search_scores_trials_by_rmse_for_numbers(tiny_bert_dir, shape_data, 
     report = (out / "hp_search.md").read_text()
     assert "rmse" in report and "test_rmse" in metrics
     assert json.loads((out / "target.json").read_text())["problem_type"] == "regression"
+
+
+def test_the_app_decides_label_sets_at_the_saved_thresholds_and_shows_numbers(tiny_bert_dir, shape_data, tmp_path):
+    pytest.importorskip("gradio")
+    from ftpeft.app.page import build_page
+    from ftpeft.app.scoring import load_scorer
+
+    for problem_type in ("multi_label", "regression"):
+        data, label_flags = shape_data[problem_type]
+        out = tmp_path / problem_type
+        bert_cls.main(tiny_args(tiny_bert_dir, data, out, *label_flags, "--max_steps", "6", "--learning_rate", "3e-3"))
+        scorer = load_scorer(out)
+        scores = scorer.score_text(["good film with a plot"])
+        frame = predict_csv(out, data / "test.csv", tmp_path / f"{problem_type}.csv")
+        assert set(scores) == set(frame.columns) - {"id", "labels"}
+        if problem_type == "multi_label":
+            thresholds = json.loads((out / "thresholds.json").read_text())
+            decided = [name for name, p in scores.items() if p >= thresholds[name]]
+            assert f"**predicted:** {', '.join(decided) or '(no label)'}" in scorer.decision(scores)
+        build_page(scorer, "card")  # the page builds with the problem type's outputs

@@ -1,4 +1,5 @@
-"""The Gradio page of ``ftpeft app OUTPUT_DIR``: a text box (or an image upload), the class probabilities as bars,
+"""The Gradio page of ``ftpeft app OUTPUT_DIR``: a text box (or an image upload), the class probabilities as bars
+(label sets: each label's probability and the labels at or above their thresholds; numbers: the predicted values),
 and the run's model card beside them. Served on this machine only unless --host/--share say otherwise."""
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def build_page(scorer: RunScorer, card: str):
     require_gradio()
     import gradio as gr
 
-    run = scorer.run
+    run, target = scorer.run, scorer.target
 
-    def predict(*values):
+    def score(*values) -> dict[str, float]:
         try:
             if scorer.modality == "image":
                 if values[0] is None:
@@ -66,6 +67,10 @@ def build_page(scorer: RunScorer, card: str):
             return scorer.score_text(["" if t is None else t for t in texts], knowledge)
         except FtpeftError as error:
             raise gr.Error(" ".join(str(error).split())) from None
+
+    def predict(*values):  # label sets: the probabilities and the decision at the run's thresholds
+        scores = score(*values)
+        return (scores, scorer.decision(scores)) if target.is_multi_label else scores
 
     with gr.Blocks(title=f"ftpeft app: {run.run_dir.name}") as page:
         gr.Markdown(f"## {run.run_dir.name}\n{run.kind} model in `{run.run_dir}`")
@@ -82,13 +87,20 @@ def build_page(scorer: RunScorer, card: str):
                         example = json.dumps({column: "..." for column in scorer.knowledge_columns})
                         inputs.append(gr.Textbox(label="knowledge columns (JSON)", placeholder=example, lines=3))
                 button = gr.Button("Predict", variant="primary", elem_id="ftpeft-predict")
-                probabilities = gr.Label(
-                    num_top_classes=len(scorer.label_names), label="class probabilities", elem_id="ftpeft-probabilities"
-                )
+                if target.is_regression:  # numbers in the target's units, not bars
+                    outputs = gr.JSON(label="predicted value(s)", elem_id="ftpeft-probabilities")
+                else:
+                    outputs = gr.Label(
+                        num_top_classes=len(scorer.label_names),
+                        label="label probabilities" if target.is_multi_label else "class probabilities",
+                        elem_id="ftpeft-probabilities",
+                    )
+                if target.is_multi_label:
+                    outputs = [outputs, gr.Markdown(elem_id="ftpeft-decision")]
             with gr.Column(scale=1):
                 gr.Markdown(card, elem_id="ftpeft-card")
         # one request at a time: the predictor holds the prepared input between prepare() and probabilities()
-        button.click(predict, inputs, probabilities, api_name=PREDICT_API, concurrency_limit=1)
+        button.click(predict, inputs, outputs, api_name=PREDICT_API, concurrency_limit=1)
     return page
 
 

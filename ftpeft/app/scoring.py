@@ -33,6 +33,21 @@ class RunScorer:
     def label_names(self) -> list[str]:
         return list(self.predictor.label_names)
 
+    @property
+    def target(self):
+        """The run's Target (one class per row, label sets with their thresholds, or numbers)."""
+        from ftpeft.labels.target import single_label
+
+        return getattr(self.predictor, "target", None) or single_label(self.label_names)
+
+    def decision(self, scores: dict[str, float]) -> str:
+        """What the page says under a label set's probabilities: the labels at or above their thresholds (the
+        ones chosen on validation, from thresholds.json / config.json), and the thresholds."""
+        thresholds = dict(zip(self.target.names, self.target.decision_thresholds()))
+        chosen = [name for name, p in scores.items() if p >= thresholds[name]]
+        listed = ", ".join(f"{name} {thresholds[name]:.2f}" for name in self.target.names)
+        return f"**predicted:** {', '.join(chosen) or '(no label)'}\n\nthresholds: {listed}"
+
     def score_text(self, texts: list[str], knowledge: dict[str, Any] | None = None) -> dict[str, float]:
         """Class name -> probability of one row: ``texts`` fill ``text_columns``, ``knowledge`` the rest."""
         from datasets import Dataset
