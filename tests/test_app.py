@@ -422,11 +422,11 @@ def test_an_image_uploaded_in_the_browser_shows_predicts_probabilities(runs, tmp
     assert_same_probabilities(shown, expected)
 
 
-def test_the_readme_commands_parse():
+def test_the_documented_commands_parse():
     import shlex
 
-    section = (ROOT / "README.md").read_text().split("## Try the model in a page: ftpeft app\n", 1)[1]
-    section = section.split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "recipes" / "predict_app_push.md").read_text()
+    section = page.split("## Try it in a page: `ftpeft app`\n", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0] for line in section.splitlines() if line.startswith("ftpeft app ")]
     assert len(commands) == 2
     for command in commands:

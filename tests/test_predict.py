@@ -369,14 +369,16 @@ def test_two_ranks_write_the_same_csv_as_one_process(runs, tmp_path):
     np.testing.assert_allclose(two_frame[TEXT_LABELS].to_numpy(), one_frame[TEXT_LABELS].to_numpy(), atol=1e-6)
 
 
-def test_the_readme_commands_parse_and_show_the_csv_shape():
+def test_the_documented_commands_parse_and_show_the_csv_shape():
     import shlex
 
     from ftpeft.predict.job import parse_predict_args
     from ftpeft.predict.writer import prediction_columns
 
-    section = (ROOT / "README.md").read_text().split("## Predictions\n", 1)[1].split("\n## ", 1)[0]
-    commands = [line.split(" predict ", 1)[1].split("#")[0] for line in section.splitlines() if " predict " in line]
+    page = (ROOT / "docs" / "recipes" / "predict_app_push.md").read_text()
+    section = page.split("## Predict: `ftpeft predict`\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith(("ftpeft predict ", "accelerate launch "))]
+    commands = [line.split(" predict ", 1)[1].split("#")[0] for line in lines]
     assert len(commands) == 3
     for command in commands:
         args = parse_predict_args(shlex.split(command))
