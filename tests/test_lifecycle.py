@@ -34,6 +34,9 @@ def test_a_run_records_what_it_derived_draws_curves_and_says_where_things_are(
         "used": False,
         "why": "per-example classification loss: no token averaging across ranks",
     }
+    recorded = settings["environment"]["used"]  # the software it ran with, in the card too
+    assert {"python", "torch", "transformers", "peft", "timm", "accelerate", "datasets", "ftpeft"} <= set(recorded)
+    assert f"- Software: Python {recorded['python']}, torch {recorded['torch']}" in (out / "README.md").read_text()
     # run_args.yaml stays the arguments as given: it reruns with --config and names no derived setting
     given = yaml.safe_load((out / "run_args.yaml").read_text())
     assert "average_tokens_across_devices" not in given and given["head_lr"] == 0.01

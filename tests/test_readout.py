@@ -141,7 +141,7 @@ def test_head_only_run_uses_mean_pooling_and_reloads_with_identical_logits(sente
     freeze = json.loads((out / "freeze_report.json").read_text())
     assert freeze["trainable_layers"] == [] and freeze["groups"]["head"]["trainable"] == freeze["trainable_params"]
     card = (out / "README.md").read_text()
-    assert "Readout: mean pooling" in card and "import ftpeft" in card
+    assert "Readout: mean pooling" in card and "trust_remote_code=True" in card and "import ftpeft" not in card
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()  # ftpeft is imported: registered
     assert isinstance(model, MeanPoolingForSequenceClassification)

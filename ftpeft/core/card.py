@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ftpeft.core.environment import environment, environment_line
 from ftpeft.core.errors import redact
 from ftpeft.core.outputs import atomic_write_text
 
@@ -35,6 +36,7 @@ class RunSummary:
     train_runtime_s: float | None = None
     hub_dataset: str | None = None  # a Hub dataset id, for the metadata header
     hardware: str = dataclasses.field(default_factory=lambda: hardware_description())
+    environment: dict[str, Any] = dataclasses.field(default_factory=environment)  # versions (resolved_settings.json)
     tags: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     learning_curve: bool = False  # learning_curve.png sits next to the card
@@ -116,6 +118,7 @@ Fine-tuned from `{summary.base_model}` with the ftpeft recipe `{summary.recipe}`
 - Trainable parameters: {summary.trainable_params:,} of {summary.total_params:,} ({pct:.2f}%)
 - Data: {summary.dataset} ({sizes}); labels: {labels}
 - Hardware: {summary.hardware}
+- Software: {environment_line(summary.environment)}
 - Training time: {runtime}
 {notes}{data_quality}
 ## Results
@@ -152,9 +155,16 @@ def adapter_label_kwargs(label_names: list[str]) -> dict:
 
 
 def text_loading_snippet(
-    output_dir: str, adapter: bool, label_names: list[str] | None = None, needs_ftpeft: bool = False
+    output_dir: str,
+    adapter: bool,
+    label_names: list[str] | None = None,
+    remote_code: bool = False,
+    problem_type: str | None = None,
 ) -> str:
-    """How to load a text run's model; ``needs_ftpeft``: its model type is one ``import ftpeft`` registers."""
+    """How to load a text run's model with the stack's own loaders (no ftpeft); ``remote_code``: the model is one of
+    ftpeft's own architectures, whose code is saved with it (``ftpeft.hub_code``). Texts are cut where the run cut
+    them (truncation=True: the saved tokenizer's model_max_length is the run's length); label sets and numbers show
+    every output (top_k=None)."""
     if adapter:
         kwargs = adapter_label_kwargs(label_names or [])
         return (
@@ -167,11 +177,12 @@ def text_loading_snippet(
             f"    label2id={kwargs['label2id']!r},\n"
             ")\n"
             f'tokenizer = AutoTokenizer.from_pretrained("{output_dir}")\n'
-            'logits = model(**tokenizer("great film", return_tensors="pt")).logits'
+            'logits = model(**tokenizer("great film", truncation=True, return_tensors="pt")).logits'
         )
+    every_output = ", top_k=None" if problem_type in ("multi_label_classification", "regression") else ""
     return (
-        ("import ftpeft  # registers the model type with the Auto classes\n" if needs_ftpeft else "")
-        + "from transformers import pipeline\n"
-        f'classifier = pipeline("text-classification", model="{output_dir}")\n'
-        'print(classifier("great film"))'
+        "from transformers import pipeline\n"
+        + f'classifier = pipeline("text-classification", model="{output_dir}"'
+        + (", trust_remote_code=True)  # the model's code is saved with it\n" if remote_code else ")\n")
+        + f'print(classifier("great film", truncation=True{every_output}))'
     )

@@ -64,10 +64,16 @@ def check_finished_run(output_dir: str | Path, merged: bool = False) -> Path:
 
 
 def push_run(output_dir: str | Path, target: PushTarget, merged: bool = False) -> str:
-    """Upload a finished run (the adapter/model dir, or its merged/ copy) with its card. Returns the repo URL."""
+    """Upload a finished run (the adapter/model dir, or its merged/ copy) with its card. Returns the repo URL.
+
+    A model of ftpeft's own types goes up with its code (``ftpeft.core.model_code``): a run saved before ftpeft
+    shipped it gets the file and config.json's auto_map written first, so the Hub copy loads without ftpeft."""
     from huggingface_hub import HfApi
 
+    from ftpeft.core.model_code import ship_model_code
+
     folder = check_finished_run(output_dir, merged)
+    ship_model_code(folder)
     api = HfApi(token=target.token)
     repo_id = target.repo_id
     try:

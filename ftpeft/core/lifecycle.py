@@ -26,10 +26,12 @@ from ftpeft.core.config import RunArguments, command_line, save_resolved_config
 from ftpeft.core.curves import CURVE_FILE, GroupLearningRates, save_learning_curve
 from ftpeft.core.data_report import DATA_REPORT_FILE, DataReport
 from ftpeft.core.engine import EngineReport, check_engine
+from ftpeft.core.environment import environment
 from ftpeft.core.freezing import FreezeReport, count_parameters
 from ftpeft.core.hub import PushTarget, push_run, validate_push_args
 from ftpeft.core.lock import LOCK_FILE, OutputLock
 from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
+from ftpeft.core.model_code import CheckpointFiles
 from ftpeft.core.outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
 from ftpeft.core.preemption import PREEMPTED_FILE, PreemptionGuard, clear_preempted, resume_argv
 from ftpeft.core.settings import SETTINGS_FILE, derived_settings, resolve_settings
@@ -113,6 +115,8 @@ class Run:
     preemption: PreemptionGuard | None = None  # --preemption_signals: stop at a checkpoint, exit 75
     lock: OutputLock | None = None  # rank 0's hold on --output_dir (OUTPUT_DIR/.ftpeft.lock)
     target: Any = None  # the labels' Target as saved (thresholds chosen), once ``finish`` has run
+    # name -> text of the files every checkpoint gets beside Trainer's (a knowledge model's keys): ``CheckpointFiles``
+    checkpoint_files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def output_dir(self) -> Path:
@@ -165,9 +169,11 @@ class Run:
         self.data_report = report
 
     def save_config(self, freeze: FreezeReport | None = None) -> None:
-        """run_args.yaml (reruns with --config), resolved_settings.json, freeze_report.json, data_report.json."""
+        """run_args.yaml (reruns with --config), resolved_settings.json (with the software versions: ``environment``),
+        freeze_report.json, data_report.json."""
         if not self.training_args.should_save:
             return
+        self.settings["environment"] = {"given": None, "used": environment(), "why": "the software this run ran with"}
         self.hold_output_dir()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_resolved_config(self.output_dir / RUN_ARGS_FILE, self.config)
@@ -185,6 +191,7 @@ class Run:
         trainer.add_callback(epoch_timer)
         trainer.add_callback(self.group_lrs)
         trainer.add_callback(EngineReport(trainer))
+        trainer.add_callback(CheckpointFiles(self.checkpoint_files))  # a checkpoint loads as the final model does
         if self.stopping is not None:
             trainer.add_callback(early_stopping(self.stopping))
         start = time.perf_counter()

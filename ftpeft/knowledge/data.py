@@ -4,7 +4,8 @@
   column looked up in the table) and ``knowledge_vectors`` (columns of float lists), in one pass.
 - ``KnowledgeCollator``: pads ``knowledge_ids`` with 0 (= "no knowledge") next to ``input_ids``.
 
-Ids: 0 = no knowledge, 1 = unknown entity/ID (not in the table), 2.. = table rows (``ftpeft.knowledge.model``)."""
+Ids: 0 = no knowledge, 1 = unknown entity/ID (not in the table), 2.. = table rows
+(``ftpeft.hub_code.knowledge_injection``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.hub_code.knowledge_injection import FIRST_ROW_ID, NO_KNOWLEDGE_ID, UNKNOWN_ID
 from ftpeft.knowledge.args import KnowledgeArguments
-from ftpeft.knowledge.mentions import align_mentions, match_mentions, parse_spans
-from ftpeft.knowledge.model import FIRST_ROW_ID, NO_KNOWLEDGE_ID, UNKNOWN_ID
+from ftpeft.knowledge.mentions import align_mentions, mentions_in, parse_spans
 from ftpeft.knowledge.table import KnowledgeTable
 
 KNOWLEDGE_COLUMNS = ("knowledge_ids", "example_knowledge_ids", "knowledge_vectors")
@@ -37,10 +38,13 @@ class KnowledgeLayout:
         return sum(self.vector_columns.values())
 
     def model_settings(self) -> dict[str, Any]:
+        """The model config's fields for these inputs (the columns too: the shipped pipeline reads them by name)."""
         return {
             "token_knowledge": self.token_knowledge,
             "num_example_ids": len(self.id_columns),
             "example_vector_dim": self.example_vector_dim,
+            "id_columns": list(self.id_columns),
+            "vector_columns": list(self.vector_columns),
         }
 
 
@@ -116,12 +120,8 @@ def tokenize_with_knowledge(
         if token_level:
             rows = []
             for i, text in enumerate(texts[0]):
-                if entity_column:
-                    spans = parse_spans(batch[entity_column][i], indices[i], text, entity_column)
-                    mentions = [(s, e, table.id_of(key)) for s, e, key in spans]
-                else:
-                    mentions = match_mentions(text, table)
-                rows.append(align_mentions(offsets[i], encoded.sequence_ids(i), mentions))
+                spans = parse_spans(batch[entity_column][i], indices[i], text, entity_column) if entity_column else None
+                rows.append(align_mentions(offsets[i], encoded.sequence_ids(i), mentions_in(text, table, spans)))
             encoded["knowledge_ids"] = rows
         if layout.id_columns:
             encoded["example_knowledge_ids"] = [
@@ -219,10 +219,7 @@ def knowledge_batch(tokenizer, texts: list[str], table: KnowledgeTable, max_leng
     for i, text in enumerate(texts):
         encoded = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
         offsets = encoded.pop("offset_mapping")
-        if spans is None:
-            mentions = match_mentions(text, table)
-        else:
-            mentions = [(start, end, table.id_of(key)) for start, end, key in spans[i]]
+        mentions = mentions_in(text, table, None if spans is None else spans[i])
         encoded["knowledge_ids"] = align_mentions(offsets, encoded.sequence_ids(), mentions)
         features.append(dict(encoded))
     return KnowledgeCollator(tokenizer)(features)

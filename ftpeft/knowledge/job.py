@@ -11,6 +11,7 @@ from typing import Any
 
 from ftpeft.core.config import RunArguments
 from ftpeft.core.errors import FtpeftError
+from ftpeft.hub_code.knowledge_injection import KEYS_FILE
 from ftpeft.knowledge.args import KnowledgeArguments
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.job import TEXT_LR_DEFAULTS, TEXT_TRAINER_DEFAULTS
@@ -25,7 +26,6 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/knowledge_cls",
     "unfreeze_last": "2",
 }
-KEYS_FILE = "knowledge_keys.txt"
 logger = logging.getLogger("ftpeft")
 
 
@@ -106,6 +106,8 @@ def train_knowledge_classifier(
         train_knowledge=knowledge_args.train_knowledge,
         fusion_hidden_size=knowledge_args.fusion_hidden_size,
         knowledge_sources=table.sources if table else [],
+        text_columns=data.text_columns,
+        entity_column=knowledge_args.entity_column,
         **(layout.model_settings() if inject != "none" else {}),
     )
     newly_initialised = newly_initialised_parameters(model)
@@ -142,13 +144,16 @@ def train_knowledge_classifier(
     )
     if unfreezing:
         trainer.add_callback(unfreezing)
+    # a checkpoint predicts as the final model does: its pipeline finds the knowledge ids through these keys
+    keys_text = "\n".join(table.keys) + "\n" if table is not None else None
+    if keys_text:
+        run.checkpoint_files[KEYS_FILE] = keys_text
     train_metrics = run.train(trainer)
     tuning_text = unfreezing.describe(tuning.description) if unfreezing else tuning.description
     tuning_text += f"; --inject {inject}, knowledge table "
     tuning_text += "trained" if knowledge_args.train_knowledge else "frozen"
 
     # --- evaluate, save, card, push ---------------------------------------------------------------------
-    keys_text = "\n".join(table.keys) + "\n" if table is not None else None
     if keys_text and run.is_main:
         atomic_write_text(run.output_dir / KEYS_FILE, keys_text)
 
@@ -158,7 +163,7 @@ def train_knowledge_classifier(
         data.tokenizer.save_pretrained(merged_dir)
         if keys_text:
             atomic_write_text(merged_dir / KEYS_FILE, keys_text)
-        return merged_dir, loading_snippet(str(merged_dir), layout)
+        return merged_dir, loading_snippet(str(merged_dir), layout, knowledge_args.entity_column)
 
     reload_dir = run.output_dir / MERGED_DIR if tuning_args.use_peft else run.output_dir
     description = ModelDescription(
@@ -168,7 +173,7 @@ def train_knowledge_classifier(
         tuning=tuning_text,
         dataset=dataset_description(data_args),
         hub_dataset=data_args.dataset_name,
-        loading_snippet=loading_snippet(str(reload_dir), layout),
+        loading_snippet=loading_snippet(str(reload_dir), layout, knowledge_args.entity_column),
         tags=["knowledge-injection", f"inject-{inject}"],
         notes=[*knowledge_notes, *([loss_note] if loss_note else [])],
     )
@@ -186,22 +191,20 @@ def train_knowledge_classifier(
     )
 
 
-def loading_snippet(model_dir: str, layout) -> str:
+def loading_snippet(model_dir: str, layout, entity_column: str | None = None) -> str:
+    """How to load the model without ftpeft: its custom pipeline (knowledge_injection.py, saved with the weights)
+    finds the knowledge of a raw text; a run trained on columns takes a dict with them."""
     lines = [
-        "import ftpeft  # registers the ftpeft-knowledge model type",
-        "from ftpeft import KnowledgeTable, knowledge_batch",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        f'model = AutoModelForSequenceClassification.from_pretrained("{model_dir}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")',
+        "from transformers import pipeline",
+        "# knowledge_injection.py, saved with the model: the model and its text-to-knowledge step",
+        f'classifier = pipeline(model="{model_dir}", trust_remote_code=True)',
     ]
-    if layout.token_knowledge:
-        lines += [
-            f'keys = KnowledgeTable.from_keys_file("{model_dir}/knowledge_keys.txt")  # row i + 2 = line i',
-            'batch = knowledge_batch(tokenizer, ["great film"], keys)  # or spans=[[(start, end, key), ...]]',
-        ]
-    else:
-        lines.append('batch = tokenizer(["great film"], return_tensors="pt")')
-    if layout.id_columns or layout.vector_columns:
-        lines.append("# add example_knowledge_ids (B, ID columns) and/or knowledge_vectors (B, floats) as in training")
-    lines.append("logits = model(**batch).logits")
+    columns = {}
+    if entity_column:
+        columns[entity_column] = [{"start": 0, "end": 5, "key": "great"}]
+    columns.update({column: "ID" for column in layout.id_columns})
+    columns.update({column: [0.0] * width for column, width in layout.vector_columns.items()})
+    example = {"text": "great film", **columns} if columns else "great film"
+    lines.append(f"scores = classifier({example!r}, truncation=True, top_k=None)")
+    lines.append("print(scores)")
     return "\n".join(lines)

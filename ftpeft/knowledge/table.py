@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.knowledge.model import FIRST_ROW_ID, NO_KNOWLEDGE_ID, UNKNOWN_ID
+from ftpeft.hub_code.knowledge_injection import KnowledgeKeys
 
 TEXT_SUFFIXES = (".txt", ".vec", ".tsv", ".glove", ".w2v")
 
@@ -27,33 +26,20 @@ VADER_SCALE = 4.0  # VADER ratings live in -4..4
 
 # --- tables ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class KnowledgeTable:
-    """Vectors keyed by entity/word; row i has knowledge id i + 2."""
+class KnowledgeTable(KnowledgeKeys):
+    """Vectors keyed by entity/word; row i has knowledge id i + 2. Keys are looked up as the shipped model's pipeline
+    looks them up (``KnowledgeKeys``: exact, then case-insensitive)."""
 
     keys: list[str]
     vectors: np.ndarray  # (N, D) float32
     sources: list[dict[str, Any]]  # [{"name", "dim", "rows"}] in concatenation order
 
     def __post_init__(self):
-        self._exact = {key: i + FIRST_ROW_ID for i, key in enumerate(self.keys)}
-        self._lower: dict[str, int] = {}
-        for i, key in enumerate(self.keys):  # case-insensitive: the first key wins among case variants
-            self._lower.setdefault(_normalise(key), i + FIRST_ROW_ID)
-        self.max_words = max((len(k.split()) for k in self._lower), default=1)
+        KnowledgeKeys.__init__(self, self.keys)
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
-
-    def id_of(self, key: Any) -> int:
-        """Knowledge id of ``key`` (exact, then case-insensitive); 1 (unknown) when absent, 0 for None/''."""
-        if key is None or (isinstance(key, float) and math.isnan(key)) or str(key) == "":
-            return NO_KNOWLEDGE_ID
-        key = str(key)
-        return self._exact.get(key) or self._lower.get(_normalise(key)) or UNKNOWN_ID
-
-    def phrase_id(self, phrase: str) -> int | None:
-        return self._lower.get(_normalise(phrase))
 
     @classmethod
     def from_keys_file(cls, path: str | Path) -> KnowledgeTable:
@@ -62,10 +48,6 @@ class KnowledgeTable:
         return cls(
             keys, np.zeros((len(keys), 1), dtype=np.float32), [{"name": Path(path).name, "dim": 0, "rows": len(keys)}]
         )
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def _flag_file(path) -> str:

@@ -41,9 +41,10 @@ class ModelArguments:
         default="auto",
         metadata={
             "help": "bert_cls: how the classifier reads the encoder. 'cls': [CLS] + pooler (the stock model; "
-            "pipeline() loads it as is); 'mean': masked mean of the tokens (a model class that needs `import "
-            "ftpeft` to load); 'auto': mean for a mean-pooled sentence-transformers checkpoint when the encoder "
-            "is frozen (--unfreeze_last 0), else cls. knowledge_cls always reads [CLS] + pooler.",
+            "pipeline() loads it as is); 'mean': masked mean of the tokens (ftpeft's own model class, saved with "
+            "its code: pipeline(..., trust_remote_code=True) loads it without ftpeft); 'auto': mean for a "
+            "mean-pooled sentence-transformers checkpoint when the encoder is frozen (--unfreeze_last 0), else "
+            "cls. knowledge_cls always reads [CLS] + pooler.",
             "choices": ("auto", "cls", "mean"),
         },
     )

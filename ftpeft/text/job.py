@@ -147,7 +147,7 @@ def train_classifier(
 
     def merged_export() -> tuple[Path, str]:
         merged_dir = write_merged_model(output_dir, label_names)  # its config.json gets the target in finish
-        return Path(merged_dir), text_loading_snippet(merged_dir, adapter=False)
+        return Path(merged_dir), text_loading_snippet(merged_dir, adapter=False, problem_type=target.problem_type)
 
     description = ModelDescription(
         base_model=base_model_name(model_args),
@@ -156,7 +156,13 @@ def train_classifier(
         tuning=unfreezing.describe(tuning.description) if unfreezing else tuning.description,
         dataset=dataset_description(data_args),
         hub_dataset=data_args.dataset_name,
-        loading_snippet=text_loading_snippet(output_dir, tuning_args.use_peft, label_names, pooling == "mean"),
+        loading_snippet=text_loading_snippet(
+            output_dir,
+            tuning_args.use_peft,
+            label_names,
+            remote_code=pooling == "mean",
+            problem_type=target.problem_type,
+        ),
         notes=[readout_note(pooling, model_args.pooling, why), *([loss_note] if loss_note else [])],
     )
     return run.finish(

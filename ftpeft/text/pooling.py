@@ -3,10 +3,11 @@
 Sentence-embedding checkpoints (sentence-transformers, e.g. all-MiniLM-L6-v2) are trained to be read by the
 mean of their token states; their [CLS] state and pooler were never trained as a sentence readout, so a
 classifier on a frozen encoder reads little from them (0.705 test accuracy on the demo, the majority class).
-``MeanPoolingForSequenceClassification`` reads the masked mean of the last hidden states through a
-dense + tanh layer and a linear classifier (the new head). It is a ``PreTrainedModel`` with
-``model_type: ftpeft-mean-pooling``, registered with ``AutoConfig`` / ``AutoModelForSequenceClassification``
-on ``import ftpeft``, so ``pipeline("text-classification", model=OUT)`` loads it after ``import ftpeft``.
+``MeanPoolingForSequenceClassification`` (``ftpeft.hub_code.mean_pooling``) reads the masked mean of the last hidden
+states through a dense + tanh layer and a linear classifier (the new head). It is a ``PreTrainedModel`` with
+``model_type: ftpeft-mean-pooling``; its module is saved with the weights, so
+``pipeline("text-classification", model=OUT, trust_remote_code=True)`` loads it without ftpeft (and ``import ftpeft``
+registers it with the Auto classes, so ftpeft loads it without remote code).
 
 ``--pooling auto`` (the default) picks mean pooling where the encoder is frozen (``--unfreeze_last 0``)
 and the checkpoint says it was trained with mean pooling (``modules.json`` + ``1_Pooling/config.json``);
@@ -20,90 +21,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-from transformers import AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers import AutoModel
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.wrapped_models import classification_output, encoder_config_from_dict, register_auto
+from ftpeft.core.model_code import register_auto
+from ftpeft.hub_code import mean_pooling
+from ftpeft.hub_code.mean_pooling import MODEL_TYPE, MeanPoolingConfig, MeanPoolingForSequenceClassification
 
-MODEL_TYPE = "ftpeft-mean-pooling"
-
-
-class MeanPoolingConfig(PretrainedConfig):
-    """A classifier that mean-pools an encoder: the encoder's config (as a dict) plus the head's sizes."""
-
-    model_type = MODEL_TYPE
-
-    def __init__(
-        self,
-        encoder_config: dict | None = None,
-        encoder_name_or_path: str = "",
-        classifier_dropout: float = 0.1,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        self.encoder_config = dict(encoder_config or {})
-        self.encoder_name_or_path = encoder_name_or_path
-        self.classifier_dropout = classifier_dropout
-        self.initializer_range = initializer_range
-        super().__init__(**kwargs)
-
-    @property
-    def encoder(self) -> PretrainedConfig:
-        """The wrapped encoder's config object (built from the stored dict)."""
-        return encoder_config_from_dict(self.encoder_config)
-
-
-class MeanPoolingForSequenceClassification(PreTrainedModel):
-    """Masked mean of the encoder's last hidden states -> dense + tanh -> dropout -> linear classifier.
-
-    ``base_model_prefix = "encoder"``: ``ftpeft.core.freezing`` finds the encoder's layers through its table,
-    and ``dense`` + ``classifier`` are the head. The encoder's own pooler is removed: it reads [CLS], which
-    this model does not use (an unused trainable pooler would also stall DDP).
-    """
-
-    config_class = MeanPoolingConfig
-    config: MeanPoolingConfig
-    base_model_prefix = "encoder"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-
-    def __init__(self, config: MeanPoolingConfig):
-        super().__init__(config)
-        self.encoder = AutoModel.from_config(config.encoder)
-        if getattr(self.encoder, "pooler", None) is not None:
-            self.encoder.pooler = None
-        hidden = self.encoder.config.hidden_size
-        self.dense = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(hidden, config.num_labels)
-        self.post_init()
-
-    def pooled(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """The mean over real tokens (padding excluded), as sentence-transformers computes it."""
-        if attention_mask is None:
-            return last_hidden_state.mean(dim=1)
-        weights = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
-        return (last_hidden_state * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> SequenceClassifierOutput:
-        encoder_kwargs = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            encoder_kwargs["token_type_ids"] = token_type_ids
-        outputs = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **encoder_kwargs)
-        features = torch.tanh(self.dense(self.pooled(outputs.last_hidden_state, attention_mask)))
-        logits = self.classifier(self.dropout(features))
-        return classification_output(logits, labels, self.config.num_labels, self.config.problem_type)
+__all__ = [
+    "MODEL_TYPE",
+    "MeanPoolingConfig",
+    "MeanPoolingForSequenceClassification",
+    "build_mean_pooling_classifier",
+    "checkpoint_pooling",
+    "pooling_for",
+    "readout_note",
+    "resolve_pooling",
+]
 
 
 def build_mean_pooling_classifier(
@@ -138,6 +72,9 @@ def build_mean_pooling_classifier(
         )
     del encoder
     return model, [name for name, _ in model.named_parameters() if not name.startswith("encoder.")]
+
+
+MODULE_FILE = Path(mean_pooling.__file__).name  # the file a saved mean-pooling model carries
 
 
 # --- which readout -------------------------------------------------------------------------------------------
@@ -220,7 +157,8 @@ def readout_note(pooling: str, requested: str, why: str) -> str:
     if pooling == "mean":
         return (
             f"Readout: mean pooling over tokens -> dense + tanh -> linear classifier (--pooling {requested}: {why}). "
-            f"Its model_type is {MODEL_TYPE}, registered with the Auto classes: `import ftpeft` before loading it."
+            f"Its model_type is {MODEL_TYPE}; its code ({MODULE_FILE}) is saved with the weights: load it with "
+            "trust_remote_code=True, without ftpeft."
         )
     return f"Readout: [CLS] + pooler, the stock model (--pooling {requested}: {why})."
 
