@@ -267,6 +267,81 @@ def test_text_recipe_data_files(tiny_bert_dir, text_csv_dir, train, validation, 
         shutil.rmtree(work, ignore_errors=True)
 
 
+# label sets and numbers: the label-shape flags, tables whose label cells are sets, numbers or garbage, and headers
+# that repeat a name or hold a column named like the encoded labels
+LABEL_FLAGS = {
+    "problem_type": choices(["auto", "multi_label", "regression", "single_label", "multi_label_classification"]),
+    "label_separator": st.sampled_from([",", " ", ";", "", "|"]),
+    "threshold": st.one_of(choices(["auto"]), numbers(st.floats(0.01, 0.99))),
+    "min_threshold_positives": numbers(st.integers(1, 5)),
+    "pos_weight": choices(["none", "balanced"], ("", "nope.json", "BALANCED")),
+    "label_column": st.sampled_from(["tags", "score", "label", "labels", "missing"]),
+}
+LABEL_CELL = st.one_of(
+    st.sampled_from(["praise,film", "film", "story,praise", "praise", " , ", "", "nan", "1.5", "-2", "0", "1"]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+
+
+@st.composite
+def label_tables(draw) -> bytes:
+    """A training CSV with text, tags (a set joined by ','), score (a number) and 0/1 columns, any cell possibly
+    garbage, and now and then a repeated header name or a column named 'labels'."""
+    import csv
+    import io
+
+    header = ["text", "tags", "score", "a", "b"]
+    header += draw(st.sampled_from([[], [], [], ["text"], ["labels"], ["tags"]]))
+    rows = []
+    for i in range(draw(st.integers(1, 12))):
+        good = {"text": ["good film", "bad plot", "great story", "awful actor"][i % 4], "tags": ["praise,film", "story"][i % 2],
+                "score": str(1.5 - i % 3), "a": str(i % 2), "b": str((i // 2) % 2), "labels": "x"}  # fmt: skip
+        if draw(st.integers(0, 3)) == 0:
+            good[draw(st.sampled_from(["tags", "score", "a", "b", "text"]))] = draw(LABEL_CELL)
+        rows.append([good[column] for column in header])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+@pytest.mark.slow
+@example(train=b"text,text,label\ngood,bad,pos\nbad,good,neg\n", extra=[]).via(
+    "issue 24: two columns named text trained on one of them without a word"
+)
+@example(train=b"text,label,labels\ngood,pos,-2\nbad,neg,1\n", extra=[]).via(
+    "issue 24: a 'labels' column beside --label_column -> ValueError: Invalid string class label -2"
+)
+@given(train=label_tables(), extra=flag_lists(LABEL_FLAGS, ("allow_empty_labels",), most=3))
+def test_label_shapes_of_any_table(tiny_bert_dir, text_csv_dir, train, extra):
+    work = scratch()
+    try:
+        out, data = work / "out", work / "data"
+        data.mkdir()
+        (data / "train.csv").write_bytes(train)
+        argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--train_file", str(data / "train.csv"))
+        drop = (
+            "--test_file",
+            str(text_csv_dir / "test.csv"),
+            "--validation_file",
+            str(text_csv_dir / "validation.csv"),
+        )
+        argv = [a for a in argv if a not in drop]
+        if "--label_column" not in extra and "--label-column" not in extra:
+            extra = (
+                [*extra, "--label_column", "tags", "--label_separator", ","]
+                if "--label_separator" not in extra
+                else extra
+            )
+        user = {Path(tiny_bert_dir): snapshot(Path(tiny_bert_dir)), data: snapshot(data)}
+        outcome = call_entry_point(bert_cls.main, [*argv, *extra, "--max_steps", "1"])
+        assert_clean_outcome(outcome, user, out, RUN_FILES)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
 def test_found_csv_not_in_utf8_says_so(tiny_bert_dir, tmp_path, encoding):
@@ -691,7 +766,7 @@ def feature_cache(tmp_path_factory) -> Path:
 
 
 HEAD_FLAGS = {
-    "head": choices(["logreg", "linear_svm", "random_forest", "hist_gb", "linear", "mlp"]),
+    "head": choices(["logreg", "linear_svm", "random_forest", "hist_gb", "linear", "mlp", "ridge"]),
     "regularization_c": numbers(st.floats(1e-4, 100)),
     "max_iter": numbers(st.integers(1, 50), cap=200),
     "n_estimators": numbers(st.integers(1, 10), cap=20),
@@ -703,7 +778,7 @@ HEAD_FLAGS = {
     "seed": numbers(st.integers(0, 2**32 - 1)),
 }
 FEATURE_FILES = ("train-00000.safetensors", "validation-00000.safetensors", "metadata.json")
-METADATA_KEYS = ("format", "key", "request", "feature_dim", "split_sizes", "shards", "label_names")
+METADATA_KEYS = ("format", "key", "request", "feature_dim", "split_sizes", "shards", "label_names", "target")
 
 
 @pytest.mark.slow

@@ -285,6 +285,11 @@ def split_and_limit(datasets, data_args: TextDataArguments, seed: int, target: T
 def hold_out_validation(train, fraction: float, seed: int, target: Target | None = None):
     """(train, validation) of a seeded split that keeps the labels' shares: stratified by class, iteratively
     stratified for label sets, random for numbers."""
+    if len(train) < 2:
+        raise FtpeftError(
+            f"the training split has {len(train)} usable row(s): too few to hold out a validation split; give more "
+            "rows or a --validation_file."
+        )
     if target is not None and target.is_multi_label:
         from ftpeft.labels.stratify import iterative_split
 
