@@ -78,7 +78,7 @@ def test_push_sends_adapter_card_and_config_but_no_checkpoints(finished_lora_run
     assert fake.calls[0] == ("create_repo", "me/minilm-sent", {"private": True, "exist_ok": True})
     assert fake.uploaded == {
         "README.md", "adapter_config.json", "adapter_model.safetensors", "classification_report.md",
-        "confusion_matrix.png", "data_report.json", "freeze_report.json", "label_names.json", "learning_curve.png", "metrics.json", "resolved_settings.json", "run_args.yaml", "tokenizer.json",
+        "confusion_matrix.png", "data_report.json", "freeze_report.json", "label_names.json", "learning_curve.png", "metrics.json", "resolved_settings.json", "run_args.yaml", "target.json", "tokenizer.json",
         "tokenizer_config.json", "training_args.bin",
     }  # fmt: skip
     assert any(p.name.startswith("checkpoint-") for p in finished_lora_run.iterdir())  # present, not pushed
