@@ -279,3 +279,14 @@ def test_the_app_decides_label_sets_at_the_saved_thresholds_and_shows_numbers(ti
             decided = [name for name, p in scores.items() if p >= thresholds[name]]
             assert f"**predicted:** {', '.join(decided) or '(no label)'}" in scorer.decision(scores)
         build_page(scorer, "card")  # the page builds with the problem type's outputs
+
+
+def test_the_card_carries_the_per_label_table_and_a_loading_snippet_for_the_problem_type(
+    tiny_bert_dir, shape_data, tmp_path
+):
+    data, label_flags = shape_data["multi_label"]
+    out = tmp_path / "run"
+    bert_cls.main(tiny_args(tiny_bert_dir, data, out, *label_flags, "--max_steps", "6", "--learning_rate", "3e-3"))
+    card = (out / "README.md").read_text()
+    assert "### Per-label results" in card and "| label | threshold | precision | recall | f1 | AP | support |" in card
+    assert "test_map" in card and "top_k=None" in card

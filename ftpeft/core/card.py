@@ -41,6 +41,7 @@ class RunSummary:
     notes: list[str] = dataclasses.field(default_factory=list)
     learning_curve: bool = False  # learning_curve.png sits next to the card
     data_quality: str = ""  # markdown table of the data report's counts (data_report.json)
+    per_output_results: str = ""  # label sets and numbers: the per-label or per-target table (classification_report.md)
 
 
 def hardware_description() -> str:
@@ -97,6 +98,7 @@ def render_model_card(summary: RunSummary) -> str:
     data_quality = (
         f"\n## Data quality (data_report.json)\n\n{summary.data_quality.strip()}\n" if summary.data_quality else ""
     )
+    per_output = f"\n{summary.per_output_results.strip()}\n" if summary.per_output_results else ""
     text = f"""---
 {header}
 ---
@@ -126,7 +128,7 @@ Fine-tuned from `{summary.base_model}` with the ftpeft recipe `{summary.recipe}`
 | metric | value |
 |---|---|
 {metric_rows}
-{curve}
+{per_output}{curve}
 ## Resolved configuration (re-run with `--config` on this block saved as YAML)
 
 ```yaml

@@ -287,6 +287,7 @@ class Run:
             train_runtime_s=self.train_runtime_s,
             learning_curve=drawn,
             data_quality=self.data_report.card_markdown() if self.data_report else "",
+            per_output_results=per_output_results(self.output_dir, target),
             **dataclasses.asdict(description),
         )
         write_model_card(self.output_dir, summary)
@@ -422,6 +423,15 @@ def write_classification_reports(output_dir, metrics: dict, references, predicte
         f"# Per-class results ({prefix} split, {len(references)} examples)\n\n"
         + classification_report_markdown(references, predicted, label_names),
     )
+
+
+def per_output_results(output_dir: Path, target) -> str:
+    """The card's per-label (label sets) or per-target (numbers) table: the report the final evaluation wrote."""
+    report = output_dir / REPORT_FILE
+    if target.is_single_label or not report.is_file():
+        return ""
+    lines = report.read_text().splitlines()
+    return "\n".join(["### " + lines[0].lstrip("# "), *lines[1:]]) if lines else ""
 
 
 def last_word(summary: RunSummary, output_dir: Path, stop_record: dict[str, Any] | None = None) -> str:
