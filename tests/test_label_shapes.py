@@ -290,3 +290,28 @@ def test_the_card_carries_the_per_label_table_and_a_loading_snippet_for_the_prob
     card = (out / "README.md").read_text()
     assert "### Per-label results" in card and "| label | threshold | precision | recall | f1 | AP | support |" in card
     assert "test_map" in card and "top_k=None" in card
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_score_every_validation_and_test_row_once(tiny_bert_dir, tmp_path):
+    """Odd split sizes (31 validation, 15 test rows) on 2 ranks: the gathered outputs are exactly the split's rows."""
+    from helpers import launch_recipe_on_two_cpu_ranks
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_label_set_files(data, "separator", sizes=(64, 31, 15))
+    out = tmp_path / "run"
+    result = launch_recipe_on_two_cpu_ranks(
+        "bert_cls",
+        *tiny_args(tiny_bert_dir, data, out, *LABEL_SET_FLAGS, "--max_steps", "4", "--learning_rate", "3e-3"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(np.load(out / "validation_outputs.npz")["outputs"]) == 31
+    assert "(test split, 15 rows)" in (out / "classification_report.md").read_text()
+    frame = predict_csv(out, data / "test.csv", tmp_path / "p.csv")
+    test = pd.read_csv(data / "test.csv")
+    target = json.loads((out / "target.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert scores_from_predictions("multi_label", frame, test, target)["map"] == pytest.approx(
+        metrics["test_map"], abs=1e-5
+    )
