@@ -7,10 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.labels.evaluation import REPORT_FILE, ThresholdRule, decided_thresholds
-from ftpeft.labels.reports import SCATTER_FILE, per_label_markdown, per_target_markdown, save_scatter
-from ftpeft.labels.scores import THRESHOLD_METRICS, multi_label_scores, regression_scores
-from ftpeft.labels.target import DEFAULT_THRESHOLD, Target
+from ftpeft.labels.evaluation import ThresholdRule, decided_thresholds, split_scores, write_reports
+from ftpeft.labels.target import Target
 
 PREFIXES = {"validation": "eval", "test": "test"}
 
@@ -26,10 +24,6 @@ def evaluate_target_head(
     """(metrics, the target as saved) of a head's ``outputs`` (``heads.head_outputs``) per split against the stored
     ``references``. Label sets: eval_/test_<metric> at the thresholds decided on validation (never on test) and
     <metric>_at_0.5 beside them; numbers: RMSE, MAE, R², Pearson, Spearman in the target's units."""
-    from pathlib import Path
-
-    from ftpeft.core.outputs import atomic_write_text, write_json
-
     metrics: dict = dict(extra_metrics or {})
     why = ""
     if target.is_multi_label:
@@ -40,28 +34,8 @@ def evaluate_target_head(
         if rule.threshold == "auto":
             metrics["thresholds_chosen_on"] = "validation"
     for split, prefix in PREFIXES.items():
-        if split not in outputs:
-            continue
-        if target.is_multi_label:
-            tuned = multi_label_scores(outputs[split], references[split], target.decision_thresholds())
-            at_half = multi_label_scores(outputs[split], references[split], (DEFAULT_THRESHOLD,) * target.num_outputs)
-            metrics.update({f"{prefix}_{name}": value for name, value in tuned.items()})
-            metrics.update({f"{prefix}_{name}_at_{DEFAULT_THRESHOLD}": at_half[name] for name in THRESHOLD_METRICS})
-        else:
-            scores = regression_scores(outputs[split], references[split], target.names)
-            metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
-    output_dir = Path(output_dir)
-    write_json(output_dir / "metrics.json", metrics)
+        if split in outputs:
+            metrics.update(split_scores(prefix, outputs[split], references[split], target))
     split = "test" if "test" in outputs else "validation"
-    kind = "label" if target.is_multi_label else "target"
-    title = f"# Per-{kind} results ({PREFIXES[split]} split, {len(references[split])} rows)\n\n"
-    if target.is_multi_label:
-        note = f"Thresholds: {why}. A label with no positives in this split is left out of mAP; its F1 is 0.\n\n"
-        table = per_label_markdown(outputs[split], references[split], target)
-        atomic_write_text(output_dir / REPORT_FILE, title + note + table)
-    else:
-        table = per_target_markdown(outputs[split], references[split], target)
-        atomic_write_text(output_dir / REPORT_FILE, title + table)
-        scatter_title = f"{PREFIXES[split]}: prediction against truth"
-        save_scatter(output_dir / SCATTER_FILE, outputs[split], references[split], target.names, scatter_title)
+    write_reports(output_dir, metrics, PREFIXES[split], outputs[split], references[split], target, why)
     return metrics, target

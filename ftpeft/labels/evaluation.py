@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from ftpeft.labels.reports import SCATTER_FILE, per_label_markdown, per_target_markdown, save_scatter
-from ftpeft.labels.scores import THRESHOLD_METRICS, multi_label_scores, raw_outputs, sigmoid, unscale
+from ftpeft.labels.scores import (
+    THRESHOLD_METRICS,
+    multi_label_scores,
+    raw_outputs,
+    regression_scores,
+    sigmoid,
+    unscale,
+)
 from ftpeft.labels.target import DEFAULT_THRESHOLD, Target
 from ftpeft.labels.thresholds import choose_thresholds
 
@@ -45,6 +52,42 @@ def decided_thresholds(probabilities, references, target: Target, rule: Threshol
     return dataclasses.replace(target, thresholds=thresholds), why
 
 
+def split_scores(prefix: str, values, references, target: Target) -> dict[str, float]:
+    """A split's metrics from ``values`` (label probabilities, or numbers in the target's units): label sets at the
+    target's thresholds and ``_at_0.5`` beside them; numbers in their units."""
+    if target.is_multi_label:
+        tuned = multi_label_scores(values, references, target.decision_thresholds())
+        at_half = multi_label_scores(values, references, (DEFAULT_THRESHOLD,) * target.num_outputs)
+        scores = {f"{prefix}_{name}": value for name, value in tuned.items()}
+        return scores | {f"{prefix}_{name}_at_{DEFAULT_THRESHOLD}": at_half[name] for name in THRESHOLD_METRICS}
+    return {f"{prefix}_{name}": value for name, value in regression_scores(values, references, target.names).items()}
+
+
+def write_reports(output_dir, metrics: dict, split: str, values, references, target: Target, why: str) -> None:
+    """metrics.json, and the per-label (label sets) or per-target table and scatter plot (numbers) of ``split``."""
+    from ftpeft.core.outputs import atomic_write_text, write_json
+
+    output_dir = Path(output_dir)
+    write_json(output_dir / "metrics.json", metrics)
+    kind = "label" if target.is_multi_label else "target"
+    title = f"# Per-{kind} results ({split} split, {len(references)} rows)\n\n"
+    if target.is_multi_label:
+        note = f"Thresholds: {why}. A label with no positives in this split is left out of mAP; its F1 is 0.\n\n"
+        atomic_write_text(output_dir / REPORT_FILE, title + note + per_label_markdown(values, references, target))
+    else:
+        atomic_write_text(output_dir / REPORT_FILE, title + per_target_markdown(values, references, target))
+        save_scatter(output_dir / SCATTER_FILE, values, references, target.names, f"{split}: prediction against truth")
+
+
+def target_values(prediction, target: Target) -> tuple[np.ndarray, np.ndarray]:
+    """(values, references) of a Trainer prediction: label probabilities and multi-hot rows, or numbers in the
+    target's units."""
+    outputs = raw_outputs(prediction.predictions)
+    if target.is_multi_label:
+        return sigmoid(outputs), np.asarray(prediction.label_ids)
+    return unscale(outputs, target), unscale(np.asarray(prediction.label_ids), target)
+
+
 def evaluate_target(
     trainer,
     eval_dataset,
@@ -56,47 +99,23 @@ def evaluate_target(
 ):
     """(metrics, the target as saved). Label sets: eval_/test_<metric> at the chosen thresholds and
     <metric>_at_0.5 beside them; the thresholds come from validation only. Numbers: in the target's units."""
-    from ftpeft.core.outputs import atomic_write_text, write_json
-
     metrics: dict[str, float] = dict(extra_metrics or {})
     validation = trainer.predict(eval_dataset, metric_key_prefix="eval")
     test = trainer.predict(test_dataset, metric_key_prefix="test") if test_dataset is not None else None
     why = ""
     if target.is_multi_label:
-        val_probabilities = sigmoid(raw_outputs(validation.predictions))
-        target, why = decided_thresholds(val_probabilities, validation.label_ids, target, rule)
+        val_probabilities, val_references = target_values(validation, target)
+        target, why = decided_thresholds(val_probabilities, val_references, target, rule)
         logger.info("label thresholds: %s (%s)", dict(zip(target.names, target.decision_thresholds())), why)
+        if rule.threshold == "auto":
+            metrics["thresholds_chosen_on"] = "validation"
     for prefix, prediction in (("eval", validation), ("test", test)):
-        if prediction is None:
-            continue
-        scores = dict(prediction.metrics)  # the loss, timing, and (label sets) the metrics at 0.5
-        if target.is_multi_label:
-            probabilities = sigmoid(raw_outputs(prediction.predictions))
-            for name in THRESHOLD_METRICS:
-                scores[f"{prefix}_{name}_at_{DEFAULT_THRESHOLD}"] = scores.pop(f"{prefix}_{name}")
-            tuned = multi_label_scores(probabilities, prediction.label_ids, target.decision_thresholds())
-            scores.update({f"{prefix}_{name}": tuned[name] for name in THRESHOLD_METRICS})
-        metrics.update(scores)
-    if not trainer.is_world_process_zero():
-        return metrics, target
-    output_dir = Path(output_dir)
-    split, prediction = ("test", test) if test is not None else ("eval", validation)
-    if why:
-        metrics["thresholds_chosen_on"] = "validation"
-    write_json(output_dir / "metrics.json", metrics)
-    np.savez(
-        output_dir / VALIDATION_OUTPUTS_FILE, outputs=raw_outputs(validation.predictions), labels=validation.label_ids
-    )
-    title = f"# Per-{'label' if target.is_multi_label else 'target'} results ({split} split, {len(prediction.label_ids)} rows)\n\n"
-    if target.is_multi_label:
-        probabilities = sigmoid(raw_outputs(prediction.predictions))
-        note = f"Thresholds: {why}. A label with no positives in this split is left out of mAP; its F1 is 0.\n\n"
-        atomic_write_text(
-            output_dir / REPORT_FILE, title + note + per_label_markdown(probabilities, prediction.label_ids, target)
-        )
-    else:
-        predicted = unscale(raw_outputs(prediction.predictions), target)
-        truth = unscale(np.asarray(prediction.label_ids), target)
-        atomic_write_text(output_dir / REPORT_FILE, title + per_target_markdown(predicted, truth, target))
-        save_scatter(output_dir / SCATTER_FILE, predicted, truth, target.names, f"{split}: prediction against truth")
+        if prediction is not None:  # the loss and timing, then the metrics at the decided thresholds
+            metrics.update(prediction.metrics)
+            metrics.update(split_scores(prefix, *target_values(prediction, target), target))
+    if trainer.is_world_process_zero():
+        split, prediction = ("test", test) if test is not None else ("eval", validation)
+        write_reports(output_dir, metrics, split, *target_values(prediction, target), target, why)
+        outputs = raw_outputs(validation.predictions)
+        np.savez(Path(output_dir) / VALIDATION_OUTPUTS_FILE, outputs=outputs, labels=validation.label_ids)
     return metrics, target
