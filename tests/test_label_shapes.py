@@ -315,3 +315,23 @@ def test_two_ddp_ranks_score_every_validation_and_test_row_once(tiny_bert_dir, t
     assert scores_from_predictions("multi_label", frame, test, target)["map"] == pytest.approx(
         metrics["test_map"], abs=1e-5
     )
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label", "regression"])
+def test_the_cards_model_index_holds_the_test_metrics_as_the_hub_parses_them(
+    tiny_bert_dir, shape_data, tmp_path, problem_type
+):
+    from huggingface_hub import ModelCard
+
+    data, label_flags = shape_data[problem_type]
+    out = tmp_path / "run"
+    metrics = bert_cls.main(
+        tiny_args(tiny_bert_dir, data, out, *label_flags, "--max_steps", "4", "--learning_rate", "3e-3")
+    )
+    results = ModelCard.load(out / "README.md").data.eval_results
+    indexed = {r.metric_type: r.metric_value for r in results}
+    assert indexed["map" if problem_type == "multi_label" else "rmse"] == pytest.approx(
+        metrics["test_map" if problem_type == "multi_label" else "test_rmse"]
+    )
+    assert all(r.task_type == "text-classification" and r.dataset_split == "test" for r in results)
+    assert all(indexed[name] == pytest.approx(metrics[f"test_{name}"]) for name in indexed)

@@ -64,10 +64,38 @@ def hardware_description() -> str:
     return f"{device}; accelerate: {distributed}" + (f" (config {config_file})" if config_file else "")
 
 
+# the test metrics the Hub shows from the card's model-index (huggingface_hub's EvalResult), by what the run reports
+INDEXED_METRICS = ("accuracy", "macro_f1", "map", "micro_f1", "rmse", "mae", "spearman", "pearson", "r2")
+
+
+def eval_results(summary: RunSummary) -> list:
+    """The card's model-index: one EvalResult per test metric (validation where the run had no test split), with
+    the task and the dataset, as huggingface_hub's card classes write and the Hub reads them."""
+    from huggingface_hub import EvalResult
+
+    split = "test" if any(k.startswith("test_") for k in summary.metrics) else "eval"
+    task = summary.pipeline_tag
+    return [
+        EvalResult(
+            task_type=task,
+            dataset_type=summary.hub_dataset or "custom",
+            dataset_name=summary.dataset,
+            dataset_split="test" if split == "test" else "validation",
+            metric_type=name,
+            metric_value=float(summary.metrics[f"{split}_{name}"]),
+        )
+        for name in INDEXED_METRICS
+        if isinstance(summary.metrics.get(f"{split}_{name}"), (int, float))
+    ]
+
+
 def card_metadata(summary: RunSummary) -> dict[str, Any]:
     from huggingface_hub import ModelCardData
 
+    results = eval_results(summary)
     data = ModelCardData(
+        model_name=Path(summary.config.get("output_dir", "model")).name if results else None,
+        eval_results=results or None,
         base_model=summary.base_model if "/" in summary.base_model and not Path(summary.base_model).exists() else None,
         library_name=summary.library_name,
         pipeline_tag=summary.pipeline_tag,
@@ -81,7 +109,9 @@ def card_metadata(summary: RunSummary) -> dict[str, Any]:
 
 
 def _headline(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k.endswith(("accuracy", "macro_f1"))}
+    return {
+        k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and k.split("_", 1)[1] in INDEXED_METRICS
+    }
 
 
 def render_model_card(summary: RunSummary) -> str:
