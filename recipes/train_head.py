@@ -11,8 +11,11 @@ Features (flag):
 - scikit-learn heads (--head logreg | linear_svm | random_forest | hist_gb; --regularization_c,
   --max_iter, --n_estimators), saved with skops (no pickle; loading trusts only sklearn/numpy types)
 - torch heads (--head linear | mlp; --epochs, --learning_rate, --hidden_size), saved as safetensors; a
-  head on one timm backbone's pre-logit features attaches back onto it (ftpeft.attach_head); a
-  linear one is also written as a complete timm model (OUTPUT_DIR/timm_model)
+  head on one timm backbone's pre-logit features attaches back onto it (ftpeft.attach_head)
+- a linear head (logreg, linear_svm, ridge: the scaler folded into the weights; the torch linear head) on ONE
+  backbone is also written as one complete model that loads without ftpeft: OUTPUT_DIR/transformers_model (a text
+  encoder read at its --layer by --pooling, pipeline(..., trust_remote_code=True)) or OUTPUT_DIR/timm_model (a timm
+  model at pre-logits); trees, MLP heads, several backbones and other layers stay ftpeft-only (the card says why)
 - --features_dir: one extraction folder, or a cache root (its latest extraction)
 - the features' label shape (--problem_type auto, or the same type named): label sets train each scikit-learn
   classifier one-vs-rest (C chosen on validation mAP) or a torch head with BCE (--pos_weight); thresholds per label
@@ -24,7 +27,8 @@ Features (flag):
 
 Writes to --output_dir: head.skops or head.safetensors + head_config.json, target.json (+ thresholds.json for
 label sets), run_args.yaml, metrics.json, classification_report.md (per class, label or target),
-confusion_matrix.png (classes) or predictions_scatter.png (numbers) and a model card (README.md).
+confusion_matrix.png (classes) or predictions_scatter.png (numbers), a model card (README.md), and for a linear head
+on one backbone transformers_model/ or timm_model/.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def test_each_head_trains_and_reloads(features, tmp_path, head):
         exec(card.split("```python\n", 1)[1].split("```", 1)[0], scope)  # the card's snippet runs as written  # noqa: S102
         np.testing.assert_array_equal(scope["clf"].predict(x), predicted)
     assert np.mean(predicted == y) == pytest.approx(metrics["eval_accuracy"])
-    assert ("timm_model" in written) == (head == "linear")
+    assert ("timm_model" in written) == (head in ("logreg", "linear_svm", "linear"))  # linear on the pre-logits
 
 
 def test_linear_head_attaches_to_its_backbone(features, tmp_path, folders):

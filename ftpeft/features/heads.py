@@ -137,6 +137,36 @@ def head_outputs(head, features: np.ndarray, target: Target) -> np.ndarray:
     return sigmoid(head.decision_function(features)).reshape(len(features), -1)
 
 
+@torch.no_grad()
+def head_scores(head, features: np.ndarray, target: Target, num_classes: int) -> np.ndarray:
+    """What ``ftpeft predict`` writes for each row (float64): for one class per row the class probabilities --
+    ``predict_proba``, or the softmax of a decision function (a binary one's single score s as [0, s]) or of a torch
+    head's logits; a class absent from training gets 0 -- else ``head_outputs`` (label probabilities or numbers)."""
+    if not target.is_single_label:
+        return head_outputs(head, features, target)
+    if isinstance(head, nn.Module):
+        return softmax(head(torch.from_numpy(features).float()))
+    if hasattr(head, "predict_proba"):
+        scores = np.asarray(head.predict_proba(features), dtype=np.float64)
+    else:
+        scores = softmax(torch.from_numpy(two_columns(head.decision_function(features))))
+    probabilities = np.zeros((len(features), num_classes))
+    probabilities[:, np.asarray(head.classes_, dtype=int)] = scores
+    return probabilities
+
+
+@torch.no_grad()
+def softmax(logits: torch.Tensor) -> np.ndarray:
+    """Class probabilities in float64 (the CSV keeps every digit)."""
+    return torch.softmax(logits.detach().double(), dim=-1).cpu().numpy()
+
+
+def two_columns(scores: np.ndarray) -> np.ndarray:
+    """A binary decision_function gives one score (for the second class): make it [0, score]."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.stack([np.zeros_like(scores), scores], axis=1) if scores.ndim == 1 else scores
+
+
 def save_sklearn_head(classifier, output_dir: str | Path) -> Path:
     """skops format: no pickle; loading lists every type and refuses any it was not told to trust."""
     import skops.io
@@ -257,10 +287,18 @@ def attach_head(head_dir: str | Path, backbone: nn.Module | None = None) -> nn.M
     ``backbone`` defaults to the one named in the feature metadata (same weights: the checkpoint hash is
     checked). Only for features from one image backbone at its default pre-logits layer.
     """
-    from ftpeft.features.extract import DEFAULT_IMAGE_LAYER, state_dict_hash
-    from ftpeft.vision.models import create_timm_model
-
     module, config = load_torch_head(head_dir)
+    if backbone is None:
+        backbone = feature_timm_backbone(config, head_dir)
+    else:
+        check_timm_features(config, head_dir)
+    return with_classifier(backbone, module, config["label_names"])
+
+
+def check_timm_features(config: dict, head_dir: str | Path) -> None:
+    """Refuse features that are not one image backbone's pre-logits: no timm classifier slot reads anything else."""
+    from ftpeft.features.extract import DEFAULT_IMAGE_LAYER
+
     meta = config["features"]
     backbones = meta["request"]["backbones"]
     if meta.get("modality") != "image" or len(backbones) != 1 or backbones[0]["layer"] != DEFAULT_IMAGE_LAYER:
@@ -268,20 +306,35 @@ def attach_head(head_dir: str | Path, backbone: nn.Module | None = None) -> nn.M
             f"{head_dir}: a head attaches only to features of one image backbone at its pre-logits layer "
             f"(these come from {[b['model'] for b in backbones]} at {[b['layer'] for b in backbones]})."
         )
-    if backbone is None:
-        info = backbones[0]
-        if not (info.get("pretrained") or meta["weights_files"][0]):
-            torch.manual_seed(meta.get("seed", 42))  # a randomly initialised backbone: re-created as extracted
-        backbone = create_timm_model(info["model"], None, info.get("pretrained", False), meta["weights_files"][0])
-        if state_dict_hash(backbone) != info["checkpoint_sha256"]:
-            raise FtpeftError(f"{head_dir}: the backbone {info['model']} now has other weights than the features used.")
-    backbone.reset_classifier(config["num_classes"])
+
+
+def feature_timm_backbone(config: dict, head_dir: str | Path) -> nn.Module:
+    """The one timm backbone a head's features came from (head_config.json's ``features``), with the weights they
+    had: a changed checkpoint is refused."""
+    from ftpeft.features.extract import state_dict_hash
+    from ftpeft.vision.models import create_timm_model
+
+    check_timm_features(config, head_dir)
+    meta = config["features"]
+    info = meta["request"]["backbones"][0]
+    if not (info.get("pretrained") or meta["weights_files"][0]):
+        torch.manual_seed(meta.get("seed", 42))  # a randomly initialised backbone: re-created as extracted
+    backbone = create_timm_model(info["model"], None, info.get("pretrained", False), meta["weights_files"][0])
+    if state_dict_hash(backbone) != info["checkpoint_sha256"]:
+        raise FtpeftError(f"{head_dir}: the backbone {info['model']} now has other weights than the features used.")
+    return backbone
+
+
+def with_classifier(backbone: nn.Module, module: nn.Module, label_names: list[str]) -> nn.Module:
+    """``backbone`` with ``module`` (an nn.Linear, or an MLP) in its classifier slot: its logits are then
+    ``module(pre-logits)``; ``pretrained_cfg['label_names']`` names its outputs."""
+    backbone.reset_classifier(len(label_names))
     classifier_name = backbone.pretrained_cfg.get("classifier", "fc")
-    if config["head"] == "linear":
+    if isinstance(module, nn.Linear):
         backbone.get_submodule(classifier_name).load_state_dict(module.state_dict())
     else:
         backbone.set_submodule(classifier_name, module)
-    backbone.pretrained_cfg = {**backbone.pretrained_cfg, "label_names": config["label_names"]}
+    backbone.pretrained_cfg = {**backbone.pretrained_cfg, "label_names": list(label_names)}
     return backbone.eval()
 
 

@@ -14,6 +14,7 @@ from ftpeft.core.config import OutputArguments
 from ftpeft.core.errors import FtpeftError
 from ftpeft.features import extract, heads
 from ftpeft.features.args import FeatureArguments, HeadArguments
+from ftpeft.features.complete_model import FTPEFT_PART, CompleteModel, export_complete_model
 from ftpeft.labels.target import Target
 from ftpeft.vision.args import ImageDataArguments
 
@@ -134,7 +135,7 @@ def train_head(head_args: HeadArguments, run_args: OutputArguments, config: dict
     headline = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("accuracy", "_map", "_macro_f1", "_rmse"))}
     print(headline, f"trained in {train_seconds:.1f} s")
 
-    # --- 4. save the head (+ a complete timm model when it fits one), target.json, card ---------------------------
+    # --- 4. save the head (+ one complete model when it is linear on one backbone), target.json, card -------------
     # head_config.json records the backbones and layer the features came from: `ftpeft predict` reruns them
     head_config = {
         "head": head_args.head,
@@ -146,11 +147,13 @@ def train_head(head_args: HeadArguments, run_args: OutputArguments, config: dict
         "label_names": label_names,
         "features": {k: metadata.get(k) for k in ("request", "modality", "weights_files", "key", "seed")},
     }
-    trainable, snippet = save_head(classifier, head_args.head, head_args.output_dir, head_config, target)
+    trainable, snippet, complete = save_head(
+        classifier, head_args.head, head_args.output_dir, head_config, target, x_train[:256]
+    )
     summary = RunSummary(
         recipe="train_head",
         base_model=" + ".join(b["model"] for b in metadata["request"]["backbones"]),
-        library_name="sklearn" if head_args.head in heads.SKLEARN_HEADS else "timm",
+        library_name=complete.library or ("sklearn" if head_args.head in heads.SKLEARN_HEADS else "timm"),
         pipeline_tag="image-classification" if metadata["modality"] == "image" else "text-classification",
         command=command_line(),
         config=config,
@@ -163,6 +166,7 @@ def train_head(head_args: HeadArguments, run_args: OutputArguments, config: dict
         metrics={k: v for k, v in metrics.items() if k.endswith(CARD_METRIC_ENDINGS)},
         loading_snippet=snippet,
         train_runtime_s=train_seconds,
+        notes=[complete.note],
     )
     write_model_card(head_args.output_dir, summary)
     return metrics
@@ -214,16 +218,20 @@ def evaluate_head(classifier, head_args: HeadArguments, scored: dict, target: Ta
     return evaluate_target_head(outputs, references, target, head_args.threshold_rule(), head_args.output_dir, extra)
 
 
-def save_head(classifier, head: str, output_dir: str, head_config: dict, target: Target) -> tuple[int, str]:
+def save_head(
+    classifier, head: str, output_dir: str, head_config: dict, target: Target, sample
+) -> tuple[int, str, CompleteModel]:
     """head.skops or head.safetensors + head_config.json, target.json (+ thresholds.json), and for a linear head on one
-    timm backbone's pre-logits a complete timm model (OUTPUT_DIR/timm_model). Returns (fitted numbers, the card's
-    loading snippet)."""
+    backbone's final features one complete model (``ftpeft.features.complete_model``: transformers_model/ or
+    timm_model/, checked on the training rows ``sample``). Returns (fitted numbers, the card's loading snippet: the
+    complete model's stock loader first, then the head with ftpeft; what was exported)."""
     from ftpeft.labels.target import save_target
 
     save_target(output_dir, target)  # how `ftpeft predict` reads the outputs
     if head in heads.SKLEARN_HEADS:
         heads.save_sklearn_head(classifier, output_dir)
         heads.save_head_config(output_dir, head_config)
+        count = heads.sklearn_parameter_count(classifier)
         snippet = f'from ftpeft import load_sklearn_head\nclf = load_sklearn_head("{output_dir}")'
         if not target.is_single_label:  # what `ftpeft predict` writes: label probabilities, or numbers
             snippet = (
@@ -232,18 +240,15 @@ def save_head(classifier, head: str, output_dir: str, head_config: dict, target:
                 f'target = load_target("{output_dir}")\n'
                 "# head_outputs(clf, features, target): per-label probabilities (decided at target.thresholds) or numbers"
             )
-        return heads.sklearn_parameter_count(classifier), snippet
-    heads.save_torch_head(classifier, output_dir, head_config)
-    snippet = f'from ftpeft import attach_head\nmodel = attach_head("{output_dir}")  # timm backbone + head'
-    backbones = head_config["features"]["request"]["backbones"]
-    if head == "linear" and len(backbones) == 1 and backbones[0]["layer"] == extract.DEFAULT_IMAGE_LAYER:
-        from ftpeft.vision.models import save_timm_model
-
+    else:
+        heads.save_torch_head(classifier, output_dir, head_config)
+        count = sum(p.numel() for p in classifier.parameters())
         try:
-            model = heads.attach_head(output_dir)
-            timm_dir = Path(output_dir) / "timm_model"
-            save_timm_model(model, timm_dir, head_config["label_names"], backbones[0]["transform"])
-            save_target(timm_dir, target)  # its config.json gets the problem type and thresholds
-        except FtpeftError as error:  # e.g. the backbone's weights changed since extraction
-            print(f"warning: no complete timm model written: {error}")
-    return sum(p.numel() for p in classifier.parameters()), snippet
+            heads.check_timm_features(head_config, output_dir)
+            snippet = f'from ftpeft import attach_head\nmodel = attach_head("{output_dir}")  # timm backbone + head'
+        except FtpeftError:  # text, several backbones or another layer: the head alone
+            snippet = f'from ftpeft import load_torch_head\nhead, config = load_torch_head("{output_dir}")'
+    complete = export_complete_model(classifier, head, output_dir, head_config, target, sample)
+    if complete.folder is not None:
+        snippet = f"{complete.snippet}\n\n{FTPEFT_PART} (what `ftpeft predict {output_dir}` runs):\n{snippet}"
+    return count, snippet, complete

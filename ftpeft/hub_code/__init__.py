@@ -6,7 +6,8 @@ into config.json (the classes are registered with ``register_for_auto_class``), 
 ``AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)`` or ``pipeline(...,
 trust_remote_code=True)``. ftpeft imports its classes from these same modules: one source, no copy.
 
-- ``mean_pooling``: the mean-pooling readout (``model_type: ftpeft-mean-pooling``).
+- ``mean_pooling``: the mean-pooling readout (``model_type: ftpeft-mean-pooling``); also a linear head on frozen
+  features read at any hidden state, [CLS] or mean (train_head's ``transformers_model/``).
 - ``knowledge_injection``: knowledge injection (``ftpeft-knowledge``) and its text-to-knowledge pipeline.
 
 What each module needs from elsewhere (the classification loss, the encoder config) lives inside it; a test keeps

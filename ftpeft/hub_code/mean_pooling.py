@@ -1,4 +1,5 @@
-"""A sequence classifier that reads an encoder by the mean of its token states (ftpeft's mean-pooling readout).
+"""A sequence classifier that reads an encoder by the mean of its token states (ftpeft's mean-pooling readout), or
+by one hidden state's mean or first token through a linear layer (a frozen-feature head exported as one model).
 
 Saved by ftpeft next to the weights it belongs to; it needs only torch and transformers. Load the model with
 
@@ -10,6 +11,11 @@ Sentence-embedding checkpoints (sentence-transformers) are trained to be read by
 by their [CLS] state or pooler. ``MeanPoolingForSequenceClassification`` reads the masked mean of the last hidden
 states through a dense + tanh layer and a linear classifier; its loss follows ``config.problem_type`` (cross-entropy,
 BCE for label sets, MSE for numbers), as transformers' own classifiers do.
+
+Three config options say how it reads the encoder (their defaults are the readout above, which every model saved
+before them has): ``readout_layer`` (None: the last hidden state; an index into the hidden states, 0 = embeddings,
+-1 = last), ``pooling`` ('mean' over real tokens, or 'cls': the first token's state) and ``head`` ('dense_tanh', or
+'linear': the classifier alone, as a linear head trained on ftpeft's frozen features is).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 MODEL_TYPE = "ftpeft-mean-pooling"
+POOLINGS = ("mean", "cls")
+HEADS = ("dense_tanh", "linear")
 
 
 # --- what every ftpeft architecture needs (kept identical in each shipped module) ----------------------------------
@@ -53,7 +61,12 @@ def classification_output(
 
 
 class MeanPoolingConfig(PretrainedConfig):
-    """A classifier that mean-pools an encoder: the encoder's config (as a dict) plus the head's sizes."""
+    """A classifier that pools an encoder: the encoder's config (as a dict), where and how it is read, and the head.
+
+    ``readout_layer``: None reads the encoder's last_hidden_state; an index reads that entry of its hidden_states
+    (0 = the embeddings, -1 = the last layer). ``pooling``: 'mean' (masked mean over real tokens) or 'cls' (the first
+    token's state). ``head``: 'dense_tanh' (dense + tanh, then the classifier) or 'linear' (the classifier alone).
+    """
 
     model_type = MODEL_TYPE
 
@@ -63,12 +76,22 @@ class MeanPoolingConfig(PretrainedConfig):
         encoder_name_or_path: str = "",
         classifier_dropout: float = 0.1,
         initializer_range: float = 0.02,
+        readout_layer: int | None = None,
+        pooling: str = "mean",
+        head: str = "dense_tanh",
         **kwargs,
     ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}.")
+        if head not in HEADS:
+            raise ValueError(f"head {head!r}: use one of {', '.join(HEADS)}.")
         self.encoder_config = dict(encoder_config or {})
         self.encoder_name_or_path = encoder_name_or_path
         self.classifier_dropout = classifier_dropout
         self.initializer_range = initializer_range
+        self.readout_layer = None if readout_layer is None else int(readout_layer)
+        self.pooling = pooling
+        self.head = head
         super().__init__(**kwargs)
 
     @property
@@ -78,11 +101,12 @@ class MeanPoolingConfig(PretrainedConfig):
 
 
 class MeanPoolingForSequenceClassification(PreTrainedModel):
-    """Masked mean of the encoder's last hidden states -> dense + tanh -> dropout -> linear classifier.
+    """Masked mean of the encoder's last hidden states -> dense + tanh -> dropout -> linear classifier (the default
+    config); the config's readout_layer, pooling and head change where the encoder is read, how, and what follows.
 
-    ``base_model_prefix = "encoder"``: the wrapped encoder is ``model.base_model``; ``dense`` + ``classifier`` are the
-    head. The encoder's own pooler is removed: it reads [CLS], which this model does not use (an unused trainable
-    pooler would also stall DDP).
+    ``base_model_prefix = "encoder"``: the wrapped encoder is ``model.base_model``; ``dense`` (None for a linear
+    head) + ``classifier`` are the head. The encoder's own pooler is removed: no readout here uses it (an unused
+    trainable pooler would also stall DDP).
     """
 
     config_class = MeanPoolingConfig
@@ -97,13 +121,16 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size
-        self.dense = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(hidden, hidden) if config.head == "dense_tanh" else None
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(hidden, config.num_labels)
         self.post_init()
 
     def pooled(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """The mean over real tokens (padding excluded), as sentence-transformers computes it."""
+        """The mean over real tokens (padding excluded), as sentence-transformers computes it; with pooling 'cls' the
+        first token's state."""
+        if self.config.pooling == "cls":
+            return last_hidden_state[:, 0]
         if attention_mask is None:
             return last_hidden_state.mean(dim=1)
         weights = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
@@ -121,8 +148,14 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
         encoder_kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             encoder_kwargs["token_type_ids"] = token_type_ids
+        layer = self.config.readout_layer
+        if layer is not None:
+            encoder_kwargs["output_hidden_states"] = True
         outputs = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **encoder_kwargs)
-        features = torch.tanh(self.dense(self.pooled(outputs.last_hidden_state, attention_mask)))
+        states = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]
+        features = self.pooled(states, attention_mask)
+        if self.dense is not None:
+            features = torch.tanh(self.dense(features))
         logits = self.classifier(self.dropout(features))
         return classification_output(logits, labels, self.config.num_labels, self.config.problem_type)
 

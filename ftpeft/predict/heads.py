@@ -5,7 +5,7 @@ layer, pooling and transform. Features are computed as ``ftpeft.features.extract
 concatenated in the same order, and the head scores them by the target saved with it (target.json): for one class
 per row ``predict_proba`` of a scikit-learn head (softmax of ``decision_function`` for one without, e.g. linear_svm)
 or softmax of a torch head's logits; for label sets one probability per label, for numbers the target's units
-(``ftpeft.features.heads.head_outputs``, what train_head scored).
+(``ftpeft.features.heads.head_scores``: what train_head scored, and what an exported complete model reproduces).
 """
 
 from __future__ import annotations
@@ -138,29 +138,9 @@ class HeadPredictor:
 
     @torch.no_grad()
     def probabilities(self, indices: list[int]) -> np.ndarray:
-        from ftpeft.predict.text import softmax
+        from ftpeft.features.heads import head_scores
 
-        features = self.features(indices)
-        if not self.target.is_single_label:
-            from ftpeft.features.heads import head_outputs
-
-            return head_outputs(self.head, features, self.target)
-        if isinstance(self.head, torch.nn.Module):
-            return softmax(self.head(torch.from_numpy(features).float()))
-        scores = (
-            self.head.predict_proba(features)
-            if hasattr(self.head, "predict_proba")
-            else softmax(torch.from_numpy(_two_columns(self.head.decision_function(features))))
-        )
-        probabilities = np.zeros((len(indices), len(self.label_names)))
-        probabilities[:, np.asarray(self.head.classes_, dtype=int)] = scores  # a class absent in training stays 0
-        return probabilities
-
-
-def _two_columns(scores: np.ndarray) -> np.ndarray:
-    """A binary decision_function gives one score (for the second class): make it [0, score]."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.stack([np.zeros_like(scores), scores], axis=1) if scores.ndim == 1 else scores
+        return head_scores(self.head, self.features(indices), self.target, len(self.label_names))
 
 
 def load_head_predictor(run: SavedRun, device) -> HeadPredictor:

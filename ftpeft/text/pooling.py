@@ -37,6 +37,7 @@ __all__ = [
     "pooling_for",
     "readout_note",
     "resolve_pooling",
+    "wrap_encoder",
 ]
 
 
@@ -50,17 +51,26 @@ def build_mean_pooling_classifier(
     ``from_pretrained`` (revision, cache_dir, trust_remote_code).
     """
     encoder = AutoModel.from_pretrained(encoder_path, **load_kwargs)
+    fields = label_fields or {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    model = wrap_encoder(encoder, str(encoder_path), fields)
+    del encoder
+    return model, [name for name, _ in model.named_parameters() if not name.startswith("encoder.")]
+
+
+def wrap_encoder(
+    encoder, encoder_name: str, label_fields: dict[str, Any], **readout: Any
+) -> MeanPoolingForSequenceClassification:
+    """The readout class around a loaded encoder (its weights copied in, its pooler left out); ``readout`` sets the
+    config's readout_layer, pooling and head (default: mean of the last hidden state, dense + tanh)."""
     config = MeanPoolingConfig(
         encoder_config=encoder.config.to_dict(),
-        encoder_name_or_path=str(encoder_path),
-        **(
-            label_fields
-            or {
-                "num_labels": len(label_names),
-                "id2label": dict(enumerate(label_names)),
-                "label2id": {name: i for i, name in enumerate(label_names)},
-            }
-        ),
+        encoder_name_or_path=encoder_name,
+        **readout,
+        **label_fields,
         pad_token_id=encoder.config.pad_token_id,
     )
     model = MeanPoolingForSequenceClassification(config)
@@ -68,10 +78,9 @@ def build_mean_pooling_classifier(
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
         raise FtpeftError(
-            f"--model_name_or_path {encoder_path}: encoder weights do not fit ({missing[:3]} {unexpected[:3]})."
+            f"--model_name_or_path {encoder_name}: encoder weights do not fit ({missing[:3]} {unexpected[:3]})."
         )
-    del encoder
-    return model, [name for name, _ in model.named_parameters() if not name.startswith("encoder.")]
+    return model
 
 
 MODULE_FILE = Path(mean_pooling.__file__).name  # the file a saved mean-pooling model carries
