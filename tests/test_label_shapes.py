@@ -335,3 +335,22 @@ def test_the_cards_model_index_holds_the_test_metrics_as_the_hub_parses_them(
     )
     assert all(r.task_type == "text-classification" and r.dataset_split == "test" for r in results)
     assert all(indexed[name] == pytest.approx(metrics[f"test_{name}"]) for name in indexed)
+
+
+def test_numbers_are_standardised_on_the_rows_the_model_trains_on(tmp_path):
+    """After validation is held out of train (and --max_train_samples applied), train's labels have mean 0, sd 1."""
+    from ftpeft.text.args import TextDataArguments
+    from ftpeft.text.data import load_text_classification_data
+
+    make_regression_files(tmp_path, targets=2)
+    files = {"train_file": str(tmp_path / "train.csv"), "test_file": str(tmp_path / "test.csv")}
+    args = TextDataArguments(**files, label_columns=["score", "tone"], max_train_samples=40)
+    datasets, *_, target = load_text_classification_data(args, seed=0)
+    train = np.asarray(datasets["train"]["labels"])
+    assert (
+        len(train) == 40
+        and np.allclose(train.mean(axis=0), 0, atol=1e-6)
+        and np.allclose(train.std(axis=0), 1, atol=1e-5)
+    )
+    units = np.asarray(datasets["test"]["labels"]) * np.asarray(target.std) + np.asarray(target.mean)
+    np.testing.assert_allclose(units, pd.read_csv(tmp_path / "test.csv")[["score", "tone"]].to_numpy(), atol=1e-4)

@@ -217,6 +217,26 @@ def encode_targets(splits, label_args: LabelArguments, label_column: str, encode
     return DatasetDict(encoded), target
 
 
+def rescale_to_train(labels: dict[str, Sequence], target: Target) -> tuple[dict[str, list], Target]:
+    """Numbers: every split's standardised labels again, on the mean and sd of the final training split (after the
+    validation rows are held out of it and the limits applied): the targets are standardised on the rows the model
+    trains on. Anything but numbers is returned as it is."""
+    from ftpeft.labels.scores import unscale
+
+    if not target.is_regression:
+        return dict(labels), target
+    units = {split: unscale(values, target) for split, values in labels.items()}
+    mean, std = units["train"].mean(axis=0), units["train"].std(axis=0)
+    if (std == 0).any():
+        constant = [name for name, s in zip(target.names, std) if s == 0]
+        raise FtpeftError(f"regression target(s) {constant} are constant in train; there is nothing to learn.")
+    scaled = {split: ((values - mean) / std).astype(np.float32) for split, values in units.items()}
+    shaped = {split: (v[:, 0].tolist() if target.num_outputs == 1 else list(v)) for split, v in scaled.items()}
+    fitted = Target(target.problem_type, target.names, target.separator, tuple(map(float, mean)),
+                    tuple(map(float, std)), target.thresholds, target.why)  # fmt: skip
+    return shaped, fitted
+
+
 def label_rows(labels, target: Target) -> list[str]:
     """A row-wise description of encoded labels for the data report: the class name, or the label set joined."""
     if target.is_single_label:

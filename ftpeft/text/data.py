@@ -11,7 +11,14 @@ from typing import Any
 
 from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
 from ftpeft.core.errors import FtpeftError, reading_problem
-from ftpeft.labels.columns import check_header, encode_targets, is_list_feature, label_rows, label_source_columns
+from ftpeft.labels.columns import (
+    check_header,
+    encode_targets,
+    is_list_feature,
+    label_rows,
+    label_source_columns,
+    rescale_to_train,
+)
 from ftpeft.labels.target import Target
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.text.demo import DEMO_TWEETS_NAME, demo_tweets
@@ -282,6 +289,20 @@ def split_and_limit(datasets, data_args: TextDataArguments, seed: int, target: T
     return datasets
 
 
+def standardise_on_train(datasets, target: Target):
+    """Numbers: the labels standardised on the final training split (``rescale_to_train``); others unchanged."""
+    from datasets import DatasetDict
+
+    if not target.is_regression:
+        return datasets, target
+    labels, target = rescale_to_train({split: d["labels"] for split, d in datasets.items()}, target)
+    rescaled = {
+        split: d.remove_columns("labels").add_column("labels", labels[split], feature=d.features["labels"])
+        for split, d in datasets.items()
+    }
+    return DatasetDict(rescaled), target
+
+
 def hold_out_validation(train, fraction: float, seed: int, target: Target | None = None):
     """(train, validation) of a seeded split that keeps the labels' shares: stratified by class, iteratively
     stratified for label sets, random for numbers."""
@@ -379,6 +400,7 @@ def load_text_classification_data(data_args: TextDataArguments, seed: int, cache
     datasets, target = encode_targets(raw, data_args, data_args.label_column, encode_labels)
     logger.info("labels: %s, %d output(s) (%s)", target.short_name, target.num_outputs, target.why)
     datasets = split_and_limit(datasets, data_args, seed, target)
+    datasets, target = standardise_on_train(datasets, target)
     report = text_data_report(datasets, checks, text_columns, data_args, target)
     if data_args.strict_data:
         refuse_problems(report)

@@ -21,7 +21,14 @@ from typing import Any
 from ftpeft.core.data_report import DataReport, SplitCheck, build_report, check_split, refuse_problems
 from ftpeft.core.errors import FtpeftError, reading_problem
 from ftpeft.core.outputs import atomic_write_text
-from ftpeft.labels.columns import check_header, encode_targets, label_flag, label_rows, label_source_columns
+from ftpeft.labels.columns import (
+    check_header,
+    encode_targets,
+    label_flag,
+    label_rows,
+    label_source_columns,
+    rescale_to_train,
+)
 from ftpeft.labels.target import Target, single_label
 from ftpeft.vision.args import ImageDataArguments
 
@@ -469,6 +476,8 @@ def load_image_classification_data(
             splits[split] = splits[split].subset(sorted(random.Random(seed).sample(range(len(splits[split])), limit)))
     if len(splits["train"]) == 0:
         raise FtpeftError("the training set is empty (all images unreadable or filtered); check the data flags.")
+    labels, target = rescale_to_train({split: images.labels for split, images in splits.items()}, target)
+    splits = {split: dataclasses.replace(images, labels=labels[split]) for split, images in splits.items()}
     from ftpeft.labels.stats import target_statistics
 
     report = build_report(
