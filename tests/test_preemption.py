@@ -1,4 +1,5 @@
-"""Runs that survive the cluster (issue 26): preemption signals, requeue, one writer per output dir.
+"""Runs that survive the cluster (issue 26): preemption signals, requeue, a lost rank, one writer per output dir.
+(Sealed checkpoints and full disks: test_checkpoints.py.)
 
 The fault table, each row run for real; signals at chosen points come from ``helpers.signal_at``, a test-only callback.
 "Same end": the final (best) model, the last checkpoint's weights and trainer state (every evaluation, the best score,
@@ -17,6 +18,9 @@ the early-stopping counter), the stopping record and the validation/test metrics
 | ``accelerate launch``, 1 process: SIGTERM to the launcher | forwarded; the rank saves within the launcher's 5 s |
 | ``accelerate launch``, 2 ranks: SIGUSR1 to rank 1 alone in an evaluation, | every rank stops at the same step     |
 | then to the launcher (it forwards it under PET_SIGNALS_TO_HANDLE)         | (all-reduce) both times; the same end |
+| ``accelerate launch``, 2 ranks: rank 1 SIGKILLed in the save of | the launch exits non-zero within 120 s; the checkpoint |
+| checkpoint-S (S seeded), after rank 0's trainer_state.json      | stays unsealed, auto resumes from S-8: the same end     |
+| ``accelerate launch``, 2 ranks: rank 1 frozen (SIGSTOP) | the launch exits non-zero after --ddp_timeout (+ the launcher's 30 s) |
 | a lock held by a live run; a stale lock | refused in one line, the dir untouched; taken over |
 | the sbatch templates under stand-in srun/scancel/scontrol | requeued exactly once, only when stopped at a checkpoint |
 """
@@ -26,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import (
     ROOT,
     accelerate_bin,
@@ -49,10 +56,11 @@ from helpers import (
 from safetensors.torch import load_file
 
 from ftpeft.core import lock as lock_module
+from ftpeft.core.config import RANK_TIMEOUT_S, apply_rank_timeout, launch_defaults
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.lifecycle import PRE_TRAINING_FILES, Run
 from ftpeft.core.lock import LOCK_FILE, OutputLock, read_holder
-from ftpeft.core.outputs import resolve_resume
+from ftpeft.core.outputs import SEAL_FILE, checkpoint_problem, resolve_resume
 from ftpeft.core.preemption import CHECKPOINT_NOTE, PREEMPTED_EXIT_CODE, PREEMPTED_FILE, parse_signals, resume_argv
 
 bert_cls = load_recipe("bert_cls")
@@ -283,29 +291,107 @@ def test_accelerate_launch_of_one_process_forwards_sigterm_to_the_rank(
     assert_same_end(reference, out)
 
 
+CPU_DDP_LAUNCH = [accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+                  "--no_python", sys.executable]  # fmt: skip
+
+
+def launch_two_ranks(plan: list[dict], model_dir, data_dir, out: Path, log: Path, *extra) -> subprocess.Popen:
+    """``accelerate launch`` of bert_cls on 2 CPU ranks (gloo), batch 4 per rank, with ``plan``'s signals."""
+    argv = auto_argv(model_dir, data_dir, out, "--per_device_train_batch_size", "4", *extra)
+    return start([*CPU_DDP_LAUNCH, *with_signals(plan, argv)], log)
+
+
+def launched(plan: list[dict], model_dir, data_dir, out: Path, log: Path, *extra) -> tuple[int, str]:
+    process = launch_two_ranks(plan, model_dir, data_dir, out, log, *extra)
+    return process.wait(timeout=400), log.read_text()
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(tiny_bert_dir, text_csv_dir, tmp_path_factory):
+    """The uninterrupted 2-rank run."""
+    out = tmp_path_factory.mktemp("two_ranks") / "whole"
+    code, log = launched([], tiny_bert_dir, text_csv_dir, out, out.parent / "whole.log")
+    assert code == 0, log[-3000:]
+    return out
+
+
 @pytest.mark.slow
-def test_two_ranks_stop_at_the_same_step_and_resume_to_the_same_end(tiny_bert_dir, text_csv_dir, tmp_path):
+def test_two_ranks_stop_at_the_same_step_and_resume_to_the_same_end(
+    two_rank_reference, tiny_bert_dir, text_csv_dir, tmp_path
+):
     """2 CPU ranks (gloo): SIGUSR1 to rank 1 alone, during its evaluation at step 24; both ranks abandon it at the same
     batch (the all-reduce), save checkpoint-24 together, and the resumed run ends as an uninterrupted 2-rank run."""
-    launch = [accelerate_bin(), "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-              "--no_python", sys.executable]  # fmt: skip
-
-    def launched(plan, out, log, *extra):
-        argv = auto_argv(tiny_bert_dir, text_csv_dir, out, "--per_device_train_batch_size", "4", *extra)
-        process = start([*launch, *with_signals(plan, argv)], tmp_path / log)
-        return process.wait(timeout=400), (tmp_path / log).read_text()
-
-    whole, out = tmp_path / "whole", tmp_path / "run"
-    code, log = launched([], whole, "whole.log")
-    assert code == 0, log[-3000:]
+    out = tmp_path / "run"
     usr1 = [{"signal": "USR1", "at": "prediction", "step": 24, "batch": 2, "rank": 1}]
-    code, log = launched(usr1, out, "stopped.log")
+    code, log = launched(usr1, tiny_bert_dir, text_csv_dir, out, tmp_path / "stopped.log")
     assert code == 1 and log.count("exitcode  : 75") == 2, log[-3000:]  # both ranks; the launcher turns 75 into 1
     assert (preempted(out)["step"], preempted(out)["evaluation_pending"]) == (24, True)
     assert {p.name for p in (out / "checkpoint-24").glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    code, log = launched([], out, "resumed.log", "--resume_from_checkpoint", "auto")
+    code, log = launched([], tiny_bert_dir, text_csv_dir, out, tmp_path / "resumed.log", "--resume_from_checkpoint",
+                         "auto")  # fmt: skip
     assert code == 0, log[-3000:]
-    assert assert_same_end(whole, out) == 0.0
+    assert assert_same_end(two_rank_reference, out) == 0.0
+
+
+LOST_RANK_BOUND_S = 120  # from the kill to the launcher's exit
+
+
+@pytest.mark.slow
+def test_a_rank_killed_while_saving_ends_the_launch_and_auto_resumes_from_the_last_sealed_checkpoint(
+    two_rank_reference, tiny_bert_dir, text_csv_dir, tmp_path
+):
+    """Rank 1 is SIGKILLed inside the save of checkpoint-S (S drawn from a fixed seed): rank 0 has written its files
+    and trainer_state.json, rank 1 not yet its RNG state. Rank 0, waiting for it, fails and the launcher ends within
+    the bound; checkpoint-S stays unsealed (the structural checks alone would resume from it, without rank 1's RNG
+    state), and ``auto`` resumes from checkpoint-(S-8) to the end of the uninterrupted run."""
+    step = random.Random(26).choice([16, 24, 32, 40])
+    out, paused, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
+    plan = [{"at": "save", "step": step, "rank": 1, "pause_until": str(release), "paused": str(paused)}]
+    process = launch_two_ranks(plan, tiny_bert_dir, text_csv_dir, out, tmp_path / "killed.log")
+    checkpoint = out / f"checkpoint-{step}"
+    wait_for(paused, process)
+    wait_for(checkpoint / "trainer_state.json", process)
+    killed = time.monotonic()
+    os.kill(int(paused.read_text()), signal.SIGKILL)
+    code = process.wait(timeout=LOST_RANK_BOUND_S)
+    print(f"lost rank: the launch exited {code} {time.monotonic() - killed:.1f} s after rank 1 was killed at {step}")
+    assert code != 0 and not (out / PREEMPTED_FILE).exists()
+    assert yaml.safe_load((out / "run_args.yaml").read_text())["ddp_timeout"] == RANK_TIMEOUT_S  # the launch default
+    assert (checkpoint / "rng_state_0.pth").is_file() and not (checkpoint / "rng_state_1.pth").exists()
+    assert "unsealed" in checkpoint_problem(checkpoint)
+    unsealed = tmp_path / checkpoint.name
+    shutil.copytree(checkpoint, unsealed, ignore=shutil.ignore_patterns(SEAL_FILE))
+    assert checkpoint_problem(unsealed) is None  # what the seal adds
+    code, log = launched([], tiny_bert_dir, text_csv_dir, out, tmp_path / "resumed.log", "--resume_from_checkpoint",
+                         "auto")  # fmt: skip
+    assert code == 0, log[-3000:]
+    assert f"skipping {checkpoint}: unsealed" in log
+    assert assert_same_end(two_rank_reference, out) == 0.0
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_ends_the_launch_after_the_process_group_timeout(
+    tiny_bert_dir, text_csv_dir, tmp_path
+):
+    """Rank 1 frozen (SIGSTOP: a hung node, which no launcher sees die) after step 2: rank 0 waits in its next
+    collective for --ddp_timeout (20 s here; ftpeft's launches default to RANK_TIMEOUT_S), then fails; the launcher
+    stops rank 1 (SIGTERM, then SIGKILL after its 30 s grace) and exits non-zero."""
+    out, paused, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
+    plan = [{"at": "step_end", "step": 2, "rank": 1, "pause_until": str(release), "paused": str(paused)}]
+    process = launch_two_ranks(plan, tiny_bert_dir, text_csv_dir, out, tmp_path / "hung.log", "--ddp_timeout", "20")
+    wait_for(paused, process)
+    frozen = time.monotonic()
+    rank = int(paused.read_text())
+    os.kill(rank, signal.SIGSTOP)
+    try:
+        code = process.wait(timeout=LOST_RANK_BOUND_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rank, signal.SIGKILL)
+    waited = time.monotonic() - frozen
+    print(f"hung rank: the launch exited {code} {waited:.1f} s after rank 1 froze (--ddp_timeout 20)")
+    log = (tmp_path / "hung.log").read_text()
+    assert code != 0 and waited >= 20 and "Timed out" in log, log[-3000:]
 
 
 FORWARD_PROBE = """
@@ -349,6 +435,14 @@ def test_a_two_rank_launcher_forwards_sigusr1_only_when_asked_to(tmp_path, forwa
     for path in ready:  # the orphaned ranks: this test's own processes
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+def test_launches_of_several_ranks_default_to_the_rank_timeout_and_the_flag_wins(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launch_defaults({"ddp_timeout", "seed"}) == {}  # one process: no process group to time out
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch_defaults({"ddp_timeout", "seed"}) == {"ddp_timeout": RANK_TIMEOUT_S} and RANK_TIMEOUT_S == 600
+    assert apply_rank_timeout(()) is None  # no TrainingArguments, or no process group: nothing to set
 
 
 # --- flags, resume and the lock ------------------------------------------------------------------------------------

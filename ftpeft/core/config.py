@@ -333,11 +333,41 @@ def let_accelerate_shard_cpu_ranks() -> bool:
     return True
 
 
+# seconds a rank waits in a collective for the others before its process group fails it: torch's own NCCL default,
+# where transformers sets 30 min. It bounds how long the ranks of a lost node wait (on one node the launcher stops
+# them first) and must outlast any step one rank takes alone: rank 0 tokenising or caching a large training set.
+RANK_TIMEOUT_S = 600
+
+
 def launch_defaults(known_keys: set[str]) -> dict[str, Any]:
-    """Defaults the launch needs (YAML and command line still win): gloo for DeepSpeed or FSDP on CPU ranks."""
+    """Defaults the launch needs (YAML and command line still win): gloo for DeepSpeed or FSDP on CPU ranks; in a
+    launch of several ranks, ``--ddp_timeout RANK_TIMEOUT_S`` (read once, when TrainingArguments sets the ranks up)."""
+    defaults: dict[str, Any] = {}
     if "ddp_backend" in known_keys and (deepspeed_on_cpu_ranks() or fsdp_on_cpu_ranks()):
-        return {"ddp_backend": "gloo"}
-    return {}
+        defaults["ddp_backend"] = "gloo"
+    if "ddp_timeout" in known_keys and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        defaults["ddp_timeout"] = RANK_TIMEOUT_S
+    return defaults
+
+
+def apply_rank_timeout(parsed: tuple) -> float | None:
+    """Give the process group the --ddp_timeout of the parsed TrainingArguments; returns it (None: no ranks to time
+    out). transformers passes it on for GPU ranks only: CPU ranks (gloo) kept torch's 30 min."""
+    import datetime
+
+    timeouts = [args.ddp_timeout for args in parsed if hasattr(args, "ddp_timeout")]
+    if not timeouts:
+        return None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    # torch.distributed.set_timeout; older releases have only the private _set_pg_timeout, the oldest neither
+    set_timeout = getattr(dist, "set_timeout", None) or getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is None:
+        return None
+    set_timeout(datetime.timedelta(seconds=timeouts[0]))
+    return timeouts[0]
 
 
 def parse_args(
@@ -391,6 +421,7 @@ def parse_args(
         run_args.auto_epochs = auto_epochs
         run_args.given = _given_fields(dataclass_types, yaml_tokens + argv)
     let_accelerate_shard_cpu_ranks()  # TrainingArguments has set up the ranks; the Trainer's Accelerator comes next
+    apply_rank_timeout(parsed)
     return parsed
 
 

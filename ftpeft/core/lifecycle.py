@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ftpeft.core.card import RunSummary, write_model_card
+from ftpeft.core.checkpoints import recover_set_aside
 from ftpeft.core.config import RunArguments, command_line, save_resolved_config
 from ftpeft.core.curves import CURVE_FILE, GroupLearningRates, save_learning_curve
 from ftpeft.core.data_report import DATA_REPORT_FILE, DataReport
@@ -32,7 +34,15 @@ from ftpeft.core.hub import PushTarget, push_run, validate_push_args
 from ftpeft.core.lock import LOCK_FILE, OutputLock
 from ftpeft.core.metrics import classification_report_markdown, save_confusion_matrix
 from ftpeft.core.model_code import CheckpointFiles
-from ftpeft.core.outputs import atomic_write_text, check_output_dir, move_into_place, resolve_resume, write_json
+from ftpeft.core.outputs import (
+    atomic_write_text,
+    check_output_dir,
+    last_complete_checkpoint,
+    move_into_place,
+    resolve_resume,
+    write_json,
+    writes_or_error,
+)
 from ftpeft.core.preemption import PREEMPTED_FILE, PreemptionGuard, clear_preempted, resume_argv
 from ftpeft.core.settings import SETTINGS_FILE, derived_settings, resolve_settings
 from ftpeft.core.stopping import (
@@ -138,6 +148,17 @@ class Run:
         if self.preemption is not None:
             self.preemption.restore()
 
+    def writing(self, what: str, any_oserror: bool = True):
+        """A failed write in the block (a full disk, any OSError; with ``any_oserror=False``, where the block reads
+        too, only a full disk, quota, read-only or I/O error) ends the run with one ``error:`` line (exit 2) that
+        says how to finish it: ``outputs.writes_or_error``."""
+        return writes_or_error(
+            f"could not write {what} in {self.output_dir}",
+            self.output_dir,
+            lambda: rerun_advice(self.output_dir),
+            any_oserror,
+        )
+
     def record(self, name: str, given: Any, used: Any, why: str) -> None:
         """A choice the job made beyond TrainingArguments (a readout, class weights): logged, and kept in
         resolved_settings.json by ``save_config``."""
@@ -175,13 +196,14 @@ class Run:
             return
         self.settings["environment"] = {"given": None, "used": environment(), "why": "the software this run ran with"}
         self.hold_output_dir()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_resolved_config(self.output_dir / RUN_ARGS_FILE, self.config)
-        write_json(self.output_dir / SETTINGS_FILE, self.settings)
-        if freeze is not None:
-            freeze.save(self.output_dir)
-        if self.data_report is not None:
-            self.data_report.save(self.output_dir)
+        with self.writing("the run's settings"):
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_resolved_config(self.output_dir / RUN_ARGS_FILE, self.config)
+            write_json(self.output_dir / SETTINGS_FILE, self.settings)
+            if freeze is not None:
+                freeze.save(self.output_dir)
+            if self.data_report is not None:
+                self.data_report.save(self.output_dir)
 
     def train(self, trainer) -> dict[str, Any]:
         """``trainer.train`` (resuming where asked), timed; returns the train_* metrics. A preemption signal stops it
@@ -191,7 +213,9 @@ class Run:
         trainer.add_callback(epoch_timer)
         trainer.add_callback(self.group_lrs)
         trainer.add_callback(EngineReport(trainer))
-        trainer.add_callback(CheckpointFiles(self.checkpoint_files))  # a checkpoint loads as the final model does
+        files = CheckpointFiles(self.checkpoint_files)  # a checkpoint loads as the final model does
+        # inside each save, before its seal (``ftpeft.core.checkpoints``); Trainer's state is read when it saves
+        trainer.checkpoint_writers.append(lambda folder: files.on_save(trainer.args, trainer.state, trainer.control))
         if self.stopping is not None:
             trainer.add_callback(early_stopping(self.stopping))
         start = time.perf_counter()
@@ -249,31 +273,33 @@ class Run:
         from ftpeft.labels.target import save_target, single_label
 
         target = target or single_label(label_names)
-        with folded_scaling(trainer.model, target):  # numbers: the saved model outputs the target's units
+        # numbers: the saved model outputs the target's units
+        with self.writing("the final model"), folded_scaling(trainer.model, target):
             save_model_atomically(trainer, self.output_dir, write_model)
-        if trainer.is_world_process_zero() and (self.output_dir / "adapter_config.json").is_file():
-            write_json(self.output_dir / LABEL_NAMES_FILE, label_names)  # what `ftpeft predict` names the classes by
-        if evaluation is not None:
-            scored = evaluation(train_metrics)
-            metrics, target = scored if isinstance(scored, tuple) else (scored, target)
-        else:
-            metrics, target = evaluate_and_report(
-                trainer,
-                splits["validation"],
-                splits.get("test"),
-                label_names,
-                self.output_dir,
-                train_metrics,
-                target,
-                threshold_rule,
-            )
+        with self.writing("the reports", any_oserror=False):  # the scoring reads (images, caches) as well
+            if trainer.is_world_process_zero() and (self.output_dir / "adapter_config.json").is_file():
+                write_json(self.output_dir / LABEL_NAMES_FILE, label_names)  # what `ftpeft predict` names classes by
+            if evaluation is not None:
+                scored = evaluation(train_metrics)
+                metrics, target = scored if isinstance(scored, tuple) else (scored, target)
+            else:
+                metrics, target = evaluate_and_report(
+                    trainer,
+                    splits["validation"],
+                    splits.get("test"),
+                    label_names,
+                    self.output_dir,
+                    train_metrics,
+                    target,
+                    threshold_rule,
+                )
         self.target = target
-        if trainer.is_world_process_zero():
-            save_target(self.output_dir, target)
         if not trainer.is_world_process_zero():
             self.release()
             return metrics
-        drawn = save_learning_curve(self.output_dir / CURVE_FILE, trainer.state.log_history, self.group_lrs.history)
+        with self.writing("the reports"):
+            save_target(self.output_dir, target)
+            drawn = save_learning_curve(self.output_dir / CURVE_FILE, trainer.state.log_history, self.group_lrs.history)
         trainable, total = count_parameters(trainer.model)
         summary = RunSummary(
             recipe=self.recipe,
@@ -290,12 +316,13 @@ class Run:
             per_output_results=per_output_results(self.output_dir, target),
             **dataclasses.asdict(description),
         )
-        write_model_card(self.output_dir, summary)
-        if merged_export is not None:
-            merged_dir, snippet = merged_export()
-            save_target(merged_dir, target)
-            merged = dataclasses.replace(summary, library_name="transformers", loading_snippet=snippet)
-            write_model_card(merged_dir, merged)
+        with self.writing("the model card"):
+            write_model_card(self.output_dir, summary)
+            if merged_export is not None:
+                merged_dir, snippet = merged_export()
+                save_target(merged_dir, target)
+                merged = dataclasses.replace(summary, library_name="transformers", loading_snippet=snippet)
+                write_model_card(merged_dir, merged)
         if self.push:
             push_run(self.output_dir, self.push, merged=push_merged)
         print(last_word(summary, self.output_dir, self.stop_record))
@@ -329,7 +356,13 @@ def start_run(
     lock = OutputLock.acquire(training_args.output_dir) if is_main and Path(training_args.output_dir).is_dir() else None
     try:
         check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
-        resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, PRE_TRAINING_FILES)
+        # the main process puts back a checkpoint a killed save had set aside before any rank looks for one
+        with training_args.main_process_first(local=False, desc="looking for a checkpoint"):
+            if is_main and training_args.resume_from_checkpoint == "auto":
+                recover_set_aside(training_args.output_dir)
+            resume_from = resolve_resume(
+                training_args.resume_from_checkpoint, training_args.output_dir, PRE_TRAINING_FILES
+            )
         push = validate_push_args(training_args)  # we push once, after everything is saved locally
         changes = derived_settings(training_args, keep_all_columns=keep_all_columns, push_at_end=push is not None)
         settings = resolve_settings(training_args, changes)
@@ -346,6 +379,14 @@ def start_run(
     return Run(recipe, config, training_args, resume_from, push, settings, run_args, preemption=preemption, lock=lock)
 
 
+def rerun_advice(output_dir: Path) -> str:
+    """How to finish a run whose final save or reports could not be written."""
+    found = last_complete_checkpoint(output_dir)
+    if found is None:
+        return "No checkpoint to resume from: free space, then rerun"
+    return f"{found.name} is kept: free space, then rerun with --resume_from_checkpoint auto"
+
+
 def save_model_atomically(
     trainer, output_dir: str | Path, write_model: Callable[[Path, dict | None], None] | None = None
 ) -> None:
@@ -356,19 +397,24 @@ def save_model_atomically(
     """
     output_dir = Path(output_dir)
     staging = output_dir / STAGING_DIR
-    if write_model is None:
-        trainer.save_model(str(staging))
-    else:
-        # FSDP and ZeRO-3 ranks hold pieces of each parameter: gathering the full weights is a collective that
-        # every rank joins (accelerate gathers ZeRO-3 through the DeepSpeed engine, Trainer's model_wrapped)
-        state_dict = None
-        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-            wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
-            state_dict = trainer.accelerator.get_state_dict(wrapped)
-        if trainer.is_world_process_zero():
-            staging.mkdir(parents=True, exist_ok=True)
-            write_model(staging, state_dict)
-    trainer.accelerator.wait_for_everyone()
+    try:
+        if write_model is None:
+            trainer.save_model(str(staging))
+        else:
+            # FSDP and ZeRO-3 ranks hold pieces of each parameter: gathering the full weights is a collective that
+            # every rank joins (accelerate gathers ZeRO-3 through the DeepSpeed engine, Trainer's model_wrapped)
+            state_dict = None
+            if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+                wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+                state_dict = trainer.accelerator.get_state_dict(wrapped)
+            if trainer.is_world_process_zero():
+                staging.mkdir(parents=True, exist_ok=True)
+                write_model(staging, state_dict)
+        trainer.accelerator.wait_for_everyone()
+    except BaseException:
+        if trainer.is_world_process_zero():  # nothing was moved into place: the half-written copy goes
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     if trainer.is_world_process_zero():
         move_into_place(staging, output_dir)
     trainer.accelerator.wait_for_everyone()

@@ -12,9 +12,10 @@ How a stop goes:
   evaluation batches, and the ranks agree with an all-reduce (max): every rank stops at the same step.
 - After a step it cancels that step's evaluation and lets Trainer save checkpoint-N (``should_save``,
   ``should_training_stop``). During an evaluation it abandons the evaluation and saves checkpoint-N with the RNG state
-  from before it. Either way the checkpoint notes the evaluation it skipped (``CHECKPOINT_NOTE``) and the resumed run
-  runs it first, at step N: the best score, the early-stopping patience (both in trainer_state.json) and the RNG then
-  go on as in an uninterrupted run.
+  from before it. Either way the checkpoint notes the evaluation it skipped (``CHECKPOINT_NOTE``, written inside the
+  save, before its seal: ``ftpeft.core.checkpoints``) and the resumed run runs it first, at step N: the best score,
+  the early-stopping patience (both in trainer_state.json) and the RNG then go on as in an uninterrupted run; the
+  checkpoint saved again after that evaluation replaces the old one only once it is sealed.
 - Rank 0 writes ``OUTPUT_DIR/.preempted`` (JSON: step, checkpoint, signal, resume command), the file a requeue script
   reads because launchers eat exit codes; every rank exits ``PREEMPTED_EXIT_CODE``; the log's last line says where
   the run stopped and how to resume it. The run never reaches ``Run.finish``: no final save, test, card or push.
@@ -220,15 +221,19 @@ class PreemptionCallback(TrainerCallback):
         self.rerunning = False  # the owed evaluation of a resumed run
         self.rng_before_evaluation: dict[str, Any] | None = None
         self.prediction_steps = 0
+        self.note: dict[str, Any] | None = None  # what the checkpoint of note["step"] says about its evaluation
+        trainer.checkpoint_writers.append(self._write_note)  # inside the save, before the seal vouches for it
 
     def _agreed(self, args) -> int:
         return agreed_signal(self.flag.received, args.device)
 
-    def _note(self, args, step: int, pending: bool) -> None:
-        if args.should_save:  # before Trainer's files: the note is in place once trainer_state.json completes it
-            folder = checkpoint_dir(args.output_dir, step)
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / CHECKPOINT_NOTE, {"step": step, "evaluation_pending": pending})
+    def _note(self, step: int, pending: bool) -> None:
+        """The note the checkpoint of ``step`` gets when it is saved (``_write_note``)."""
+        self.note = {"step": step, "evaluation_pending": pending}
+
+    def _write_note(self, folder: Path) -> None:
+        if self.note is not None and self.note["step"] == self.trainer.state.global_step:
+            write_json(folder / CHECKPOINT_NOTE, self.note)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.watching = True
@@ -252,8 +257,8 @@ class PreemptionCallback(TrainerCallback):
         metrics = trainer._evaluate(None, None)
         trainer._determine_best_metric(metrics=metrics, trial=None)
         self.rerunning = False
-        trainer._save_checkpoint(trainer.model_wrapped, trial=None)
-        self._note(args, state.global_step, pending=False)
+        self._note(state.global_step, pending=False)
+        trainer._save_checkpoint(trainer.model_wrapped, trial=None)  # the old one is set aside until this is sealed
         logger.info("resumed: ran the evaluation of step %d that the preemption skipped", state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -281,7 +286,7 @@ class PreemptionCallback(TrainerCallback):
             control.should_log = False
         control.should_evaluate = False
         control.should_save = True
-        self._note(args, state.global_step, self.stop.evaluation_pending)
+        self._note(state.global_step, self.stop.evaluation_pending)
 
     def on_save(self, args, state, control, **kwargs):
         if self.stop is not None:
@@ -304,7 +309,7 @@ class PreemptionCallback(TrainerCallback):
             raise Preempted(Stop(signum, state.global_step, True, self.resume_from))
         if self.rng_before_evaluation is not None:
             restore_rng(self.rng_before_evaluation)  # the resumed run starts this evaluation from the same state
-        self._note(args, state.global_step, pending=True)
+        self._note(state.global_step, pending=True)
         self.trainer._save_checkpoint(self.trainer.model_wrapped, trial=None)
         raise Preempted(Stop(signum, state.global_step, True, str(checkpoint_dir(args.output_dir, state.global_step))))
 

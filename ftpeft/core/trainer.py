@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ftpeft.core.checkpoints import save_sealed
 from ftpeft.core.class_weights import weighted_cross_entropy
 from ftpeft.core.freezing import LayerMap
 from ftpeft.core.param_groups import build_param_groups
@@ -58,6 +61,10 @@ class FtpeftTrainer(Trainer):
     number of ranks, which is wrong for per-example losses) come from ``ftpeft.core.settings``; a recipe
     resolves them before building the Trainer, and used directly this class applies (and logs) whichever
     are still missing.
+
+    Every checkpoint is sealed once all ranks have written it, and older ones are rotated away only after that
+    (``ftpeft.core.checkpoints``); ``checkpoint_writers`` (each called with the checkpoint's folder, on the saving
+    rank) add ftpeft's own files to a checkpoint before its seal.
     """
 
     def __init__(
@@ -88,6 +95,10 @@ class FtpeftTrainer(Trainer):
         self.pos_weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32)
         if self.class_weights is not None or self.problem_type is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
+        self.checkpoint_writers: list[Callable[[Path], None]] = []
+
+    def _save_checkpoint(self, model, trial):
+        save_sealed(self, trial, functools.partial(super()._save_checkpoint, model, trial), self.checkpoint_writers)
 
     def get_eval_dataloader(self, eval_dataset=None):
         with _keep_last_batch(self.args):
