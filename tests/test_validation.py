@@ -175,14 +175,16 @@ def test_help_shows_the_allowed_values(capsys):
 # --- every field has a rule, and the rule is enforced -----------------------------------------------------------
 
 # str fields that take one of a fixed set of values (a new one belongs here and needs "choices")
-ENUM_FIELDS = {
-    "cache_dtype", "inject", "unknown_entity", "modality", "pooling", "head", "metric", "hp_search_metric",
-    "interpolation",
-}  # fmt: skip
+ENUM_FIELDS = {"cache_dtype", "inject", "unknown_entity", "modality", "pooling", "head", "interpolation", "backend"}
 CUSTOM_CHECKED = {
     "unfreeze_last",  # 'all' or a layer count: parsed and checked by unfreeze_last_k
     "class_weights",  # balanced, none or a weights file: checked (file read) by check_class_weights
     "max_seq_length",  # 'auto' or a token count: parsed and checked by parse_max_seq_length
+    "metric",  # 'auto' or a name of the metric registry (f1_<class>, rmse_<target> too): checked by metric_spec
+    "hp_search_metric",  # the same
+    "problem_type",  # auto, the short names or HF's long ones: checked by problem_type_name
+    "threshold",  # 'auto' or a number in (0, 1): checked by threshold_value
+    "pos_weight",  # balanced, none or a JSON file: checked in LabelArguments
 }
 
 
