@@ -202,6 +202,46 @@ def summarise(runs: list[dict], demos: list[str]) -> dict:
     return out
 
 
+DEMO_SETTINGS = {
+    "emolex": ("NRC EmoLex words, 10 emotion labels (label sets)", "5,468 words (10% val), 1,000 test"),
+    "vader_tweets": ("VADER tweets rated -4..+4 (numbers)", "3,200 tweets (10% val), 1,000 test"),
+}
+RUNG_SETTINGS = {
+    "full": ("bert_cls", "full fine-tuning (--unfreeze-last all)"),
+    "last2": ("bert_cls", "top 2 layers + head (--unfreeze-last 2)"),
+    "lora": ("bert_cls", "LoRA (--use_peft)"),
+    "baseline": ("sklearn baseline", "frozen mean-pooled MiniLM + one-vs-rest logistic regression / ridge"),
+}
+
+
+def schema_results(summary: dict, header: dict) -> list[dict]:
+    """One result per demo and rung in the shared results schema (scripts/gen_docs.py RESULTS_SCHEMA); the rung
+    chosen on validation goes to the README's headline rows."""
+    out = []
+    for demo, part in summary.items():
+        key = "test_map" if part["problem"] == "multi_label" else "test_rmse"
+        for rung, table in part["rungs"].items():
+            recipe, tuning = RUNG_SETTINGS[rung]
+            data, size = DEMO_SETTINGS[demo]
+            figures = {name: list(cell) for name, cell in table.items() if name.startswith("test_") and cell}
+            chosen = part["goals"].get("chosen_rung") == rung
+            out.append({
+                "setting": {"recipe": recipe, "tuning": tuning + (" (chosen on validation)" if chosen else ""),
+                            "data": data, "size": size, "epochs": "auto" if rung != "baseline" else "-",
+                            "seeds": str(table["seeds"])},
+                "date": header["date"], "machine": header["machine"], "load": header["load"],
+                "command": f"{header['command']} --demos {demo} --rungs {rung}",
+                "figures": figures, "headline": key, "in_readme": chosen,
+            })  # fmt: skip
+    return out
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
 def fmt(cell) -> str:
     return "-" if cell is None else f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell[1] else f"{cell[0]:.4f}"
 
@@ -271,10 +311,12 @@ def main(argv: list[str] | None = None) -> Path:
     import platform
 
     header = {"setting": "label sets and numbers on real data", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()} {os.cpu_count()} cores", "load": round(os.getloadavg()[0], 1),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch_version()}",
+              "load": f"shared with other jobs (load {os.getloadavg()[0]:.1f} at the end)",
               "command": "python benchmarks/label_shapes.py" + (" --quick" if args.quick else "")}  # fmt: skip
     summary = summarise([r for r in runs if r["demo"] in args.demos], args.demos)
-    (results / f"{stem}.json").write_text(json.dumps({**header, "figures": summary}, indent=2))
+    payload = {"results": schema_results(summary, header), "detail": summary}
+    (results / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     path = results / f"{stem}.md"
     path.write_text(render(summary, header))
     print(path.read_text())

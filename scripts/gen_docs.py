@@ -60,6 +60,7 @@ RESULTS_SCHEMA = {
             "command": "str: the command that reproduces it",
             "figures": {"name": "number or [mean, sd]"},
             "headline": "optional: the figure the reference table shows",
+            "in_readme": "optional, default true: false keeps the result out of the README's headline rows",
             "note": "optional: one line a reader needs",
         }
     ]
@@ -505,7 +506,7 @@ def schema_figures(path: Path) -> list[Figure]:
                 epochs=str(setting["epochs"]), seeds=str(setting["seeds"]),
                 figure=f"{name.replace('_', ' ')} {text}" + (f" ({result['note']})" if result.get("note") else ""),
                 date=result["date"], machine=f"{result['machine']}, load {result['load']}", command=result["command"],
-                source=path.name, headline=True,
+                source=path.name, headline=result.get("in_readme", True),
             )
         )  # fmt: skip
     return figures

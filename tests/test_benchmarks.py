@@ -225,6 +225,6 @@ def test_quick_label_shapes_benchmark_runs_every_rung_and_the_baseline(tiny_mini
             "--workdir", str(tmp_path / "work"), "--rungs", "last2", "baseline"]  # fmt: skip
     label_shapes.main(argv)
     data = json.loads((tmp_path / "label_shapes_quick.json").read_text())
-    assert set(data["figures"]) == {"emolex", "vader_tweets"}
-    for part in data["figures"].values():
+    assert set(data["detail"]) == {"emolex", "vader_tweets"} and len(data["results"]) == 4  # the shared schema
+    for part in data["detail"].values():
         assert set(part["rungs"]) == {"last2", "baseline"} and part["goals"]["chosen_rung"] == "last2"
