@@ -4,6 +4,7 @@ ftpeft push OUTPUT_DIR --hub_model_id me/name     # a finished run to the Hub
 ftpeft ladder --time_budget 20m [recipe flags]    # which fine-tuning strategy for this data, measured
 ftpeft predict OUTPUT_DIR --input test.csv --output preds.csv   # id, label, one probability column per class
 ftpeft app OUTPUT_DIR                             # a local page to try the model (pip install 'ftpeft[app]')
+ftpeft export OUTPUT_DIR --format onnx [--quantize int8]   # -> OUTPUT_DIR/onnx/ (pip install 'ftpeft[onnx]')
 """
 
 from __future__ import annotations
@@ -39,12 +40,23 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="Address to serve on; 0.0.0.0 opens it to the network.")
     app.add_argument("--port", type=int, default=None, help="Default: the first free port from 7860.")
     app.add_argument("--share", action="store_true", help="Also a public gradio.live link (goes through the Internet).")
+    export = commands.add_parser("export", help="Export a finished run to ONNX (for ftpeft predict --backend onnx).")
+    export.add_argument("output_dir", help="The --output_dir of a finished run: text (full, merged LoRA) or timm.")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="The export format (default: onnx).")
+    export.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: dynamic int8 quantisation (smaller, faster).",
+    )
+    export.add_argument("--output", default=None, help="The folder to write. Default: OUTPUT_DIR/onnx.")
+    export.add_argument("--overwrite", action="store_true", help="Replace an earlier export in --output.")
     return parser
 
 
 def parse(argv: list[str]):
     """One ``ftpeft`` command's arguments, parsed by the parser that runs it, without running it: the ladder's
-    (modality, flags), predict's PredictArguments, or the namespace of push / app."""
+    (modality, flags), predict's PredictArguments, or the namespace of push / app / export."""
     if argv[:1] == ["ladder"]:
         from ftpeft.ladder.run import parse_ladder_args
 
@@ -74,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         from ftpeft.app.page import serve
 
         serve(args.output_dir, host=args.host, port=args.port, share=args.share)
+        return 0
+    if args.command == "export":
+        from ftpeft.export.onnx import export_onnx
+
+        print(export_onnx(args.output_dir, args.output, args.quantize, args.overwrite).line())
         return 0
     from ftpeft.core.hub import PushTarget, check_finished_run, push_run, resolve_token
 

@@ -37,6 +37,14 @@ class PredictArguments:
         default="id",
         metadata={"help": "Input column holding the ids (the output's first column). Without it: the row number."},
     )
+    backend: str = dataclasses.field(
+        default="torch",
+        metadata={
+            "help": "torch: the run's saved model. onnx: its ONNX export (from `ftpeft export OUTPUT_DIR`, in "
+            "OUTPUT_DIR/onnx, or OUTPUT_DIR is the export's folder) through ONNX Runtime on CPU; the same CSV.",
+            "choices": ("torch", "onnx"),
+        },
+    )
     strict_images: bool = dataclasses.field(
         default=False, metadata={"help": "Refuse unreadable images instead of skipping and listing them."}
     )

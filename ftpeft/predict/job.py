@@ -63,10 +63,17 @@ def predict(args: PredictArguments) -> Path | None:
     # CPU ranks (set by parse_args when launched without a GPU) must be asked for, or each rank runs alone
     state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes"))
     check_output(args.output, args.overwrite)
-    run = detect_run(args.run_dir)
+    if args.backend == "onnx":
+        from ftpeft.export.predictor import find_export, load_onnx_predictor
+
+        export = find_export(args.run_dir)
+        modality, source = export.modality, f"ONNX export {export.model_file}"
+    else:
+        run = detect_run(args.run_dir)
+        modality, source = input_modality(run), f"{run.kind} model {run.model_dir}"
     with state.main_process_first():  # the main process fills the datasets cache, the others read it
-        inputs = read_inputs(args.input, input_modality(run), args.id_column, args.strict_images)
-        predictor = load_predictor(run, state.device)
+        inputs = read_inputs(args.input, modality, args.id_column, args.strict_images)
+        predictor = load_onnx_predictor(export) if args.backend == "onnx" else load_predictor(run, state.device)
         target = getattr(predictor, "target", None)
         prediction_columns(args.id_column, predictor.label_names, target)  # a clash of names is refused before work
         predictor.prepare(inputs, args.text_columns)
@@ -100,7 +107,7 @@ def predict(args: PredictArguments) -> Path | None:
         listed = skipped_list_path(args.output)
         atomic_write_text(listed, "\n".join(skipped) + "\n")
         print(f"warning: {len(skipped)} unreadable image(s) skipped, listed in {listed}", file=sys.stderr)
-    print(f"wrote {len(inputs)} predictions ({run.kind} model {run.model_dir}) to {written}")
+    print(f"wrote {len(inputs)} predictions ({source}) to {written}")
     state.wait_for_everyone()
     return written
 
