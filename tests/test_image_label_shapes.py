@@ -220,3 +220,21 @@ def test_labels_that_do_not_fit_are_one_clear_error(tagged, tmp_path, capsys, so
     assert re.search(message, err) and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert snapshot(images.parent) == before
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_an_image_ladder_probes_and_chooses_label_sets_on_map(tmp_path):
+    """The ladder on a Kaggle tag CSV: the probe fits one-vs-rest logistic regression per stage, rungs train with
+    BCE, and the choice is made on validation mAP within a bootstrap tolerance."""
+    from helpers import TIMM_ARGS, load_recipe
+
+    csv, images = write_tagged_images(tmp_path / "data", rows=36)
+    argv = [*TIMM_ARGS, "--labels_csv", str(csv), "--image_dir", str(images), "--id_column", "image_name",
+            "--label_column", "tags", "--label_separator", " ", "--output_dir", str(tmp_path / "ladder"),
+            "--max_steps", "3", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+            "--rungs", "probe_head", "head_only", "--time_budget", "10m"]  # fmt: skip
+    result = load_recipe("ladder").main(argv)
+    assert result["metric"] == "map" and result["data"]["problem_type"] == "multi_label_classification"
+    done = [r for r in result["rungs"] if r["status"] == "done"]
+    assert {r["name"] for r in done} == {"probe_head", "head_only"} and all("map" in r["val_scores"] for r in done)
+    assert result["recommended"] in {"probe_head", "head_only"}
