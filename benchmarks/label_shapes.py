@@ -175,7 +175,7 @@ def summarise(runs: list[dict], demos: list[str]) -> dict:
             rows = [r for r in runs if r["demo"] == demo and r["rung"] == rung and "error" not in r]
             if not rows:
                 continue
-            numbers = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+            numbers = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "seed"})
 
             def stats(name, rows=rows):
                 values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
@@ -183,7 +183,8 @@ def summarise(runs: list[dict], demos: list[str]) -> dict:
                     (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
                 )
 
-            table[rung] = {"seeds": len(rows), **{k: stats(k) for k in numbers}}
+            seeds = sorted(r["seed"] for r in rows)
+            table[rung] = {"seeds": len(rows), "seed_list": seeds, **{k: stats(k) for k in numbers}}
         trained = [r for r in RUNGS if r in table]
         if trained:
             best = (min if lower else max)(trained, key=lambda r: table[r][f"eval_{key}"][0])
@@ -203,8 +204,8 @@ def summarise(runs: list[dict], demos: list[str]) -> dict:
 
 
 DEMO_SETTINGS = {
-    "emolex": ("NRC EmoLex words, 10 emotion labels (label sets)", "5,468 words (10% val), 1,000 test"),
-    "vader_tweets": ("VADER tweets rated -4..+4 (numbers)", "3,200 tweets (10% val), 1,000 test"),
+    "emolex": ("NRC EmoLex words, 10 emotion labels (label sets)", "NRC EmoLex: 5,468 words (10% val), 1,000 test"),
+    "vader_tweets": ("VADER tweets rated -4..+4 (numbers)", "VADER: 3,200 tweets (10% val), 1,000 test"),
 }
 RUNG_SETTINGS = {
     "full": ("bert_cls", "full fine-tuning (--unfreeze-last all)"),
@@ -228,7 +229,7 @@ def schema_results(summary: dict, header: dict) -> list[dict]:
             out.append({
                 "setting": {"recipe": recipe, "tuning": tuning + (" (chosen on validation)" if chosen else ""),
                             "data": data, "size": size, "epochs": "auto" if rung != "baseline" else "-",
-                            "seeds": str(table["seeds"])},
+                            "seeds": ", ".join(map(str, table["seed_list"]))},
                 "date": header["date"], "machine": header["machine"], "load": header["load"],
                 "command": f"{header['command']} --demos {demo} --rungs {rung}",
                 "figures": figures, "headline": key, "in_readme": chosen,
