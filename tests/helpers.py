@@ -726,3 +726,49 @@ def run_recipe_with_signals(plan: list[dict], recipe: str, argv: list[str]) -> N
     sys.argv = [str(RECIPES / f"{recipe}.py"), *argv]
     with signals_during_training(plan):
         runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+# --- a process without ftpeft -------------------------------------------------------------------------------------
+
+# The process that stands for a machine without ftpeft: any import of ftpeft fails, whatever is on the path; the
+# script refuses to go on if ftpeft was importable after all.
+NO_FTPEFT = """
+import sys
+
+class NoFtpeft:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ftpeft" or name.startswith("ftpeft."):
+            raise ImportError(f"{name}: this process stands for a machine without ftpeft")
+        return None
+
+sys.meta_path.insert(0, NoFtpeft())
+import json
+try:
+    import ftpeft  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("ftpeft was importable")
+"""
+
+
+def scores_without_ftpeft(script: str, cases: list[dict], tmp_path: Path) -> dict:
+    """Run ``script`` (after ``NO_FTPEFT``) on ``cases`` (its argv[1], a JSON file) in a fresh interpreter, outside the
+    repo and without PYTHONPATH; returns the JSON its last stdout line prints (one score list per case)."""
+    cases_file = tmp_path / "cases.json"
+    cases_file.write_text(json.dumps(cases))
+    path = tmp_path / "load_without_ftpeft.py"
+    path.write_text(NO_FTPEFT + script)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, str(path), str(cases_file)],
+        cwd=tmp_path,  # outside the repo: no ftpeft/ folder on the path either
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -6,10 +6,8 @@ injection (text, and a row of columns), label sets, numbers -- and a Trainer che
 import ast
 import inspect
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -25,6 +23,7 @@ from helpers import (
     make_text_files,
     make_tiny_text_model,
     make_wordpiece_tokenizer,
+    scores_without_ftpeft,
     tiny_args,
     write_glove,
     write_knowledge_dataset,
@@ -43,26 +42,7 @@ knowledge_cls = load_recipe("knowledge_cls")
 TOLERANCE = 1e-5
 LONG = 12  # a long row repeats its text this often: far past every run's --max_seq_length auto
 
-# The process that stands for a machine without ftpeft: any import of ftpeft fails, whatever is on the path.
-NO_FTPEFT = """
-import sys
-
-class NoFtpeft:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ftpeft" or name.startswith("ftpeft."):
-            raise ImportError(f"{name}: this process stands for a machine without ftpeft")
-        return None
-
-sys.meta_path.insert(0, NoFtpeft())
-"""
 LOAD_AND_SCORE = """
-import json, sys
-try:
-    import ftpeft  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("ftpeft was importable")
 import torch
 
 def ordered(model, rows):
@@ -260,23 +240,7 @@ def test_every_output_loads_without_ftpeft_and_scores_as_ftpeft_predict(outputs,
         f"from transformers import pipeline\nclassifier = pipeline(model={str(folder)!r}, trust_remote_code=True, "
     )
     cases.append({"name": "knowledge/no_keys", "snippet": f"{snippet}knowledge_keys={str(no_keys)!r})", "rows": rows})
-    cases_file = tmp_path / "cases.json"
-    cases_file.write_text(json.dumps(cases))
-    script = tmp_path / "load_without_ftpeft.py"
-    script.write_text(NO_FTPEFT + LOAD_AND_SCORE)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, str(script), str(cases_file)],
-        cwd=tmp_path,  # outside the repo: no ftpeft/ folder on the path either
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    scores = scores_without_ftpeft(LOAD_AND_SCORE, cases, tmp_path)
     assert set(scores) == set(expected) | {"stock/untruncated", "knowledge/no_keys"}
     for name, want in expected.items():
         got = np.asarray(scores[name])

@@ -7,9 +7,6 @@ stay the mean-pooling model saved before them, and heads that are not one linear
 features say so in the card and write no model."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ from helpers import (
     make_label_set_files,
     make_regression_files,
     make_text_files,
+    scores_without_ftpeft,
     sentence,
     write_class_folders,
 )
@@ -37,26 +35,7 @@ train_head = load_recipe("train_head")
 TOLERANCE = 1e-5
 LONG = 12  # a long row repeats its text this often: far past --max_seq_length 16
 
-# The process that stands for a machine without ftpeft (as in test_portable.py): any import of ftpeft fails.
-NO_FTPEFT = """
-import sys
-
-class NoFtpeft:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ftpeft" or name.startswith("ftpeft."):
-            raise ImportError(f"{name}: this process stands for a machine without ftpeft")
-        return None
-
-sys.meta_path.insert(0, NoFtpeft())
-"""
 LOAD_AND_SCORE = """
-import json, sys
-try:
-    import ftpeft  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("ftpeft was importable")
 import torch
 from PIL import Image
 
@@ -182,23 +161,7 @@ def test_linear_heads_load_without_ftpeft_and_score_as_ftpeft_predict(runs, tmp_
             frame = frame.set_index("id").loc[[str(Path(f).relative_to(inputs).with_suffix("")) for f in rows]]
         expected[name] = frame[columns].to_numpy()
         cases.append({"name": name, "snippet": stock_part(run_dir), "rows": rows})
-    cases_file = tmp_path / "cases.json"
-    cases_file.write_text(json.dumps(cases))
-    script = tmp_path / "load_without_ftpeft.py"
-    script.write_text(NO_FTPEFT + LOAD_AND_SCORE)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, str(script), str(cases_file)],
-        cwd=tmp_path,  # outside the repo: no ftpeft/ folder on the path either
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    scores = scores_without_ftpeft(LOAD_AND_SCORE, cases, tmp_path)
     assert set(scores) == set(expected)
     for name, want in expected.items():
         got = np.asarray(scores[name])
