@@ -22,7 +22,6 @@ from ftpeft's mention matching), train_head heads (their backbones rerun in ftpe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -116,15 +115,9 @@ def require_onnx() -> None:
 def weights_digest(folder: Path) -> dict[str, str]:
     """sha256 of each weight file of a model folder: ``--backend onnx`` refuses an export of weights since changed."""
     from ftpeft.core.artifacts import weight_files
+    from ftpeft.core.outputs import sha256_of
 
-    digests = {}
-    for path in weight_files(folder):
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 22), b""):
-                digest.update(block)
-        digests[path.name] = digest.hexdigest()
-    return digests
+    return {path.name: sha256_of(path) for path in weight_files(folder)}
 
 
 def text_example(predictor, max_length: int) -> dict[str, torch.Tensor]:

