@@ -50,7 +50,8 @@ def is_list_feature(feature: Any) -> bool:
     return type(feature).__name__ in ("Sequence", "List", "LargeList")
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """An empty cell as the readers give it: None, or NaN (a CSV column of numbers with a gap)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -85,7 +86,7 @@ def decide_problem_type(train, columns: list[str], label_args: LabelArguments) -
         return MULTI_LABEL, f"--label_separator {label_args.label_separator!r}: each cell is a label set"
     dtype = getattr(features[column], "dtype", None)
     if dtype in ("float16", "float32", "float64"):
-        values = [v for v in train[column] if not _is_missing(v)]
+        values = [v for v in train[column] if not is_missing(v)]
         if any(not float(v).is_integer() for v in values):
             return REGRESSION, f"column '{column}' holds non-integer numbers"
     return SINGLE_LABEL, f"column '{column}' holds one class per row"
@@ -111,7 +112,7 @@ def _label_sets(dataset, columns: list[str], label_args: LabelArguments, split: 
         return sets
     column = columns[0]
     if is_list_feature(dataset.features[column]):
-        return [[_label_text(v) for v in cell if not _is_missing(v)] for cell in dataset[column]]
+        return [[_label_text(v) for v in cell if not is_missing(v)] for cell in dataset[column]]
     if label_args.label_separator:
         separator = label_args.label_separator
         return [[part.strip() for part in str(cell).split(separator) if part.strip()] for cell in dataset[column]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from ftpeft.labels.columns import (
     check_header,
     encode_targets,
     is_list_feature,
+    is_missing,
     label_rows,
     label_source_columns,
     rescale_to_train,
@@ -182,10 +182,6 @@ def _require_scalar_column(dataset, split: str, column: str) -> None:
         )
 
 
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))  # readers give None or NaN
-
-
 def label_text(value) -> str:
     """A label's name: 1.0 reads as "1" (a CSV column of integer labels with an empty cell is read as floats)."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
@@ -193,7 +189,7 @@ def label_text(value) -> str:
 
 def text_key(texts: tuple) -> tuple[str, ...]:
     """What makes two rows the same for duplicates and leakage: their texts, stripped of outer whitespace."""
-    return tuple("" if _is_missing(t) else str(t).strip() for t in texts)
+    return tuple("" if is_missing(t) else str(t).strip() for t in texts)
 
 
 def check_text_rows(
@@ -217,7 +213,7 @@ def check_text_rows(
             "blank_text"
             if any(k == "" for k in text_key(row))
             else "missing_label"
-            if any(_is_missing(v) or (c in class_labels and v == -1) for c, v in zip(label_columns, label))
+            if any(is_missing(v) or (c in class_labels and v == -1) for c, v in zip(label_columns, label))
             else None
             for row, label in zip(texts, labels)
         ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ftpeft.core.outputs import atomic_write_text
 from ftpeft.labels.columns import (
     check_header,
     encode_targets,
+    is_missing,
     label_flag,
     label_rows,
     label_source_columns,
@@ -189,10 +189,6 @@ def _class_name(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def encode_classes(splits, column: str):
     """One class per image (``encode_targets``' single-label encoder): ids 0..C-1 named from the training split (a
     Hub ClassLabel keeps its names). Returns (splits with a 'labels' column, names); a validation or test class never
@@ -236,7 +232,7 @@ def encode_image_labels(tables: dict, data_args: ImageDataArguments, label_colum
         labelled = [
             row
             for row in range(len(table))
-            if not any(_is_missing(values[c][row]) or (c in unset and values[c][row] == -1) for c in columns)
+            if not any(is_missing(values[c][row]) or (c in unset and values[c][row] == -1) for c in columns)
         ]
         # the image's row goes along: the encoded labels replace the label columns, and a table needs a column
         with_labels[split] = table.add_column(ROW_COLUMN, list(range(len(table)))).select(labelled)
