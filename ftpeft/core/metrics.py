@@ -79,6 +79,15 @@ def check_metric_fits(name: str, problem_type: str, flag: str = "--metric_for_be
         raise FtpeftError(f"{flag} {name}: not a metric of {short} runs; use one of {', '.join(allowed)}.")
 
 
+def chosen_metric(requested: str | None, problem_type: str, flag: str = "--metric_for_best_model") -> str:
+    """The metric a chooser uses: ``requested``, or for None / 'auto' the problem type's default (accuracy, mAP or
+    RMSE); a metric the problem type does not report is refused, naming ``flag``."""
+    if requested is None or requested == "auto":
+        return default_metric(problem_type)
+    check_metric_fits(requested, problem_type, flag)
+    return requested
+
+
 def default_metric(problem_type: str = "single_label_classification") -> str:
     """What a run of ``problem_type`` (HF's long name) stops and chooses on unless told otherwise."""
     return DEFAULT_METRICS[problem_type]

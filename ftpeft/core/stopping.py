@@ -50,7 +50,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.metrics import check_metric_fits, default_metric, is_better, metric_spec, standard_error
+from ftpeft.core.metrics import chosen_metric, is_better, metric_spec, standard_error
 from ftpeft.core.settings import SettingChange
 
 logger = logging.getLogger("ftpeft")
@@ -116,8 +116,9 @@ def plan_auto_epochs(
             "--num_train_epochs auto needs evaluations to stop on: drop --eval_strategy no, or give a number of epochs."
         )
     given = run_args.given
-    metric = training_args.metric_for_best_model if "metric_for_best_model" in given else default_metric(problem_type)
-    check_metric_fits(metric, problem_type)
+    metric = chosen_metric(
+        training_args.metric_for_best_model if "metric_for_best_model" in given else None, problem_type
+    )
     spec = metric_spec(metric)
     epoch_steps = optimizer_steps_per_epoch(train_rows, training_args)
     if "eval_strategy" in given and str(training_args.eval_strategy.value) == "epoch":

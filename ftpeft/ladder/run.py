@@ -23,7 +23,7 @@ import numpy as np
 
 from ftpeft.core.config import RunArguments, parse_args
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.metrics import check_metric_fits, default_metric, metric_spec
+from ftpeft.core.metrics import chosen_metric, metric_spec
 from ftpeft.core.outputs import write_json
 from ftpeft.core.settings import SETTINGS_FILE
 from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
@@ -284,11 +284,7 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
 
 def resolve_metric(requested: str, data_facts: dict) -> str:
     """--metric, or for auto the default of the data's problem type (mAP for label sets, RMSE for numbers)."""
-    problem_type = data_facts.get("problem_type", "single_label_classification")
-    if requested == "auto":
-        return default_metric(problem_type)
-    check_metric_fits(requested, problem_type, "--metric")
-    return requested
+    return chosen_metric(requested, data_facts.get("problem_type", "single_label_classification"), "--metric")
 
 
 def bootstrap_se(output_dir: Path, metric: str, best_probe: ProbeLayer, row: RungRow) -> float | None:

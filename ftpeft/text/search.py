@@ -78,7 +78,7 @@ def search_classifier(
     from transformers import DataCollatorWithPadding, set_seed
 
     from ftpeft.core.lifecycle import setup_logging
-    from ftpeft.core.metrics import make_compute_metrics
+    from ftpeft.core.metrics import chosen_metric, make_compute_metrics
     from ftpeft.labels.loss import loss_weights
     from ftpeft.search.report import best_config
     from ftpeft.search.space import build_space
@@ -101,7 +101,7 @@ def search_classifier(
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     splits = {"train": data.tokenized["train"], "validation": data.tokenized["validation"]}  # never the test split
     target = data.target
-    metric = search_metric(search_args.hp_search_metric, target.problem_type)
+    metric = chosen_metric(search_args.hp_search_metric, target.problem_type, "--hp_search_metric")
 
     def build(trial_tuning):
         """A fresh model tuned as ``trial_tuning`` says (the readout follows the trial's depth)."""
@@ -149,16 +149,6 @@ def search_classifier(
     if plan is not None:
         best.update(stopping_point(study.best_trial, trial_args))
     return SearchOutcome(study, space, best, wall_s, metric)
-
-
-def search_metric(requested: str, problem_type: str) -> str:
-    """--hp_search_metric, or for auto the problem type's default (accuracy, mAP or RMSE); one it lacks is refused."""
-    from ftpeft.core.metrics import check_metric_fits, default_metric
-
-    if requested == "auto":
-        return default_metric(problem_type)
-    check_metric_fits(requested, problem_type, "--hp_search_metric")
-    return requested
 
 
 def trial_plan(
