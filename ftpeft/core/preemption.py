@@ -329,6 +329,20 @@ def drop_jit_checkpoint(trainer) -> bool:
     return dropped
 
 
+def preemption_record(stop: Stop, resume_command: str) -> dict[str, Any]:
+    """What ``OUTPUT_DIR/.preempted`` holds: where the run stopped and the command that continues it."""
+    return {
+        "signal": stop.signal_name,
+        "step": stop.step,
+        "checkpoint": str(Path(stop.checkpoint).resolve()) if stop.checkpoint else None,
+        "evaluation_pending": stop.evaluation_pending,
+        "exit_code": PREEMPTED_EXIT_CODE,
+        "resume_command": resume_command,
+        "host": socket.gethostname(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def stop_line(record: dict[str, Any]) -> str:
     """The last line of a preempted run: where it stopped and the command that continues it."""
     where = (
@@ -383,16 +397,7 @@ class PreemptionGuard:
         """Every rank: wait for the checkpoint, rank 0 writes OUTPUT_DIR/.preempted and the last line; exit 75."""
         trainer.accelerator.wait_for_everyone()
         self.flag.ignore()
-        record = {
-            "signal": stop.signal_name,
-            "step": stop.step,
-            "checkpoint": str(Path(stop.checkpoint).resolve()) if stop.checkpoint else None,
-            "evaluation_pending": stop.evaluation_pending,
-            "exit_code": PREEMPTED_EXIT_CODE,
-            "resume_command": self.resume_command,
-            "host": socket.gethostname(),
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+        record = preemption_record(stop, self.resume_command)
         if trainer.is_world_process_zero():
             write_json(Path(output_dir) / PREEMPTED_FILE, record)
             logger.warning("%s", stop_line(record))  # before any rank exits: a launcher then stops the others
