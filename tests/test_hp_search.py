@@ -169,6 +169,10 @@ REFUSED = {
     "no trials": (["--hp_search", "0"], "--hp_search must be >= 1"),
     "unknown field": (["--hp_search", "2", "--hp_search_fields", "dropout"], "--hp_search_fields must be"),
     "staged unfreezing": (["--hp_search", "2", "--lp_ft", "--unfreeze-last", "2"], "cannot be combined with --lp_ft"),
+    "resuming another checkpoint": (
+        ["--hp_search", "2", "--resume_from_checkpoint", "elsewhere/checkpoint-4"],
+        "a search continues only from its own output dir",
+    ),
 }
 
 
@@ -215,3 +219,61 @@ def test_auto_trials_stop_on_validation_and_the_final_run_trains_to_the_best_tri
     state = json.loads((out / "resolved_settings.json").read_text())
     assert state["num_train_epochs"]["used"] == f"{best_step} steps"  # --max_steps wins over auto: a fixed run
     assert BEST_STEP_ATTR == "best_step"
+
+
+@pytest.mark.slow
+def test_a_preempted_search_continues_with_the_trials_it_had_left_and_chooses_the_same_best_trial(
+    tiny_bert_dir, text_csv_dir, tmp_path, trial_records, monkeypatch
+):
+    """SIGTERM during trial 2 of 4: exit 75, OUTPUT_DIR/.preempted, no final run; the same command with
+    --resume_from_checkpoint auto runs trials 2 and 3 only (0 and 1 come from the journal), with the values and
+    the best trial of an uninterrupted search."""
+    import json
+    import os
+    import signal
+
+    from ftpeft.core.outputs import SEARCH_JOURNAL_FILE
+    from ftpeft.core.preemption import PREEMPTED_EXIT_CODE, PREEMPTED_FILE
+    from ftpeft.search.study import SearchTrainer
+
+    def search(out, *extra):
+        return bert_cls.main(tiny_args(tiny_bert_dir, text_csv_dir, out, "--hp_search", "4", "--seed", "5", *extra))
+
+    whole = search(tmp_path / "whole")
+    uninterrupted = [(r["params"], r["lrs"]) for r in trial_records[:4]]
+    trial_records.clear()
+
+    create = SearchTrainer.create_optimizer  # the recording one: a signal as trial 2 starts training
+
+    def signalling(self, model=None):
+        if self._trial.number == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return create(self, model)
+
+    monkeypatch.setattr(SearchTrainer, "create_optimizer", signalling)
+    out = tmp_path / "preempted"
+    original = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        search(out)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # on its way out, as a stopped run
+    signal.signal(signal.SIGTERM, original)
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    record = json.loads((out / PREEMPTED_FILE).read_text())
+    assert (record["signal"], record["trials_done"], record["trials"]) == ("SIGTERM", 2, 4)
+    assert record["resume_command"].endswith("--resume_from_checkpoint auto")
+    assert {p.name for p in out.iterdir()} == {SEARCH_JOURNAL_FILE, PREEMPTED_FILE}  # no final run, no report
+    with pytest.raises(FtpeftError, match="holds the trials of a search"):  # the same command, not continued
+        search(out)
+
+    monkeypatch.setattr(SearchTrainer, "create_optimizer", create)
+    trial_records.clear()
+    continued = search(out, "--resume_from_checkpoint", "auto")
+    assert [(r["params"], r["lrs"]) for r in trial_records[:2]] == uninterrupted[2:]  # trials 2 and 3 only
+    assert len(trial_records) == 2  # no other trial ran
+    assert continued["hp_search"] == {**whole["hp_search"], "wall_s": continued["hp_search"]["wall_s"]}
+    settings = {
+        name: yaml.safe_load((folder / "best.yaml").read_text())
+        for name, folder in (("a", out), ("b", tmp_path / "whole"))
+    }
+    assert {**settings["a"], "output_dir": None} == {**settings["b"], "output_dir": None}
+    assert not (out / PREEMPTED_FILE).exists()

@@ -33,7 +33,8 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume_from_checkp
         raise FtpeftError(f"--output_dir {path} is a file, not a directory; choose another --output_dir.")
     if overwrite or resume_from_checkpoint or not path.is_dir():
         return
-    existing = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)  # the lock: a live run is refused by it
+    # the lock: a live run is refused by it; a search's journal: the search refuses it (its final run starts beside it)
+    existing = sorted(p.name for p in path.iterdir() if p.name not in (LOCK_FILE, SEARCH_JOURNAL_FILE))
     if existing:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
         raise FtpeftError(
@@ -42,6 +43,7 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume_from_checkp
         )
 
 
+SEARCH_JOURNAL_FILE = "hp_search_journal.log"  # --hp_search: its trials (Optuna journal), beside the final run
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -169,7 +171,9 @@ def resolve_resume(
         return None
     if resume_from_checkpoint == "auto":
         found = last_complete_checkpoint(output_dir)
-        others = {p.name for p in Path(output_dir).iterdir()} - {LOCK_FILE} if Path(output_dir).is_dir() else set()
+        # the lock and a --hp_search journal are not a run's outputs (the final run of a search starts beside its journal)
+        not_outputs = {LOCK_FILE, SEARCH_JOURNAL_FILE}
+        others = {p.name for p in Path(output_dir).iterdir()} - not_outputs if Path(output_dir).is_dir() else set()
         if found is None and others and not others <= set(fresh_start_files):
             raise FtpeftError(
                 f"--resume_from_checkpoint auto: no complete checkpoint in {output_dir}, which is not empty; "

@@ -71,9 +71,11 @@ class SearchArguments:
             )
         if tuning_args.lp_ft or tuning_args.gradual_unfreeze:
             raise FtpeftError("--hp_search cannot be combined with --lp_ft or --gradual_unfreeze (staged unfreezing).")
-        if training_args.resume_from_checkpoint:
+        if training_args.resume_from_checkpoint not in (None, "auto"):
             raise FtpeftError(
-                "--hp_search cannot resume a checkpoint; rerun the search or train with --config best.yaml."
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: a search continues only from its "
+                "own output dir (--resume_from_checkpoint auto: the trials left, then the final run); or train the "
+                "best settings with --config best.yaml."
             )
         if training_args.world_size > 1:
             raise FtpeftError("--hp_search runs in one process; launch it without several ranks.")

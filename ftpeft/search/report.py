@@ -14,7 +14,8 @@ from ftpeft.search.space import SearchSpace
 REPORT_FILE = "hp_search.md"
 PLOT_FILE = "hp_search.png"
 BEST_FILE = "best.yaml"
-SEARCH_KEYS = ("hp_search", "hp_search_fields", "hp_search_metric")  # a rerun of best.yaml trains once
+# a rerun of best.yaml trains once, in the dir it is given (a resumed search's own resume is not the settings)
+SEARCH_KEYS = ("hp_search", "hp_search_fields", "hp_search_metric", "resume_from_checkpoint")
 
 
 def best_config(config: dict[str, Any], best_values: dict[str, Any]) -> dict[str, Any]:

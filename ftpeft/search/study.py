@@ -12,12 +12,17 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import optuna
 from torch import nn
+from transformers import TrainerCallback
 
+from ftpeft.core.errors import FtpeftError
 from ftpeft.core.metrics import metric_spec
 from ftpeft.core.param_groups import build_param_groups
+from ftpeft.core.preemption import PREDICTION_STEPS_PER_CHECK, Preempted, SignalFlag, Stop
 from ftpeft.core.settings import resolve_settings
 from ftpeft.core.stopping import PlateauStopping, StoppingPlan, auto_epoch_changes, early_stopping
 from ftpeft.core.trainer import FtpeftTrainer
@@ -79,21 +84,57 @@ class TrialModels:
         return model
 
 
+class SearchPreemption(TrainerCallback):
+    """Ends the search once a preemption signal came (``--preemption_signals``; the handler only sets ``flag``): it is
+    read as a trial begins, after every optimizer step and every few evaluation batches, and raises ``Preempted``
+    through Trainer and Optuna. The trial then running stays unfinished in the journal, and is run again, from its
+    start, when the search continues (trials keep no checkpoints)."""
+
+    def __init__(self, flag: SignalFlag):
+        self.flag = flag
+        self.prediction_steps = 0
+
+    def _check(self, state) -> None:
+        if self.flag.received:
+            raise Preempted(Stop(self.flag.received, state.global_step))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._check(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._check(state)
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.prediction_steps += 1
+        if self.prediction_steps % PREDICTION_STEPS_PER_CHECK == 0:
+            self._check(state)
+
+
 BEST_STEP_ATTR = "best_step"  # the optimizer step of a trial's best evaluation (Optuna user attribute)
 
 
 class SearchTrainer(FtpeftTrainer):
     """FtpeftTrainer whose model and optimizer groups are rebuilt for every trial by ``TrialModels``.
 
+    With ``preemption`` (the search's signal flag) a preemption signal ends the search (``SearchPreemption``).
     With ``plan`` (``--num_train_epochs auto``) every trial stops on validation ``plan.metric`` (transformers'
     early stopping, its counter reset per trial) and is scored by its best evaluation, not its last; the step of
     that evaluation is kept on the trial (``BEST_STEP_ATTR``), so the final run can train to it.
     """
 
-    def __init__(self, *args, trial_models: TrialModels, plan: StoppingPlan | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        trial_models: TrialModels,
+        plan: StoppingPlan | None = None,
+        preemption: SignalFlag | None = None,
+        **kwargs,
+    ):
         self.trial_models = trial_models
         self.plan = plan
         super().__init__(*args, model_init=trial_models, **kwargs)
+        if preemption is not None:
+            self.add_callback(SearchPreemption(preemption))
         if plan is not None:
             self.stopper = early_stopping(plan)
             self.add_callback(self.stopper)
@@ -155,25 +196,105 @@ def direction_of(metric: str) -> str:
     return "maximize" if metric_spec(metric, "--hp_search_metric").greater_is_better else "minimize"
 
 
-def run_search(trainer: SearchTrainer, space: SearchSpace, n_trials: int, metric: str, seed: int):
-    """``n_trials`` Optuna trials (the first: the given settings), TPE sampler seeded with ``seed``, median
-    pruner at every evaluation; returns the finished ``optuna.Study``. Only the validation split is scored."""
-    import optuna
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Optuna's TPE sampler, seeded afresh for every trial with ``seed + trial.number``: a trial's values depend only on
+    the seed and the trials before it, not on what this process sampled earlier, so a search continued from its journal
+    after a preemption samples the trials it had left exactly as the uninterrupted search would have."""
 
-    storage = optuna.storages.InMemoryStorage()
-    direction = direction_of(metric)
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction)
-    study.enqueue_trial(space.given)
-    trainer.hyperparameter_search(
-        hp_space=space.training_values,
-        compute_objective=lambda metrics: metrics[f"eval_{metric}"],
-        n_trials=n_trials,
-        direction=direction,
-        backend="optuna",
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.current = optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study, trial) -> None:
+        self.current = optuna.samplers.TPESampler(seed=self.seed + trial.number)
+        self.current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.current.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.current.reseed_rng()
+
+
+FINISHED = ("COMPLETE", "PRUNED")  # trial states a continued search keeps; a trial cut short is run again
+
+
+def search_identity(space: SearchSpace, metric: str, seed: int) -> dict[str, Any]:
+    """What a journal's study must match to be continued: the space, the metric and the sampler's seed."""
+    return {"space": space.describe(), "metric": metric, "seed": seed}
+
+
+def open_study(journal: Path, space: SearchSpace, metric: str, seed: int):
+    """The study in ``journal`` (Optuna's journal file), ready to run its remaining trials: a new one whose first trial
+    is the given settings; or the last one there, continued. Trials are numbered as they ran, so when the last
+    study's final trial was cut short (a preemption, a kill), its finished trials are copied into a fresh study in
+    the same journal and the cut trial is run again under its own number."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    identity = search_identity(space, metric, seed)
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    previous = optuna.load_study(study_name=names[-1], storage=storage) if names else None
+    if previous is not None and previous.user_attrs.get("identity") != identity:
+        raise FtpeftError(
+            f"--resume_from_checkpoint auto: {journal} holds a search with other settings "
+            f"({previous.user_attrs.get('identity')}); pass --overwrite_output_dir to start afresh there, or choose "
+            "another --output_dir."
+        )
+    finished = [] if previous is None else [t for t in previous.trials if t.state.name in FINISHED]
+    if previous is not None and len(finished) == len(previous.trials):
+        return previous, storage
+    study = optuna.create_study(
         storage=storage,
-        study_name=STUDY_NAME,
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS),
+        study_name=f"{STUDY_NAME}-{len(names)}" if names else STUDY_NAME,
+        direction=direction_of(metric),
     )
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    study.set_user_attr("identity", identity)
+    study.add_trials(finished)
+    if not finished:
+        study.enqueue_trial(space.given)
+    return study, storage
+
+
+def finished_trials(journal: Path) -> int:
+    """How many trials the last study in ``journal`` finished (0 when there is none yet)."""
+    if not journal.is_file():
+        return 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    if not names:
+        return 0
+    study = optuna.load_study(study_name=names[-1], storage=storage)
+    return sum(trial.state.name in FINISHED for trial in study.trials)
+
+
+def run_search(trainer: SearchTrainer, space: SearchSpace, n_trials: int, metric: str, seed: int, journal: Path):
+    """``n_trials`` Optuna trials (the first: the given settings), TPE seeded per trial from ``seed``, median pruner
+    at every evaluation, kept in ``journal`` (Optuna's journal file): a search run again with the same settings
+    continues there and runs only the trials it had left. Returns the finished ``optuna.Study``. Only the validation
+    split is scored."""
+    study, storage = open_study(journal, space, metric, seed)
+    done = sum(trial.state.name in FINISHED for trial in study.trials)  # not the waiting trial 0 of a new study
+    if done:
+        logger.warning("hp search: %d of %d trials already done (%s); running the rest", done, n_trials, journal)
+    if done < n_trials:
+        trainer.hyperparameter_search(
+            hp_space=space.training_values,
+            compute_objective=lambda metrics: metrics[f"eval_{metric}"],
+            n_trials=n_trials - done,
+            direction=direction_of(metric),
+            backend="optuna",
+            storage=storage,
+            study_name=study.study_name,
+            load_if_exists=True,
+            sampler=TrialSeededSampler(seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS),
+        )
+    return optuna.load_study(study_name=study.study_name, storage=storage)

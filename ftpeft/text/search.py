@@ -36,38 +36,92 @@ class SearchOutcome:
 
 def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "bert_cls") -> dict[str, Any]:
     """Search, train the best settings once (validation, then test, as any run), write hp_search.md,
-    hp_search.png and best.yaml next to the model; returns the final run's metrics plus the search's summary."""
-    from ftpeft.core.outputs import check_output_dir
+    hp_search.png and best.yaml next to the model; returns the final run's metrics plus the search's summary.
+
+    The trials are kept in ``OUTPUT_DIR/hp_search_journal.log`` (Optuna's journal file). A preemption signal
+    (``--preemption_signals``) during the search writes ``OUTPUT_DIR/.preempted`` and exits 75, as a run does;
+    the same command with ``--resume_from_checkpoint auto`` runs only the trials left, then the final run (which
+    itself resumes from its last checkpoint when it was the one preempted)."""
+    from ftpeft.core.outputs import SEARCH_JOURNAL_FILE, check_output_dir
+    from ftpeft.core.preemption import Preempted, SignalFlag, Stop, clear_preempted, parse_signals
     from ftpeft.search.report import BEST_FILE, search_summary, write_best_yaml, write_search_report
     from ftpeft.text.job import train_classifier
 
     model_args, data_args, tuning_args, search_args, run_args, training_args = parsed
     search_args.check_with(tuning_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    journal = output_dir / SEARCH_JOURNAL_FILE
+    continuing = training_args.resume_from_checkpoint == "auto"
+    if journal.is_file() and not (continuing or run_args.overwrite_output_dir):
+        raise FtpeftError(
+            f"--output_dir {output_dir} holds the trials of a search ({SEARCH_JOURNAL_FILE}); pass "
+            "--resume_from_checkpoint auto to continue it, --overwrite_output_dir to start afresh there, or choose "
+            "another --output_dir."
+        )
     # refuse a non-empty output dir now, not after the trials
     check_output_dir(training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint)
-    outcome = search_classifier(
-        model_args, data_args, tuning_args, search_args, training_args, parsed.resolved, run_args
-    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not continuing:  # --overwrite_output_dir: a new search, not the old one's trials
+        journal.unlink(missing_ok=True)
+    clear_preempted(output_dir)
+    flag = SignalFlag(parse_signals(run_args.preemption_signals))
+    flag.install()
+    try:
+        outcome = search_classifier(
+            model_args, data_args, tuning_args, search_args, training_args, parsed.resolved, run_args, flag
+        )
+        if flag.received:  # after the last trial's last check: the rerun goes straight to the final run
+            raise Preempted(Stop(flag.received, 0))
+    except Preempted as preempted:
+        leave_search(preempted.stop, output_dir, flag, search_args.hp_search)
+    finally:
+        flag.restore()
     summary = search_summary(outcome.study, outcome.space, outcome.metric)
     header = (
         f"best of {summary['trials']} trials ({summary['metric']} {summary['best_value']:.4f} on validation, "
         f"trial {summary['best_trial']}; trial 0, the given settings: {summary['given_value']})"
     )
+    # a continued search's final run continues too: from its own last checkpoint, if it was the one preempted
+    continued = ["--resume_from_checkpoint", "auto"] if continuing else []
     with tempfile.TemporaryDirectory() as folder:  # parsed by the recipe's parser, as --config best.yaml would be
         write_best_yaml(Path(folder) / BEST_FILE, outcome.best_config, recipe, header)
-        final = parse(["--config", str(Path(folder) / BEST_FILE)])
+        final = parse(["--config", str(Path(folder) / BEST_FILE), *continued])
     model_args, data_args, tuning_args, _, run_args, training_args = final
     logger.info("training the best settings once: %s", summary["best_values"])
     metrics = train_classifier(model_args, data_args, tuning_args, run_args, training_args, config=final.resolved)
     if training_args.process_index == 0:
-        output_dir = Path(training_args.output_dir)
         write_best_yaml(output_dir / BEST_FILE, outcome.best_config, recipe, header)
         write_search_report(output_dir, outcome.study, outcome.space, outcome.metric, outcome.wall_s)
     return {**metrics, "hp_search": {**summary, "wall_s": round(outcome.wall_s, 1)}}
 
 
+def leave_search(stop, output_dir: Path, flag, n_trials: int) -> None:
+    """A preempted search: ``OUTPUT_DIR/.preempted`` (the record a run writes, with the trials kept), the last line
+    (which trial runs again, and the command that continues), exit 75. Nothing after the search runs."""
+    import sys
+
+    from ftpeft.core.config import command_line
+    from ftpeft.core.outputs import SEARCH_JOURNAL_FILE, write_json
+    from ftpeft.core.preemption import PREEMPTED_EXIT_CODE, PREEMPTED_FILE, preemption_record, resume_argv
+    from ftpeft.search.study import finished_trials
+
+    flag.ignore()
+    journal = output_dir / SEARCH_JOURNAL_FILE
+    done = finished_trials(journal)
+    record = preemption_record(stop, command_line(resume_argv(sys.argv)))
+    record.update({"trials_done": done, "trials": n_trials, "journal": str(journal.resolve())})
+    write_json(output_dir / PREEMPTED_FILE, record)
+    then = f"trial {done} runs again, then the rest" if done < n_trials else "the final run of the best trial follows"
+    logger.warning(
+        "preempted by %s during --hp_search: %d of %d trials done, kept in %s; %s; exit %d. Resume: the same "
+        "command with --resume_from_checkpoint auto: %s",
+        record["signal"], done, n_trials, journal, then, PREEMPTED_EXIT_CODE, record["resume_command"],
+    )  # fmt: skip
+    raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
 def search_classifier(
-    model_args, data_args, tuning_args, search_args, training_args, config, run_args=None
+    model_args, data_args, tuning_args, search_args, training_args, config, run_args=None, preemption=None
 ) -> SearchOutcome:
     """Run ``--hp_search`` trials of a text classifier on the train and validation splits only.
 
@@ -79,6 +133,7 @@ def search_classifier(
 
     from ftpeft.core.lifecycle import setup_logging
     from ftpeft.core.metrics import chosen_metric, make_compute_metrics
+    from ftpeft.core.outputs import SEARCH_JOURNAL_FILE
     from ftpeft.labels.loss import loss_weights
     from ftpeft.search.report import best_config
     from ftpeft.search.space import build_space
@@ -141,9 +196,11 @@ def search_classifier(
             target=target,
             pos_weight=pos_weight,
             plan=plan,
+            preemption=preemption,
         )
         start = time.perf_counter()
-        study = run_search(trainer, space, search_args.hp_search, metric, training_args.seed)
+        journal = Path(training_args.output_dir) / SEARCH_JOURNAL_FILE
+        study = run_search(trainer, space, search_args.hp_search, metric, training_args.seed, journal)
         wall_s = time.perf_counter() - start
     best = best_config(config, study.best_trial.params)
     if plan is not None:
