@@ -16,6 +16,7 @@ import json
 import os
 import random
 import runpy
+import shlex
 import subprocess
 import sys
 import traceback
@@ -124,6 +125,18 @@ def slurm_stand_ins(bin_dir: Path, accelerate: str) -> dict[str, str]:
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+
+
+def squeue_stand_in(bin_dir: Path, prints: str, code: int = 0, job_id: str = "4242") -> dict[str, str]:
+    """Write a stand-in ``squeue`` into ``bin_dir`` that appends its arguments to ``bin_dir/squeue.log``, prints
+    ``prints`` (to stderr when ``code`` is not 0) and exits ``code``; returns the environment of SLURM job ``job_id``
+    that finds it first on PATH."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    log, stream = shlex.quote(str(bin_dir / "squeue.log")), ">&2" if code else ""
+    lines = ["#!/bin/bash", f'echo "$*" >> {log}', f'printf "%s\\n" {shlex.quote(prints)} {stream}', f"exit {code}"]
+    (bin_dir / "squeue").write_text("\n".join(lines) + "\n")
+    (bin_dir / "squeue").chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": job_id}
 
 
 def assert_rank_zero_built_the_cache(result: subprocess.CompletedProcess, cache_dir: Path) -> None:
@@ -651,7 +664,8 @@ def signal_at(plan: list[dict], trainer):
     "at": "train_begin" | "step_end" | "prediction" | "save", "step": N, "batch": B, "rank": R}`` ("prediction": the
     B-th batch of the evaluation at step N; "save": inside the save of checkpoint-N, between the weights and the
     optimizer; "rank": only that rank). An entry with "pause_until": PATH instead writes the file "paused" and waits
-    there until PATH exists (a test then signals the process, or its launcher, from outside at a known step).
+    there until PATH exists (a test then signals the process, or its launcher, from outside at a known step); one with
+    "sleep": S sleeps S seconds there (a --max_time cap then passes at that point at the latest).
     Refuses (AssertionError) to send a signal nothing handles."""
     import signal
     import time
@@ -674,6 +688,9 @@ def signal_at(plan: list[dict], trainer):
                 deadline = time.time() + 120
                 while not Path(entry["pause_until"]).exists() and time.time() < deadline:
                     time.sleep(0.02)
+                continue
+            if "sleep" in entry:
+                time.sleep(entry["sleep"])
                 continue
             sig = getattr(signal, "SIG" + entry["signal"])
             assert signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN, None), f"nothing handles {sig!r}"

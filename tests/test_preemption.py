@@ -13,6 +13,8 @@ the early-stopping counter), the stopping record and the validation/test metrics
 | SIGTERM twice, the second during the save | the same |
 | SIGUSR1 before the first step | exit 75, no checkpoint; ``auto`` starts afresh: the same end |
 | ``--enable_jit_checkpoint`` + SIGTERM | ftpeft's path: exit 75, no final save, test, card or push; the same end |
+| ``--max_time 1.5s`` (a sleep at step 8: it passes there at the latest) | exit 75 at a checkpoint, reason max_time; |
+|                                                                         | resumed: the same end                     |
 | ``python`` recipe: a second run on its dir; SIGTERM from outside | refused in one line; exit 75, the log's last line |
 |                                                                  | says how to resume; the same end                  |
 | ``accelerate launch``, 1 process: SIGTERM to the launcher | forwarded; the rank saves within the launcher's 5 s |
@@ -209,6 +211,31 @@ def test_a_preempted_run_stops_at_a_checkpoint_and_resumes_to_the_same_end(
                                                         "--resume_from_checkpoint", "auto"))  # fmt: skip
     assert resumed.code == 0, resumed.stderr[-3000:]
     assert not (out / PREEMPTED_FILE).exists() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert assert_same_end(reference, out) == 0.0
+
+
+def test_a_run_stopped_by_its_max_time_resumes_to_the_same_end(
+    reference, tiny_bert_dir, text_csv_dir, tmp_path, caplog
+):
+    """--max_time 1.5s, counted from start_run; a 1.5 s sleep after step 8 makes it pass there at the latest (on a slow
+    machine earlier: where it stops varies, the end must not). No signal is sent; --preemption_signals none shows the
+    cap does not need one. The resumed run gets its own 1.5 s: --max_time 10m lets it finish."""
+    out = tmp_path / "run"
+    capped = auto_argv(tiny_bert_dir, text_csv_dir, out, "--preemption_signals", "none", "--max_time", "1.5s")
+    with signals_during_training([{"at": "step_end", "step": 8, "sleep": 1.5}]):
+        outcome = call_entry_point(bert_cls.main, capped)
+    assert outcome.code == PREEMPTED_EXIT_CODE, outcome.stderr[-3000:]
+    record = preempted(out)
+    assert (record["reason"], record["signal"]) == ("max_time", None) and 1 <= record["step"] <= 8
+    assert record["checkpoint"] == str((out / f"checkpoint-{record['step']}").resolve())
+    assert not [name for name in FINISHING_FILES if (out / name).exists()]
+    last_line = [r.getMessage() for r in caplog.records if r.name == "ftpeft"][-1]
+    assert last_line.startswith(f"preempted by the --max_time cap at step {record['step']}: checkpoint ")
+    assert "auto (it gets its own --max_time): " in last_line and last_line.endswith("--resume_from_checkpoint auto")
+    resumed = call_entry_point(bert_cls.main, auto_argv(tiny_bert_dir, text_csv_dir, out, "--max_time", "10m",
+                                                        "--resume_from_checkpoint", "auto"))  # fmt: skip
+    assert resumed.code == 0, resumed.stderr[-3000:]
+    assert not (out / PREEMPTED_FILE).exists()
     assert assert_same_end(reference, out) == 0.0
 
 
@@ -461,12 +488,19 @@ def test_preemption_signals_parse_or_name_the_flag(text, signals):
         assert parse_signals(text) == signals
 
 
-def test_bad_preemption_signals_or_jit_without_sigterm_exit_2_before_any_work(tiny_bert_dir, text_csv_dir, tmp_path):
-    for extra, message in (
-        (["--preemption_signals", "STOP"], "error: --preemption_signals 'STOP': STOP is not a signal a run can catch"),
-        (["--enable_jit_checkpoint", "--preemption_signals", "none"], "error: --enable_jit_checkpoint asks for a "),
+def test_bad_preemption_or_time_cap_flags_exit_2_in_one_line_before_any_work(
+    tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    ladder = load_recipe("ladder")
+    for main, extra, message in (
+        (bert_cls.main, ["--preemption_signals", "STOP"], "error: --preemption_signals 'STOP': STOP is not a signal "),
+        (bert_cls.main, ["--enable_jit_checkpoint", "--preemption_signals", "none"], "error: --enable_jit_checkpoint "),
+        (bert_cls.main, ["--max_time", "0"], "error: --max_time '0': use a positive duration such as 90s, 20m or 1.5h"),
+        (bert_cls.main, ["--max_time", "auto"], "error: --max_time auto: not inside a SLURM job (no SLURM_JOB_ID)"),
+        (ladder.main, ["--time_budget", "auto"], "error: --time_budget auto: not inside a SLURM job (no SLURM_JOB_ID)"),
     ):
-        outcome = call_entry_point(bert_cls.main, tiny_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", *extra))
+        outcome = call_entry_point(main, tiny_args(tiny_bert_dir, text_csv_dir, tmp_path / "out", *extra))
         assert outcome.code == 2 and outcome.stderr.startswith(message) and outcome.stderr.count("\n") == 1
         assert not (tmp_path / "out").exists()
 

@@ -11,6 +11,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import functools
 import os
 import sys
 import types
@@ -36,6 +37,7 @@ from ftpeft.core.validation import (
     check_training_values,
     rule_text,
 )
+from ftpeft.core.walltime import WALLTIME_MARGIN_S, duration_seconds
 
 AUTO_EPOCHS = "auto"  # --num_train_epochs auto: train until validation stops improving (ftpeft.core.stopping)
 
@@ -62,7 +64,7 @@ class OutputArguments:
 @dataclasses.dataclass
 class RunArguments(OutputArguments):
     """A Trainer run's own flags (bert_cls, knowledge_cls, image_cls, the ladder): how long it trains under
-    --num_train_epochs auto, and which signals preempt it."""
+    --num_train_epochs auto, which signals preempt it, and the wall time after which it stops as if preempted."""
 
     # --num_train_epochs auto (the recipes' default): how long, and how often it looks at validation
     early_stopping_patience: int = dataclasses.field(
@@ -111,6 +113,14 @@ class RunArguments(OutputArguments):
             "OUTPUT_DIR/.preempted; --resume_from_checkpoint auto continues. Comma-separated names (TERM,USR1), or none."
         },
     )
+    max_time: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Wall-time cap from the run's start (e.g. 90s, 20m, 1.5h; auto: the SLURM job's time left less "
+            f"{WALLTIME_MARGIN_S:.0f} s for the save): when it comes, training stops as on a preemption signal, at a "
+            "checkpoint, exit 75. A resumed run gets the cap anew. Default: none."
+        },
+    )
     # filled by parse_args, never flags: whether --num_train_epochs was 'auto', and which fields the command line
     # or --config set (as opposed to a dataclass's or the recipe's default)
     auto_epochs: bool = dataclasses.field(default=False, init=False)
@@ -119,6 +129,12 @@ class RunArguments(OutputArguments):
     def __post_init__(self):
         check_fields(self)
         parse_signals(self.preemption_signals)  # names the flag when a name is not a signal a run can catch
+        self.max_time_seconds  # noqa: B018  (read once, before any work: a bad cap or auto outside SLURM is refused)
+
+    @functools.cached_property
+    def max_time_seconds(self) -> float | None:
+        """--max_time in seconds (None: no cap); auto is what the job had left when the arguments were parsed."""
+        return None if self.max_time is None else duration_seconds(self.max_time, "--max_time")
 
 
 @dataclasses.dataclass

@@ -122,7 +122,7 @@ class Run:
     train_runtime_s: float | None = None
     group_lrs: GroupLearningRates = dataclasses.field(default_factory=GroupLearningRates)
     data_report: DataReport | None = None  # data_report.json and the card's data table
-    preemption: PreemptionGuard | None = None  # --preemption_signals: stop at a checkpoint, exit 75
+    preemption: PreemptionGuard | None = None  # --preemption_signals, --max_time: stop at a checkpoint, exit 75
     lock: OutputLock | None = None  # rank 0's hold on --output_dir (OUTPUT_DIR/.ftpeft.lock)
     target: Any = None  # the labels' Target as saved (thresholds chosen), once ``finish`` has run
     # name -> text of the files every checkpoint gets beside Trainer's (a knowledge model's keys): ``CheckpointFiles``
@@ -368,7 +368,9 @@ def start_run(
         settings = resolve_settings(training_args, changes)
         jit_checkpoint = getattr(training_args, "enable_jit_checkpoint", False)
         resume_command = command_line(resume_argv(sys.argv))
-        preemption = PreemptionGuard.start(run_args.preemption_signals, resume_command, jit_checkpoint=jit_checkpoint)
+        preemption = PreemptionGuard.start(  # --max_time counts from here
+            run_args.preemption_signals, resume_command, jit_checkpoint, run_args.max_time_seconds
+        )
     except BaseException:
         if lock is not None:
             lock.release()

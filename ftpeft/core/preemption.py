@@ -19,6 +19,10 @@ How a stop goes:
 - Rank 0 writes ``OUTPUT_DIR/.preempted`` (JSON: step, checkpoint, signal, resume command), the file a requeue script
   reads because launchers eat exit codes; every rank exits ``PREEMPTED_EXIT_CODE``; the log's last line says where
   the run stopped and how to resume it. The run never reaches ``Run.finish``: no final save, test, card or push.
+- ``--max_time`` (a wall-time cap, from ``start_run``) goes through this same path: once the cap has passed, the flag
+  reads as set (``MAX_TIME_STOP``) where it is checked, and the all-reduce makes every rank stop at the same step
+  even though each looks at its own clock. ``.preempted`` says ``"reason": "max_time"`` (``"signal": null``); a
+  resumed run gets the cap anew, counted from its own start.
 - transformers' ``--enable_jit_checkpoint`` goes through this same path: its own callback is removed, because it
   decides on one rank's signal alone, saves from inside a step, and then lets ``train()`` return as if training had
   finished (ftpeft would go on to save, score test and push).
@@ -50,6 +54,7 @@ PREEMPTED_FILE = ".preempted"  # OUTPUT_DIR/.preempted: where the run stopped an
 CHECKPOINT_NOTE = "ftpeft_preemption.json"  # in a checkpoint a preemption saved: the evaluation it skipped
 DEFAULT_SIGNALS = "TERM,USR1"
 PREDICTION_STEPS_PER_CHECK = 4  # evaluation batches between two looks at the flag (one small all-reduce each)
+MAX_TIME_STOP = 256  # the flag once --max_time has passed: no signal has this number (signals stop below 65)
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 
 
@@ -89,16 +94,24 @@ _ORIGINAL_HANDLERS: dict[signal.Signals, Any] = {}
 
 
 class SignalFlag:
-    """The first preemption signal received (0: none yet). Its handler only records it."""
+    """The first preemption signal received (0: none yet), or ``MAX_TIME_STOP`` once the ``max_time_s`` cap, counted
+    from the flag's creation, has passed. The signals' handler only records them."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...]):
+    def __init__(self, signals: tuple[signal.Signals, ...], max_time_s: float | None = None):
         self.signals = signals
         self.received = 0
         self.leaving = False  # stopped: the signals are ignored until the process exits
+        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s
 
     def _record(self, signum, frame) -> None:
         if not self.received:  # a second signal (the launcher's forward, a repeated scancel) changes nothing
             self.received = signum
+
+    def current(self) -> int:
+        """The stop this rank asks for now: the first signal, else ``MAX_TIME_STOP`` once the cap passed, else 0."""
+        if not self.received and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.received = MAX_TIME_STOP
+        return self.received
 
     def install(self) -> bool:
         """Handle the signals (main thread only; returns whether it could)."""
@@ -174,8 +187,12 @@ class Stop:
     checkpoint: str | None = None
 
     @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
+    def reason(self) -> str:
+        return "max_time" if self.signum == MAX_TIME_STOP else "signal"
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum == MAX_TIME_STOP else signal.Signals(self.signum).name
 
 
 class Preempted(BaseException):
@@ -210,7 +227,8 @@ def evaluated_at(state, step: int) -> bool:
 
 
 class PreemptionCallback(TrainerCallback):
-    """Stops training at a checkpoint once the ranks agree a preemption signal came (see the module docstring)."""
+    """Stops training at a checkpoint once the ranks agree a preemption signal (or the --max_time cap) came (see the
+    module docstring)."""
 
     def __init__(self, trainer, flag: SignalFlag, resume_from: str | None):
         self.trainer = trainer
@@ -225,7 +243,7 @@ class PreemptionCallback(TrainerCallback):
         trainer.checkpoint_writers.append(self._write_note)  # inside the save, before the seal vouches for it
 
     def _agreed(self, args) -> int:
-        return agreed_signal(self.flag.received, args.device)
+        return agreed_signal(self.flag.current(), args.device)
 
     def _note(self, step: int, pending: bool) -> None:
         """The note the checkpoint of ``step`` gets when it is saved (``_write_note``)."""
@@ -332,7 +350,8 @@ def drop_jit_checkpoint(trainer) -> bool:
 def preemption_record(stop: Stop, resume_command: str) -> dict[str, Any]:
     """What ``OUTPUT_DIR/.preempted`` holds: where the run stopped and the command that continues it."""
     return {
-        "signal": stop.signal_name,
+        "reason": stop.reason,  # "signal", or "max_time": the cap came
+        "signal": stop.signal_name,  # None when the cap came
         "step": stop.step,
         "checkpoint": str(Path(stop.checkpoint).resolve()) if stop.checkpoint else None,
         "evaluation_pending": stop.evaluation_pending,
@@ -345,28 +364,34 @@ def preemption_record(stop: Stop, resume_command: str) -> dict[str, Any]:
 
 def stop_line(record: dict[str, Any]) -> str:
     """The last line of a preempted run: where it stopped and the command that continues it."""
+    capped = record.get("reason") == "max_time"
     where = (
         f"checkpoint {record['checkpoint']} saved"
         if record["checkpoint"]
         else "no checkpoint yet (the rerun starts afresh)"
     )
     return (
-        f"preempted by {record['signal']} at step {record['step']}: {where}; exit {record['exit_code']}. Resume: "
-        f"the same launch with --resume_from_checkpoint auto: {record['resume_command']}"
+        f"preempted by {'the --max_time cap' if capped else record['signal']} at step {record['step']}: {where}; "
+        f"exit {record['exit_code']}. Resume: the same launch with --resume_from_checkpoint auto"
+        f"{' (it gets its own --max_time)' if capped else ''}: {record['resume_command']}"
     )
 
 
 @dataclasses.dataclass
 class PreemptionGuard:
-    """A run's preemption handling: the signal flag, installed from ``start_run`` on, and the training call."""
+    """A run's preemption handling: the signal flag (and the --max_time cap), from ``start_run`` on, and the training
+    call."""
 
     flag: SignalFlag
     resume_command: str
 
     @classmethod
-    def start(cls, signals: str, resume_command: str, jit_checkpoint: bool = False) -> PreemptionGuard:
-        """Handle ``signals`` (``--preemption_signals``) from now on. ``jit_checkpoint`` (transformers'
-        ``--enable_jit_checkpoint``, a save on SIGTERM) is refused where ``signals`` leave SIGTERM out."""
+    def start(
+        cls, signals: str, resume_command: str, jit_checkpoint: bool = False, max_time_s: float | None = None
+    ) -> PreemptionGuard:
+        """Handle ``signals`` (``--preemption_signals``) from now on, and stop ``max_time_s`` seconds from now
+        (``--max_time``; None: no cap). ``jit_checkpoint`` (transformers' ``--enable_jit_checkpoint``, a save on
+        SIGTERM) is refused where ``signals`` leave SIGTERM out."""
         parsed = parse_signals(signals)
         if jit_checkpoint and signal.SIGTERM not in parsed:
             raise FtpeftError(
@@ -374,15 +399,15 @@ class PreemptionGuard:
                 "leaves out; add TERM (ftpeft then saves on it, every rank at the same step) or drop "
                 "--enable_jit_checkpoint."
             )
-        flag = SignalFlag(parsed)
+        flag = SignalFlag(parsed, max_time_s)
         flag.install()
         return cls(flag, resume_command)
 
     def train(self, trainer, resume_from: str | None, output_dir: Path):
-        """``trainer.train``, stopping at a checkpoint on a preemption signal (then SystemExit(75))."""
+        """``trainer.train``, stopping at a checkpoint on a preemption signal or the cap (then SystemExit(75))."""
         if drop_jit_checkpoint(trainer):
             logger.info("--enable_jit_checkpoint: SIGTERM stops the run through ftpeft's preemption path")
-        if not self.flag.signals:
+        if not self.flag.signals and self.flag.deadline is None:
             return trainer.train(resume_from_checkpoint=resume_from)
         self.flag.install()  # again: a Trainer built since start_run may have taken a signal (the JIT callback)
         trainer.add_callback(PreemptionCallback(trainer, self.flag, resume_from))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, FRACTION, check_fields
+from ftpeft.core.walltime import WALLTIME_MARGIN_S, duration_seconds
 
 # rung name -> what it is; the default ladder runs DEFAULT_RUNGS, --rungs all adds the rest
 RUNG_NAMES = ("probe_head", "head_only", "last_k_small", "last_k_large", "lora", "full", "lp_ft", "gradual")
@@ -25,7 +26,10 @@ class LadderArguments:
     )
     time_budget: str = dataclasses.field(
         default="30m",
-        metadata={"help": "Wall time for the rungs (e.g. 90s, 20m, 1.5h); rungs estimated not to fit are skipped."},
+        metadata={
+            "help": "Wall time for the rungs (e.g. 90s, 20m, 1.5h; auto: the SLURM job's time left less "
+            f"{WALLTIME_MARGIN_S:.0f} s); rungs estimated not to fit are skipped."
+        },
     )
     rungs: list[str] = dataclasses.field(
         default_factory=lambda: ["default"],
@@ -57,17 +61,15 @@ class LadderArguments:
             from ftpeft.core.metrics import metric_spec
 
             metric_spec(self.metric, "--metric")  # an unknown name is refused before any work
-        self.budget_seconds  # noqa: B018  (validates the budget's format before any work)
+        self.budget_seconds  # noqa: B018  (read once, before any work: a bad budget or auto outside SLURM is refused)
         unknown = [name for name in self.rungs if name not in (*RUNG_NAMES, "all", "default")]
         if unknown:
             raise FtpeftError(f"--rungs {' '.join(unknown)}: unknown rung(s); choose from {', '.join(RUNG_NAMES)}.")
 
-    @property
+    @functools.cached_property
     def budget_seconds(self) -> float:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", self.time_budget)
-        if not match or float(match.group(1)) <= 0:
-            raise FtpeftError(f"--time_budget {self.time_budget!r}: use a positive duration such as 90s, 20m or 1.5h.")
-        return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+        """--time_budget in seconds; auto is what the job had left when the ladder started (squeue is asked once)."""
+        return duration_seconds(self.time_budget, "--time_budget")
 
     @property
     def rung_names(self) -> list[str]:
