@@ -14,6 +14,8 @@ Features (flag):
 - choice on validation only (--metric accuracy|macro_f1, --tolerance); test is shown, never used to choose;
   --seeds N gives mean ± sd
 - resumable: the same command into the same --output_dir skips finished rungs
+- preemptible (--preemption_signals): a signal stops it with exit 75 and OUTPUT_DIR/.preempted; the same command with
+  --resume_from_checkpoint auto resumes the interrupted rung from its checkpoint, with the time spent off the budget
 - every data, model and TrainingArguments flag of the recipe it runs (--modality text|image, default: inferred)
 
 Writes to --output_dir: ladder.md, ladder.json, ladder.png, transfer_curve.png/.md, probe/, rungs/<rung>-seed<s>/.

@@ -721,14 +721,16 @@ def signal_at(plan: list[dict], trainer):
 
 
 @contextlib.contextmanager
-def signals_during_training(plan: list[dict]):
-    """Within the block, every ftpeft run's training gets the ``signal_at(plan)`` callback (before ftpeft's own)."""
+def signals_during_training(plan: list[dict], run: str | None = None):
+    """Within the block, every ftpeft run's training gets the ``signal_at(plan)`` callback (before ftpeft's own); with
+    ``run``, only the training of the run whose --output_dir is named so (a ladder's rung seed: "full-seed42")."""
     from ftpeft.core.lifecycle import Run
 
     train = Run.train
 
     def train_with_signals(self, trainer):
-        trainer.add_callback(signal_at(plan, trainer))
+        if run is None or self.output_dir.name == run:
+            trainer.add_callback(signal_at(plan, trainer))
         return train(self, trainer)
 
     Run.train = train_with_signals

@@ -315,6 +315,8 @@ def test_the_cost_model_starts_from_its_guess_then_learns_length_and_speed():
 
 def test_a_rung_cut_by_the_budget_is_marked_not_converged(tmp_path, monkeypatch):
     import ftpeft.ladder.run as ladder_run
+    from ftpeft.core.preemption import SignalFlag
+    from ftpeft.ladder.requeue import PROGRESS_FILE, LadderProgress, LadderStops
     from ftpeft.ladder.rungs import Rung
 
     seen = {}
@@ -330,7 +332,8 @@ def test_a_rung_cut_by_the_budget_is_marked_not_converged(tmp_path, monkeypatch)
     cost = ladder_run.RungCost(rung, 0.01, {"train": 100, "validation": 10}, False, open_ended=True)
     learned = ladder_run.Learned(ladder_run.EPOCHS_TO_CONVERGE_GUESS)
     modality = ladder_run.Modality("text", "recipes/bert_cls.py", (), {})
-    result = ladder_run.run_rung(rung, [42], modality, [], tmp_path, cost, learned, 100.0, steps_per_epoch=4)
+    stops = LadderStops(SignalFlag(()), LadderProgress(tmp_path / PROGRESS_FILE, 100.0), tmp_path, "", True)
+    result = ladder_run.run_rung(rung, [42], modality, [], cost, learned, 4, stops)
     assert not result.comparable and f"the budget's {seen['cap']} steps" in result.stop_note
     assert result.as_json()["converged"] == [False] and result.as_json()["best_epoch"] == 1.0
 

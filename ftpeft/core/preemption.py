@@ -23,6 +23,9 @@ How a stop goes:
   reads as set (``MAX_TIME_STOP``) where it is checked, and the all-reduce makes every rank stop at the same step
   even though each looks at its own clock. ``.preempted`` says ``"reason": "max_time"`` (``"signal": null``); a
   resumed run gets the cap anew, counted from its own start.
+- A process that starts runs one after another (the ladder's rungs) holds the signals in ``outer_flag`` for its whole
+  life: each run's flag passes on what it receives and gives the signals back when the run ends, and the process
+  stops at its own safe points (``ftpeft.ladder.requeue``).
 - transformers' ``--enable_jit_checkpoint`` goes through this same path: its own callback is removed, because it
   decides on one rank's signal alone, saves from inside a step, and then lets ``train()`` return as if training had
   finished (ftpeft would go on to save, score test and push).
@@ -30,6 +33,7 @@ How a stop goes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -38,6 +42,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +111,8 @@ class SignalFlag:
     def _record(self, signum, frame) -> None:
         if not self.received:  # a second signal (the launcher's forward, a repeated scancel) changes nothing
             self.received = signum
+        for outer in _OUTER_FLAGS:  # a run inside another (a ladder's rung): the outer one hears it too
+            outer.received = outer.received or signum
 
     def current(self) -> int:
         """The stop this rank asks for now: the first signal, else ``MAX_TIME_STOP`` once the cap passed, else 0."""
@@ -445,3 +452,30 @@ def _leave_process_group() -> None:
 def clear_preempted(output_dir: str | Path) -> None:
     """A run that starts (or resumes) in ``output_dir`` removes the previous preemption's marker: a requeue reads it."""
     (Path(output_dir) / PREEMPTED_FILE).unlink(missing_ok=True)
+
+
+# the flags of processes that start runs of their own one after another (the ladder): ``outer_flag``
+_OUTER_FLAGS: list[SignalFlag] = []
+
+
+@contextlib.contextmanager
+def outer_flag(signals: tuple[signal.Signals, ...]) -> Iterator[SignalFlag]:
+    """For the block, a flag for a process that starts runs one after another (the ladder's rungs): it handles
+    ``signals`` between the runs, every run gives the signals back to it when it ends, and it also hears those a
+    run's own flag receives (a signal during a rung's final evaluation stops the ladder before its next rung). The
+    process reads it at its own safe points; afterwards the signals go back to what handled them before."""
+    flag = SignalFlag(signals)
+    if not flag.install():
+        yield flag
+        return
+    before = {sig: _ORIGINAL_HANDLERS[sig] for sig in signals}  # recorded by install: the process's own
+    _ORIGINAL_HANDLERS.update({sig: flag._record for sig in signals})  # what each run restores when it ends
+    _OUTER_FLAGS.append(flag)
+    try:
+        yield flag
+    finally:
+        _OUTER_FLAGS.remove(flag)
+        _ORIGINAL_HANDLERS.update(before)
+        if not flag.leaving:  # on the way out (stopped) the signals stay ignored, as a stopped run leaves them
+            for sig in signals:
+                signal.signal(sig, _ORIGINAL_HANDLERS.pop(sig))

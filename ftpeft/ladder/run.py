@@ -2,7 +2,8 @@
 
 ``run_ladder(argv)`` serves both ``ftpeft ladder`` and ``recipes/ladder.py``. Every rung is a real run of
 the recipe's job function, in this process, on the same data and seeds, with the recipe's own flags: the
-command printed for a rung reproduces it.
+command printed for a rung reproduces it. A preempted ladder exits 75 and continues mid-rung when requeued
+(``ftpeft.ladder.requeue``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from ftpeft.core.config import RunArguments, parse_args
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.metrics import chosen_metric, metric_spec
 from ftpeft.core.outputs import write_json
+from ftpeft.core.preemption import clear_preempted, outer_flag, parse_signals, resume_argv
 from ftpeft.core.settings import SETTINGS_FILE
 from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
 from ftpeft.ladder.probe import PROBE_C, PROBE_DIR, ProbeLayer, ProbeResult
 from ftpeft.ladder.report import RungRow, choose, scenario, write_outputs
+from ftpeft.ladder.requeue import PROGRESS_FILE, LadderProgress, LadderStops, rung_start_flags
 from ftpeft.ladder.rungs import Rung, build_rungs, choose_ks, estimate_seconds
 from ftpeft.tuning.args import EXACT_CACHE_DTYPE, TuningArguments
 
@@ -36,7 +39,8 @@ logger = logging.getLogger("ftpeft")
 MANIFEST_FILE = "ladder_manifest.json"
 RUNGS_DIR = "rungs"
 IMAGE_FLAGS = ("--image_dir", "--labels_csv", "--image_column", "--pretrained_file", "--image_size")
-OWN_FLAGS = (*LADDER_FLAGS, "output_dir", "overwrite_output_dir")
+# not the recipe's: --resume_from_checkpoint auto continues a requeued ladder (each rung seed resumes its own run)
+OWN_FLAGS = (*LADDER_FLAGS, "output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 # The cost model's guess of a rung's length under --num_train_epochs auto, before any rung has run: its best
 # evaluation within about 2 epochs, then --early_stopping_patience evaluations more (up to an epoch at 3
 # evaluations of a short epoch). Each finished rung replaces the guess: later rungs are estimated at the median
@@ -176,6 +180,7 @@ def prepare_output_dir(output_dir: Path, manifest: dict, overwrite: bool, is_mai
         if overwrite:
             for name in (RUNGS_DIR, PROBE_DIR):
                 shutil.rmtree(output_dir / name, ignore_errors=True)
+            (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json(existing, manifest)
 
@@ -187,18 +192,32 @@ def parse_ladder_args(argv: list[str]) -> tuple[Modality, Any]:
     return modality, parse_args((*modality.argument_types, LadderArguments), argv, defaults)
 
 
+def ladder_manifest(modality: str, argv: list[str]) -> tuple[list[str], dict]:
+    """(the recipe flags every rung gets, the manifest a rerun in the same dir must match to continue): the ladder's
+    own flags, its output dir and --resume_from_checkpoint are not the recipe's."""
+    base_argv = strip_flags(argv, OWN_FLAGS)
+    ladder_flags = [t for t in argv if t not in base_argv and t not in strip_flags(argv, LADDER_FLAGS)]
+    return base_argv, {"modality": modality, "recipe_flags": base_argv, "ladder_flags": ladder_flags}
+
+
 def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse, probe, run the rungs within the budget, choose on validation, write the ladder; returns ladder.json."""
+    """Parse, probe, run the rungs within the budget, choose on validation, write the ladder; returns ladder.json.
+    A preemption signal stops it with exit 75; the same command with --resume_from_checkpoint auto continues it."""
     import sys
+
+    from ftpeft.core.config import command_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
     modality, parsed = parse_ladder_args(argv)
     *recipe_args, ladder_args = parsed
     training_args, run_args = recipe_args[4], recipe_args[3]
+    if training_args.resume_from_checkpoint not in (None, "auto"):
+        raise FtpeftError(
+            f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: a ladder takes only auto (continue "
+            "from its manifest; each unfinished rung resumes from its own last checkpoint)."
+        )
     output_dir = Path(training_args.output_dir)
-    base_argv = strip_flags(argv, OWN_FLAGS)
-    ladder_flags = [t for t in argv if t not in base_argv and t not in strip_flags(argv, LADDER_FLAGS)]
-    manifest = {"modality": modality.name, "recipe_flags": base_argv, "ladder_flags": ladder_flags}
+    base_argv, manifest = ladder_manifest(modality.name, argv)
     from ftpeft.core.engine import check_engine
     from ftpeft.core.lifecycle import setup_logging
 
@@ -206,7 +225,22 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     check_engine(training_args, ["ftpeft ladder"])  # before the probe: an engine that cannot run the rungs
     is_main = training_args.process_index == 0
     prepare_output_dir(output_dir, manifest, run_args.overwrite_output_dir, is_main)
-    started = time.perf_counter()
+    if is_main:
+        clear_preempted(output_dir)  # a requeue reads it: it belongs to the stop this run continues
+    # --time_budget auto is this job's time left: a requeued job's own, so what earlier jobs spent is not carried
+    carry_spent = ladder_args.time_budget.strip().lower() != "auto"
+    progress = LadderProgress.load(output_dir, ladder_args.budget_seconds, carry_spent)
+    with outer_flag(parse_signals(run_args.preemption_signals)) as flag:
+        stops = LadderStops(flag, progress, output_dir, command_line(resume_argv(sys.argv)), is_main)
+        return climb(modality, recipe_args, ladder_args, base_argv, stops)
+
+
+def climb(
+    modality: Modality, recipe_args, ladder_args: LadderArguments, base_argv: list[str], stops: LadderStops
+) -> dict[str, Any]:
+    """The ladder in a prepared output dir: the probe, the rungs within the budget, the choice; returns ladder.json."""
+    training_args, run_args = recipe_args[4], recipe_args[3]
+    output_dir, is_main, progress = stops.output_dir, stops.is_main, stops.progress
 
     # --- 1. the transfer probe: one frozen pass, a regression per layer ----------------------------------
     cache_flags, cache_dtype = rung_cache(base_argv, recipe_args[2])
@@ -217,6 +251,9 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
     best_probe = probe.best(metric)
     ks = choose_ks(num_layers, best_probe.depth, probe.num_layers)
     logger.info("ladder: best probe layer %s; last-k rungs k = %s", best_probe.name, ks)
+    if is_main:
+        progress.save()
+    stops.check("after the probe")
 
     # --- 2. the rungs, cheapest first, within the budget ----------------------------------------------------
     # each rung stops on validation (--num_train_epochs auto, the recipes' default) unless an epoch count is given
@@ -240,10 +277,7 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(probe_row(best_probe, probe, modality, base_argv, output_dir, data_facts))
     steps_per_epoch = -(-rows_by_split.get("train", 0) // training_args.per_device_train_batch_size)
     for rung in sorted(rungs, key=lambda r: estimates[r.name]):
-        row = run_rung(
-            rung, seeds, modality, base_argv, output_dir, costs[rung.name], learned,
-            ladder_args.budget_seconds - (time.perf_counter() - started), steps_per_epoch,
-        )  # fmt: skip
+        row = run_rung(rung, seeds, modality, base_argv, costs[rung.name], learned, steps_per_epoch, stops)
         rows.append(row)
     order = {name: i for i, name in enumerate(ladder_args.rung_names)}
     rows.sort(key=lambda row: order.get(row.name, len(order)))
@@ -260,7 +294,7 @@ def run_ladder(argv: list[str] | None = None) -> dict[str, Any]:
         "modality": modality.name,
         "seeds": seeds,
         "budget_seconds": ladder_args.budget_seconds,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "wall_seconds": round(progress.spent, 1),  # with what earlier, preempted runs of this ladder spent
         "best_probe_layer": dataclasses.asdict(best_probe),
         "tolerance_method": "binomial standard error (a share)"
         if metric_spec(metric, "--metric").share or ladder_args.tolerance is not None
@@ -392,22 +426,19 @@ def run_rung(
     seeds: list[int],
     modality: Modality,
     base_argv: list[str],
-    output_dir: Path,
     cost: RungCost,
     learned: Learned,
-    seconds_left: float,
     steps_per_epoch: int,
+    stops: LadderStops,
 ) -> RungRow:
-    """Run (or take from an earlier, killed ladder) every seed of one rung; a refusal becomes the row's reason.
-    Under --num_train_epochs auto each seed stops on validation, or at the steps the budget leaves it."""
-    from ftpeft.core.outputs import write_json
-
-    runs_dir = output_dir / RUNGS_DIR
+    """Run (or take from an earlier, killed or preempted ladder) every seed of one rung; a refusal becomes the row's
+    reason. Under --num_train_epochs auto each seed stops on validation, or at the steps the budget leaves it. A seed
+    an earlier ladder left unfinished resumes from its last complete checkpoint."""
+    runs_dir = stops.output_dir / RUNGS_DIR
     argv_of = {
-        seed: [*base_argv, *rung.flags, "--seed", str(seed), "--output_dir", str(runs_dir / f"{rung.name}-seed{seed}"),
-               "--overwrite_output_dir"]
+        seed: [*base_argv, *rung.flags, "--seed", str(seed), "--output_dir", str(runs_dir / f"{rung.name}-seed{seed}")]
         for seed in seeds
-    }  # fmt: skip
+    }
     row = RungRow(rung.name, rung.what, rung_command(modality, argv_of[seeds[0]]), "done")
     row.estimated_seconds = round(learned.estimate(cost), 1)
     for seed in seeds:
@@ -415,30 +446,44 @@ def run_rung(
         if result_file.is_file():
             result = json.loads(result_file.read_text())
         else:
-            needed = learned.estimate(cost)
+            stops.check(f"before rung {rung.name}, seed {seed}")
+            needed, seconds_left = learned.estimate(cost), stops.progress.seconds_left()
             if _main_decides(needed > seconds_left):
                 row.status, row.reason = "skipped", f"estimated {needed:.0f} s > {max(seconds_left, 0):.0f} s left"
                 logger.warning("ladder: %s skipped (%s)", rung.name, row.reason)
                 break
-            argv = argv_of[seed]
+            folder = runs_dir / f"{rung.name}-seed{seed}"
+            start_flags = _main_decides(rung_start_flags(folder))
+            resuming = "--resume_from_checkpoint" in start_flags
+            argv = [*argv_of[seed], *start_flags]
             budget_cap = None
             if cost.open_ended:  # a rung that would outrun the budget stops at its share of it, marked so
-                budget_cap = _main_decides(budget_steps(cost, learned, seconds_left, steps_per_epoch))
+                caps = stops.progress.caps  # a resumed seed keeps the cap it started with: the same run to its end
+                if not (resuming and folder.name in caps):
+                    caps[folder.name] = _main_decides(budget_steps(cost, learned, seconds_left, steps_per_epoch))
+                    if stops.is_main:
+                        stops.progress.save()
+                budget_cap = caps[folder.name]
                 argv = [*argv, "--auto_max_steps", str(budget_cap)]
-            logger.warning("ladder: %s, seed %d (estimated %.0f s, %.0f s left)", rung.name, seed, needed, seconds_left)
+            logger.warning(
+                "ladder: %s, seed %d (estimated %.0f s, %.0f s left)%s", rung.name, seed, needed, seconds_left,
+                "; resuming from its last checkpoint" if resuming else "",
+            )  # fmt: skip
             start = time.perf_counter()
-            result = run_one(modality, argv)
+            with stops.rung_seed(folder):  # a preemption during it stops the ladder: exit 75
+                result = run_one(modality, argv)
             wall = time.perf_counter() - start
-            seconds_left -= wall
             if result["status"] == "done":
-                learned.learn(cost, wall, result.get("stopped_epoch"))
+                if not resuming:  # a resumed seed's wall time is a part of its run's
+                    learned.learn(cost, wall, result.get("stopped_epoch"))
                 if result.get("converged") is False:
                     capped_by_budget = budget_cap is not None and result.get("stopped_step", 0) >= budget_cap
                     result["stop_note"] = (
                         f"the budget's {budget_cap} steps" if capped_by_budget else "the --auto_max_epochs cap"
                     ) + f", validation still improving at epoch {result['stopped_epoch']:g}"
-            if Path(runs_dir).parent.is_dir() and _is_main():
+            if Path(runs_dir).parent.is_dir() and stops.is_main:
                 write_json(result_file, result)
+                stops.progress.save()
         if result["status"] != "done":
             row.status, row.reason = result["status"], result["reason"]
             break
@@ -461,14 +506,9 @@ def run_rung(
     return row
 
 
-def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
 def run_one(modality: Modality, argv: list[str]) -> dict[str, Any]:
-    """One run of the recipe's job in this process; its metrics, or why it could not run."""
+    """One run of the recipe's job in this process; its metrics, or why it could not run. A preempted run's exit
+    (SystemExit 75, a BaseException) is not a failure: it passes through to the ladder."""
     parsed = None
     try:
         parsed = parse_args(modality.argument_types, argv, modality.defaults)
