@@ -20,6 +20,22 @@ LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
 @pytest.fixture
+def restore_signals():
+    """A search stopped in this process ignores the preemption signals on its way out (as a run does); the handlers
+    are put back for the next test (and its subprocesses, which would inherit the ignoring)."""
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def restore():
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    yield restore
+    restore()
+
+
+@pytest.fixture
 def trial_records(monkeypatch):
     """What each trial's Trainer really trained: the trial's params, its model, its optimizer (recorded when
     Trainer creates it, after the trial's values were applied)."""
@@ -223,7 +239,7 @@ def test_auto_trials_stop_on_validation_and_the_final_run_trains_to_the_best_tri
 
 @pytest.mark.slow
 def test_a_preempted_search_continues_with_the_trials_it_had_left_and_chooses_the_same_best_trial(
-    tiny_bert_dir, text_csv_dir, tmp_path, trial_records, monkeypatch
+    tiny_bert_dir, text_csv_dir, tmp_path, trial_records, monkeypatch, restore_signals
 ):
     """SIGTERM during trial 2 of 4: exit 75, OUTPUT_DIR/.preempted, no final run; the same command with
     --resume_from_checkpoint auto runs trials 2 and 3 only (0 and 1 come from the journal), with the values and
@@ -252,11 +268,10 @@ def test_a_preempted_search_continues_with_the_trials_it_had_left_and_chooses_th
 
     monkeypatch.setattr(SearchTrainer, "create_optimizer", signalling)
     out = tmp_path / "preempted"
-    original = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         search(out)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # on its way out, as a stopped run
-    signal.signal(signal.SIGTERM, original)
+    restore_signals()
     assert stopped.value.code == PREEMPTED_EXIT_CODE
     record = json.loads((out / PREEMPTED_FILE).read_text())
     assert (record["signal"], record["trials_done"], record["trials"]) == ("SIGTERM", 2, 4)
@@ -277,3 +292,33 @@ def test_a_preempted_search_continues_with_the_trials_it_had_left_and_chooses_th
     }
     assert {**settings["a"], "output_dir": None} == {**settings["b"], "output_dir": None}
     assert not (out / PREEMPTED_FILE).exists()
+
+
+def test_max_time_ends_the_search_like_a_preemption(
+    tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch, restore_signals
+):
+    """--max_time bounds the search too: once it has passed (here: the clock jumps as trial 1 starts), the search
+    stops as on a signal, with reason max_time; trial 0 stays done in the journal."""
+    import json
+    import types
+
+    import ftpeft.core.preemption
+    from ftpeft.core.preemption import PREEMPTED_EXIT_CODE, PREEMPTED_FILE
+    from ftpeft.search.study import SearchTrainer
+
+    create, clock = SearchTrainer.create_optimizer, ftpeft.core.preemption.time
+
+    def jumping(self, model=None):
+        if self._trial.number == 1:
+            later = types.SimpleNamespace(**{**vars(clock), "monotonic": lambda: clock.monotonic() + 7200})
+            monkeypatch.setattr(ftpeft.core.preemption, "time", later)
+        return create(self, model)
+
+    monkeypatch.setattr(SearchTrainer, "create_optimizer", jumping)
+    out = tmp_path / "capped"
+    argv = tiny_args(tiny_bert_dir, text_csv_dir, out, "--hp_search", "3", "--max_time", "1h")
+    with pytest.raises(SystemExit) as stopped:
+        bert_cls.main(argv)
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    record = json.loads((out / PREEMPTED_FILE).read_text())
+    assert (record["reason"], record["signal"], record["trials_done"]) == ("max_time", None, 1)

@@ -85,18 +85,18 @@ class TrialModels:
 
 
 class SearchPreemption(TrainerCallback):
-    """Ends the search once a preemption signal came (``--preemption_signals``; the handler only sets ``flag``): it is
-    read as a trial begins, after every optimizer step and every few evaluation batches, and raises ``Preempted``
-    through Trainer and Optuna. The trial then running stays unfinished in the journal, and is run again, from its
-    start, when the search continues (trials keep no checkpoints)."""
+    """Ends the search once a preemption signal came (``--preemption_signals``; the handler only sets ``flag``) or its
+    ``--max_time`` passed: the flag is read as a trial begins, after every optimizer step and every few evaluation
+    batches, and ``Preempted`` is raised through Trainer and Optuna. The trial then running stays unfinished in the
+    journal, and is run again, from its start, when the search continues (trials keep no checkpoints)."""
 
     def __init__(self, flag: SignalFlag):
         self.flag = flag
         self.prediction_steps = 0
 
     def _check(self, state) -> None:
-        if self.flag.received:
-            raise Preempted(Stop(self.flag.received, state.global_step))
+        if self.flag.current():  # a signal, or the --max_time cap
+            raise Preempted(Stop(self.flag.current(), state.global_step))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._check(state)

@@ -64,14 +64,15 @@ def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "
     if not continuing:  # --overwrite_output_dir: a new search, not the old one's trials
         journal.unlink(missing_ok=True)
     clear_preempted(output_dir)
-    flag = SignalFlag(parse_signals(run_args.preemption_signals))
+    # --max_time bounds the search and its final run together: it counts from here
+    flag = SignalFlag(parse_signals(run_args.preemption_signals), run_args.max_time_seconds)
     flag.install()
     try:
         outcome = search_classifier(
             model_args, data_args, tuning_args, search_args, training_args, parsed.resolved, run_args, flag
         )
-        if flag.received:  # after the last trial's last check: the rerun goes straight to the final run
-            raise Preempted(Stop(flag.received, 0))
+        if flag.current():  # after the last trial's last check: the rerun goes straight to the final run
+            raise Preempted(Stop(flag.current(), 0))
     except Preempted as preempted:
         leave_search(preempted.stop, output_dir, flag, search_args.hp_search)
     finally:
@@ -83,6 +84,8 @@ def search_then_train(parsed, parse: Callable[[list[str]], Any], recipe: str = "
     )
     # a continued search's final run continues too: from its own last checkpoint, if it was the one preempted
     continued = ["--resume_from_checkpoint", "auto"] if continuing else []
+    if flag.deadline is not None:  # the final run gets what the search left of --max_time
+        continued += ["--max_time", f"{max(flag.deadline - time.monotonic(), 1.0):.1f}s"]
     with tempfile.TemporaryDirectory() as folder:  # parsed by the recipe's parser, as --config best.yaml would be
         write_best_yaml(Path(folder) / BEST_FILE, outcome.best_config, recipe, header)
         final = parse(["--config", str(Path(folder) / BEST_FILE), *continued])
@@ -112,10 +115,11 @@ def leave_search(stop, output_dir: Path, flag, n_trials: int) -> None:
     record.update({"trials_done": done, "trials": n_trials, "journal": str(journal.resolve())})
     write_json(output_dir / PREEMPTED_FILE, record)
     then = f"trial {done} runs again, then the rest" if done < n_trials else "the final run of the best trial follows"
+    cause = "the --max_time cap" if record["reason"] == "max_time" else record["signal"]
     logger.warning(
         "preempted by %s during --hp_search: %d of %d trials done, kept in %s; %s; exit %d. Resume: the same "
         "command with --resume_from_checkpoint auto: %s",
-        record["signal"], done, n_trials, journal, then, PREEMPTED_EXIT_CODE, record["resume_command"],
+        cause, done, n_trials, journal, then, PREEMPTED_EXIT_CODE, record["resume_command"],
     )  # fmt: skip
     raise SystemExit(PREEMPTED_EXIT_CODE)
 
