@@ -221,6 +221,7 @@ def render(rows: list[dict], extra: dict) -> str:
                 else "- |"
             )
         )
+    lines += seed_summary(rows)
     if rows:
         gaps = [r["test_gap_points"] for r in rows]
         ratios = [r["time_ratio"] for r in rows]
@@ -233,6 +234,40 @@ def render(rows: list[dict], extra: dict) -> str:
             ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """'mean ± sd' (sample sd; the mean alone for one value)."""
+    mean = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Per set and rung with several seeds: the chosen fixed count's and auto's test accuracy, the gap and the steps
+    ratio as mean ± sd over the seeds (a gap within the seeds' spread is not auto's doing)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["rung"]), []).append(r)
+    several = {key: group for key, group in groups.items() if len(group) > 1}
+    if not several:
+        return []
+    lines = [
+        "",
+        "Over seeds (mean ± sd):",
+        "",
+        "| set | rung | seeds | chosen fixed count: test | auto: test | test gap (points) | steps ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (data, rung), group in several.items():
+        lines.append(
+            f"| {data} | {rung} | {', '.join(str(r['seed']) for r in group)} | "
+            f"{mean_sd([r['chosen_test'] for r in group])} | {mean_sd([r['auto_test'] for r in group])} | "
+            f"{mean_sd([r['test_gap_points'] for r in group], digits=1)} | "
+            f"{mean_sd([r['steps_ratio'] for r in group], digits=2)} |"
+        )
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:

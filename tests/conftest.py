@@ -2,6 +2,7 @@
 models on the reference machine), no Hub (any call fails fast). Fixtures only: the builders are in helpers.py."""
 
 import atexit
+import inspect
 import os
 import shutil
 import tempfile
@@ -32,14 +33,30 @@ settings.register_profile("long", max_examples=150, print_blob=True, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# What a test module writes when its tests launch several torch.distributed ranks (helpers.py's launchers, accelerate
+# launch, torchrun): each launch binds a rendezvous port, so under pytest-xdist (-n) these tests share one worker.
+LAUNCHES_RANKS = ("accelerate_bin()", "launch_recipe_on_two_cpu_ranks", "torchrun")
+RANKS_GROUP = pytest.mark.xdist_group("launches-ranks")
+
+
+def launches_ranks(item) -> bool:
+    """A slow test in a module that launches ranks (its fast tests launch none: they run anywhere)."""
+    module = getattr(item, "module", None)
+    if module is None or "slow" not in item.keywords:
+        return False
+    source = inspect.getsource(module)
+    return any(pattern in source for pattern in LAUNCHES_RANKS)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The fuzz_long tests run only in the long lane (HYPOTHESIS_PROFILE=long)."""
-    if os.environ.get("HYPOTHESIS_PROFILE") == "long":
-        return
+    """The fuzz_long tests run only in the long lane (HYPOTHESIS_PROFILE=long); rank launches run one at a time."""
+    long_lane = os.environ.get("HYPOTHESIS_PROFILE") == "long"
     skip = pytest.mark.skip(reason="long fuzz lane: set HYPOTHESIS_PROFILE=long")
     for item in items:
-        if "fuzz_long" in item.keywords:
+        if "fuzz_long" in item.keywords and not long_lane:
             item.add_marker(skip)
+        if launches_ranks(item):
+            item.add_marker(RANKS_GROUP)
 
 
 @pytest.fixture(scope="session")

@@ -322,10 +322,10 @@ CPU_DDP_LAUNCH = [accelerate_bin(), "launch", "--config_file", str(ROOT / "accel
                   "--no_python", sys.executable]  # fmt: skip
 
 
-def launch_two_ranks(plan: list[dict], model_dir, data_dir, out: Path, log: Path, *extra) -> subprocess.Popen:
+def launch_two_ranks(plan: list[dict], model_dir, data_dir, out: Path, log: Path, *extra, **env) -> subprocess.Popen:
     """``accelerate launch`` of bert_cls on 2 CPU ranks (gloo), batch 4 per rank, with ``plan``'s signals."""
     argv = auto_argv(model_dir, data_dir, out, "--per_device_train_batch_size", "4", *extra)
-    return start([*CPU_DDP_LAUNCH, *with_signals(plan, argv)], log)
+    return start([*CPU_DDP_LAUNCH, *with_signals(plan, argv)], log, **env)
 
 
 def launched(plan: list[dict], model_dir, data_dir, out: Path, log: Path, *extra) -> tuple[int, str]:
@@ -401,11 +401,11 @@ def test_a_rank_that_stops_answering_ends_the_launch_after_the_process_group_tim
     tiny_bert_dir, text_csv_dir, tmp_path
 ):
     """Rank 1 frozen (SIGSTOP: a hung node, which no launcher sees die) after step 2: rank 0 waits in its next
-    collective for --ddp_timeout (20 s here; ftpeft's launches default to RANK_TIMEOUT_S), then fails; the launcher
+    collective for --ddp_timeout (10 s here; ftpeft's launches default to RANK_TIMEOUT_S), then fails; the launcher
     stops rank 1 (SIGTERM, then SIGKILL after its 30 s grace) and exits non-zero."""
     out, paused, release = tmp_path / "run", tmp_path / "paused", tmp_path / "release"
     plan = [{"at": "step_end", "step": 2, "rank": 1, "pause_until": str(release), "paused": str(paused)}]
-    process = launch_two_ranks(plan, tiny_bert_dir, text_csv_dir, out, tmp_path / "hung.log", "--ddp_timeout", "20")
+    process = launch_two_ranks(plan, tiny_bert_dir, text_csv_dir, out, tmp_path / "hung.log", "--ddp_timeout", "10")
     wait_for(paused, process)
     frozen = time.monotonic()
     rank = int(paused.read_text())
@@ -416,9 +416,9 @@ def test_a_rank_that_stops_answering_ends_the_launch_after_the_process_group_tim
         with contextlib.suppress(ProcessLookupError):
             os.kill(rank, signal.SIGKILL)
     waited = time.monotonic() - frozen
-    print(f"hung rank: the launch exited {code} {waited:.1f} s after rank 1 froze (--ddp_timeout 20)")
+    print(f"hung rank: the launch exited {code} {waited:.1f} s after rank 1 froze (--ddp_timeout 10)")
     log = (tmp_path / "hung.log").read_text()
-    assert code != 0 and waited >= 20 and "Timed out" in log, log[-3000:]
+    assert code != 0 and waited >= 10 and "Timed out" in log, log[-3000:]
 
 
 FORWARD_PROBE = """
