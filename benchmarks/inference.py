@@ -273,29 +273,30 @@ def cpu_description() -> dict:
 
 
 def measure(dataset: str, run_dir: Path, data: Path, threads: int, args, env: dict) -> list[dict]:
-    """Every backend at every batch size on ``threads`` threads, in rotated rounds; one row per pass."""
+    """Every backend at every batch size on ``threads`` threads, in rotated rounds; one row per pass. Each round has
+    its own worker processes: the same loop runs up to 25% faster or slower from one process to the next (measured
+    with the plain timm loop alone), so a backend's median is over processes, not over passes of one."""
     env = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    workers = {}
-    for backend in BACKENDS:  # loaded one after another: a loading worker does not slow a measured one
-        workers[backend] = Worker(
-            {"backend": backend, "dataset": dataset, "run_dir": str(run_dir), "data": str(data), "threads": threads},
-            env,
-        )
-        workers[backend].read("READY")
-    rows = []
-    try:
-        for batch in BATCHES:
-            rows_scored = args.rows_at_batch_1 if batch == 1 else args.rows
-            for round_index in range(args.rounds):
-                order = BACKENDS[round_index % len(BACKENDS) :] + BACKENDS[: round_index % len(BACKENDS)]
+    spec = {"dataset": dataset, "run_dir": str(run_dir), "data": str(data), "threads": threads}
+    rows, peaks = [], {backend: 0.0 for backend in BACKENDS}
+    for round_index in range(args.rounds):
+        workers = {}
+        try:
+            for backend in BACKENDS:  # loaded one after another: a loading worker does not slow a measured one
+                workers[backend] = Worker({**spec, "backend": backend}, env)
+                workers[backend].read("READY")
+            order = BACKENDS[round_index % len(BACKENDS) :] + BACKENDS[: round_index % len(BACKENDS)]
+            for batch in BATCHES:
+                rows_scored = args.rows_at_batch_1 if batch == 1 else args.rows
                 for backend in order:
                     result = workers[backend].run(batch, rows_scored)
                     rows.append({"dataset": dataset, "threads": threads, "batch": batch, "round": round_index,
                                  "backend": backend, **result, "load": round(os.getloadavg()[0], 2)})  # fmt: skip
                     print(f"{dataset} threads {threads} batch {batch} round {round_index} {backend}: "
                           f"{result['rows_per_s']:.1f} rows/s (load {rows[-1]['load']})", flush=True)  # fmt: skip
-    finally:
-        peaks = {backend: worker.close() for backend, worker in workers.items()}
+        finally:
+            for backend, worker in workers.items():
+                peaks[backend] = max(peaks[backend], worker.close())
     for row in rows:
         row["peak_rss_mib"] = round(peaks[row["backend"]], 1)
     return rows
@@ -378,11 +379,12 @@ def notes(meta: dict, all_threads: int) -> list[str]:
             "predict's path does, ONNX included); the ONNX session itself adds little."
         ),
         (
-            "MNIST at batch 32, 1 thread: ftpeft predict ran at 0.77x the plain timm loop here and 0.86x in an earlier "
-            "full run the same day, yet the same two scorers alternated in one process gave 347 vs 290 and 357 vs 373 "
-            "rows/s: the gap is in "
-            "the worker (ftpeft's imports: transformers, datasets) or the shared machine, not in the predictor's loop; "
-            "not resolved."
+            "The same loop runs at different speeds in different processes: the plain timm loop alone (MNIST, batch 32, "
+            "1 thread, 640 digits) gave 270-297 rows/s in fresh processes that imported nothing else first and 357-383 "
+            "in processes that had imported datasets first (2026-12-06, idle cores, 2 processes each). So every round "
+            "starts fresh workers, and a backend's median is over processes; a gap that stays is a property of the "
+            "process (what it imported), not of the predictor's loop, which matched the plain loop pass for pass when "
+            "both ran in one process (342 vs 344, 375 vs 379 rows/s)."
         ),
         (
             "ftpeft predict's tokenisation goes through datasets.map, whose fingerprinting costs about 0.4 s a call: at "
