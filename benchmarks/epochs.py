@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> Path:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "load_start": load_start,
         "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "command": "python benchmarks/epochs.py" + (" " + " ".join(argv) if argv else ""),
+        "command": "python benchmarks/epochs.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     md = results_dir / f"epochs{suffix}.md"
     md.write_text(render(rows, extra))
