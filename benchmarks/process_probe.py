@@ -3,6 +3,7 @@
 ``both`` the predictor's own loop alternates with it in that one process.
 
     python benchmarks/process_probe.py RUN_DIR IMAGE_DIR clean imp:datasets imp:transformers ftpeft both --repeat 2
+    python benchmarks/process_probe.py RUN_DIR IMAGE_DIR clean mallopt    # with ftpeft predict's malloc setting
 
 RUN_DIR: an image_cls output dir (benchmarks/inference.py trains one); IMAGE_DIR: PNG files (its digits). Prints one
 JSON line per process: rows/s of each of 3 passes. Run it alone: it times.
@@ -22,6 +23,10 @@ from pathlib import Path
 def probe(mode: str, run_dir: Path, image_dir: Path, rows: int) -> dict:
     import importlib
 
+    if mode == "mallopt":  # ftpeft predict's CPU setting (ftpeft.predict.job.reuse_freed_tensor_memory), then nothing
+        from ftpeft.predict.job import reuse_freed_tensor_memory
+
+        reuse_freed_tensor_memory()
     import torch
 
     torch.set_num_threads(1)

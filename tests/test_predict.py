@@ -384,3 +384,31 @@ def test_the_documented_commands_parse_and_show_the_csv_shape():
         args = parse_predict_args(shlex.split(command))
         assert args.run_dir.startswith("outputs/") and args.output.endswith(".csv")
     assert "\n" + ",".join(prediction_columns("id", TEXT_LABELS)) + "\n" in section
+
+
+class RecordingLibc:
+    """A C library stand-in whose mallopt records its calls and answers ``answer`` (glibc: 1 applied, 0 refused)."""
+
+    def __init__(self, answer: int):
+        self.calls, self.answer = [], answer
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    "libc, applied, calls",
+    [
+        (RecordingLibc(1), True, [(-3, 32 * 2**20), (-1, 2**30)]),  # M_MMAP_THRESHOLD, then M_TRIM_THRESHOLD
+        (RecordingLibc(0), False, [(-3, 32 * 2**20)]),  # refused: the trim threshold is not touched
+        (object(), False, None),  # no mallopt (not glibc): nothing changes
+    ],
+    ids=["glibc", "refused", "no-mallopt"],
+)
+def test_cpu_prediction_keeps_freed_tensor_memory_where_glibc_allows(libc, applied, calls):
+    from ftpeft.predict.job import reuse_freed_tensor_memory
+
+    assert reuse_freed_tensor_memory(libc) is applied
+    if calls is not None:
+        assert libc.calls == calls

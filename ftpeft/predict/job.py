@@ -43,9 +43,44 @@ def input_modality(run: SavedRun) -> str:
     return "text"
 
 
+# glibc's mallopt parameters (malloc.h) and the values ftpeft predict sets on CPU (reuse_freed_tensor_memory)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit (4 MiB x sizeof(long))
+TRIM_THRESHOLD_BYTES = 2**30
+
+
+def reuse_freed_tensor_memory(libc=None) -> bool:
+    """Keep the memory of freed tensors in this process for the next batch (CPU inference).
+
+    glibc maps each block over its mmap threshold afresh and returns it to the OS when freed, so every batch pays
+    page faults for its activations again; how soon the threshold adapts depends on what the process did before,
+    which is why the same scoring loop ran 270-383 rows/s from process to process. A fixed 32 MiB threshold and a
+    1 GiB trim threshold keep those blocks in the heap: the MNIST loop at batch 32 ran 466-507 rows/s in every
+    process (``benchmarks/process_probe.py ... mallopt``). Without glibc's mallopt nothing changes. Returns whether
+    it applied."""
+    import ctypes
+    import ctypes.util
+
+    if libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name) if name else None
+        except OSError:
+            libc = None
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
+
+
 def load_predictor(run: SavedRun, device):
+    """The run's torch predictor on ``device``; on CPU, freed tensor memory is kept for reuse first."""
     import importlib
 
+    if getattr(device, "type", str(device)) == "cpu":
+        reuse_freed_tensor_memory()
     module, function = LOADERS[run.kind].split(":")
     return getattr(importlib.import_module(module), function)(run, device)
 
