@@ -233,23 +233,33 @@ def search_identity(space: SearchSpace, metric: str, seed: int) -> dict[str, Any
     return {"space": space.describe(), "metric": metric, "seed": seed}
 
 
+def last_study(journal: Path):
+    """(the journal's storage, the names of its studies, the last study or None) of Optuna's journal file."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    return storage, names, optuna.load_study(study_name=names[-1], storage=storage) if names else None
+
+
+def finished(study) -> list:
+    """The trials of ``study`` a continued search keeps (not a waiting, running or failed one)."""
+    return [trial for trial in study.trials if trial.state.name in FINISHED]
+
+
 def open_study(journal: Path, space: SearchSpace, metric: str, seed: int):
     """The study in ``journal`` (Optuna's journal file), ready to run its remaining trials: a new one whose first trial
     is the given settings; or the last one there, continued. Trials are numbered as they ran, so when the last
     study's final trial was cut short (a preemption, a kill), its finished trials are copied into a fresh study in
     the same journal and the cut trial is run again under its own number."""
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    storage, names, previous = last_study(journal)
     identity = search_identity(space, metric, seed)
-    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
-    previous = optuna.load_study(study_name=names[-1], storage=storage) if names else None
     if previous is not None and previous.user_attrs.get("identity") != identity:
         raise FtpeftError(
             f"--resume_from_checkpoint auto: {journal} holds a search with other settings "
             f"({previous.user_attrs.get('identity')}); pass --overwrite_output_dir to start afresh there, or choose "
             "another --output_dir."
         )
-    finished = [] if previous is None else [t for t in previous.trials if t.state.name in FINISHED]
-    if previous is not None and len(finished) == len(previous.trials):
+    kept = [] if previous is None else finished(previous)
+    if previous is not None and len(kept) == len(previous.trials):
         return previous, storage
     study = optuna.create_study(
         storage=storage,
@@ -257,8 +267,8 @@ def open_study(journal: Path, space: SearchSpace, metric: str, seed: int):
         direction=direction_of(metric),
     )
     study.set_user_attr("identity", identity)
-    study.add_trials(finished)
-    if not finished:
+    study.add_trials(kept)
+    if not kept:
         study.enqueue_trial(space.given)
     return study, storage
 
@@ -267,12 +277,8 @@ def finished_trials(journal: Path) -> int:
     """How many trials the last study in ``journal`` finished (0 when there is none yet)."""
     if not journal.is_file():
         return 0
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
-    if not names:
-        return 0
-    study = optuna.load_study(study_name=names[-1], storage=storage)
-    return sum(trial.state.name in FINISHED for trial in study.trials)
+    _, _, study = last_study(journal)
+    return 0 if study is None else len(finished(study))
 
 
 def run_search(trainer: SearchTrainer, space: SearchSpace, n_trials: int, metric: str, seed: int, journal: Path):
@@ -281,7 +287,7 @@ def run_search(trainer: SearchTrainer, space: SearchSpace, n_trials: int, metric
     continues there and runs only the trials it had left. Returns the finished ``optuna.Study``. Only the validation
     split is scored."""
     study, storage = open_study(journal, space, metric, seed)
-    done = sum(trial.state.name in FINISHED for trial in study.trials)  # not the waiting trial 0 of a new study
+    done = len(finished(study))  # not the waiting trial 0 of a new study
     if done:
         logger.warning("hp search: %d of %d trials already done (%s); running the rest", done, n_trials, journal)
     if done < n_trials:
