@@ -136,7 +136,7 @@ class HeadPredictor:
                 columns.append(text_features(backbone, batch).float().cpu().numpy())
         return np.concatenate(columns, axis=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as pipeline() runs: no autograd version counters per op
     def probabilities(self, indices: list[int]) -> np.ndarray:
         from ftpeft.features.heads import head_scores
 

@@ -23,7 +23,7 @@ class ImagePredictor:
     def prepare(self, inputs: ImageInput, text_columns: list[str] | None) -> None:
         self.files = inputs.files
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as pipeline() runs: no autograd version counters per op
     def probabilities(self, indices: list[int]) -> np.ndarray:
         pixels = torch.stack([self.transform(read_image(self.files[i])) for i in indices]).to(self.device)
         return model_scores(self.model(pixels), self.target)

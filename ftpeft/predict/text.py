@@ -8,6 +8,7 @@ per batch.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,16 @@ def encode_texts(rows, tokenizer, columns: list[str], max_length: int):
         texts = [["" if t is None else str(t) for t in batch[c]] for c in columns]
         return tokenizer(*texts, truncation=True, max_length=max_length)
 
-    return rows.select_columns(columns).map(encode, batched=True, remove_columns=columns, desc="tokenising")
+    # in memory under a fresh fingerprint: a prediction is never served from (or written to) datasets' cache, and
+    # datasets skips hashing the tokenizer to name one (about 0.1 s a call, which shows at batch 1 on few rows)
+    return rows.select_columns(columns).map(
+        encode,
+        batched=True,
+        remove_columns=columns,
+        desc="tokenising",
+        keep_in_memory=True,
+        new_fingerprint=uuid.uuid4().hex,
+    )
 
 
 def load_tokenizer(folder) -> Any:
@@ -140,7 +150,7 @@ class TextPredictor:
         self.encoded = encode_texts(inputs.rows, self.tokenizer, columns, max_seq_length(self.run))
         self.collate = DataCollatorWithPadding(self.tokenizer)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as pipeline() runs: no autograd version counters per op
     def probabilities(self, indices: list[int]) -> np.ndarray:
         batch = self.collate([self.encoded[i] for i in indices])
         logits = self.model(**{name: value.to(self.device) for name, value in batch.items()}).logits
