@@ -429,3 +429,28 @@ def test_two_rank_accelerate_launch(tmp_path):
     # 3 of the 24 images held out (10 %, stratified), each scored once: the sampler's padding duplicate is dropped
     assert "(eval split, 3 examples)" in (out / "classification_report.md").read_text()
     assert round(metrics["eval_accuracy"] * 3) == pytest.approx(metrics["eval_accuracy"] * 3)
+
+
+@pytest.mark.parametrize(
+    "transform_config",
+    [
+        {"input_size": (3, 64, 64), "interpolation": "bicubic", "crop_pct": 1.0, "mean": (0.5,) * 3, "std": (0.5,) * 3},
+        {"input_size": (3, 40, 40), "interpolation": "bilinear", "crop_pct": 0.875},  # ImageNet mean/std, a crop
+        {"input_size": (3, 32, 32), "crop_pct": 1.0, "mean": (0.0,) * 3, "std": (1.0,) * 3, "crop_mode": "squash"},
+    ],
+)
+def test_a_batch_normalised_at_once_equals_the_images_transformed_one_by_one(transform_config):
+    from PIL import Image
+    from timm.data import create_transform
+
+    from ftpeft.vision.data import pixel_batch
+
+    generator = torch.Generator().manual_seed(0)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8).numpy())
+        for h, w in [(28, 28), (50, 37), (64, 80)]
+    ]
+    transform = create_transform(**transform_config, is_training=False)
+    one_by_one = torch.stack([transform(image) for image in images])
+    assert torch.equal(pixel_batch(transform, images), one_by_one)
+    assert torch.equal(pixel_batch(lambda image: transform(image), images), one_by_one)  # not a Compose: per image

@@ -138,7 +138,9 @@ class OnnxImagePredictor(OnnxPredictor):
         self.files = inputs.files
 
     def probabilities(self, indices: list[int]) -> np.ndarray:
-        pixels = np.stack([self.transform(read_image(self.files[i])).numpy() for i in indices])
+        from ftpeft.vision.data import pixel_batch
+
+        pixels = pixel_batch(self.transform, [read_image(self.files[i]) for i in indices]).numpy()
         logits = self.logits({self.input_names[0]: pixels.astype(np.float32)})
         return model_scores(torch.from_numpy(logits), self.target)
 

@@ -455,6 +455,8 @@ def _progress(total: int, desc: str):
 def extract_image_splits(backbones: list[Backbone], splits: dict, batch_size: int) -> dict | None:
     """{split: (features of all backbones side by side, labels as the images hold them)} on rank 0; None on other
     ranks (``stored_labels`` gives the labels the stored form)."""
+    from ftpeft.vision.data import pixel_batch
+
     result = {}
     for split, images in splits.items():
         columns = []
@@ -464,7 +466,7 @@ def extract_image_splits(backbones: list[Backbone], splits: dict, batch_size: in
             def compute(indices, backbone=backbone, images=images, bar=bar):
                 rows = []
                 for batch in batched(indices, batch_size):
-                    pixels = torch.stack([backbone.transform(images.image(i)) for i in batch])
+                    pixels = pixel_batch(backbone.transform, [images.image(i) for i in batch])
                     rows.append(image_features(backbone, pixels).float().numpy())
                     bar.update(len(batch) * _world_size())
                 return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)

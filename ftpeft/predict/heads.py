@@ -122,12 +122,13 @@ class HeadPredictor:
     def features(self, indices: list[int]) -> np.ndarray:
         from ftpeft.features.extract import image_features, text_features
         from ftpeft.predict.inputs import read_image
+        from ftpeft.vision.data import pixel_batch
 
         columns = []
         if self.modality == "image":
             images = [read_image(self.inputs.files[i]) for i in indices]
             for backbone in self.backbones:
-                pixels = torch.stack([backbone.transform(image) for image in images]).to(self.device)
+                pixels = pixel_batch(backbone.transform, images).to(self.device)
                 columns.append(image_features(backbone, pixels).float().cpu().numpy())
         else:
             for backbone, (encoded, collate) in zip(self.backbones, self.encoded):

@@ -25,7 +25,9 @@ class ImagePredictor:
 
     @torch.inference_mode()  # as pipeline() runs: no autograd version counters per op
     def probabilities(self, indices: list[int]) -> np.ndarray:
-        pixels = torch.stack([self.transform(read_image(self.files[i])) for i in indices]).to(self.device)
+        from ftpeft.vision.data import pixel_batch
+
+        pixels = pixel_batch(self.transform, [read_image(self.files[i]) for i in indices]).to(self.device)
         return model_scores(self.model(pixels), self.target)
 
 

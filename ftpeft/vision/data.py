@@ -587,3 +587,17 @@ def build_transforms(model, data_args: ImageDataArguments) -> tuple[Callable, Ca
     """(train transform, eval transform, data config) of ``resolve_image_settings``."""
     settings = resolve_image_settings(model, data_args)
     return settings.train_transform, settings.eval_transform, settings.data_config
+
+
+def pixel_batch(transform: Callable, images: Sequence[Any]) -> Any:
+    """``torch.stack([transform(image) for image in images])``, with a trailing torchvision ``Normalize`` (timm's eval
+    transforms end with one) applied once to the stacked batch instead of per image: the same elementwise ops, so the
+    same values, in one call (a tenth of the time per image on small images such as MNIST's)."""
+    import torch
+    from torchvision.transforms import Compose, Normalize
+
+    steps = transform.transforms if isinstance(transform, Compose) else []
+    if len(steps) < 2 or not isinstance(steps[-1], Normalize) or steps[-1].inplace:
+        return torch.stack([transform(image) for image in images])
+    before = Compose(steps[:-1])
+    return steps[-1](torch.stack([before(image) for image in images]))
