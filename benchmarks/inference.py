@@ -387,8 +387,9 @@ def notes(meta: dict, all_threads: int) -> list[str]:
             "both ran in one process (342 vs 344, 375 vs 379 rows/s)."
         ),
         (
-            "ftpeft predict's tokenisation goes through datasets.map, whose fingerprinting costs about 0.4 s a call: at "
-            "batch 1 on few rows that fixed cost shows."
+            "ftpeft predict scores under torch.inference_mode, as pipeline() does; it tokenises through datasets.map in "
+            "memory under a fresh fingerprint (hashing the tokenizer for one took about 0.1 s a call, which showed at "
+            "batch 1); images are normalised once per batch (ftpeft.vision.data.pixel_batch)."
         ),
     ]
 
@@ -429,8 +430,8 @@ def write_results(folder: Path, rows, summary, checks, meta: dict) -> None:
         f"Command: `{meta['command']}`. {meta['date']}; {meta['machine']}.",
         f"CPU: {meta['cpu']['model']}; vector extensions: {', '.join(meta['cpu']['vector_extensions']) or 'none'}.",
         (
-            f"Load (1/5/15-min averages): {meta['load']}. The machine was shared with other jobs: read ratios, which "
-            "pair passes of the same round, before absolute rows/s."
+            f"Load (1/5/15-min averages): {meta['load']}. The passes themselves load the machine about 1 at one thread "
+            "and 2 at two; more is other jobs. Read ratios, which pair passes of the same round, before absolute rows/s."
         ),
         "",
         "Models: " + "; ".join(meta["models"].values()),
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> Path:
                    f"onnxruntime {onnxruntime.__version__}",
         "load": f"start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, end {load_end[0]:.1f}/"
                 f"{load_end[1]:.1f}/{load_end[2]:.1f}, median 1-min during passes {during:.1f} "
-                f"(on {os.cpu_count()} cores, shared with other jobs)",
+                f"(on {os.cpu_count()} cores)",
         "command": command, "rounds": args.rounds, "rows": meta_rows, "rows_at_batch_1": args.rows_at_batch_1,
         "cpu": cpu_description(), "models": models,
     }  # fmt: skip
