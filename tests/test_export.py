@@ -132,6 +132,7 @@ def test_an_int8_export_and_a_copied_export_folder(runs, tmp_path):
     assert outcome.code == 0, outcome.stderr[-3000:]
     info = json.loads((int8 / "onnx_export.json").read_text())
     assert info["quantize"] == "int8" and info["source"]["quantized_from"] == str(fp32 / "model.onnx")  # no 2nd trace
+    assert info["fp32_convolutions"] == 0 and "convolutions" not in outcome.stdout
     assert (int8 / "model.onnx").stat().st_size < 0.5 * (fp32 / "model.onnx").stat().st_size
 
     fp32_csv = predict_frame(run_dir, data, tmp_path / "fp32.csv", "--backend", "onnx")
@@ -203,3 +204,17 @@ def test_what_cannot_be_exported_is_refused_in_one_line(what, runs, tmp_path):
     lines = outcome.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1], outcome.stderr[-2000:]
     assert not (run_dir / "onnx").exists() or what == "an export of weights since changed"
+
+
+def test_an_int8_export_of_a_conv_net_says_its_convolutions_stay_fp32(runs, tmp_path):
+    run_dir, data = runs("timm")
+    outcome = cli_outcome("export", run_dir, "--quantize", "int8", "--output", tmp_path / "int8")
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    convolutions = json.loads((tmp_path / "int8" / "onnx_export.json").read_text())["fp32_convolutions"]
+    assert convolutions > 0
+    assert f"its {convolutions} convolutions stay fp32" in outcome.stdout
+    int8_csv = predict_frame(tmp_path / "int8", data, tmp_path / "int8.csv", "--backend", "onnx")
+    torch_csv = predict_frame(run_dir, data, tmp_path / "torch.csv")
+    assert list(int8_csv["id"]) == list(torch_csv["id"])
+    classes = list(torch_csv.columns[2:])
+    assert np.abs(int8_csv[classes].to_numpy() - torch_csv[classes].to_numpy()).max() < 0.05
