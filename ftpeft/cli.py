@@ -5,6 +5,7 @@ ftpeft ladder --time_budget 20m [recipe flags]    # which fine-tuning strategy f
 ftpeft predict OUTPUT_DIR --input test.csv --output preds.csv   # id, label, one probability column per class
 ftpeft app OUTPUT_DIR                             # a local page to try the model (pip install 'ftpeft[app]')
 ftpeft export OUTPUT_DIR --format onnx [--quantize int8]   # -> OUTPUT_DIR/onnx/ (pip install 'ftpeft[onnx]')
+ftpeft export OUTPUT_DIR --quantize int8 --calibration_data TRAIN_IMAGES   # a timm model, convolutions too
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=("none", "int8"),
         default="none",
-        help="int8: dynamic int8 quantisation (smaller, faster).",
+        help="int8: dynamic int8 quantisation (smaller, faster); convolutions stay fp32 without --calibration_data.",
+    )
+    export.add_argument(
+        "--calibration_data",
+        default=None,
+        help="With --quantize int8 of an image model: a folder of its training images (up to 256 are read) to "
+        "calibrate static int8 of every layer, convolutions included.",
     )
     export.add_argument("--output", default=None, help="The folder to write. Default: OUTPUT_DIR/onnx.")
     export.add_argument("--overwrite", action="store_true", help="Replace an earlier export in --output.")
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         from ftpeft.export.onnx import export_onnx
 
-        print(export_onnx(args.output_dir, args.output, args.quantize, args.overwrite).line())
+        print(export_onnx(args.output_dir, args.output, args.quantize, args.overwrite, args.calibration_data).line())
         return 0
     from ftpeft.core.hub import PushTarget, check_finished_run, push_run, resolve_token
 

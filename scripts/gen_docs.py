@@ -335,8 +335,9 @@ EPOCH_SETS = {  # epochs.json's set names -> what the reference table calls the 
     "trec6": ("TREC-6 questions", "TREC-6"),
     "mnist": ("MNIST digits", "4,000 MNIST digits"),
 }
-EPOCH_RUNGS = {("bert_cls", "last2"): "top 2 layers", ("bert_cls", "full"): "full fine-tuning",
-               ("image_cls", "last2"): "last 2 stages"}  # fmt: skip
+EPOCH_RUNGS = {("bert_cls", "head_only"): "head only", ("bert_cls", "last1"): "top layer",
+               ("bert_cls", "last2"): "top 2 layers", ("bert_cls", "lora"): "LoRA",
+               ("bert_cls", "full"): "full fine-tuning", ("image_cls", "last2"): "last 2 stages"}  # fmt: skip
 
 
 def legacy_epochs() -> list[Figure]:

@@ -218,3 +218,39 @@ def test_an_int8_export_of_a_conv_net_says_its_convolutions_stay_fp32(runs, tmp_
     assert list(int8_csv["id"]) == list(torch_csv["id"])
     classes = list(torch_csv.columns[2:])
     assert np.abs(int8_csv[classes].to_numpy() - torch_csv[classes].to_numpy()).max() < 0.05
+
+
+def test_a_calibrated_int8_export_of_a_conv_net_quantises_its_convolutions(runs, tmp_path):
+    run_dir, data = runs("timm")
+    train = data.parent / "train"
+    flags = ["--quantize", "int8", "--calibration_data", train, "--output", tmp_path / "static"]
+    outcome = cli_outcome("export", run_dir, *flags)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    info = json.loads((tmp_path / "static" / "onnx_export.json").read_text())
+    images = len(list(train.rglob("*.jpg")))
+    assert info["fp32_convolutions"] == 0 and info["calibration"] == {"folder": str(train.resolve()), "images": images}
+    assert f"calibrated on {images} images" in outcome.stdout and "stay fp32" not in outcome.stdout
+    static_csv = predict_frame(tmp_path / "static", data, tmp_path / "static.csv", "--backend", "onnx")
+    torch_csv = predict_frame(run_dir, data, tmp_path / "torch.csv")
+    assert list(static_csv["id"]) == list(torch_csv["id"])
+    classes = list(torch_csv.columns[2:])
+    assert np.abs(static_csv[classes].to_numpy() - torch_csv[classes].to_numpy()).max() < 0.1
+
+
+@pytest.mark.parametrize(
+    "case, flags, message",
+    [
+        ("stock", ["--quantize", "int8", "--calibration_data", "{train}"], "a text model's int8 is dynamic"),
+        ("timm", ["--calibration_data", "{train}"], "--calibration_data calibrates --quantize int8"),
+        ("timm", ["--quantize", "int8", "--calibration_data", "{missing}"], "not a folder"),
+        ("timm", ["--quantize", "int8", "--calibration_data", "{empty}"], "no readable images"),
+    ],
+)
+def test_calibration_data_is_refused_in_one_line_where_it_cannot_apply(runs, tmp_path, case, flags, message):
+    run_dir = runs(case)[0]
+    (tmp_path / "empty").mkdir()
+    places = {"train": runs("timm")[1].parent / "train", "missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    argv = [flag.format(**places) for flag in flags]
+    outcome = cli_outcome("export", run_dir, *argv, "--output", tmp_path / "out")
+    assert outcome.code == 2 and message in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
     ftpeft export outputs/bert_cls                       # -> outputs/bert_cls/onnx/model.onnx (fp32)
     ftpeft export outputs/bert_cls --quantize int8 --output outputs/bert_cls/onnx-int8
+    ftpeft export outputs/photos --quantize int8 --calibration_data photos/train   # static: convolutions too
     ftpeft predict outputs/bert_cls --backend onnx --input test.csv --output preds.csv
 
 The folder written holds everything ``ftpeft predict --backend onnx`` reads, so it can be copied alone:
@@ -43,6 +44,7 @@ QUANTIZE_CHOICES = ("none", "int8")
 # fell from 1.00 to 0.44 (64 test digits)
 QUANTIZED_OPS = ("MatMul", "Gemm", "Gather")
 FP32_WEIGHT_OPS = ("Conv", "ConvTranspose")  # weighted ops that dynamic quantisation leaves in fp32
+CALIBRATION_IMAGES = 256  # static int8: the ranges of activations are read on this many images at most
 CHECK_TOLERANCE = 1e-4  # max |logit difference| of the fp32 export vs torch on the check rows
 IMAGE_INPUT = "pixel_values"
 OUTPUT_NAME = "logits"
@@ -74,14 +76,17 @@ class ExportReport:
     seconds: float
     quantized_from: Path | None = None  # the fp32 export that int8 started from, when it was current
     fp32_convolutions: int = 0  # left in fp32 by int8's dynamic quantisation
+    calibration_images: int = 0  # static int8 of an image model: the images its activation ranges came from
 
     def line(self) -> str:
         precision = "int8 weights" if self.quantize == "int8" else "fp32"
         if self.quantize == "int8" and self.fp32_convolutions:
             precision = (
                 f"int8 weights in {', '.join(QUANTIZED_OPS)}; its {self.fp32_convolutions} convolutions stay fp32, "
-                "which ONNX Runtime's dynamic quantisation does not cover"
+                "which ONNX Runtime's dynamic quantisation does not cover (--calibration_data quantises them too)"
             )
+        elif self.quantize == "int8" and self.calibration_images:
+            precision = f"int8 weights and activations, calibrated on {self.calibration_images} images"
         if self.quantized_from is not None:
             precision += f", quantised from {self.quantized_from}"
         return (
@@ -197,7 +202,74 @@ def quantize_int8(source: Path, destination: Path) -> int:
         str(prepared), str(destination), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS)
     )
     prepared.unlink()
-    return sum(node.op_type in FP32_WEIGHT_OPS for node in onnx.load(str(destination)).graph.node)
+    return fp32_convolutions(onnx.load(str(destination)))
+
+
+def fp32_convolutions(model) -> int:
+    """Convolutions whose weights are fp32: not fed by a DequantizeLinear (the QDQ form of an int8 weight)."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return sum(node.op_type in FP32_WEIGHT_OPS and node.input[1] not in dequantized for node in model.graph.node)
+
+
+class CalibrationImages:
+    """ONNX Runtime's CalibrationDataReader over image files: batches of the export's evaluation transform."""
+
+    def __init__(self, files: list[str], transform, input_name: str, batch_size: int = 16):
+        self.batches = iter(range(0, len(files), batch_size))
+        self.files, self.transform, self.input_name, self.batch_size = files, transform, input_name, batch_size
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        from ftpeft.predict.inputs import read_image
+        from ftpeft.vision.data import pixel_batch
+
+        start = next(self.batches, None)
+        if start is None:
+            return None
+        images = [read_image(f) for f in self.files[start : start + self.batch_size]]
+        return {self.input_name: pixel_batch(self.transform, images).numpy()}
+
+
+def calibration_files(folder: str | Path) -> list[str]:
+    """Up to CALIBRATION_IMAGES image files of ``folder`` (recursively), a seeded sample when there are more, so
+    that class folders are all represented; unreadable files are skipped."""
+    import random
+
+    from ftpeft.predict.inputs import read_image_folder
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise FtpeftError(f"--calibration_data {folder}: not a folder; give a folder of the run's training images.")
+    try:
+        files = [str(f) for f in read_image_folder(path, strict=False).files]
+    except FtpeftError:
+        raise FtpeftError(
+            f"--calibration_data {folder}: no readable images in it; give the run's training images."
+        ) from None
+    if len(files) > CALIBRATION_IMAGES:
+        files = sorted(random.Random(0).sample(files, CALIBRATION_IMAGES))
+    return files
+
+
+def quantize_static_int8(source: Path, destination: Path, reader: CalibrationImages) -> int:
+    """ONNX Runtime's static quantisation in QDQ form: int8 weights per channel (convolutions included) and uint8
+    activations with ranges calibrated (min/max) on ``reader``'s images. Returns the convolutions left in fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = source.with_name("prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(destination),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink()
+    return fp32_convolutions(onnx.load(str(destination)))
 
 
 def _versions() -> dict[str, str | None]:
@@ -241,12 +313,20 @@ def check_output_folder(folder: Path, run: SavedRun, overwrite: bool) -> None:
         raise FtpeftError(f"--output {folder} holds an earlier export; pass --overwrite to replace it.")
 
 
-def export_onnx(run_dir: str | Path, output: str | Path | None = None, quantize: str = "none", overwrite: bool = False):
+def export_onnx(
+    run_dir: str | Path,
+    output: str | Path | None = None,
+    quantize: str = "none",
+    overwrite: bool = False,
+    calibration_data: str | Path | None = None,
+):
     """Export the run in ``run_dir`` to ``output`` (default RUN_DIR/onnx): model.onnx + what predicting needs.
 
     The fp32 graph is checked against torch on two rows before anything is written (max |logit difference| <=
     CHECK_TOLERANCE); ``quantize="int8"`` then replaces it by its int8 version (quantising RUN/onnx/model.onnx when
-    that is a current fp32 export, without tracing again). Returns an ExportReport."""
+    that is a current fp32 export, without tracing again): dynamic quantisation, or for an image model with
+    ``calibration_data`` (a folder of its training images) static quantisation of every layer, convolutions
+    included. Returns an ExportReport."""
     from ftpeft.core.outputs import staged, write_json
     from ftpeft.labels.target import save_target
     from ftpeft.predict.job import input_modality, load_predictor
@@ -262,6 +342,12 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, quantize:
     check_output_folder(folder, run, overwrite)
     require_onnx()
     modality = input_modality(run)
+    if calibration_data is not None and (quantize != "int8" or modality != "image"):
+        raise FtpeftError(
+            "--calibration_data calibrates --quantize int8 of an image model; a text model's int8 is dynamic and "
+            "needs none: drop the flag."
+        )
+    calibration = calibration_files(calibration_data) if calibration_data is not None else []
     predictor = load_predictor(run, torch.device("cpu"))
     module = LogitsOnly(predictor.model, modality).eval()
     info: dict[str, Any] = {"modality": modality, "run_kind": run.kind}
@@ -293,7 +379,10 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, quantize:
                 f"{CHECK_TOLERANCE:g}); it is not written. Report it with the model's architecture."
             )
         fp32_convolutions = 0
-        if quantize == "int8":
+        if quantize == "int8" and calibration:
+            reader = CalibrationImages(calibration, predictor.transform, IMAGE_INPUT)
+            fp32_convolutions = quantize_static_int8(fp32_path, model_path, reader)
+        elif quantize == "int8":
             fp32_convolutions = quantize_int8(fp32_path, model_path)
             fp32_path.unlink()
             difference = float(np.abs(onnx_logits(model_path, example) - expected).max())
@@ -307,6 +396,9 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, quantize:
             quantize=quantize,
             quantized_ops=list(QUANTIZED_OPS) if quantize == "int8" else [],
             fp32_convolutions=fp32_convolutions,
+            calibration={"folder": str(Path(calibration_data).resolve()), "images": len(calibration)}
+            if calibration
+            else None,
             input_names=list(example),
             output_name=OUTPUT_NAME,
             source={
@@ -320,4 +412,6 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, quantize:
         )
         write_json(staging / INFO_FILE, info)
     seconds = time.perf_counter() - started
-    return ExportReport(folder, folder / MODEL_FILE, quantize, difference, seconds, reused, fp32_convolutions)
+    return ExportReport(
+        folder, folder / MODEL_FILE, quantize, difference, seconds, reused, fp32_convolutions, len(calibration)
+    )
