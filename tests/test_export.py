@@ -230,6 +230,9 @@ def test_a_calibrated_int8_export_of_a_conv_net_quantises_its_convolutions(runs,
     images = len(list(train.rglob("*.jpg")))
     assert info["fp32_convolutions"] == 0 and info["calibration"] == {"folder": str(train.resolve()), "images": images}
     assert f"calibrated on {images} images" in outcome.stdout and "stay fp32" not in outcome.stdout
+    assert {p.name for p in (tmp_path / "static").iterdir()} == EXPORT_FILES
+    difference = info["check"]["max_abs_logit_difference"]  # read on real images: quantisation shows (noise did not)
+    assert difference > ATOL and f"by at most {difference:.2g}" in outcome.stdout
     static_csv = predict_frame(tmp_path / "static", data, tmp_path / "static.csv", "--backend", "onnx")
     torch_csv = predict_frame(run_dir, data, tmp_path / "torch.csv")
     assert list(static_csv["id"]) == list(torch_csv["id"])
