@@ -133,6 +133,8 @@ def test_a_preempted_ladder_requeued_ends_with_the_uninterrupted_rows_and_recomm
         assert now_spent > spent  # each run's seconds add up: they count against --time_budget
         spent = now_spent
     assert record["checkpoint"] == str((out / "rungs" / "full-seed42" / "checkpoint-5").resolve())
+    cut = json.loads((out / PROGRESS_FILE).read_text())["cut_seconds"]
+    assert list(cut) == ["full-seed42"] and cut["full-seed42"] > 0  # the preempted try's wall seconds
 
     resumed_from = {}
     train = Run.train
@@ -148,6 +150,10 @@ def test_a_preempted_ladder_requeued_ends_with_the_uninterrupted_rows_and_recomm
     assert rows(final.result) == rows(reference) and final.result["recommended"] == reference["recommended"]
     assert rung_scores(out) == rung_scores(tmp_path / "reference")
     assert final.result["wall_seconds"] >= spent
+    # the resumed rung's train seconds include its preempted try's: it does not look cheaper than it was
+    full = json.loads((out / "rungs" / "full-seed42.json").read_text())
+    assert full["train_seconds"] > cut["full-seed42"]
+    assert json.loads((out / PROGRESS_FILE).read_text())["cut_seconds"] == {}
     assert not (out / PREEMPTED_FILE).exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the ladder gave the signals back
 

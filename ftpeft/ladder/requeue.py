@@ -46,13 +46,15 @@ PROGRESS_FILE = "ladder_progress.json"
 
 @dataclasses.dataclass
 class LadderProgress:
-    """The ladder's clock across requeues: the seconds its earlier runs spent, and the budget cap (optimizer steps)
-    each open-ended rung seed started with, by its folder's name."""
+    """The ladder's clock across requeues: the seconds its earlier runs spent, the budget cap (optimizer steps) each
+    open-ended rung seed started with, and the wall seconds of each rung seed's preempted tries (which its train
+    seconds include once it finishes, so that a resumed rung does not look cheaper than it was), by folder name."""
 
     path: Path
     budget_seconds: float
     spent_before: float = 0.0
     caps: dict[str, int] = dataclasses.field(default_factory=dict)
+    cut_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
     @classmethod
@@ -61,7 +63,8 @@ class LadderProgress:
         their seconds do not count against this budget."""
         path = output_dir / PROGRESS_FILE
         saved = json.loads(path.read_text()) if path.is_file() else {}
-        return cls(path, budget_seconds, saved.get("spent_seconds", 0.0) if carry_spent else 0.0, saved.get("caps", {}))
+        spent = saved.get("spent_seconds", 0.0) if carry_spent else 0.0
+        return cls(path, budget_seconds, spent, saved.get("caps", {}), saved.get("cut_seconds", {}))
 
     @property
     def spent(self) -> float:
@@ -71,7 +74,9 @@ class LadderProgress:
         return self.budget_seconds - self.spent
 
     def save(self) -> None:
-        write_json(self.path, {"spent_seconds": round(self.spent, 3), "caps": self.caps})
+        write_json(
+            self.path, {"spent_seconds": round(self.spent, 3), "caps": self.caps, "cut_seconds": self.cut_seconds}
+        )
 
 
 def rung_start_flags(folder: Path) -> list[str]:
@@ -104,12 +109,15 @@ class LadderStops:
     @contextlib.contextmanager
     def rung_seed(self, folder: Path) -> Iterator[None]:
         """The block runs one rung seed in ``folder``: its preemption (exit 75, at a checkpoint when it had trained)
-        stops the ladder too, with the rung's record."""
+        stops the ladder too, with the rung's record, and its wall seconds count as that rung seed's."""
+        started = time.perf_counter()
         try:
             yield
         except SystemExit as stopped:
             if stopped.code != PREEMPTED_EXIT_CODE:
                 raise
+            cut = self.progress.cut_seconds
+            cut[folder.name] = round(cut.get(folder.name, 0.0) + time.perf_counter() - started, 3)
             rung_file = folder / PREEMPTED_FILE  # rank 0 wrote it before any rank left the rung
             record = json.loads(rung_file.read_text()) if self.is_main and rung_file.is_file() else {}
             where = f"in rung {folder.name} at step {record.get('step')}: " + (
