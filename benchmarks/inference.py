@@ -319,20 +319,26 @@ def measure(dataset: str, run_dir: Path, data: Path, threads: int, args, env: di
     return rows
 
 
+def round_ratios(passes: list[dict], dataset: str, threads: int, batch: int, backend: str) -> list[float]:
+    """Each round's rows/s of ``backend`` over the stock loader's in the same round (one setting)."""
+    same = [p for p in passes if (p["dataset"], p["threads"], p["batch"]) == (dataset, threads, batch)]
+    stock = {p["round"]: p["rows_per_s"] for p in same if p["backend"] == "stock"}
+    return [p["rows_per_s"] / stock[p["round"]] for p in same if p["backend"] == backend]
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Per (dataset, threads, batch, backend): median rows/s and the median per-round ratio to the stock loader."""
     summary = []
     settings = sorted({(r["dataset"], r["threads"], r["batch"]) for r in rows}, key=lambda s: (s[0] != "tweets", s))
     for dataset, threads, batch in settings:
         passes = [r for r in rows if (r["dataset"], r["threads"], r["batch"]) == (dataset, threads, batch)]
-        stock = {r["round"]: r["rows_per_s"] for r in passes if r["backend"] == "stock"}
         for backend in BACKENDS:
             mine = [r for r in passes if r["backend"] == backend]
             summary.append(
                 {
                     "dataset": dataset, "threads": threads, "batch": batch, "backend": backend,
                     "rows_per_s": statistics.median(r["rows_per_s"] for r in mine),
-                    "ratio_to_stock": statistics.median(r["rows_per_s"] / stock[r["round"]] for r in mine),
+                    "ratio_to_stock": statistics.median(round_ratios(passes, dataset, threads, batch, backend)),
                     "rounds": len(mine), "rows": mine[0]["rows"], "accuracy": mine[0]["accuracy"],
                     "peak_rss_mib": mine[0]["peak_rss_mib"],
                 }

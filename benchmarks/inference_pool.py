@@ -14,16 +14,9 @@ import json
 import statistics
 from pathlib import Path
 
-from inference import BATCHES, GOAL_FTPEFT, GOAL_INT8
+from inference import BATCHES, GOAL_FTPEFT, GOAL_INT8, round_ratios
 
 CELLS = [("ftpeft", batch, GOAL_FTPEFT) for batch in BATCHES] + [("onnx_int8", 32, GOAL_INT8)]
-
-
-def round_ratios(passes: list[dict], dataset: str, threads: int, batch: int, backend: str) -> list[float]:
-    """Each round's rows/s of ``backend`` over the stock loader's in the same round."""
-    same = [p for p in passes if (p["dataset"], p["threads"], p["batch"]) == (dataset, threads, batch)]
-    stock = {p["round"]: p["rows_per_s"] for p in same if p["backend"] == "stock"}
-    return [p["rows_per_s"] / stock[p["round"]] for p in same if p["backend"] == backend]
 
 
 def pooled_rows(runs: dict[str, list[dict]], dataset: str, backends: list[str]) -> list[str]:

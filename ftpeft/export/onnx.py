@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,15 +194,25 @@ def quantize_int8(source: Path, destination: Path) -> int:
     """ONNX Runtime's dynamic quantisation of the QUANTIZED_OPS: int8 weights, activations quantised per batch at run
     time. Returns how many convolutions it left in fp32 (dynamic quantisation does not cover them), so that the
     export says so instead of calling a conv net int8."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    def quantize(prepared: str) -> None:
+        quantize_dynamic(
+            prepared, str(destination), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS)
+        )
+
+    return quantized_from_prepared(source, destination, quantize)
+
+
+def quantized_from_prepared(source: Path, destination: Path, quantize: Callable[[str], None]) -> int:
+    """``quantize(prepared)`` writes ``destination`` from ``source`` after the quantiser's recommended pre-processing
+    (a staged prepared.onnx, removed after); returns the convolutions ``destination`` left in fp32."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = source.with_name("prepared.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # the quantiser's recommended step
-    quantize_dynamic(
-        str(prepared), str(destination), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS)
-    )
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize(str(prepared))
     prepared.unlink()
     return fp32_convolutions(onnx.load(str(destination)))
 
@@ -254,23 +265,20 @@ def calibration_files(folder: str | Path) -> list[str]:
 def quantize_static_int8(source: Path, destination: Path, reader: CalibrationImages) -> int:
     """ONNX Runtime's static quantisation in QDQ form: int8 weights per channel (convolutions included) and uint8
     activations with ranges calibrated (min/max) on ``reader``'s images. Returns the convolutions left in fp32."""
-    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared = source.with_name("prepared.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(destination),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    prepared.unlink()
-    return fp32_convolutions(onnx.load(str(destination)))
+    def quantize(prepared: str) -> None:
+        quantize_static(
+            prepared,
+            str(destination),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+    return quantized_from_prepared(source, destination, quantize)
 
 
 def _versions() -> dict[str, str | None]:

@@ -473,9 +473,9 @@ def run_rung(
             with stops.rung_seed(folder):  # a preemption during it stops the ladder: exit 75
                 result = run_one(modality, argv)
             wall = time.perf_counter() - start
-            if result["status"] == "done" and folder.name in stops.progress.cut_seconds:  # its preempted tries
-                result["train_seconds"] += stops.progress.cut_seconds.pop(folder.name)
             if result["status"] == "done":
+                if folder.name in stops.progress.cut_seconds:  # its preempted tries count as its training
+                    result["train_seconds"] += stops.progress.cut_seconds.pop(folder.name)
                 if not resuming:  # a resumed seed's wall time is a part of its run's
                     learned.learn(cost, wall, result.get("stopped_epoch"))
                 if result.get("converged") is False:
