@@ -332,6 +332,7 @@ def legacy_class_weights() -> list[Figure]:
 EPOCH_SETS = {  # epochs.json's set names -> what the reference table calls the data and its size
     "tweets500": ("demo", "500 demo tweets"),
     "tweets4000": ("demo", "4,000 demo tweets"),
+    "tweets16000": ("demo", "16,000 demo tweets"),
     "trec6": ("TREC-6 questions", "TREC-6"),
     "mnist": ("MNIST digits", "4,000 MNIST digits"),
 }
@@ -374,7 +375,7 @@ def legacy_ladder() -> list[Figure]:
             setup=f"the ladder, every rung to its stopping point; recommended {auto['recommended']}",
             recipe="ladder", data="demo", size="2,000 demo tweets (1,800 train, 200 val), 1,000 test", epochs="auto",
             seeds="42", figure=f"recommended: val {chosen['val_accuracy']:.3f}, test {chosen['test_accuracy']:.3f}; "
-            f"{auto['wall_seconds']:,.0f} s wall", date="2026-12-06", machine=REFERENCE_MACHINE + ", load about 5",
+            f"{auto['wall_seconds']:,.0f} s wall", date="2026-12-06", machine=REFERENCE_MACHINE + ", nothing else running (load 0.6 to 1.3)",
             source="ladder_text_auto.json", headline=True,
             command="OMP_NUM_THREADS=1 python recipes/ladder.py --demo_train_samples 2000 "
             "--per_device_train_batch_size 16 --time_budget 60m",
@@ -384,12 +385,13 @@ def legacy_ladder() -> list[Figure]:
         figures.append(
             Figure(
                 setup=f"the ladder's cost against one full fine-tuning run ({setting['setting']})", recipe="ladder",
-                data="demo" if setting["setting"] == "text" else "MNIST digits", size=" ".join(setting["flags"]),
-                epochs="1", seeds="42 (2 pairs)",
+                data="demo" if setting["setting"].startswith("text") else "MNIST digits",
+                size=" ".join(setting["flags"]), epochs="1" if "--num_train_epochs" in setting["flags"] else "auto",
+                seeds=f"42 ({len(setting.get('pair_walls_s', [])) or 2} pairs)",
                 figure=f"{setting['ladder_vs_full_wall']:.2f}x the wall time; recommended "
                 f"{setting['recommended']} at {setting['recommended_vs_full_train']:.2f}x full FT's train time",
-                date=setting.get("date", "2026-11-29"), machine=REFERENCE_MACHINE + ", idle",
-                source="ladder.json", command="python benchmarks/ladder.py",
+                date=setting.get("date", "2026-11-29"), machine=f"{REFERENCE_MACHINE}, load {setting.get('load_average_after', 'idle')} after",
+                source="ladder.json", command=setting.get("command", "python benchmarks/ladder.py"),
             )
         )  # fmt: skip
     return figures

@@ -747,6 +747,32 @@ def run_recipe_with_signals(plan: list[dict], recipe: str, argv: list[str]) -> N
         runpy.run_path(sys.argv[0], run_name="__main__")
 
 
+def run_scores(out: Path) -> dict:
+    """A finished run's validation and test metrics, without its timings."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {
+        key: value
+        for key, value in metrics.items()
+        if key.startswith(("eval_", "test_")) and not key.endswith(("runtime", "per_second"))
+    }
+
+
+def assert_same_end(reference: Path, resumed: Path, weight_files: tuple[str, ...] = ("model.safetensors",)) -> float:
+    """A resumed (or recovered) run ends exactly where the uninterrupted one does: the same validation/test scores and
+    the same tensors in each of ``weight_files``. Returns the largest weight difference (0.0 when it passes)."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert run_scores(resumed) == run_scores(reference)
+    largest = 0.0
+    for weights in weight_files:
+        ours, theirs = load_file(resumed / weights), load_file(reference / weights)
+        assert ours.keys() == theirs.keys(), weights
+        largest = max([largest, *((ours[name] - theirs[name]).abs().max().item() for name in ours)])
+        assert all(torch.equal(ours[name], theirs[name]) for name in ours), weights
+    return largest
+
+
 # --- a process without ftpeft -------------------------------------------------------------------------------------
 
 # The process that stands for a machine without ftpeft: any import of ftpeft fails, whatever is on the path; the

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import call_entry_point, damage_file, load_recipe, signals_during_training, tiny_args
+from helpers import assert_same_end, call_entry_point, damage_file, load_recipe, signals_during_training, tiny_args
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ftpeft.core import checkpoints, lifecycle
 from ftpeft.core.checkpoints import aside_path, recover_set_aside
@@ -58,20 +57,6 @@ def reference(tiny_bert_dir, text_csv_dir, tmp_path_factory):
     outcome = call_entry_point(bert_cls.main, argv(tiny_bert_dir, text_csv_dir, out))
     assert outcome.code == 0, outcome.stderr[-3000:]
     return out
-
-
-def scores(out: Path) -> dict:
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {
-        k: v for k, v in metrics.items() if k.startswith(("eval_", "test_")) and not k.endswith(("runtime", "second"))
-    }
-
-
-def assert_same_end(reference: Path, out: Path) -> None:
-    """The final weights and validation/test scores equal the uninterrupted run's."""
-    ours, theirs = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
-    assert scores(out) == scores(reference)
 
 
 def seal_of(folder: Path) -> dict:
