@@ -158,7 +158,21 @@ def _main_decides(value):
 
 
 def prepare_output_dir(output_dir: Path, manifest: dict, overwrite: bool, is_main: bool) -> None:
-    """A ladder's own dir is resumable: the same command continues it; a different one is refused as usual."""
+    """A ladder's own dir is resumable: the same command continues it; a different one is refused as usual. The main
+    process checks and prepares it and every rank takes its verdict: a rank that looked for itself could see the dir
+    half-written by the main one (not empty, or its manifest not yet written) and refuse alone."""
+    refusal = None
+    if is_main:
+        try:
+            _check_and_prepare(output_dir, manifest, overwrite)
+        except FtpeftError as error:
+            refusal = str(error)
+    refusal = _main_decides(refusal)
+    if refusal is not None:
+        raise FtpeftError(refusal)
+
+
+def _check_and_prepare(output_dir: Path, manifest: dict, overwrite: bool) -> None:
     existing = output_dir / MANIFEST_FILE
     if existing.is_file():
         previous = json.loads(existing.read_text())
@@ -176,13 +190,12 @@ def prepare_output_dir(output_dir: Path, manifest: dict, overwrite: bool, is_mai
             f"--output_dir {output_dir} is not empty ({shown}); pass --overwrite_output_dir to write into it, "
             "or choose another --output_dir."
         )
-    if is_main:
-        if overwrite:
-            for name in (RUNGS_DIR, PROBE_DIR):
-                shutil.rmtree(output_dir / name, ignore_errors=True)
-            (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json(existing, manifest)
+    if overwrite:
+        for name in (RUNGS_DIR, PROBE_DIR):
+            shutil.rmtree(output_dir / name, ignore_errors=True)
+        (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(existing, manifest)
 
 
 def parse_ladder_args(argv: list[str]) -> tuple[Modality, Any]:
