@@ -366,6 +366,11 @@ def legacy_epochs() -> list[Figure]:
     return figures
 
 
+def flag_value(flags: list[str], flag: str, default: str) -> str:
+    """The value after ``flag`` in a recorded command's ``flags``; ``default`` when it was not given."""
+    return flags[flags.index(flag) + 1] if flag in flags else default
+
+
 def legacy_ladder() -> list[Figure]:
     auto = read("ladder_text_auto.json")
     rungs = {r["name"]: r for r in auto["rungs"]}
@@ -386,7 +391,7 @@ def legacy_ladder() -> list[Figure]:
             Figure(
                 setup=f"the ladder's cost against one full fine-tuning run ({setting['setting']})", recipe="ladder",
                 data="demo" if setting["setting"].startswith("text") else "MNIST digits",
-                size=" ".join(setting["flags"]), epochs="1" if "--num_train_epochs" in setting["flags"] else "auto",
+                size=" ".join(setting["flags"]), epochs=flag_value(setting["flags"], "--num_train_epochs", "auto"),
                 seeds=f"42 ({len(setting.get('pair_walls_s', [])) or 2} pairs)",
                 figure=f"{setting['ladder_vs_full_wall']:.2f}x the wall time; recommended "
                 f"{setting['recommended']} at {setting['recommended_vs_full_train']:.2f}x full FT's train time",
