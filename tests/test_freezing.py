@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import ARCHITECTURES, text_batch, tiny_config, tiny_model
+from helpers import ARCHITECTURES, TIMM_MODEL, text_batch, tiny_config, tiny_model
 from transformers import AutoModelForSequenceClassification
 
 from ftpeft import FtpeftError, build_param_groups, layer_map, unfreeze_last
@@ -109,3 +109,25 @@ def test_frozen_batchnorm_keeps_running_stats():
     for name, value in stats.items():
         frozen = not name.startswith("layer4")
         assert torch.equal(value, after[name]) == frozen, name
+
+
+@pytest.mark.parametrize("model_type", [*ARCHITECTURES, "timm"])
+def test_trained_shares_are_what_unfreeze_last_trains_and_change_nothing(model_type):
+    from ftpeft.core.freezing import count_parameters, trained_shares
+
+    if model_type == "timm":
+        import timm
+
+        model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=3)
+    else:
+        model = tiny_model(model_type)
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    shares = trained_shares(model)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    layers = layer_map(model)
+    assert len(shares) == layers.num_layers + 1
+    for k, share in enumerate(shares):
+        unfreeze_last(model, k, layers=layers)
+        trainable, total = count_parameters(model)
+        assert share == pytest.approx(trainable / total)
+    assert shares == sorted(shares) and shares[-1] <= 1.0

@@ -8,10 +8,13 @@ import pytest
 from helpers import ROOT, TIMM_ARGS, accelerate_bin, load_recipe, run, write_class_folders
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.ladder.args import DEFAULT_RUNGS
 from ftpeft.ladder.report import RungRow, choose, default_tolerance
 from ftpeft.ladder.run import infer_modality, strip_flags
+from ftpeft.ladder.rungs import build_rungs, near_full_rungs
 
 ladder = load_recipe("ladder")
+DEFAULT_NAMES = list(DEFAULT_RUNGS)
 FAST = ["--max_steps", "6", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no"]
 
 
@@ -352,3 +355,25 @@ def test_an_auto_ladder_trains_each_rung_to_its_own_stopping_point(tiny_bert_dir
     assert "best epoch" in (tmp_path / "out" / "ladder.md").read_text() or any(
         not r["comparable"] for r in trained.values()
     )
+
+
+@pytest.mark.parametrize(
+    "names,shares,skipped",
+    [
+        # EfficientNet-Lite0-like: the top 6 of 7 stages hold 99.9% of the weights; the top 3, 92.5%
+        (DEFAULT_NAMES, [0.13, 0.31, 0.79, 0.925, 0.984, 0.996, 0.9996, 1.0], {"last_k_large"}),
+        # a text encoder: its embeddings stay frozen below 'all', no depth comes near full
+        (DEFAULT_NAMES, [0.01, 0.09, 0.17, 0.25, 0.33, 0.41, 0.49], set()),
+        # without the full rung, the deepest last-k is the ladder's most complete run: kept
+        ([n for n in DEFAULT_NAMES if n != "full"], [0.13, 0.31, 0.79, 0.925, 0.984, 0.996, 0.9996, 1.0], set()),
+        (DEFAULT_NAMES, None, set()),  # a probe saved before shares were recorded: nothing skipped
+    ],
+)
+def test_a_last_k_rung_that_trains_nearly_everything_is_skipped_beside_full(names, shares, skipped):
+    num_layers = 7 if shares is None else len(shares) - 1
+    rungs = build_rungs(names, num_layers, (3, 6), set(), [], False)
+    reasons = near_full_rungs(rungs, shares)
+    assert set(reasons) == skipped
+    for name in skipped:
+        k = next(r.unfreeze_last for r in rungs if r.name == name)
+        assert reasons[name].startswith(f"--unfreeze_last {k} trains {100 * shares[k]:.1f}%")

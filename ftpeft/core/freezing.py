@@ -233,6 +233,17 @@ def freeze_report(model: nn.Module, spec: str, layers: LayerMap | None = None) -
     return FreezeReport(spec, layers.source, layers.num_layers, trainable_layers, counts, trainable, total)
 
 
+def trained_shares(model: nn.Module, layers: LayerMap | None = None) -> list[float]:
+    """The share of ``model``'s parameters that ``--unfreeze_last k`` trains, for k = 0..num_layers (``all``
+    trains 1.0). Reads sizes only: no ``requires_grad`` changes."""
+    layers = layers or layer_map(model)
+    sizes = {name: param.numel() for name, param in model.named_parameters()}
+    total = max(sum(sizes.values()), 1)
+    readout = sum(sizes[name] for name in layers.head + layers.top)
+    per_layer = [sum(sizes[name] for name in names) for names in layers.layers]
+    return [(readout + sum(per_layer[len(per_layer) - k :])) / total for k in range(len(per_layer) + 1)]
+
+
 def unfreeze_last(
     model: nn.Module, k: int | None, train_embeddings: bool = False, layers: LayerMap | None = None
 ) -> FreezeReport:

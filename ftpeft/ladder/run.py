@@ -32,7 +32,7 @@ from ftpeft.ladder.args import LADDER_FLAGS, LadderArguments
 from ftpeft.ladder.probe import PROBE_C, PROBE_DIR, ProbeLayer, ProbeResult
 from ftpeft.ladder.report import RungRow, choose, scenario, write_outputs
 from ftpeft.ladder.requeue import PROGRESS_FILE, LadderProgress, LadderStops, rung_start_flags
-from ftpeft.ladder.rungs import Rung, build_rungs, choose_ks, estimate_seconds
+from ftpeft.ladder.rungs import Rung, build_rungs, choose_ks, estimate_seconds, near_full_rungs
 from ftpeft.tuning.args import EXACT_CACHE_DTYPE, TuningArguments
 
 logger = logging.getLogger("ftpeft")
@@ -274,6 +274,15 @@ def climb(
     cached_ks = cached_depths(caches, num_layers, epochs)
     cache_scores = cache_dtype == EXACT_CACHE_DTYPE
     rungs = build_rungs(ladder_args.rung_names, num_layers, ks, cached_ks, cache_flags, cache_scores)
+    skipped = near_full_rungs(rungs, data_facts.get("trained_share"))
+    for name, why in skipped.items():
+        logger.warning("ladder: %s skipped (%s)", name, why)
+    skipped_rows = [
+        RungRow(r.name, r.what, rung_command(modality, [*base_argv, *r.flags]), "skipped", skipped[r.name])
+        for r in rungs
+        if r.name in skipped
+    ]
+    rungs = [r for r in rungs if r.name not in skipped]
     if is_main:
         prune_prefix_caches(caches, {r.unfreeze_last for r in rungs if r.cached})
     rows_by_split = data_facts["rows"]
@@ -288,6 +297,7 @@ def climb(
     rows: list[RungRow] = []
     if "probe_head" in ladder_args.rung_names:
         rows.append(probe_row(best_probe, probe, modality, base_argv, output_dir, data_facts))
+    rows.extend(skipped_rows)
     steps_per_epoch = -(-rows_by_split.get("train", 0) // training_args.per_device_train_batch_size)
     for rung in sorted(rungs, key=lambda r: estimates[r.name]):
         row = run_rung(rung, seeds, modality, base_argv, costs[rung.name], learned, steps_per_epoch, stops)
@@ -596,7 +606,7 @@ def probe_text(recipe_args, cache_dtype: str, metric: str = "auto"):
     from transformers import AutoModel, DataCollatorWithPadding
 
     from ftpeft.core.artifacts import loading_model
-    from ftpeft.core.freezing import layer_map
+    from ftpeft.core.freezing import layer_map, trained_shares
     from ftpeft.ladder.precache import plan_prefix_caches
     from ftpeft.ladder.probe import probe_layers, text_layer_features
     from ftpeft.text.data import load_tokenized_data
@@ -611,7 +621,8 @@ def probe_text(recipe_args, cache_dtype: str, metric: str = "auto"):
     with loading_model(model_path):
         model = AutoModel.from_pretrained(model_path).eval()
     collator = DataCollatorWithPadding(data.tokenizer)
-    num_layers = layer_map(model).num_layers
+    groups = layer_map(model)
+    num_layers = groups.num_layers
     caches = plan_prefix_caches(recipe_args, model_path, data, model, collator, num_layers, cache_dtype)
     start = time.perf_counter()
     features = {}
@@ -632,12 +643,13 @@ def probe_text(recipe_args, cache_dtype: str, metric: str = "auto"):
         "num_classes": len(data.label_names),
         "label_names": data.label_names,
         "problem_type": data.target.problem_type,
+        "trained_share": trained_shares(model, groups),
     }
     return result, facts, num_layers, caches.describe()
 
 
 def probe_images(recipe_args, metric: str = "auto"):
-    from ftpeft.core.freezing import layer_map
+    from ftpeft.core.freezing import layer_map, trained_shares
     from ftpeft.ladder.probe import image_stage_features, probe_layers
     from ftpeft.vision.data import TransformedImages, build_transforms, load_image_classification_data
     from ftpeft.vision.models import create_timm_model, resolve_image_model
@@ -664,10 +676,16 @@ def probe_images(recipe_args, metric: str = "auto"):
     result = ProbeResult(
         layers, len(widths) - 1, seconds, sum(rows.values()), {"widths": widths, "stage_modules": modules}
     )
-    facts = {"rows": rows, "num_classes": len(data.label_names), "label_names": data.label_names}
+    groups = layer_map(model)
+    facts = {
+        "rows": rows,
+        "num_classes": len(data.label_names),
+        "label_names": data.label_names,
+        "trained_share": trained_shares(model, groups),
+    }
     if target is not None:
         facts["problem_type"] = target.problem_type
-    return result, facts, layer_map(model).num_layers, {}
+    return result, facts, groups.num_layers, {}
 
 
 def keep_flags(argv: list[str], names: set[str]) -> list[str]:

@@ -72,6 +72,28 @@ def build_rungs(
     return [table[name] for name in names if name in table]
 
 
+# a last-k rung that trains this share of the parameters or more is full fine-tuning under another name: a CNN's
+# top stages hold nearly all its weights (EfficientNet-Lite0's top 6 of 7 stages: 99.9%), and its backward pass
+# runs through nearly every layer, so it costs a second full run and answers nothing full does not
+NEAR_FULL_SHARE = 0.99
+
+
+def near_full_rungs(rungs: list[Rung], shares: list[float] | None) -> dict[str, str]:
+    """The last-k rungs of ``rungs`` that train at least NEAR_FULL_SHARE of the parameters, when ``full`` is among
+    them: name -> the reason they are skipped. ``shares[k]``: the share ``--unfreeze_last k`` trains (the probe's
+    ``ftpeft.core.freezing.trained_shares``; None: unknown, nothing skipped)."""
+    if not shares or not any(rung.name == "full" for rung in rungs):
+        return {}
+    return {
+        rung.name: (
+            f"--unfreeze_last {rung.unfreeze_last} trains {100 * shares[rung.unfreeze_last]:.1f}% of the parameters: "
+            "the full rung is this run"
+        )
+        for rung in rungs
+        if rung.unfreeze_last and rung.unfreeze_last < len(shares) and shares[rung.unfreeze_last] >= NEAR_FULL_SHARE
+    }
+
+
 def estimate_seconds(
     rung: Rung, seconds_per_row: float, rows: dict[str, int], epochs: float, cache_built: bool = False
 ) -> float:
