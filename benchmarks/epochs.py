@@ -297,6 +297,7 @@ def render(rows: list[dict], extra: dict) -> str:
             )
         )
     lines += seed_summary(rows)
+    lines += set_summary(rows)
     if rows:
         gaps = [r["test_gap_points"] for r in rows]
         ratios = [r["time_ratio"] for r in rows]
@@ -320,9 +321,38 @@ def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
+def set_summary(rows: list[dict]) -> list[str]:
+    """Per set, over all its rungs and seeds: the mean and worst test gap, and auto's train time and steps summed
+    against the chosen fixed counts' (a set's cost of using auto everywhere instead of the best count in hindsight)."""
+    sets: dict[str, list[dict]] = {}
+    for r in rows:
+        sets.setdefault(r["set"], []).append(r)
+    if not sets:
+        return []
+    lines = [
+        "",
+        "By set (every rung and seed of the set; the per-row goals are counted below the tables):",
+        "",
+        (
+            "| set | runs | test gap mean (worst), points | mean within 1 point | auto / chosen train time, summed | "
+            "auto / chosen steps, summed |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for name, group in sets.items():
+        gaps = [r["test_gap_points"] for r in group]
+        time_ratio = sum(r["auto_time_s"] for r in group) / sum(r["chosen_time_s"] for r in group)
+        steps_ratio = sum(r["auto_steps"] for r in group) / sum(r["chosen_steps"] for r in group)
+        lines.append(
+            f"| {name} | {len(group)} | {statistics.mean(gaps):+.2f} ({min(gaps):+.1f}) | "
+            f"{'yes' if statistics.mean(gaps) >= -1 else 'no'} | {time_ratio:.2f}x | {steps_ratio:.2f}x |"
+        )
+    return lines
+
+
 def seed_summary(rows: list[dict]) -> list[str]:
-    """Per set and rung with several seeds: the chosen fixed count's and auto's test accuracy, the gap and the steps
-    ratio as mean ± sd over the seeds (a gap within the seeds' spread is not auto's doing)."""
+    """Per set and rung with several seeds: the chosen fixed count's and auto's test accuracy, the gap, the steps
+    ratio and the validation gap as mean ± sd over the seeds (a gap within the seeds' spread is not auto's doing)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["set"], r["rung"]), []).append(r)
@@ -333,15 +363,19 @@ def seed_summary(rows: list[dict]) -> list[str]:
         "",
         "Over seeds (mean ± sd):",
         "",
-        "| set | rung | seeds | chosen fixed count: test | auto: test | test gap (points) | steps ratio |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "| set | rung | seeds | chosen fixed count: test | auto: test | test gap (points) | steps ratio | "
+            "val gap (points, the ladder goal) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (data, rung), group in several.items():
         lines.append(
             f"| {data} | {rung} | {', '.join(str(r['seed']) for r in group)} | "
             f"{mean_sd([r['chosen_test'] for r in group])} | {mean_sd([r['auto_test'] for r in group])} | "
             f"{mean_sd([r['test_gap_points'] for r in group], digits=1)} | "
-            f"{mean_sd([r['steps_ratio'] for r in group], digits=2)} |"
+            f"{mean_sd([r['steps_ratio'] for r in group], digits=2)} | "
+            f"{mean_sd([r['val_gap_points'] for r in group], digits=1)} |"
         )
     return lines
 

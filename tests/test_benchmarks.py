@@ -228,3 +228,33 @@ def test_quick_label_shapes_benchmark_runs_every_rung_and_the_baseline(tiny_mini
     assert set(data["detail"]) == {"emolex", "vader_tweets"} and len(data["results"]) == 4  # the shared schema
     for part in data["detail"].values():
         assert set(part["rungs"]) == {"last2", "baseline"} and part["goals"]["chosen_rung"] == "last2"
+
+
+@pytest.mark.parametrize(
+    "runs, line",
+    [
+        # (test gap, auto s, chosen s, auto steps, chosen steps) per run of one set
+        ([(-2.0, 30, 10, 3, 1), (0.5, 10, 10, 1, 1)], "| a | 2 | -0.75 (-2.0) | yes | 2.00x | 2.00x |"),
+        ([(-1.5, 5, 10, 4, 8)], "| a | 1 | -1.50 (-1.5) | no | 0.50x | 0.50x |"),
+    ],
+)
+def test_the_epochs_set_summary_sums_each_sets_times_and_averages_its_gaps(runs, line):
+    import epochs
+
+    rows = [
+        {"set": "a", "test_gap_points": g, "auto_time_s": at, "chosen_time_s": ct, "auto_steps": st, "chosen_steps": cs}
+        for g, at, ct, st, cs in runs
+    ]
+    assert line in epochs.set_summary(rows)
+
+
+def test_the_epochs_seed_summary_gives_the_ladder_goals_validation_gap_over_seeds():
+    import epochs
+
+    rows = [
+        {"set": "a", "rung": "full", "seed": seed, "chosen_test": 0.8, "auto_test": 0.8, "test_gap_points": 0.0,
+         "steps_ratio": 1.0, "val_gap_points": gap}
+        for seed, gap in [(42, -2.0), (43, 0.0), (44, 0.5)]
+    ]  # fmt: skip
+    line = next(line for line in epochs.seed_summary(rows) if line.startswith("| a | full |"))
+    assert line.endswith("| -0.5 ± 1.3 |")
