@@ -140,7 +140,8 @@ def write(rows: list[dict]) -> None:
             val = f"{rung['val_accuracy']:.4f}" if rung["val_accuracy"] is not None else "-"
             test = f"{rung['test_accuracy']:.4f}" if rung["test_accuracy"] is not None else "-"
             seconds = f"{rung['train_seconds']:.1f}" if rung["train_seconds"] is not None else "-"
-            lines.append(f"| {rung['name']} | {rung['status']} {rung['reason']} | {val} | {test} | {seconds} |")
+            status = f"{rung['status']}: {rung['reason']}" if rung["reason"] else rung["status"]
+            lines.append(f"| {rung['name']} | {status} | {val} | {test} | {seconds} |")
     (RESULTS / "ladder.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "ladder.json").write_text(json.dumps(rows, indent=2) + "\n")
 
