@@ -8,13 +8,12 @@ import pytest
 from helpers import ROOT, TIMM_ARGS, accelerate_bin, load_recipe, run, write_class_folders
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.ladder.args import DEFAULT_RUNGS
+from ftpeft.ladder.args import LadderArguments
 from ftpeft.ladder.report import RungRow, choose, default_tolerance
 from ftpeft.ladder.run import infer_modality, strip_flags
 from ftpeft.ladder.rungs import build_rungs, near_full_rungs
 
 ladder = load_recipe("ladder")
-DEFAULT_NAMES = list(DEFAULT_RUNGS)
 FAST = ["--max_steps", "6", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no"]
 
 
@@ -357,22 +356,28 @@ def test_an_auto_ladder_trains_each_rung_to_its_own_stopping_point(tiny_bert_dir
     )
 
 
+LITE0_SHARES = [0.13, 0.31, 0.79, 0.925, 0.984, 0.996, 0.9996, 1.0]  # top 6 of 7 stages: 99.9%; top 3: 92.5%
+
+
 @pytest.mark.parametrize(
-    "names,shares,skipped",
+    "rungs_flag,shares,skipped",
     [
-        # EfficientNet-Lite0-like: the top 6 of 7 stages hold 99.9% of the weights; the top 3, 92.5%
-        (DEFAULT_NAMES, [0.13, 0.31, 0.79, 0.925, 0.984, 0.996, 0.9996, 1.0], {"last_k_large"}),
+        (["default"], LITE0_SHARES, {"last_k_large"}),
+        (["all"], LITE0_SHARES, {"last_k_large"}),
         # a text encoder: its embeddings stay frozen below 'all', no depth comes near full
-        (DEFAULT_NAMES, [0.01, 0.09, 0.17, 0.25, 0.33, 0.41, 0.49], set()),
+        (["default"], [0.01, 0.09, 0.17, 0.25, 0.33, 0.41, 0.49], set()),
         # without the full rung, the deepest last-k is the ladder's most complete run: kept
-        ([n for n in DEFAULT_NAMES if n != "full"], [0.13, 0.31, 0.79, 0.925, 0.984, 0.996, 0.9996, 1.0], set()),
-        (DEFAULT_NAMES, None, set()),  # a probe saved before shares were recorded: nothing skipped
+        (["probe_head", "head_only", "last_k_small", "last_k_large", "lora"], LITE0_SHARES, set()),
+        (["last_k_large", "full"], LITE0_SHARES, set()),  # asked for by name: runs as asked
+        (["default", "last_k_large"], LITE0_SHARES, set()),
+        (["default"], None, set()),  # a probe saved before shares were recorded: nothing skipped
     ],
 )
-def test_a_last_k_rung_that_trains_nearly_everything_is_skipped_beside_full(names, shares, skipped):
+def test_a_last_k_rung_that_trains_nearly_everything_is_skipped_beside_full(rungs_flag, shares, skipped):
+    ladder_args = LadderArguments(rungs=rungs_flag)
     num_layers = 7 if shares is None else len(shares) - 1
-    rungs = build_rungs(names, num_layers, (3, 6), set(), [], False)
-    reasons = near_full_rungs(rungs, shares)
+    rungs = build_rungs(ladder_args.rung_names, num_layers, (3, 6), set(), [], False)
+    reasons = near_full_rungs(rungs, shares, ladder_args.named_rungs)
     assert set(reasons) == skipped
     for name in skipped:
         k = next(r.unfreeze_last for r in rungs if r.name == name)

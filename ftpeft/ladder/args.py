@@ -72,6 +72,11 @@ class LadderArguments:
         return duration_seconds(self.time_budget, "--time_budget")
 
     @property
+    def named_rungs(self) -> frozenset[str]:
+        """The rungs --rungs names one by one (not through 'default' or 'all'): each runs as asked."""
+        return frozenset(self.rungs) - {"all", "default"}
+
+    @property
     def rung_names(self) -> list[str]:
         """The rungs asked for, in ladder order."""
         asked = set(self.rungs)

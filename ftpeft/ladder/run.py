@@ -274,7 +274,7 @@ def climb(
     cached_ks = cached_depths(caches, num_layers, epochs)
     cache_scores = cache_dtype == EXACT_CACHE_DTYPE
     rungs = build_rungs(ladder_args.rung_names, num_layers, ks, cached_ks, cache_flags, cache_scores)
-    skipped = near_full_rungs(rungs, data_facts.get("trained_share"))
+    skipped = near_full_rungs(rungs, data_facts.get("trained_share"), ladder_args.named_rungs)
     for name, why in skipped.items():
         logger.warning("ladder: %s skipped (%s)", name, why)
     skipped_rows = [

@@ -78,10 +78,13 @@ def build_rungs(
 NEAR_FULL_SHARE = 0.99
 
 
-def near_full_rungs(rungs: list[Rung], shares: list[float] | None) -> dict[str, str]:
+def near_full_rungs(
+    rungs: list[Rung], shares: list[float] | None, named: frozenset[str] = frozenset()
+) -> dict[str, str]:
     """The last-k rungs of ``rungs`` that train at least NEAR_FULL_SHARE of the parameters, when ``full`` is among
     them: name -> the reason they are skipped. ``shares[k]``: the share ``--unfreeze_last k`` trains (the probe's
-    ``ftpeft.core.freezing.trained_shares``; None: unknown, nothing skipped)."""
+    ``ftpeft.core.freezing.trained_shares``; None: unknown, nothing skipped). A rung in ``named`` (asked for by name
+    in --rungs) runs as asked."""
     if not shares or not any(rung.name == "full" for rung in rungs):
         return {}
     return {
@@ -90,7 +93,10 @@ def near_full_rungs(rungs: list[Rung], shares: list[float] | None) -> dict[str, 
             "the full rung is this run"
         )
         for rung in rungs
-        if rung.unfreeze_last and rung.unfreeze_last < len(shares) and shares[rung.unfreeze_last] >= NEAR_FULL_SHARE
+        if rung.name not in named
+        and rung.unfreeze_last
+        and rung.unfreeze_last < len(shares)
+        and shares[rung.unfreeze_last] >= NEAR_FULL_SHARE
     }
 
 
