@@ -338,7 +338,8 @@ EPOCH_SETS = {  # epochs.json's set names -> what the reference table calls the 
 }
 EPOCH_RUNGS = {("bert_cls", "head_only"): "head only", ("bert_cls", "last1"): "top layer",
                ("bert_cls", "last2"): "top 2 layers", ("bert_cls", "lora"): "LoRA",
-               ("bert_cls", "full"): "full fine-tuning", ("image_cls", "last2"): "last 2 stages"}  # fmt: skip
+               ("bert_cls", "full"): "full fine-tuning", ("image_cls", "head_only"): "head only",
+               ("image_cls", "last1"): "last stage", ("image_cls", "last2"): "last 2 stages"}  # fmt: skip
 
 
 def legacy_epochs() -> list[Figure]:
@@ -360,7 +361,9 @@ def legacy_epochs() -> list[Figure]:
                 date="2026-12-06",
                 machine=results["machine"],
                 source="epochs.json",
-                command=results["command"],
+                # the command that reruns this row (the results' own command is the last render's)
+                command=f"python benchmarks/epochs.py --sets {row['set']} --rungs {row['rung']} --seeds {row['seed']} "
+                "--only 1 2 4 8 auto",
             )
         )
     return figures
