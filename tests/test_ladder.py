@@ -110,6 +110,32 @@ def test_an_image_ladder_probes_every_stage_and_trains_its_rungs(tmp_path):
     assert head["trainable_params"] < full["trainable_params"] / 10
 
 
+@pytest.mark.slow
+def test_an_image_ladder_skips_a_near_full_last_k_rung_with_its_share_and_runs_the_others(tmp_path, monkeypatch):
+    import ftpeft.core.freezing
+
+    # test_resnet's top stages hold 72-98% of its weights; give its depths a CNN's steeper shares (Lite0's: 99.9%)
+    shares = [0.01, 0.6, 0.995, 0.999, 1.0]
+    monkeypatch.setattr(ftpeft.core.freezing, "trained_shares", lambda model, layers=None: shares)
+    root = write_class_folders(tmp_path / "images", per_class=12)
+    out = tmp_path / "out"
+    argv = ["--image_dir", str(root), *TIMM_ARGS, "--output_dir", str(out), *FAST, "--time_budget", "10m"]
+    result = ladder.main(argv)  # the default rungs: a near-full last-k rung named in --rungs would run
+    rows = {row["name"]: row for row in result["rungs"]}
+    depth = dict(zip(("last_k_small", "last_k_large"), result["last_k"]))
+    skipped = {name for name, k in depth.items() if shares[k] >= 0.99}
+    assert "last_k_large" in skipped  # the probe's k: small is 1 or 2, large at least 2
+    for name in skipped:
+        assert rows[name]["status"] == "skipped" and not (out / "rungs" / f"{name}-seed42").exists()
+        assert rows[name]["reason"] == (
+            f"--unfreeze_last {depth[name]} trains {100 * shares[depth[name]]:.1f}% of the parameters: "
+            "the full rung is this run"
+        )
+    ran = {"probe_head", "head_only", "full", *(set(depth) - skipped)}
+    assert {name: row["status"] for name, row in rows.items() if name in ran} == dict.fromkeys(ran, "done")
+    assert result["recommended"] not in skipped and "skipped: --unfreeze_last" in (out / "ladder.md").read_text()
+
+
 def test_the_probe_pass_fills_the_caches_that_the_frozen_prefix_rungs_train_from(
     tiny_bert_dir, text_csv_dir, tmp_path, monkeypatch
 ):
