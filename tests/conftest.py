@@ -66,6 +66,12 @@ def tiny_bert_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory):
+    """A tiny RoBERTa: 80 position embeddings, 78 usable (its positions start after the padding index)."""
+    return make_tiny_text_model(tmp_path_factory.mktemp("tiny_roberta"), "roberta")
+
+
+@pytest.fixture(scope="session")
 def text_csv_dir(tmp_path_factory):
     """train.csv / validation.csv / test.csv with a learnable good/bad sentiment signal."""
     return make_text_files(tmp_path_factory.mktemp("text_data"))

@@ -10,7 +10,6 @@ from helpers import (
     accelerate_bin,
     load_recipe,
     make_long_text_files,
-    make_tiny_text_model,
     python_recipe,
     run,
     run_recipe_scripts,
@@ -280,12 +279,6 @@ def test_a_bad_or_too_long_number_is_refused(given, limit, message):
     with pytest.raises(FtpeftError) as error:
         resolve_max_seq_length(given, [5], limit, "m")
     assert str(error.value).startswith(message)
-
-
-@pytest.fixture(scope="module")
-def tiny_roberta_dir(tmp_path_factory):
-    """A tiny RoBERTa: 80 position embeddings, 78 usable (its positions start after the padding index)."""
-    return make_tiny_text_model(tmp_path_factory.mktemp("tiny_roberta"), "roberta")
 
 
 AUTO_RUNS = [

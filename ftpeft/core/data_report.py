@@ -92,6 +92,7 @@ class SplitReport:
     truncated: int | None = None  # text: rows longer than --max_seq_length tokens
     token_lengths: dict[str, int] | None = None  # text: p50, p90, p95, p99 and max of the untruncated token counts
     truncated_share_by_class: dict[str, float] | None = None  # text: per label, the share of its rows cut
+    windows: int | None = None  # text read as windows (--long_texts): how many its rows became; none is cut
 
     @property
     def truncated_share(self) -> float | None:
@@ -125,22 +126,28 @@ class DataReport:
         return [f"{split}: {', '.join(found)}" for split, r in self.splits.items() if (found := r.problems())]
 
     def with_token_lengths(
-        self, lengths: Mapping[str, Sequence[int]], labels: Mapping[str, Sequence[str]], max_seq_length: int
+        self,
+        lengths: Mapping[str, Sequence[int]],
+        labels: Mapping[str, Sequence[str]],
+        max_seq_length: int,
+        windows: Mapping[str, int] | None = None,
     ) -> DataReport:
         """This report plus, per split, the quantiles of its token ``lengths`` (untruncated, one per row) and the rows
-        longer than ``max_seq_length`` (cut when tokenised): how many, and the share of each class (``labels``)."""
+        longer than ``max_seq_length`` (cut when tokenised): how many, and the share of each class (``labels``). With
+        ``windows`` (split -> windows its rows became) long rows are split, not cut: none is truncated."""
         splits = {}
         for name, r in self.splits.items():
             if name not in lengths:
                 splits[name] = r
                 continue
-            cut = [length > max_seq_length for length in lengths[name]]
+            cut = [length > max_seq_length and windows is None for length in lengths[name]]
             rows, cut_rows = Counter(labels[name]), Counter(label for label, is_cut in zip(labels[name], cut) if is_cut)
             splits[name] = dataclasses.replace(
                 r,
                 truncated=sum(cut),
                 token_lengths=token_length_quantiles(lengths[name]),
                 truncated_share_by_class={label: cut_rows[label] / n for label, n in sorted(rows.items())},
+                windows=None if windows is None else windows.get(name),
             )
         return dataclasses.replace(self, splits=splits, max_seq_length=max_seq_length)
 
@@ -164,6 +171,8 @@ class DataReport:
                 notes.append(f"leakage: {r.in_train} also in train")
             if r.truncated:
                 notes.append(f"{r.truncated_share:.1%} truncated at {self.max_seq_length} tokens")
+            if r.windows is not None:
+                notes.append(f"{r.windows:,} windows of {self.max_seq_length} tokens")
             parts.append(f"{name} {read}, {r.rows_used} used" + (f" ({'; '.join(notes)})" if notes else ""))
         return f"data report: {' | '.join(parts)}; see {DATA_REPORT_FILE}"
 
@@ -189,7 +198,8 @@ class DataReport:
                 f"{r.rows_used:,}",
             ]
             if truncation:
-                cells.append("-" if r.truncated is None else f"{r.truncated:,} ({r.truncated_share:.1%})")
+                cut = "-" if r.truncated is None else f"{r.truncated:,} ({r.truncated_share:.1%})"
+                cells.append(cut if r.windows is None else f"{cut}, read as {r.windows:,} windows")
             lines.append("| " + " | ".join([*cells, labels]) + " |")
         return "\n".join(lines)
 

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import EvalPrediction, Trainer, TrainerCallback
+from transformers.trainer_utils import EvalLoopOutput, denumpify_detensorize
 
 from ftpeft.core.checkpoints import save_sealed
 from ftpeft.core.class_weights import weighted_cross_entropy
 from ftpeft.core.freezing import LayerMap
 from ftpeft.core.param_groups import build_param_groups
 from ftpeft.core.settings import derived_settings, resolve_settings
+from ftpeft.core.windows import DOCUMENT_COLUMN, pool_windows
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,52 @@ class FtpeftTrainer(Trainer):
         if self.class_weights is not None or self.problem_type is not None:
             self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides it by the accumulation steps
         self.checkpoint_writers: list[Callable[[Path], None]] = []
+        self._window_documents: list[int] | None = None  # the dataset being scored is windows of these texts
+
+    @contextlib.contextmanager
+    def _scoring(self, dataset):
+        """While ``dataset`` is evaluated or predicted: the texts its windows came from, when it is windows."""
+        columns = getattr(dataset, "column_names", None) or []
+        self._window_documents = list(dataset[DOCUMENT_COLUMN]) if DOCUMENT_COLUMN in columns else None
+        try:
+            yield
+        finally:
+            self._window_documents = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        with self._scoring(eval_dataset if eval_dataset is not None else self.eval_dataset):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
+        with self._scoring(test_dataset):
+            return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """Trainer's loop; on windows of texts (``DOCUMENT_COLUMN``), the predictions, labels and metrics are the
+        texts', each the mean of its windows' logits (the loss stays the windows' mean)."""
+        documents, compute_metrics = self._window_documents, self.compute_metrics
+        if documents is None:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        self.compute_metrics = None  # scored below, on the texts
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        finally:
+            self.compute_metrics = compute_metrics
+        if output.predictions is None:
+            return output
+        predictions, labels = pool_windows(output.predictions, output.label_ids, documents)
+        metrics = dict(output.metrics)
+        if compute_metrics is not None and labels is not None:
+            scored = denumpify_detensorize(compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels)))
+            prefix = f"{metric_key_prefix}_"
+            metrics.update({key if key.startswith(prefix) else prefix + key: value for key, value in scored.items()})
+        return EvalLoopOutput(predictions=predictions, label_ids=labels, metrics=metrics, num_samples=len(predictions))
 
     def _save_checkpoint(self, model, trial):
         save_sealed(self, trial, functools.partial(super()._save_checkpoint, model, trial), self.checkpoint_writers)

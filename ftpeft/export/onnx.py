@@ -340,7 +340,7 @@ def export_onnx(
     from ftpeft.labels.target import save_target
     from ftpeft.predict.job import input_modality, load_predictor
     from ftpeft.predict.runs import detect_run
-    from ftpeft.predict.text import max_seq_length
+    from ftpeft.predict.text import max_seq_length, window_stride
 
     if quantize not in QUANTIZE_CHOICES:
         raise FtpeftError(f"--quantize {quantize!r}: use one of {', '.join(QUANTIZE_CHOICES)}.")
@@ -362,6 +362,7 @@ def export_onnx(
     info: dict[str, Any] = {"modality": modality, "run_kind": run.kind}
     if modality == "text":
         info["max_seq_length"] = max_seq_length(run)
+        info["doc_stride"] = window_stride(run)  # None: the run truncated long texts
         info["text_columns"] = run.setting("text_columns")
         example = text_example(predictor, info["max_seq_length"])
     else:

@@ -107,20 +107,26 @@ class OnnxTextPredictor(OnnxPredictor):
         super().__init__(export, threads)
         self.tokenizer = load_tokenizer(export.folder)
         self.encoded = None
+        self.windows_of: list[list[int]] | None = None  # an export of a run that read long texts as windows
 
     def prepare(self, inputs: TableInput, text_columns: list[str] | None) -> None:
         from transformers import DataCollatorWithPadding
 
-        from ftpeft.predict.text import choose_text_columns, encode_texts
+        from ftpeft.predict.text import choose_text_columns, encode_rows
 
         columns = choose_text_columns(inputs, self.export.info.get("text_columns"), text_columns)
-        self.encoded = encode_texts(inputs.rows, self.tokenizer, columns, int(self.export.info["max_seq_length"]))
+        length, stride = int(self.export.info["max_seq_length"]), self.export.info.get("doc_stride")
+        self.encoded, self.windows_of = encode_rows(inputs.rows, self.tokenizer, columns, length, stride)
         self.collate = DataCollatorWithPadding(self.tokenizer, return_tensors="np")
 
     def probabilities(self, indices: list[int]) -> np.ndarray:
+        from ftpeft.predict.text import row_logits
+
+        return model_scores(torch.from_numpy(row_logits(self.encoded_logits, indices, self.windows_of)), self.target)
+
+    def encoded_logits(self, indices: list[int]) -> np.ndarray:
         batch = self.collate([self.encoded[i] for i in indices])
-        logits = self.logits({name: np.asarray(batch[name], dtype=np.int64) for name in self.input_names})
-        return model_scores(torch.from_numpy(logits), self.target)
+        return self.logits({name: np.asarray(batch[name], dtype=np.int64) for name in self.input_names})
 
 
 class OnnxImagePredictor(OnnxPredictor):

@@ -105,6 +105,10 @@ def plan_prefix_caches(
         why = "--cache_frozen cannot be used with --use_peft or --train_embeddings"
         caches.refused = dict.fromkeys(range(num_layers), why)
         return caches
+    if getattr(data, "windows", False):
+        why = "--cache_frozen caches one row per text; the long texts are read as windows"
+        caches.refused = dict.fromkeys(range(num_layers), why)
+        return caches
     train = data.tokenized["train"]
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in train.column_names]
     sample = collator([train.select_columns(columns)[i] for i in range(min(VERIFY_ROWS, len(train)))])

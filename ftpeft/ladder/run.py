@@ -633,6 +633,8 @@ def probe_text(recipe_args, cache_dtype: str, metric: str = "auto"):
             )
     seconds = time.perf_counter() - start - caches.write_seconds
     labels = {split: np.asarray(dataset["labels"]) for split, dataset in data.tokenized.items()}
+    if data.windows:  # a text's features are the mean of its windows' (as its rungs score the mean of their logits)
+        features, labels = pooled_text_features(features, labels, data.tokenized)
     facts = {"problem_type": data.target.problem_type}
     layers = probe_layers(features, labels, training_args.seed, data.target, resolve_metric(metric, facts))
     rows = {split: len(dataset) for split, dataset in data.tokenized.items()}
@@ -646,6 +648,18 @@ def probe_text(recipe_args, cache_dtype: str, metric: str = "auto"):
         "trained_share": trained_shares(model, groups),
     }
     return result, facts, num_layers, caches.describe()
+
+
+def pooled_text_features(features: dict, labels: dict, tokenized) -> tuple[dict, dict]:
+    """Per split, window features and labels -> one row per text (``pool_windows`` over ``DOCUMENT_COLUMN``)."""
+    from ftpeft.core.windows import DOCUMENT_COLUMN, pool_windows
+
+    pooled_features, pooled_labels = {}, {}
+    for split, dataset in tokenized.items():
+        documents = dataset[DOCUMENT_COLUMN]
+        pooled_features[split] = {kind: pool_windows(v, None, documents)[0] for kind, v in features[split].items()}
+        pooled_labels[split] = pool_windows(features[split]["mean"], labels[split], documents)[1]
+    return pooled_features, pooled_labels
 
 
 def probe_images(recipe_args, metric: str = "auto"):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ftpeft.core.errors import FtpeftError, first_line
+from ftpeft.core.windows import DOCUMENT_COLUMN, pool_windows
 from ftpeft.predict.inputs import TableInput
 from ftpeft.predict.runs import SavedRun
 
@@ -46,26 +47,54 @@ def run_target(run: SavedRun, label_names: list[str], folder=None):
     return target if target is not None and len(target.names) == len(label_names) else single_label(label_names)
 
 
-def max_seq_length(run: SavedRun) -> int:
-    """The length the run truncated at: the one resolved_settings.json records (auto resolved), else the
-    --max_seq_length of run_args.yaml (runs from before auto), else that time's default."""
+def recorded_setting(run: SavedRun, name: str):
+    """(resolved_settings.json's path, what it records for ``name``); (None, None) when no file records it (a run from
+    before the setting). A merged/ folder reads its parent's."""
     from ftpeft.core.artifacts import read_json_file
     from ftpeft.core.settings import SETTINGS_FILE
-    from ftpeft.text.args import parse_max_seq_length
     from ftpeft.tuning.lora import MERGED_DIR
 
     folders = [run.run_dir, *([run.run_dir.parent] if run.run_dir.name == MERGED_DIR else [])]
     for path in (folder / SETTINGS_FILE for folder in folders):
         if path.is_file():
-            recorded = read_json_file(path, "ftpeft predict").get("max_seq_length")
-            if recorded is None:  # a run from before auto
-                break
-            used = recorded.get("used") if isinstance(recorded, dict) else None
-            if isinstance(used, bool) or not isinstance(used, int) or used < 1:
-                raise FtpeftError(
-                    f"{path}: max_seq_length records no usable length ({recorded!r:.80}); re-copy the run."
-                )
-            return used
+            recorded = read_json_file(path, "ftpeft predict").get(name)
+            return (path, recorded) if recorded is not None else (None, None)
+    return None, None
+
+
+def _recorded_count(run: SavedRun, name: str) -> int | None:
+    path, recorded = recorded_setting(run, name)
+    if recorded is None:
+        return None
+    used = recorded.get("used") if isinstance(recorded, dict) else None
+    if isinstance(used, bool) or not isinstance(used, int) or used < 0:
+        raise FtpeftError(f"{path}: {name} records no usable number ({recorded!r:.80}); re-copy the run.")
+    return used
+
+
+def window_stride(run: SavedRun) -> int | None:
+    """The overlap of the windows the run read long texts as (--long_texts), or None: it truncated them."""
+    _, mode = recorded_setting(run, "long_texts")
+    if not isinstance(mode, dict) or mode.get("used") != "windows":
+        return None
+    stride = _recorded_count(run, "doc_stride")
+    if stride is None:
+        raise FtpeftError(f"{run.run_dir}: read long texts as windows, but records no doc_stride; re-copy the run.")
+    return stride
+
+
+def max_seq_length(run: SavedRun) -> int:
+    """The length the run truncated at: the one resolved_settings.json records (auto resolved), else the
+    --max_seq_length of run_args.yaml (runs from before auto), else that time's default."""
+    from ftpeft.core.settings import SETTINGS_FILE
+    from ftpeft.text.args import parse_max_seq_length
+
+    used = _recorded_count(run, "max_seq_length")
+    if used == 0:
+        path, recorded = recorded_setting(run, "max_seq_length")
+        raise FtpeftError(f"{path}: max_seq_length records no usable length ({recorded!r:.80}); re-copy the run.")
+    if used is not None:
+        return used
     given = parse_max_seq_length(run.setting("max_seq_length", LEGACY_MAX_SEQ_LENGTH))
     if given is None:
         raise FtpeftError(
@@ -118,6 +147,40 @@ def encode_texts(rows, tokenizer, columns: list[str], max_length: int):
     )
 
 
+def encode_windows(rows, tokenizer, columns: list[str], max_length: int, doc_stride: int):
+    """Each row of ``columns`` (one text) as the windows the run read it as, with ``DOCUMENT_COLUMN``."""
+    from ftpeft.text.windows import tokenize_windows
+
+    if len(columns) != 1:
+        raise FtpeftError(f"--text_columns {columns}: the model read one text column as windows; pass one.")
+    return tokenize_windows(
+        rows.select_columns(columns), tokenizer, columns[0], max_length, doc_stride, desc="tokenising into windows",
+        keep_in_memory=True, new_fingerprint=uuid.uuid4().hex,
+    )  # fmt: skip
+
+
+def encode_rows(rows, tokenizer, columns: list[str], max_length: int, doc_stride: int | None):
+    """(the encoded inputs, each row's window indices or None): ``rows`` as the run read its texts, cut at
+    ``max_length``, or with a ``doc_stride`` (a run that read long texts as windows) split into windows."""
+    if doc_stride is None:
+        return encode_texts(rows, tokenizer, columns, max_length), None
+    windows = encode_windows(rows, tokenizer, columns, max_length, doc_stride)
+    windows_of: list[list[int]] = [[] for _ in range(len(rows))]
+    for window, row in enumerate(windows[DOCUMENT_COLUMN]):
+        windows_of[row].append(window)
+    return windows.remove_columns(DOCUMENT_COLUMN), windows_of
+
+
+def row_logits(logits_of, indices: list[int], windows_of: list[list[int]] | None) -> np.ndarray:
+    """The logits of rows ``indices``: ``logits_of(encoded indices)`` itself, or with windows each row's mean over
+    its windows (as the run scored its texts)."""
+    if windows_of is None:
+        return logits_of(indices)
+    windows = [window for row in indices for window in windows_of[row]]
+    documents = [position for position, row in enumerate(indices) for _ in windows_of[row]]
+    return pool_windows(logits_of(windows), None, documents)[0]
+
+
 def load_tokenizer(folder) -> Any:
     from transformers import AutoTokenizer
 
@@ -142,19 +205,26 @@ class TextPredictor:
         self.target = target or run_target(run, label_names)
         self.model = model.to(device).eval()
         self.encoded = None
+        self.windows_of: list[list[int]] | None = None  # a run that read long texts as windows: each row's windows
 
     def prepare(self, inputs: TableInput, text_columns: list[str] | None) -> None:
         from transformers import DataCollatorWithPadding
 
         columns = choose_text_columns(inputs, self.run.setting("text_columns"), text_columns)
-        self.encoded = encode_texts(inputs.rows, self.tokenizer, columns, max_seq_length(self.run))
+        self.encoded, self.windows_of = encode_rows(
+            inputs.rows, self.tokenizer, columns, max_seq_length(self.run), window_stride(self.run)
+        )
         self.collate = DataCollatorWithPadding(self.tokenizer)
 
     @torch.inference_mode()  # as pipeline() runs: no autograd version counters per op
     def probabilities(self, indices: list[int]) -> np.ndarray:
+        return model_scores(torch.from_numpy(row_logits(self.logits, indices, self.windows_of)), self.target)
+
+    def logits(self, indices: list[int]) -> np.ndarray:
+        """The model's logits of encoded rows (or windows) ``indices``, in float32."""
         batch = self.collate([self.encoded[i] for i in indices])
         logits = self.model(**{name: value.to(self.device) for name, value in batch.items()}).logits
-        return model_scores(logits, self.target)
+        return logits.float().cpu().numpy()
 
 
 def _label_names(config) -> list[str]:

@@ -327,15 +327,31 @@ def tokenize(
     max_length: int,
     num_proc: int | None = None,
     keep_columns: tuple[str, ...] = (),
+    doc_stride: int | None = None,
 ):
     """Tokenise every split once (no padding: the collator pads per batch).
 
     Keeps only the model inputs, ``labels`` and ``keep_columns`` (e.g. knowledge ids for injection). A
-    tokenizer that turns most training words into its unknown token is refused first.
+    tokenizer that turns most training words into its unknown token is refused first. With ``doc_stride`` each text
+    becomes windows of ``max_length`` tokens overlapping by it (``ftpeft.text.windows``; one text column, no
+    ``keep_columns``).
     """
     from ftpeft.text.modeling import check_tokenizer_covers, training_text_sample
+    from ftpeft.text.windows import tokenize_windows
 
     check_tokenizer_covers(tokenizer, training_text_sample(datasets, text_columns))
+    if doc_stride is not None:
+        from datasets import DatasetDict
+
+        return DatasetDict(
+            {
+                split: tokenize_windows(
+                    dataset, tokenizer, text_columns[0], max_length, doc_stride, num_proc=num_proc,
+                    desc=f"tokenising {split} into windows",
+                )
+                for split, dataset in datasets.items()
+            }
+        )  # fmt: skip
 
     def encode(batch):
         texts = [["" if t is None else str(t) for t in batch[c]] for c in text_columns]
@@ -433,6 +449,9 @@ class TextData:
     max_seq_length: int  # what the splits were truncated at (--max_seq_length, auto resolved)
     max_seq_length_why: str  # why that length (resolved_settings.json)
     target: Target  # the labels' shape: problem type, names, scaling (ftpeft.labels)
+    windows: bool = False  # long texts split into windows (--long_texts; each split has DOCUMENT_COLUMN)
+    windows_why: str = ""  # why (resolved_settings.json)
+    doc_stride: int | None = None  # the windows' overlap in tokens
 
 
 def load_tokenized_data(
@@ -459,14 +478,47 @@ def load_tokenized_data(
         max_seq_length, why = resolve_max_seq_length(
             data_args.max_seq_length, lengths["train"], model_position_limit(model_args, model_path), model_path
         )
+        windows, windows_why, doc_stride = long_text_windows(
+            data_args, lengths["train"], max_seq_length, text_columns, encode
+        )
         # the run's own tokenizer, loaded above: saved with the model, it cuts where the run did
         # (pipeline("text-classification", model=OUTPUT_DIR, truncation=True))
         tokenizer.model_max_length = max_seq_length
-        if encode is None:
+        if windows:
+            tokenized = tokenize(
+                raw, tokenizer, text_columns, max_seq_length, data_args.preprocessing_num_workers,
+                doc_stride=doc_stride,
+            )  # fmt: skip
+        elif encode is None:
             tokenized = tokenize(raw, tokenizer, text_columns, max_seq_length, data_args.preprocessing_num_workers)
         else:
             tokenized = encode(raw, tokenizer, text_columns, max_seq_length)
     labels = {split: label_rows(dataset["labels"], target) for split, dataset in raw.items()}
-    report = report.with_token_lengths(lengths, labels, max_seq_length)
+    window_counts = {split: len(dataset) for split, dataset in tokenized.items()} if windows else None
+    report = report.with_token_lengths(lengths, labels, max_seq_length, window_counts)
     logger.info("data: %s, labels %s", {k: len(v) for k, v in tokenized.items()}, label_names)
-    return TextData(tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why, target)
+    if windows:
+        logger.info("long texts: split into windows of %d tokens (%s)", max_seq_length, windows_why)
+    return TextData(
+        tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why, target, windows, windows_why,
+        doc_stride,
+    )  # fmt: skip
+
+
+def long_text_windows(
+    data_args: TextDataArguments, train_lengths: list[int], max_seq_length: int, text_columns: list[str], encode
+) -> tuple[bool, str, int | None]:
+    """(whether the run reads long texts as windows, why, the windows' overlap): ``resolve_long_texts``; a recipe
+    with its own encoder (knowledge injection) truncates, and refuses an explicit --long_texts windows."""
+    from ftpeft.text.args import parse_max_seq_length
+    from ftpeft.text.windows import resolve_doc_stride, resolve_long_texts
+
+    length_given = parse_max_seq_length(data_args.max_seq_length) is not None
+    windows, why = resolve_long_texts(
+        data_args.long_texts, length_given, train_lengths, max_seq_length, len(text_columns)
+    )
+    if windows and encode is not None:
+        if data_args.long_texts == "windows":
+            raise FtpeftError("--long_texts windows: this recipe's inputs are not split into windows; drop the flag.")
+        return False, f"{why}; this recipe truncates them", None
+    return windows, why, resolve_doc_stride(data_args.doc_stride, max_seq_length) if windows else None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.config import RunArguments
+from ftpeft.core.errors import FtpeftError
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.tuning.args import TuningArguments, cached_splits
 
@@ -65,6 +66,7 @@ def train_classifier(
     from ftpeft.text.data import dataset_description, load_tokenized_data
     from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_sequence_classifier, resolve_model_path
     from ftpeft.text.pooling import pooling_for, readout_note
+    from ftpeft.text.windows import windows_note
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import write_merged_model
     from ftpeft.tuning.schedules import staged_unfreezing
@@ -88,6 +90,19 @@ def train_classifier(
     tokenizer, tokenized, label_names, target = data.tokenizer, data.tokenized, data.label_names, data.target
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
+    run.record("long_texts", data_args.long_texts, "windows" if data.windows else "truncate", data.windows_why)
+    if data.windows:  # ftpeft predict cuts a text's windows as the run did
+        run.record(
+            "doc_stride",
+            data_args.doc_stride,
+            data.doc_stride,
+            "--long_texts windows: " + ("as given" if data_args.doc_stride else "a quarter of the window"),
+        )
+    if data.windows and tuning_args.cache_frozen:
+        raise FtpeftError(
+            "--cache_frozen caches one row per text, but the long texts are read as windows; drop --cache_frozen or "
+            "pass --long_texts truncate."
+        )
     run.record("problem_type", data_args.problem_type, target.short_name, target.why)
     run.plan_stopping(len(tokenized["train"]), len(tokenized["validation"]), target.problem_type)
 
@@ -163,7 +178,11 @@ def train_classifier(
             remote_code=pooling == "mean",
             problem_type=target.problem_type,
         ),
-        notes=[readout_note(pooling, model_args.pooling, why), *([loss_note] if loss_note else [])],
+        notes=[
+            readout_note(pooling, model_args.pooling, why),
+            *([loss_note] if loss_note else []),
+            *([windows_note(data.max_seq_length, data.doc_stride)] if data.windows else []),
+        ],
     )
     return run.finish(
         trainer,
