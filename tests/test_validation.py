@@ -175,7 +175,17 @@ def test_help_shows_the_allowed_values(capsys):
 # --- every field has a rule, and the rule is enforced -----------------------------------------------------------
 
 # str fields that take one of a fixed set of values (a new one belongs here and needs "choices")
-ENUM_FIELDS = {"cache_dtype", "inject", "unknown_entity", "modality", "pooling", "head", "interpolation", "backend"}
+ENUM_FIELDS = {
+    "cache_dtype",
+    "inject",
+    "unknown_entity",
+    "modality",
+    "pooling",
+    "head",
+    "interpolation",
+    "backend",
+    "long_texts",
+}
 CUSTOM_CHECKED = {
     "unfreeze_last",  # 'all' or a layer count: parsed and checked by unfreeze_last_k
     "class_weights",  # balanced, none or a weights file: checked (file read) by check_class_weights

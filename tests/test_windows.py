@@ -232,3 +232,90 @@ def test_the_onnx_export_of_a_windows_run_scores_texts_as_torch_does(long_text_r
         scores[backend] = pd.read_csv(output)[["neg", "pos"]].to_numpy()
     np.testing.assert_allclose(scores["onnx"], scores["torch"], rtol=0, atol=1e-6)
     assert np.ptp(scores["torch"][:, 1]) > 1e-5  # rows differ by more than that: a mix-up could not pass
+
+
+def hand_window_features(model_dir, csv_path, stride: int) -> np.ndarray:
+    """Each text's mean-pooled last hidden state, averaged over its windows, by hand."""
+    import pandas as pd
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    with torch.no_grad():
+        for text in pd.read_csv(csv_path)["text"]:
+            windows = tokenizer(
+                text, truncation=True, max_length=78, stride=stride, return_overflowing_tokens=True, padding=True,
+                return_tensors="pt",
+            )  # fmt: skip
+            windows.pop("overflow_to_sample_mapping")
+            hidden = model(**windows).last_hidden_state
+            mask = windows["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            rows.append(((hidden * mask).sum(1) / mask.sum(1)).double().mean(0).numpy())
+    return np.stack(rows)
+
+
+def test_extracted_features_of_a_long_text_are_the_mean_of_its_windows_and_its_head_predicts_so(
+    tiny_roberta_dir, tmp_path
+):
+    import pandas as pd
+
+    from ftpeft import cli
+    from ftpeft.features.extract import load_features
+
+    data = make_long_text_files(tmp_path, repeat=20)
+    files = [f"--{split}_file={data / f'{split}.csv'}" for split in ("train", "validation", "test")]
+    extracted = load_recipe("extract_features").main(
+        ["--modality", "text", "--model_name_or_path", str(tiny_roberta_dir), *files, "--pooling", "mean",
+         "--feature_dir", str(tmp_path / "features")]
+    )  # fmt: skip
+    splits, metadata = load_features(extracted["feature_dir"])
+    assert metadata["request"]["backbones"][0]["doc_stride"] == 78 // 4
+    expected = hand_window_features(tiny_roberta_dir, data / "test.csv", 78 // 4)
+    np.testing.assert_allclose(splits["test"][0], expected, rtol=1e-4, atol=1e-5)
+    head = tmp_path / "head"
+    load_recipe("train_head").main(["--features_dir", extracted["feature_dir"], "--output_dir", str(head)])
+    predictions = tmp_path / "predictions.csv"
+    assert cli.main(["predict", str(head), "--input", str(data / "test.csv"), "--output", str(predictions)]) == 0
+    from ftpeft.features.heads import load_sklearn_head
+
+    probabilities = load_sklearn_head(head).predict_proba(splits["test"][0])
+    np.testing.assert_allclose(pd.read_csv(predictions)[["neg", "pos"]].to_numpy(), probabilities, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_ladder_on_long_texts_probes_and_trains_on_whole_texts_and_its_probe_row_reproduces(
+    tiny_roberta_dir, tmp_path, monkeypatch
+):
+    import sys
+
+    from helpers import run
+
+    from ftpeft.ladder import probe
+
+    data = make_long_text_files(tmp_path, repeat=20)
+    seen = {}
+    probe_layers = probe.probe_layers
+    monkeypatch.setattr(
+        probe, "probe_layers", lambda f, labels, *a, **k: seen.update({s: len(v) for s, v in labels.items()})
+        or probe_layers(f, labels, *a, **k)
+    )  # fmt: skip
+    out = tmp_path / "ladder"
+    argv = [
+        "--model_name_or_path", str(tiny_roberta_dir), *(f"--{s}_file={data / f'{s}.csv'}" for s in ("train", "validation", "test")),
+        "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
+        "--save_strategy", "no", "--rungs", "probe_head", "head_only", "full",
+    ]  # fmt: skip
+    result = load_recipe("ladder").main(argv)
+    assert seen == {"train": 16, "validation": 8, "test": 8}  # texts, not their 32 / 16 / 16 windows
+    rows = {row["name"]: row for row in result["rungs"]}
+    assert all(row["status"] == "done" for row in rows.values()), rows
+    assert "--cache_frozen" not in rows["head_only"]["command"]  # the cache holds one row per text
+    settings = json.loads((out / "rungs" / "head_only-seed42" / "resolved_settings.json").read_text())
+    assert settings["long_texts"]["used"] == "windows"
+    done = run(["bash", "-c", rows["probe_head"]["command"].replace("python ", f"{sys.executable} ")], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "probe_head" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] == pytest.approx(rows["probe_head"]["val_accuracy"], abs=1e-9)
+    assert metrics["test_accuracy"] == pytest.approx(rows["probe_head"]["test_accuracy"], abs=1e-9)

@@ -10,6 +10,7 @@ from ftpeft.core.validation import COUNT, NON_NEGATIVE, POSITIVE, SEED, check_fi
 from ftpeft.labels.args import LabelArguments, threshold_value
 from ftpeft.labels.target import problem_type_name
 from ftpeft.text.args import AUTO_SEQ_LENGTH, TextDataArguments, parse_max_seq_length
+from ftpeft.text.windows import LONG_TEXT_MODES
 from ftpeft.vision.args import ImageDataArguments
 
 
@@ -59,6 +60,24 @@ class FeatureArguments:
             "bert_cls; recorded in metadata.json). Allowed: auto, or a number >= 1."
         },
     )
+    long_texts: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "text: texts longer than --max_seq_length. 'truncate': cut at it. 'windows': a text's features "
+            "are the mean of its windows' (--max_seq_length tokens overlapping by --doc_stride). 'auto': windows when "
+            "--max_seq_length auto was clipped to the backbone's positions (more than 1%% of the training texts are "
+            "longer), else truncate (as bert_cls; recorded in metadata.json).",
+            "choices": LONG_TEXT_MODES,
+        },
+    )
+    doc_stride: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "text, --long_texts windows: tokens each window shares with the one before, less than half a "
+            "window. Default: a quarter of --max_seq_length.",
+            "range": COUNT,
+        },
+    )
     text_columns: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "text: one or two text columns."}
     )
@@ -91,6 +110,8 @@ class FeatureArguments:
             max_eval_samples=image_data.max_eval_samples,
             max_test_samples=image_data.max_test_samples,
             max_seq_length=self.max_seq_length,
+            long_texts=self.long_texts,
+            doc_stride=self.doc_stride,
             demo_train_samples=image_data.demo_train_samples,
             demo_test_samples=image_data.demo_test_samples,
         )

@@ -37,6 +37,7 @@ from torch import nn
 from ftpeft.core.artifacts import loading_model
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.outputs import atomic_write_text, staged
+from ftpeft.core.windows import DOCUMENT_COLUMN, pool_windows
 from ftpeft.labels.target import Target, single_label
 
 FORMAT = "ftpeft-features/1"
@@ -44,6 +45,7 @@ METADATA_FILE = "metadata.json"
 LATEST_FILE = "latest.txt"
 DEFAULT_IMAGE_LAYER = "pre_logits"
 SHARD_ROWS = 50_000
+NOT_INPUTS = ("labels", DOCUMENT_COLUMN)  # columns of a tokenised split the encoder does not take
 logger = logging.getLogger("ftpeft")
 
 
@@ -409,7 +411,7 @@ def load_text_backbones(feature_args, datasets, text_columns: list[str]) -> list
     truncates at --max_seq_length, auto resolved from the training split of ``datasets`` under its own tokenizer."""
     from transformers import AutoModel
 
-    from ftpeft.text.args import ModelArguments
+    from ftpeft.text.args import ModelArguments, parse_max_seq_length
     from ftpeft.text.data import token_lengths
     from ftpeft.text.modeling import (
         base_model_name,
@@ -419,6 +421,7 @@ def load_text_backbones(feature_args, datasets, text_columns: list[str]) -> list
         resolve_max_seq_length,
         resolve_model_path,
     )
+    from ftpeft.text.windows import resolve_doc_stride, resolve_long_texts
 
     backbones = []
     train = {"train": datasets["train"]}
@@ -438,6 +441,11 @@ def load_text_backbones(feature_args, datasets, text_columns: list[str]) -> list
         )
         logger.info("%s: max_seq_length %s -> %d (%s)", path, feature_args.max_seq_length, max_seq_length, why)
         settings = {"modality": "text", "max_seq_length": max_seq_length}  # the number: part of the cache key
+        given = parse_max_seq_length(feature_args.max_seq_length) is not None
+        windows, why = resolve_long_texts(feature_args.long_texts, given, lengths, max_seq_length, len(text_columns))
+        if windows:  # a text's features: the mean of its windows' (the key changes only for windowed extractions)
+            settings["doc_stride"] = resolve_doc_stride(feature_args.doc_stride, max_seq_length)
+            logger.info("%s: long texts read as windows of %d tokens (%s)", path, max_seq_length, why)
         backbones.append(
             Backbone(base_model_name(model_args), model, feature_args.layer, feature_args.pooling, tokenizer, settings)
         )
@@ -489,7 +497,8 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
     columns_by_split: dict[str, list] = {split: [] for split in datasets}
     for backbone in backbones:
         tokenizer = backbone.transform
-        tokenized = tokenize(datasets, tokenizer, text_columns, backbone.settings["max_seq_length"])
+        stride = backbone.settings.get("doc_stride")
+        tokenized = tokenize(datasets, tokenizer, text_columns, backbone.settings["max_seq_length"], doc_stride=stride)
         collate = DataCollatorWithPadding(tokenizer)
         for split, dataset in tokenized.items():
             bar = _progress(len(dataset), f"{backbone.name} {split}")
@@ -501,7 +510,7 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
                 order = sorted(range(len(indices)), key=lambda j: lengths[indices[j]])
                 rows = []
                 for batch in batched([indices[j] for j in order], batch_size):
-                    inputs = collate([{k: v for k, v in dataset[i].items() if k != "labels"} for i in batch])
+                    inputs = collate([{k: v for k, v in dataset[i].items() if k not in NOT_INPUTS} for i in batch])
                     rows.append(text_features(backbone, dict(inputs)).float().numpy())
                     bar.update(len(batch) * _world_size())
                 if not rows:
@@ -511,7 +520,10 @@ def extract_text_splits(backbones: list[Backbone], datasets, text_columns: list[
                 features[order] = sorted_rows  # back to the order of ``indices``
                 return features
 
-            columns_by_split[split].append(distributed_map(len(dataset), compute, split))
+            features = distributed_map(len(dataset), compute, split)
+            if features is not None and stride is not None:  # windows -> one row per text
+                features = pool_windows(features, None, dataset[DOCUMENT_COLUMN])[0]
+            columns_by_split[split].append(features)
             backbone.feature_dim = (
                 None if columns_by_split[split][-1] is None else int(columns_by_split[split][-1].shape[1])
             )

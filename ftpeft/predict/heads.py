@@ -46,7 +46,7 @@ def recreate_backbones(features: dict, device) -> list:
                 f"backbone {info['model']}: its weights differ from those the head's features came from "
                 f"(checkpoint hash {info['checkpoint_sha256']}); re-extract the features and retrain the head."
             )
-        settings = {k: v for k, v in info.items() if k == "max_seq_length"}
+        settings = {k: v for k, v in info.items() if k in ("max_seq_length", "doc_stride")}
         backbones.append(Backbone(info["model"], model.to(device).eval(), layer, info["pooling"], transform, settings))
     return backbones
 
@@ -110,11 +110,11 @@ class HeadPredictor:
         if self.modality == "text":
             from transformers import DataCollatorWithPadding
 
-            from ftpeft.predict.text import choose_text_columns, encode_texts
+            from ftpeft.predict.text import choose_text_columns, encode_rows
 
             columns = choose_text_columns(inputs, None, text_columns)
             self.encoded = [
-                (encode_texts(inputs.rows, b.transform, columns, b.settings["max_seq_length"]),
+                (*encode_rows(inputs.rows, b.transform, columns, b.settings["max_seq_length"], b.settings.get("doc_stride")),
                  DataCollatorWithPadding(b.transform))
                 for b in self.backbones
             ]  # fmt: skip
@@ -131,10 +131,17 @@ class HeadPredictor:
                 pixels = pixel_batch(backbone.transform, images).to(self.device)
                 columns.append(image_features(backbone, pixels).float().cpu().numpy())
         else:
-            for backbone, (encoded, collate) in zip(self.backbones, self.encoded):
-                batch = collate([encoded[i] for i in indices])
-                batch = {name: value.to(self.device) for name, value in batch.items()}
-                columns.append(text_features(backbone, batch).float().cpu().numpy())
+            from ftpeft.predict.text import row_logits
+
+            for backbone, (encoded, windows_of, collate) in zip(self.backbones, self.encoded):
+
+                def encoder_features(rows, backbone=backbone, encoded=encoded, collate=collate) -> np.ndarray:
+                    batch = collate([encoded[i] for i in rows])
+                    batch = {name: value.to(self.device) for name, value in batch.items()}
+                    return text_features(backbone, batch).float().cpu().numpy()
+
+                # a text read as windows: the mean of its windows' features, as it was extracted
+                columns.append(row_logits(encoder_features, indices, windows_of))
         return np.concatenate(columns, axis=1)
 
     @torch.inference_mode()  # as pipeline() runs: no autograd version counters per op
