@@ -183,6 +183,7 @@ REFUSED = [
     # (what, flags, the error line)
     ("the activation cache", ["--cache_frozen", "--unfreeze_last", "2"], "--cache_frozen caches one row per text, but the long texts are"),
     ("an overlap of half a window", ["--doc_stride", "39"], "--doc_stride 39 overlaps windows of 78 tokens by half"),
+    ("the search's cache", ["--hp_search", "2", "--cache_frozen", "--unfreeze_last", "2"], "--hp_search --cache_frozen caches one row per text"),
 ]  # fmt: skip
 
 
@@ -319,3 +320,57 @@ def test_a_ladder_on_long_texts_probes_and_trains_on_whole_texts_and_its_probe_r
     metrics = json.loads((out / "probe_head" / "metrics.json").read_text())
     assert metrics["eval_accuracy"] == pytest.approx(rows["probe_head"]["val_accuracy"], abs=1e-9)
     assert metrics["test_accuracy"] == pytest.approx(rows["probe_head"]["test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_two_ranks_score_each_text_by_its_own_windows(tiny_roberta_dir, tmp_path):
+    """Evaluation batches split unevenly over 2 ranks; the gathered windows must still meet their own texts: the
+    pooled validation labels and outputs (numbers, one per text) follow the file's rows."""
+    import pandas as pd
+    from helpers import launch_recipe_on_two_cpu_ranks, make_regression_files
+
+    from ftpeft.labels.evaluation import VALIDATION_OUTPUTS_FILE
+
+    data = make_regression_files(tmp_path)
+    for split in ("train", "validation", "test"):  # 5 words said 20 times: two windows of the 78 positions each
+        frame = pd.read_csv(data / f"{split}.csv")
+        frame["text"] = [" ".join([text] * 20) for text in frame["text"]]
+        frame.to_csv(data / f"{split}.csv", index=False)
+    out = tmp_path / "run"
+    argv = tiny_args(tiny_roberta_dir, data, out, "--label_column", "score", "--per_device_eval_batch_size", "5")
+    done = launch_recipe_on_two_cpu_ranks("bert_cls", *argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = np.load(out / VALIDATION_OUTPUTS_FILE)
+    scores = pd.read_csv(data / "validation.csv")["score"].to_numpy()
+    assert saved["labels"].reshape(-1).shape == scores.shape  # 32 texts, not their 64 windows
+    assert np.corrcoef(saved["labels"].reshape(-1), scores)[0, 1] > 0.999999  # the same rows, rescaled
+    expected = window_logits_per_text(out, data / "validation.csv", 78 // 4).reshape(-1)
+    assert np.corrcoef(saved["outputs"].reshape(-1), expected)[0, 1] > 0.9999  # standardised units vs the model's
+
+
+RECIPE_ENCODER_CASES = [
+    # (what, --long_texts, windows, the why or the refusal)
+    ("auto truncates, and says so", "auto", False, "so each is split into windows; this recipe truncates them"),
+    ("truncate as asked", "truncate", False, "--long_texts truncate"),
+    ("windows asked for is refused", "windows", None, "--long_texts windows: this recipe's inputs are not split"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mode,windows,why", [c[1:] for c in RECIPE_ENCODER_CASES], ids=[c[0] for c in RECIPE_ENCODER_CASES]
+)
+def test_a_recipe_with_its_own_encoder_truncates_long_texts_and_says_so(mode, windows, why):
+    """knowledge_cls encodes its knowledge ids beside the tokens (``encode``): its texts are not split."""
+    from ftpeft.core.errors import FtpeftError
+    from ftpeft.text.args import TextDataArguments
+    from ftpeft.text.data import long_text_windows
+
+    data_args = TextDataArguments(long_texts=mode)
+    lengths, own_encoder = [100] * 10, lambda *args: None
+    if windows is None:
+        with pytest.raises(FtpeftError, match=why):
+            long_text_windows(data_args, lengths, 64, ["text"], own_encoder)
+        return
+    chosen, reason, stride = long_text_windows(data_args, lengths, 64, ["text"], own_encoder)
+    assert chosen is windows and why in reason and stride is None
+    assert long_text_windows(data_args, lengths, 64, ["text"], None)[0] is (mode == "auto")  # bert_cls splits them

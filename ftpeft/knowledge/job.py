@@ -85,6 +85,7 @@ def train_knowledge_classifier(
     data = load_tokenized_data(model_args, model_path, data_args, training_args, encode)
     run.report_data(data.report)
     run.record("max_seq_length", data_args.max_seq_length, data.max_seq_length, data.max_seq_length_why)
+    run.record("long_texts", data_args.long_texts, "truncate", data.windows_why)  # its inputs are not windowed
     target = data.target
     run.record("problem_type", data_args.problem_type, target.short_name, target.why)
     run.plan_stopping(len(data.tokenized["train"]), len(data.tokenized["validation"]), target.problem_type)

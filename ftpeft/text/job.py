@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from ftpeft.core.config import RunArguments
-from ftpeft.core.errors import FtpeftError
 from ftpeft.text.args import ModelArguments, TextDataArguments
 from ftpeft.tuning.args import TuningArguments, cached_splits
 
@@ -66,7 +65,7 @@ def train_classifier(
     from ftpeft.text.data import dataset_description, load_tokenized_data
     from ftpeft.text.modeling import base_model_name, check_max_seq_length, load_sequence_classifier, resolve_model_path
     from ftpeft.text.pooling import pooling_for, readout_note
-    from ftpeft.text.windows import windows_note
+    from ftpeft.text.windows import refuse_cache_with_windows, windows_note
     from ftpeft.tuning.apply import apply_tuning
     from ftpeft.tuning.lora import write_merged_model
     from ftpeft.tuning.schedules import staged_unfreezing
@@ -98,11 +97,7 @@ def train_classifier(
             data.doc_stride,
             "--long_texts windows: " + ("as given" if data_args.doc_stride else "a quarter of the window"),
         )
-    if data.windows and tuning_args.cache_frozen:
-        raise FtpeftError(
-            "--cache_frozen caches one row per text, but the long texts are read as windows; drop --cache_frozen or "
-            "pass --long_texts truncate."
-        )
+    refuse_cache_with_windows(data.windows, tuning_args.cache_frozen)
     run.record("problem_type", data_args.problem_type, target.short_name, target.why)
     run.plan_stopping(len(tokenized["train"]), len(tokenized["validation"]), target.problem_type)
 

@@ -145,6 +145,7 @@ def search_classifier(
     from ftpeft.text.data import load_tokenized_data
     from ftpeft.text.modeling import load_sequence_classifier, resolve_model_path
     from ftpeft.text.pooling import checkpoint_pooling, resolve_pooling
+    from ftpeft.text.windows import refuse_cache_with_windows
     from ftpeft.tuning.apply import apply_tuning
 
     try:
@@ -159,6 +160,7 @@ def search_classifier(
     trained_with = checkpoint_pooling(model_path, **hub)
     data = load_tokenized_data(model_args, model_path, data_args, training_args)
     splits = {"train": data.tokenized["train"], "validation": data.tokenized["validation"]}  # never the test split
+    refuse_cache_with_windows(data.windows, tuning_args.cache_frozen, "--hp_search --cache_frozen")
     target = data.target
     metric = chosen_metric(search_args.hp_search_metric, target.problem_type, "--hp_search_metric")
 

@@ -95,3 +95,12 @@ def windows_note(max_seq_length: int, doc_stride: int) -> str:
         "windows' logits (`ftpeft predict` scores texts so). A stock `pipeline(..., truncation=True)` reads the first "
         f"{max_seq_length} tokens only."
     )
+
+
+def refuse_cache_with_windows(windows: bool, cache_frozen: bool, flag: str = "--cache_frozen") -> None:
+    """The activation cache stores one row per text: a run that reads long texts as windows cannot use it."""
+    if windows and cache_frozen:
+        raise FtpeftError(
+            f"{flag} caches one row per text, but the long texts are read as windows; drop --cache_frozen or pass "
+            "--long_texts truncate."
+        )
