@@ -236,3 +236,17 @@ def test_image_report_counts_unreadable_images_rows_without_id_or_label(tmp_path
     deduplicated = load_image_classification_data(ImageDataArguments(**{**vars(args), "drop_duplicates": True}), seed=0)
     assert sum(r.rows_used for r in deduplicated.report.splits.values()) == 18
     assert deduplicated.report.splits["validation"].in_train == 0
+
+
+def test_texts_read_as_windows_are_counted_as_windows_and_none_as_cut():
+    from ftpeft.core.data_report import DataReport, SplitReport
+
+    lengths, labels = [5, 20, 40], ["a", "b", "b"]
+    split = SplitReport("f.csv", 3, {}, 0, 0, 3, {"a": 1, "b": 2})
+    report = DataReport({"train": split}, False).with_token_lengths(
+        {"train": lengths}, {"train": labels}, 16, {"train": 7}
+    )
+    train = report.to_dict()["splits"]["train"]
+    assert (train["truncated"], train["windows"], train["truncated_share_by_class"]) == (0, 7, {"a": 0.0, "b": 0.0})
+    assert "7 windows of 16 tokens" in report.summary() and "truncated" not in report.summary()
+    assert "0 (0.0%), read as 7 windows" in report.card_markdown()
