@@ -10,7 +10,7 @@ from ftpeft.core.validation import COUNT, NON_NEGATIVE, POSITIVE, SEED, check_fi
 from ftpeft.labels.args import LabelArguments, threshold_value
 from ftpeft.labels.target import problem_type_name
 from ftpeft.text.args import AUTO_SEQ_LENGTH, TextDataArguments, parse_max_seq_length
-from ftpeft.text.windows import LONG_TEXT_MODES
+from ftpeft.text.windows import doc_stride_field, long_texts_field
 from ftpeft.vision.args import ImageDataArguments
 
 
@@ -60,24 +60,12 @@ class FeatureArguments:
             "bert_cls; recorded in metadata.json). Allowed: auto, or a number >= 1."
         },
     )
-    long_texts: str = dataclasses.field(
-        default="auto",
-        metadata={
-            "help": "text: texts longer than --max_seq_length. 'truncate': cut at it. 'windows': a text's features "
-            "are the mean of its windows' (--max_seq_length tokens overlapping by --doc_stride). 'auto': windows when "
-            "--max_seq_length auto was clipped to the backbone's positions (more than 1%% of the training texts are "
-            "longer), else truncate (as bert_cls; recorded in metadata.json).",
-            "choices": LONG_TEXT_MODES,
-        },
+    long_texts: str = long_texts_field(
+        "a text's features are the mean of its windows' (--max_seq_length tokens overlapping by --doc_stride; "
+        "recorded in metadata.json).",
+        scope="text: ",
     )
-    doc_stride: int | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "text, --long_texts windows: tokens each window shares with the one before, less than half a "
-            "window. Default: a quarter of --max_seq_length.",
-            "range": COUNT,
-        },
-    )
+    doc_stride: int | None = doc_stride_field(scope="text, ")
     text_columns: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "text: one or two text columns."}
     )

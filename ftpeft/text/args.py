@@ -9,7 +9,7 @@ from ftpeft.core.config import SplitArguments
 from ftpeft.core.errors import FtpeftError
 from ftpeft.core.validation import COUNT, check_fields, check_value
 from ftpeft.labels.args import LabelArguments
-from ftpeft.text.windows import LONG_TEXT_MODES
+from ftpeft.text.windows import doc_stride_field, long_texts_field
 
 AUTO_SEQ_LENGTH = "auto"  # --max_seq_length auto: from the training texts (text.modeling.resolve_max_seq_length)
 
@@ -90,25 +90,12 @@ class TextDataArguments(SplitArguments, LabelArguments):
     )
     # Windows only where the text is longer than the model (auto) or the user asks: a length the user fixed
     # truncates as it always did (ftpeft.text.windows.resolve_long_texts).
-    long_texts: str = dataclasses.field(
-        default="auto",
-        metadata={
-            "help": "Texts longer than --max_seq_length. 'truncate': cut at it. 'windows': split each text into "
-            "windows of --max_seq_length tokens overlapping by --doc_stride, train on every window with the text's "
-            "label, and score a text by the mean of its windows' logits (validation, early stopping, test, ftpeft "
-            "predict). 'auto': windows when --max_seq_length auto was clipped to the model's positions (more than 1%% "
-            "of the training texts are longer than the model reads), else truncate. One text column only.",
-            "choices": LONG_TEXT_MODES,
-        },
+    long_texts: str = long_texts_field(
+        "split each text into windows of --max_seq_length tokens overlapping by --doc_stride, train on every window "
+        "with the text's label, and score a text by the mean of its windows' logits (validation, early stopping, test, "
+        "ftpeft predict, the ONNX export)."
     )
-    doc_stride: int | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "--long_texts windows: tokens each window shares with the one before, less than half a window. "
-            "Default: a quarter of --max_seq_length (128 of 512).",
-            "range": COUNT,
-        },
-    )
+    doc_stride: int | None = doc_stride_field()
     demo_classes: list[str] = dataclasses.field(
         default_factory=lambda: ["negative", "positive"],
         metadata={"help": "Classes of the offline demo tweets to keep (negative, neutral, positive)."},

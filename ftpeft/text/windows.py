@@ -9,12 +9,39 @@ prediction, ``ftpeft predict`` when it scores rows.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from ftpeft.core.errors import FtpeftError
+from ftpeft.core.validation import COUNT
 from ftpeft.core.windows import DOCUMENT_COLUMN
 
 LONG_TEXT_MODES = ("auto", "truncate", "windows")
+
+
+def long_texts_field(windows_do: str, scope: str = ""):
+    """The --long_texts field of an arguments dataclass; ``windows_do`` says what its recipe does with windows."""
+    return dataclasses.field(
+        default="auto",
+        metadata={
+            "help": f"{scope}{'t' if scope else 'T'}exts longer than --max_seq_length. 'truncate': cut at it. 'windows': {windows_do} "
+            "'auto': windows when --max_seq_length auto was clipped to the model's positions (more than 1%% of the "
+            "training texts are longer than the model reads), else truncate. One text column only.",
+            "choices": LONG_TEXT_MODES,
+        },
+    )
+
+
+def doc_stride_field(scope: str = ""):
+    """The --doc_stride field of an arguments dataclass."""
+    return dataclasses.field(
+        default=None,
+        metadata={
+            "help": f"{scope}--long_texts windows: tokens each window shares with the one before, less than half a "
+            "window. Default: a quarter of --max_seq_length (128 of 512).",
+            "range": COUNT,
+        },
+    )
 
 
 def resolve_long_texts(
