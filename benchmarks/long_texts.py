@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import RESULTS, ROOT, parse_benchmark_args
+from run_benchmarks import RESULTS, ROOT, parse_benchmark_args, write_results
 
 CASES = {"defaults (windows)": [], "--long_texts truncate": ["--long_texts", "truncate"]}
 
@@ -147,13 +147,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"{r['epochs']} | {m['eval_accuracy']:.3f} | {m['test_accuracy']:.3f} | {m['test_macro_f1']:.3f} | "
             f"{long_accuracy} (of {r['test_long_rows']}) | {m['train_runtime']:.0f} s |"
         )
-    folder = args.results_dir or RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "long_texts.md"
-    path.write_text("\n".join(lines) + "\n")
-    (folder / "long_texts.json").write_text(json.dumps(results, indent=1))
-    print(path.read_text())
-    return path
+    return write_results(args.results_dir or RESULTS, "long_texts", lines, results)
 
 
 if __name__ == "__main__":

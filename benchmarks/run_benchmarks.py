@@ -308,6 +308,16 @@ def notes(rows: list[dict], flops_per_sample: float | None, peak_flops: float) -
     return out
 
 
+def write_results(folder: Path, name: str, lines: list[str], data) -> Path:
+    """FOLDER/<name>.md (the ``lines``) and .json (``data``); prints the table and returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1))
+    print(path.read_text())
+    return path
+
+
 def write_sweep_results(args: argparse.Namespace, name: str, rows: list[dict], write_table) -> Path:
     """RESULTS_DIR/<name>[_quick].json and .md (rendered by ``write_table(rows, command, path)``); prints the table."""
     args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from run_benchmarks import RESULTS, parse_benchmark_args
+from run_benchmarks import RESULTS, parse_benchmark_args, write_results
 
 OLD_DEFAULT = 64
 
@@ -117,13 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"{r['cut_at_auto']:.1%} | {r['cut_at_64']:.1%} | {r['long_texts']} | {r['cut_at_default']:.1%} | "
             f"{r['windows_per_text']:.2f} |"
         )
-    results = args.results_dir or RESULTS
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / "seq_length.md"
-    path.write_text("\n".join(lines) + "\n")
-    (results / "seq_length.json").write_text(json.dumps(rows, indent=1))
-    print(path.read_text())
-    return path
+    return write_results(args.results_dir or RESULTS, "seq_length", lines, rows)
 
 
 if __name__ == "__main__":
