@@ -116,8 +116,10 @@ def resolve_max_seq_length(
         cut = sum(n > limit for n in train_lengths) / len(train_lengths)
         return (
             limit,
-            f"{why} ({length}), clipped to the {limit} positions {model_path} takes ({cut:.1%} of them are longer: "
-            "see long_texts)",
+            (
+                f"{why} ({length}), clipped to the {limit} positions {model_path} takes ({cut:.1%} of them are longer: "
+                "see long_texts)"
+            ),
         )
     return length, why
 
