@@ -21,12 +21,14 @@ from ftpeft.core.freezing import (
 )
 from ftpeft.core.param_groups import build_param_groups
 from ftpeft.core.trainer import FtpeftTrainer
+from ftpeft.core.windows import pool_windows
 from ftpeft.features.extract import load_features
 from ftpeft.features.heads import attach_head, load_sklearn_head, load_torch_head
 from ftpeft.knowledge.data import knowledge_batch
 from ftpeft.knowledge.model import KnowledgeInjectionConfig, KnowledgeInjectionForSequenceClassification
 from ftpeft.knowledge.table import KnowledgeTable
 from ftpeft.text.pooling import MeanPoolingConfig, MeanPoolingForSequenceClassification
+from ftpeft.text.windows import tokenize_windows
 from ftpeft.tuning.apply import TuningReport, apply_tuning
 
 __version__ = "0.1.0"
@@ -54,5 +56,7 @@ __all__ = [
     "load_features",
     "load_sklearn_head",
     "load_torch_head",
+    "pool_windows",
+    "tokenize_windows",
     "unfreeze_last",
 ]
