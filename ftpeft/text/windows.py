@@ -104,8 +104,10 @@ def window_encoder(tokenizer, text_column: str, max_length: int, doc_stride: int
 
 
 def tokenize_windows(dataset, tokenizer, text_column: str, max_length: int, doc_stride: int, **map_kwargs):
-    """``dataset`` as windows (model inputs, ``labels`` when it has them, ``DOCUMENT_COLUMN``); the labels keep
-    their feature (class names)."""
+    """``dataset``'s ``text_column`` as windows of at most ``max_length`` tokens, consecutive windows of a text sharing
+    ``doc_stride`` tokens: the model inputs, ``labels`` (when the dataset has them; repeated on each window of a text,
+    with their feature and class names) and ``DOCUMENT_COLUMN`` (the text's row). ``map_kwargs`` go to
+    ``datasets.Dataset.map``. Needs a fast tokenizer."""
     carried = [c for c in ("labels",) if c in dataset.column_names]
     encode = window_encoder(tokenizer, text_column, max_length, doc_stride, carried)
     windows = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names, **map_kwargs)
