@@ -207,12 +207,13 @@ def test_a_preempted_run_stops_at_a_checkpoint_and_resumes_to_the_same_end(
 def test_a_run_stopped_by_its_max_time_resumes_to_the_same_end(
     reference, tiny_bert_dir, text_csv_dir, tmp_path, caplog
 ):
-    """--max_time 1.5s, counted from start_run; a 1.5 s sleep after step 8 makes it pass there at the latest (on a slow
-    machine earlier: where it stops varies, the end must not). No signal is sent; --preemption_signals none shows the
-    cap does not need one. The resumed run gets its own 1.5 s: --max_time 10m lets it finish."""
+    """--max_time 4s, counted from start_run; a 4 s sleep after step 8 makes it pass there at the latest (on a slow
+    or busy machine earlier, but after step 1: a 1.5 s cap ran out during the setup beside a test run and a
+    benchmark; where it stops varies, the end must not). No signal is sent; --preemption_signals none shows the cap
+    does not need one. The resumed run gets its own 4 s: --max_time 10m lets it finish."""
     out = tmp_path / "run"
-    capped = auto_argv(tiny_bert_dir, text_csv_dir, out, "--preemption_signals", "none", "--max_time", "1.5s")
-    with signals_during_training([{"at": "step_end", "step": 8, "sleep": 1.5}]):
+    capped = auto_argv(tiny_bert_dir, text_csv_dir, out, "--preemption_signals", "none", "--max_time", "4s")
+    with signals_during_training([{"at": "step_end", "step": 8, "sleep": 4}]):
         outcome = call_entry_point(bert_cls.main, capped)
     assert outcome.code == PREEMPTED_EXIT_CODE, outcome.stderr[-3000:]
     record = preempted(out)
