@@ -106,6 +106,47 @@ def score(predicted: list[str], references: list[str], rows: list[int]) -> dict:
     }
 
 
+def schema_results(results: dict, command: str, train_rows, eval_rows) -> dict:
+    """The shared results schema (scripts/gen_docs.py): one result per --long_texts run, the raw rows as detail."""
+    import datetime
+    import platform
+
+    import torch
+
+    results_list = []
+    for name, r in results.items():
+        longer = r["test_longer"] or {"accuracy": None, "n": 0}
+        results_list.append(
+            {
+                "setting": {
+                    "recipe": "bert_cls",
+                    "tuning": f"--long_texts {name} at --max_seq_length {r['max_seq_length']}, the other defaults",
+                    "data": "Reuters R8 news, 8 topics",
+                    "size": f"Reuters R8: {f'{train_rows:,}' if train_rows else 'all'} training articles, "
+                    f"{f'{eval_rows:,}' if eval_rows else 'all'} validation, "
+                    f"{r['test']['n']:,} test ({longer['n']} longer than the window)",
+                    "epochs": "auto",
+                    "seeds": "42",
+                },
+                "date": datetime.date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}",
+                "load": f"accuracy run (load {r['load_average'][0]} before, {r['load_average'][1]} after)",
+                "command": command,
+                "figures": {
+                    "test_accuracy_on_longer_articles": longer["accuracy"],
+                    "test_accuracy": r["test"]["accuracy"],
+                    "test_macro_f1": r["test"]["macro_f1"],
+                    "eval_accuracy": r["eval_accuracy"],
+                    "train_runtime_s": r["train_runtime"],
+                    "train_windows": r["train_windows"] or r["train_rows"],
+                },
+                "in_readme": False,
+                "note": f"test accuracy {r['test']['accuracy']:.3f} on all {r['test']['n']:,}",
+            }
+        )
+    return {"results": results_list, "detail": results}
+
+
 def add_flags(parser) -> None:
     parser.add_argument("--window", type=int, default=None, help="--max_seq_length of both runs (default: auto).")
     parser.add_argument("--train_rows", type=int, default=None, help="--max_train_samples (default: all).")
@@ -132,20 +173,29 @@ def main(argv: list[str] | None = None) -> Path:
             row["test_longer"] = score(predicted, references, longer) if longer else None
             results[name] = row
             print(name, json.dumps(row), flush=True)
-    window = args.window or "auto (512)"
+    return write_table(results, args, argv if argv is not None else sys.argv[1:])
+
+
+def write_table(results: dict, args, argv: list[str]) -> Path:
+    """RESULTS/long_texts.md (the table) and .json (the shared schema, the rows as detail)."""
+    command = " ".join(["python benchmarks/long_texts.py", *argv])
     lines = [
         "# Long texts: windows against truncation, Reuters R8",
         "",
-        (f"Command: `python benchmarks/long_texts.py {' '.join(argv if argv is not None else sys.argv[1:])}`; model "
-        f"{args.model_name_or_path or 'the packaged all-MiniLM-L6-v2'}; --max_seq_length {window}; training articles: {args.train_rows or 'all'} "
-        f"(--max_train_samples, after 10% of the 5,485 are held out), validation: {args.eval_rows or 'all'}; seed 42; "
-        "the 2,189 test articles scored once per run, after training, by `ftpeft predict`. Accuracy runs: train "
-        "times are loaded figures (load average before and after each run in the JSON)."),
+        (
+            f"Command: `{command}`; model {args.model_name_or_path or 'the packaged all-MiniLM-L6-v2'}; "
+            f"--max_seq_length {args.window or 'auto (512)'}; training articles: {args.train_rows or 'all'} "
+            f"(--max_train_samples, after 10% of the 5,485 are held out), validation: {args.eval_rows or 'all'}; "
+            "seed 42; the 2,189 test articles scored once per run, after training, by `ftpeft predict`. Accuracy "
+            "runs: train times are loaded figures (load average before and after each run in the JSON)."
+        ),
         "",
-        ("| --long_texts | training rows cut | training windows | epochs (auto) | val acc | test acc | test macro-F1 | "
-        "test acc, articles longer than the window | train time |"),
+        (
+            "| --long_texts | training rows cut | training windows | epochs (auto) | val acc | test acc | test macro-F1 "
+            "| test acc, articles longer than the window | train time |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for name, r in results.items():
         longer = r["test_longer"]
         longer_cell = "-" if longer is None else f"{longer['accuracy']:.3f} (of {longer['n']:,})"
@@ -154,7 +204,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"{r['eval_accuracy']:.3f} | {r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {longer_cell} | "
             f"{r['train_runtime']:.0f} s |"
         )
-    return write_results(args.results_dir or RESULTS, "long_texts", lines, results)
+    schema = schema_results(results, command, args.train_rows, args.eval_rows)
+    return write_results(args.results_dir or RESULTS, "long_texts", lines, schema)
 
 
 if __name__ == "__main__":
