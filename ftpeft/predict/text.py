@@ -62,13 +62,14 @@ def recorded_setting(run: SavedRun, name: str):
     return None, None
 
 
-def _recorded_count(run: SavedRun, name: str) -> int | None:
+def _recorded_count(run: SavedRun, name: str, minimum: int, what: str) -> int | None:
+    """The whole number >= ``minimum`` resolved_settings.json records as ``name``'s used value; None: not recorded."""
     path, recorded = recorded_setting(run, name)
     if recorded is None:
         return None
     used = recorded.get("used") if isinstance(recorded, dict) else None
-    if isinstance(used, bool) or not isinstance(used, int) or used < 0:
-        raise FtpeftError(f"{path}: {name} records no usable number ({recorded!r:.80}); re-copy the run.")
+    if isinstance(used, bool) or not isinstance(used, int) or used < minimum:
+        raise FtpeftError(f"{path}: {name} records no usable {what} ({recorded!r:.80}); re-copy the run.")
     return used
 
 
@@ -77,7 +78,7 @@ def window_stride(run: SavedRun) -> int | None:
     _, mode = recorded_setting(run, "long_texts")
     if not isinstance(mode, dict) or mode.get("used") != "windows":
         return None
-    stride = _recorded_count(run, "doc_stride")
+    stride = _recorded_count(run, "doc_stride", 0, "number")
     if stride is None:
         raise FtpeftError(f"{run.run_dir}: read long texts as windows, but records no doc_stride; re-copy the run.")
     return stride
@@ -89,10 +90,7 @@ def max_seq_length(run: SavedRun) -> int:
     from ftpeft.core.settings import SETTINGS_FILE
     from ftpeft.text.args import parse_max_seq_length
 
-    used = _recorded_count(run, "max_seq_length")
-    if used == 0:
-        path, recorded = recorded_setting(run, "max_seq_length")
-        raise FtpeftError(f"{path}: max_seq_length records no usable length ({recorded!r:.80}); re-copy the run.")
+    used = _recorded_count(run, "max_seq_length", 1, "length")
     if used is not None:
         return used
     given = parse_max_seq_length(run.setting("max_seq_length", LEGACY_MAX_SEQ_LENGTH))

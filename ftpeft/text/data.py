@@ -449,9 +449,13 @@ class TextData:
     max_seq_length: int  # what the splits were truncated at (--max_seq_length, auto resolved)
     max_seq_length_why: str  # why that length (resolved_settings.json)
     target: Target  # the labels' shape: problem type, names, scaling (ftpeft.labels)
-    windows: bool = False  # long texts split into windows (--long_texts; each split has DOCUMENT_COLUMN)
-    windows_why: str = ""  # why (resolved_settings.json)
-    doc_stride: int | None = None  # the windows' overlap in tokens
+    windows_why: str = ""  # why long texts are (or are not) read as windows (resolved_settings.json)
+    doc_stride: int | None = None  # the windows' overlap in tokens; None: long texts were truncated
+
+    @property
+    def windows(self) -> bool:
+        """Long texts split into windows (--long_texts; each split has DOCUMENT_COLUMN)."""
+        return self.doc_stride is not None
 
 
 def load_tokenized_data(
@@ -500,7 +504,7 @@ def load_tokenized_data(
     if windows:
         logger.info("long texts: split into windows of %d tokens (%s)", max_seq_length, windows_why)
     return TextData(
-        tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why, target, windows, windows_why,
+        tokenizer, raw, tokenized, label_names, text_columns, report, max_seq_length, why, target, windows_why,
         doc_stride,
     )  # fmt: skip
 
