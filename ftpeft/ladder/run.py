@@ -656,9 +656,9 @@ def pooled_text_features(features: dict, labels: dict, tokenized) -> tuple[dict,
 
     pooled_features, pooled_labels = {}, {}
     for split, dataset in tokenized.items():
-        documents = dataset[DOCUMENT_COLUMN]
-        pooled_features[split] = {kind: pool_windows(v, None, documents)[0] for kind, v in features[split].items()}
-        pooled_labels[split] = pool_windows(features[split]["mean"], labels[split], documents)[1]
+        documents, pooled_features[split] = dataset[DOCUMENT_COLUMN], {}
+        for kind, values in features[split].items():  # each kind pooled once; the labels come with it
+            pooled_features[split][kind], pooled_labels[split] = pool_windows(values, labels[split], documents)
     return pooled_features, pooled_labels
 
 
