@@ -331,6 +331,7 @@ def legacy_class_weights() -> list[Figure]:
 
 EPOCH_SETS = {  # epochs.json's set names -> what the reference table calls the data and its size
     "tweets500": ("demo", "500 demo tweets"),
+    "tweets500_val500": ("demo", "500 demo tweets, 500 validation"),
     "tweets4000": ("demo", "4,000 demo tweets"),
     "tweets16000": ("demo", "16,000 demo tweets"),
     "trec6": ("TREC-6 questions", "TREC-6"),
