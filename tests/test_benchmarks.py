@@ -258,3 +258,38 @@ def test_the_epochs_seed_summary_gives_the_ladder_goals_validation_gap_over_seed
     ]  # fmt: skip
     line = next(line for line in epochs.seed_summary(rows) if line.startswith("| a | full |"))
     assert line.endswith("| -0.5 ± 1.3 |")
+
+
+@pytest.mark.parametrize(
+    "last_improvement, patience, eval_steps, cap, stopped",
+    [
+        # patience runs out at 16 + 3 * 16 = 64; cooldown ceil(0.2 * 64 / 16) = 1 interval
+        (16, 3, 16, 320, 80),
+        (48, 3, 16, 320, 128),  # 96, then ceil(1.2) = 2 intervals
+        (48, 2, 8, 320, 80),  # 64, then ceil(1.6) = 2 intervals of 8
+        (288, 3, 16, 320, 320),  # the cap wins
+    ],
+)
+def test_the_stopping_replay_stops_where_the_plateau_stopping_rule_does(
+    last_improvement, patience, eval_steps, cap, stopped
+):
+    import stopping_replay
+
+    assert stopping_replay.stop_step(last_improvement, patience, eval_steps, cap) == stopped
+
+
+def test_the_stopping_replay_recovers_each_runs_last_improvement_and_reproduces_the_measured_ratio():
+    import stopping_replay
+
+    def run(rung, epochs, steps, val):
+        key = f"s|{rung}|{epochs}|42"
+        return {"data": "s", "rung": rung, "epochs": epochs, "seed": 42, "key": key, "steps": steps,
+                "epoch_steps": 16, "val_accuracy": val}  # fmt: skip
+
+    runs = [run("a", "auto", 128, 0.8), run("a", "2", 32, 0.8), run("a", "4", 64, 0.7),  # chosen: 2 epochs
+            run("b", "auto", 80, 0.8), run("b", "4", 64, 0.9),
+            run("c", "auto", 112, 0.8), run("c", "4", 64, 0.9)]  # fmt: skip  # 112: no improvement step stops there
+    result = stopping_replay.replay(runs, "s")
+    assert result["unmatched"] == ["s|c|auto|42"] and result["runs"] == 2
+    assert result["ratios"][(3, 1)] == pytest.approx((128 + 80) / (32 + 64))  # the rule as measured
+    assert result["ratios"][(1, 1)] == pytest.approx((80 + 48) / (32 + 64))  # 48 + 16 and 16 + 16, + 1 interval each

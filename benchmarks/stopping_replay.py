@@ -1,0 +1,101 @@
+"""On paper: the optimizer steps other patience and cadence settings of ``--num_train_epochs auto`` would have run,
+replayed from the stops that ``epochs.py`` measured on the small sets (an epoch of fewer than 50 steps, evaluated
+once per epoch).
+
+    python benchmarks/stopping_replay.py      # < 1 s, reads results/epochs_runs.jsonl; prints a markdown table
+
+Each measured auto run stopped at ``p + cooldown``: ``p`` is the evaluation at which the patience ran out (the last
+improvement ``b`` plus ``patience`` evaluations) and the cooldown is ``--auto_cooldown`` (0.2) of ``p``, rounded up
+to whole evaluation intervals (``ftpeft.core.stopping.PlateauStopping``). That equation gives each run's ``b``
+back from its stop (one ``b`` per stop). The replay keeps ``b`` and applies another patience and interval: it assumes
+that the last improvement comes at the same epoch whatever the cadence, which a finer cadence on a noisy validation
+set would not keep (more evaluations, more chances of a noisy "improvement"), and it counts steps, not the extra
+evaluations' time. It cannot say what test accuracy the shorter runs would reach: only a rerun can.
+The reference is the summed steps of each run's fixed epoch count chosen on validation, as in ``epochs.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COOLDOWN = 0.2  # --auto_cooldown's default
+PATIENCE = 3  # --early_stopping_patience's default
+FIXED_EPOCHS = ("1", "2", "4", "8")
+VARIANTS = ((3, 1), (2, 1), (1, 1), (3, 2), (2, 2))  # (patience in evaluations, evaluations per epoch)
+
+
+def stop_step(last_improvement: int, patience: int, eval_steps: int, cap_steps: int) -> int:
+    """The step an auto run stops at: patience runs out at ``last_improvement + patience`` evaluations, then the
+    cooldown of COOLDOWN of the steps so far, rounded up to whole evaluation intervals."""
+    plateau = last_improvement + patience * eval_steps
+    cooldown = max(1, math.ceil(round(COOLDOWN * plateau / eval_steps, 9))) * eval_steps
+    return min(plateau + cooldown, cap_steps)
+
+
+def last_improvement_from(stopped: int, epoch_steps: int, cap_steps: int) -> int | None:
+    """The step of the last improvement that makes a run evaluated once per epoch stop at ``stopped``; None when no
+    improvement step does (a run that reached the cap, or one evaluated at another cadence)."""
+    for evaluation in range(1, cap_steps // epoch_steps + 1):
+        step = evaluation * epoch_steps
+        if stop_step(step, PATIENCE, epoch_steps, cap_steps) == stopped and stopped < cap_steps:
+            return step
+    return None
+
+
+def replay(runs: list[dict], data: str, max_epochs: int = 20) -> dict:
+    """For one set: the summed steps of each variant against the chosen fixed counts'."""
+    ok = [run for run in runs if run["data"] == data and "error" not in run]
+    chosen_steps, replayed, unmatched = 0, dict.fromkeys(VARIANTS, 0), []
+    for auto in (run for run in ok if run["epochs"] == "auto"):
+        fixed = [
+            r for r in ok if (r["rung"], r["seed"]) == (auto["rung"], auto["seed"]) and r["epochs"] in FIXED_EPOCHS
+        ]
+        if not fixed:
+            continue
+        epoch_steps, cap_steps = auto["epoch_steps"], auto["epoch_steps"] * max_epochs
+        improvement = last_improvement_from(auto["steps"], epoch_steps, cap_steps)
+        if improvement is None:
+            unmatched.append(auto["key"])
+            continue
+        chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
+        chosen_steps += chosen["steps"]
+        for patience, per_epoch in VARIANTS:
+            eval_steps = math.ceil(epoch_steps / per_epoch)
+            replayed[(patience, per_epoch)] += stop_step(improvement, patience, eval_steps, cap_steps)
+    return {
+        "set": data,
+        "runs": sum(1 for run in ok if run["epochs"] == "auto") - len(unmatched),
+        "unmatched": unmatched,
+        "ratios": {variant: steps / chosen_steps for variant, steps in replayed.items()} if chosen_steps else {},
+    }
+
+
+def render(results: list[dict]) -> str:
+    header = " | ".join(f"patience {p}, {k} per epoch" + (" (the default)" if (p, k) == (3, 1) else "")
+                        for p, k in VARIANTS)  # fmt: skip
+    lines = [f"| set | runs | {header} |", "|---|---|" + "---|" * len(VARIANTS)]
+    for result in results:
+        ratios = " | ".join(f"{result['ratios'][variant]:.2f}x" for variant in VARIANTS)
+        lines.append(f"| {result['set']} | {result['runs']} | {ratios} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    runs_file = Path(argv[0]) if argv else RESULTS / "epochs_runs.jsonl"
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines() if line.strip()]
+    small = sorted({run["data"] for run in runs if run.get("epoch_steps", 50) < 50 and run["epochs"] == "auto"})
+    results = [replay(runs, data) for data in small]
+    table = render([result for result in results if result["ratios"]])
+    print("Auto's optimizer steps against the chosen fixed counts', summed per set, replayed:\n\n" + table)
+    for result in results:
+        if result["unmatched"]:
+            print(f"{result['set']}: left out (no last improvement gives their stop): {', '.join(result['unmatched'])}")
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
