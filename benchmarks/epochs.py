@@ -52,6 +52,7 @@ from pathlib import Path
 from run_benchmarks import ROOT, parse_benchmark_args
 
 FIXED_EPOCHS = (1, 2, 4, 8)
+FIRST_RUNS_DATE = "2026-12-06"  # the runs recorded before each run kept its date
 SETS = ("tweets500", "tweets500_val500", "tweets4000", "tweets16000", "trec6", "mnist")
 RUNGS = {
     "head_only": ["--unfreeze_last", "0", "--cache_frozen"],
@@ -164,6 +165,7 @@ def run_job(job: Job, argv: list[str], env: dict) -> dict:
         "converged": stop["converged"] if stop else None,
         "stop_reason": stop["reason"] if stop else None,
         "command": "python " + " ".join(Path(a).name if a.startswith(str(ROOT)) else a for a in argv),
+        "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -198,6 +200,7 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
                     "auto_best_epoch": auto["best_epoch"],
                     "auto_stopped_epoch": auto["stopped_epoch"],
                     "auto_converged": auto["converged"],
+                    "date": auto.get("date", FIRST_RUNS_DATE),
                     "val_gap_points": (auto["val_accuracy"] - chosen["val_accuracy"]) * 100,
                     "test_gap_points": (auto["test_accuracy"] - chosen["test_accuracy"]) * 100,
                     "time_ratio": auto["train_runtime_s"] / chosen["train_runtime_s"],
