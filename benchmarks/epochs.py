@@ -176,6 +176,11 @@ def run_job(job: Job, argv: list[str], env: dict) -> dict:
     }
 
 
+def chosen_fixed(fixed: list[dict]) -> dict:
+    """The fixed-count run chosen on validation accuracy; on ties, the fewer epochs."""
+    return max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))
+
+
 def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -> list[dict]:
     """Per (set, rung, seed): the fixed count chosen on validation, its test accuracy and time, and auto's."""
     by_key = {run["key"]: run for run in runs if "error" not in run}
@@ -188,7 +193,7 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
             constant = by_key.get(Job(data, rung, "auto_constant", seed).key)
             if not fixed or auto is None:
                 continue
-            chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
+            chosen = chosen_fixed(fixed)
             rows.append(
                 {
                     "set": data,
@@ -458,8 +463,8 @@ def main(argv: list[str] | None = None) -> Path:
         workdir = args.workdir or Path(temp)
         flags = data_flags_for({data for data, _ in grid}, workdir, args.quick)
         quick_model = args.model_name_or_path
-        variants = [v for v in AUTO_VARIANTS if v in (args.only or []) and v != "auto"]
-        variants += ["auto_constant"] if args.ablation and "auto_constant" not in variants else []
+        asked = {*(args.only or []), *(["auto_constant"] if args.ablation else [])}
+        variants = [v for v in AUTO_VARIANTS if v in asked and v != "auto"]
         jobs = [Job(data, rung, str(e), seed) for seed in args.seeds for data, rung in grid
                 for e in ("auto", *FIXED_EPOCHS, *variants)]  # fmt: skip
         if args.quick:

@@ -2,11 +2,11 @@
 replayed from the stops that ``epochs.py`` measured on the small sets (an epoch of fewer than 50 steps, evaluated
 once per epoch).
 
-    python benchmarks/stopping_replay.py      # < 1 s, reads results/epochs_runs.jsonl; prints a markdown table
+    python benchmarks/stopping_replay.py      # ~10 s (importing ftpeft), reads results/epochs_runs.jsonl; prints tables
 
 Each measured auto run stopped at ``p + cooldown``: ``p`` is the evaluation at which the patience ran out (the last
 improvement ``b`` plus ``patience`` evaluations) and the cooldown is ``--auto_cooldown`` (0.2) of ``p``, rounded up
-to whole evaluation intervals (``ftpeft.core.stopping.PlateauStopping``). That equation gives each run's ``b``
+to whole evaluation intervals (``ftpeft.core.stopping.cooldown_length``, which the callback uses). That equation gives each run's ``b``
 back from its stop (one ``b`` per stop). The replay keeps ``b`` and applies another patience and interval: it assumes
 that the last improvement comes at the same epoch whatever the cadence, which a finer cadence on a noisy validation
 set would not keep (more evaluations, more chances of a noisy "improvement"), and it counts steps, not the extra
@@ -16,16 +16,23 @@ The reference is the summed steps of each run's fixed epoch count chosen on vali
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
+from epochs import FIXED_EPOCHS, chosen_fixed
+
+from ftpeft.core.config import RunArguments
+from ftpeft.core.stopping import cooldown_length
+
 RESULTS = Path(__file__).resolve().parent / "results"
-COOLDOWN = 0.2  # --auto_cooldown's default
-PATIENCE = 3  # --early_stopping_patience's default
-FIXED_EPOCHS = ("1", "2", "4", "8")
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunArguments)}
+COOLDOWN = DEFAULTS["auto_cooldown"]
+PATIENCE = DEFAULTS["early_stopping_patience"]
+FIXED = tuple(str(epochs) for epochs in FIXED_EPOCHS)  # as the runs file spells them
 VARIANTS = ((3, 1), (2, 1), (1, 1), (3, 2), (2, 2))  # (patience in evaluations, evaluations per epoch)
 MEASURED_VARIANTS = {"auto_p2_half": (2, 2)}  # epochs.py's variants that ran one of them: the replay, checked
 
@@ -34,8 +41,7 @@ def stop_step(last_improvement: int, patience: int, eval_steps: int, cap_steps: 
     """The step an auto run stops at: patience runs out at ``last_improvement + patience`` evaluations, then the
     cooldown of COOLDOWN of the steps so far, rounded up to whole evaluation intervals."""
     plateau = last_improvement + patience * eval_steps
-    cooldown = max(1, math.ceil(round(COOLDOWN * plateau / eval_steps, 9))) * eval_steps
-    return min(plateau + cooldown, cap_steps)
+    return min(plateau + cooldown_length(COOLDOWN, plateau, eval_steps), cap_steps)
 
 
 def last_improvement_from(stopped: int, epoch_steps: int, cap_steps: int) -> int | None:
@@ -53,9 +59,7 @@ def replay(runs: list[dict], data: str, max_epochs: int = 20) -> dict:
     ok = [run for run in runs if run["data"] == data and "error" not in run]
     chosen_steps, replayed, unmatched = 0, dict.fromkeys(VARIANTS, 0), []
     for auto in (run for run in ok if run["epochs"] == "auto"):
-        fixed = [
-            r for r in ok if (r["rung"], r["seed"]) == (auto["rung"], auto["seed"]) and r["epochs"] in FIXED_EPOCHS
-        ]
+        fixed = [r for r in ok if (r["rung"], r["seed"]) == (auto["rung"], auto["seed"]) and r["epochs"] in FIXED]
         if not fixed:
             continue
         epoch_steps, cap_steps = auto["epoch_steps"], auto["epoch_steps"] * max_epochs
@@ -63,8 +67,7 @@ def replay(runs: list[dict], data: str, max_epochs: int = 20) -> dict:
         if improvement is None:
             unmatched.append(auto["key"])
             continue
-        chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
-        chosen_steps += chosen["steps"]
+        chosen_steps += chosen_fixed(fixed)["steps"]
         for patience, per_epoch in VARIANTS:
             eval_steps = math.ceil(epoch_steps / per_epoch)
             replayed[(patience, per_epoch)] += stop_step(improvement, patience, eval_steps, cap_steps)
@@ -84,10 +87,9 @@ def measured(runs: list[dict], data: str, variant: str) -> dict | None:
     rows = []
     for pair in pairs:
         same = {run["epochs"]: run for run in ok if (run["rung"], run["seed"]) == pair}
-        fixed = [same[e] for e in FIXED_EPOCHS if e in same]
+        fixed = [same[e] for e in FIXED if e in same]
         if fixed and "auto" in same:
-            chosen = max(fixed, key=lambda run: (run["val_accuracy"], -float(run["epochs"])))  # ties: fewer epochs
-            rows.append((chosen, same["auto"], same[variant]))
+            rows.append((chosen_fixed(fixed), same["auto"], same[variant]))
     if not rows:
         return None
 

@@ -359,7 +359,7 @@ def legacy_epochs() -> list[Figure]:
                 seeds=str(row["seed"]),
                 figure=f"test acc {row['auto_test']:.3f} against {row['chosen_test']:.3f} at the chosen "
                 f"{row['chosen_epochs']} ({row['test_gap_points']:+.1f} points, {row['steps_ratio']:.2f}x the steps)",
-                date=row.get("date", "2026-12-06"),  # the auto run's date (the runs before 2026-12-07 kept none)
+                date=row["date"],  # the auto run's (epochs.py dates the runs recorded before runs kept a date)
                 machine=results["machine"],
                 source="epochs.json",
                 # the command that reruns this row (the results' own command is the last render's)

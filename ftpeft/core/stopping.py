@@ -185,6 +185,12 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+def cooldown_length(cooldown: float, plateau_step: int, eval_steps: int) -> int:
+    """Optimizer steps of the cooldown that starts at ``plateau_step``: ``cooldown`` of the steps so far, rounded up to
+    whole evaluation intervals (at least one), so that it ends on an evaluation."""
+    return max(1, math.ceil(cooldown * plateau_step / eval_steps)) * eval_steps
+
+
 class PlateauStopping(TrainerCallback, ExportableState):
     """Early stopping with a cooldown: after ``patience`` evaluations without a better metric (more than
     ``threshold``, compared with ``state.best_metric`` as transformers' EarlyStoppingCallback does), the LR multiplier
@@ -285,8 +291,8 @@ class PlateauStopping(TrainerCallback, ExportableState):
             if not self.cooldown:
                 self.stopped = control.should_training_stop = True
                 return
-            intervals = math.ceil(self.cooldown * state.global_step / self.eval_steps)
-            self.cooldown_start, self.cooldown_steps = state.global_step, max(1, intervals) * self.eval_steps
+            self.cooldown_start = state.global_step
+            self.cooldown_steps = cooldown_length(self.cooldown, state.global_step, self.eval_steps)
             logger.info(
                 "validation %s has not improved for %d evaluations: annealing the LR to 0 over %d steps, then stopping",
                 key,
