@@ -23,8 +23,8 @@ head_only, last1, last2 (the head, or the last 1 or 2 stages of EfficientNet-Lit
 augments its training images) and full. The default grid runs last2 and full only.
 Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
-its early stopping and cooldown; --ablation adds auto without the cooldown, `--only auto_p2_half` a shorter patience
-with half-epoch evaluations for the 16-step epochs of tweets500_val500). The fixed count is chosen on validation
+its early stopping and cooldown; --ablation adds auto without the cooldown, `--only auto_p3_epoch` the rule before
+2026-12-07 for epochs of under 50 steps, one evaluation per epoch and a patience of 3). The fixed count is chosen on validation
 accuracy; test is read once for the chosen count
 and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
 there. Writes RESULTS/epochs.md, epochs.json and epochs.png, rendering every (set, rung) and seed in the runs file,
@@ -76,9 +76,9 @@ TREC_COARSE = {0: "DESC", 1: "ENTY", 2: "ABBR", 3: "HUM", 4: "NUM", 5: "LOC"}  #
 AUTO_VARIANTS = {
     "auto": [],  # the default
     "auto_constant": ["--auto_cooldown", "0"],  # without its cooldown (--ablation)
-    # a shorter patience and half-epoch evaluations on tweets500_val500's 16-step epochs (--only auto_p2_half): what
-    # stopping_replay.py says would bring its steps under 1.5x the chosen counts'
-    "auto_p2_half": ["--early_stopping_patience", "2", "--eval_steps", "8"],
+    # the rule before 2026-12-07 on an epoch of under 50 steps (--only auto_p3_epoch): one evaluation per epoch, a
+    # patience of 3; stopping_replay.py replays its stops
+    "auto_p3_epoch": ["--early_stopping_patience", "3", "--eval_strategy", "epoch"],
 }
 
 
@@ -170,10 +170,19 @@ def run_job(job: Job, argv: list[str], env: dict) -> dict:
         "best_epoch": stop["best_epoch"] if stop else float(job.epochs),
         "stopped_epoch": stop["stopped_epoch"] if stop else float(job.epochs),
         "converged": stop["converged"] if stop else None,
+        # the best validation score any evaluation saw: above val_accuracy where the annealed end was kept over it
+        "best_eval_val": best_evaluation(stop) if stop else None,
         "stop_reason": stop["reason"] if stop else None,
         "command": "python " + " ".join(Path(a).name if a.startswith(str(ROOT)) else a for a in argv),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def best_evaluation(stop: dict) -> float:
+    """The highest validation score of an auto run's evaluations (its stop record): the earlier best where the
+    cooldown's annealed end was kept within one standard error of it, else the saved model's."""
+    choice = stop.get("annealed_choice")
+    return choice["earlier_best"] if choice else stop["best_metric"]
 
 
 def chosen_fixed(fixed: list[dict]) -> dict:

@@ -1,10 +1,11 @@
 """On paper: the optimizer steps other patience and cadence settings of ``--num_train_epochs auto`` would have run,
-replayed from the stops that ``epochs.py`` measured on the small sets (an epoch of fewer than 50 steps, evaluated
-once per epoch).
+replayed from the stops that ``epochs.py`` measured on the small sets (an epoch of fewer than 50 steps) under the
+rule before 2026-12-07: one evaluation per epoch, a patience of 3 (epochs.py's ``auto_p3_epoch`` runs). The replay
+chose today's rule for such epochs (2 evaluations per epoch, a patience of 2); its ``auto`` runs are the check.
 
     python benchmarks/stopping_replay.py      # ~10 s (importing ftpeft), reads results/epochs_runs.jsonl; prints tables
 
-Each measured auto run stopped at ``p + cooldown``: ``p`` is the evaluation at which the patience ran out (the last
+Each measured ``auto_p3_epoch`` run stopped at ``p + cooldown``: ``p`` is the evaluation at which the patience ran out (the last
 improvement ``b`` plus ``patience`` evaluations) and the cooldown is ``--auto_cooldown`` (0.2) of ``p``, rounded up
 to whole evaluation intervals (``ftpeft.core.stopping.cooldown_length``, which the callback uses). That equation gives each run's ``b``
 back from its stop (one ``b`` per stop). The replay keeps ``b`` and applies another patience and interval: it assumes
@@ -31,10 +32,11 @@ from ftpeft.core.stopping import cooldown_length
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunArguments)}
 COOLDOWN = DEFAULTS["auto_cooldown"]
+BASE = "auto_p3_epoch"  # the runs replayed: one evaluation per epoch, the flag's default patience
 PATIENCE = DEFAULTS["early_stopping_patience"]
 FIXED = tuple(str(epochs) for epochs in FIXED_EPOCHS)  # as the runs file spells them
 VARIANTS = ((3, 1), (2, 1), (1, 1), (3, 2), (2, 2))  # (patience in evaluations, evaluations per epoch)
-MEASURED_VARIANTS = {"auto_p2_half": (2, 2)}  # epochs.py's variants that ran one of them: the replay, checked
+MEASURED_VARIANTS = {"auto": (2, 2)}  # epochs.py's settings that ran one of them on these sets: the replay, checked
 
 
 def stop_step(last_improvement: int, patience: int, eval_steps: int, cap_steps: int) -> int:
@@ -58,7 +60,7 @@ def replay(runs: list[dict], data: str, max_epochs: int = 20) -> dict:
     """For one set: the summed steps of each variant against the chosen fixed counts'."""
     ok = [run for run in runs if run["data"] == data and "error" not in run]
     chosen_steps, replayed, unmatched = 0, dict.fromkeys(VARIANTS, 0), []
-    for auto in (run for run in ok if run["epochs"] == "auto"):
+    for auto in (run for run in ok if run["epochs"] == BASE):
         fixed = [r for r in ok if (r["rung"], r["seed"]) == (auto["rung"], auto["seed"]) and r["epochs"] in FIXED]
         if not fixed:
             continue
@@ -73,23 +75,23 @@ def replay(runs: list[dict], data: str, max_epochs: int = 20) -> dict:
             replayed[(patience, per_epoch)] += stop_step(improvement, patience, eval_steps, cap_steps)
     return {
         "set": data,
-        "runs": sum(1 for run in ok if run["epochs"] == "auto") - len(unmatched),
+        "runs": sum(1 for run in ok if run["epochs"] == BASE) - len(unmatched),
         "unmatched": unmatched,
         "ratios": {variant: steps / chosen_steps for variant, steps in replayed.items()} if chosen_steps else {},
     }
 
 
 def measured(runs: list[dict], data: str, variant: str) -> dict | None:
-    """For one set: a variant that epochs.py ran, against the default auto and the chosen fixed counts of the same
-    rungs and seeds: summed steps and train time, mean test gap, and what the replay predicted for them."""
+    """For one set: a setting that epochs.py ran, against BASE and the chosen fixed counts of the same rungs and
+    seeds: summed steps and train time, mean test gap, and what the replay predicted for them."""
     ok = [run for run in runs if run["data"] == data and "error" not in run]
     pairs = sorted({(run["rung"], run["seed"]) for run in ok if run["epochs"] == variant})
     rows = []
     for pair in pairs:
         same = {run["epochs"]: run for run in ok if (run["rung"], run["seed"]) == pair}
         fixed = [same[e] for e in FIXED if e in same]
-        if fixed and "auto" in same:
-            rows.append((chosen_fixed(fixed), same["auto"], same[variant]))
+        if fixed and BASE in same:
+            rows.append((chosen_fixed(fixed), same[BASE], same[variant]))
     if not rows:
         return None
 
@@ -115,8 +117,8 @@ def measured(runs: list[dict], data: str, variant: str) -> dict | None:
 def render_measured(results: list[dict]) -> str:
     lines = [
         (
-            "| set | variant | runs | replayed steps | steps: auto, variant | train time: auto, variant | "
-            "test gap (points): auto, variant |"
+            f"| set | setting | runs | replayed steps | steps: {BASE}, setting | train time: {BASE}, setting | "
+            f"test gap (points): {BASE}, setting |"
         ),
         "|---|---|---|---|---|---|---|",
     ]
@@ -130,8 +132,8 @@ def render_measured(results: list[dict]) -> str:
 
 
 def render(results: list[dict]) -> str:
-    header = " | ".join(f"patience {p}, {k} per epoch" + (" (the default)" if (p, k) == (3, 1) else "")
-                        for p, k in VARIANTS)  # fmt: skip
+    header = " | ".join(f"patience {p}, {k} per epoch" + {(3, 1): " (as measured)", (2, 2): " (today's default)"}.get(
+        (p, k), "") for p, k in VARIANTS)  # fmt: skip
     lines = [f"| set | runs | {header} |", "|---|---|" + "---|" * len(VARIANTS)]
     for result in results:
         ratios = " | ".join(f"{result['ratios'][variant]:.2f}x" for variant in VARIANTS)
@@ -142,13 +144,13 @@ def render(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> str:
     runs_file = Path(argv[0]) if argv else RESULTS / "epochs_runs.jsonl"
     runs = [json.loads(line) for line in runs_file.read_text().splitlines() if line.strip()]
-    small = sorted({run["data"] for run in runs if run.get("epoch_steps", 50) < 50 and run["epochs"] == "auto"})
+    small = sorted({run["data"] for run in runs if run.get("epoch_steps", 50) < 50 and run["epochs"] == BASE})
     results = [replay(runs, data) for data in small]
     table = render([result for result in results if result["ratios"]])
-    print("Auto's optimizer steps against the chosen fixed counts', summed per set, replayed:\n\n" + table)
+    print(f"{BASE}'s optimizer steps against the chosen fixed counts', summed per set, replayed:\n\n" + table)
     checked = [m for data in small for v in MEASURED_VARIANTS if (m := measured(runs, data, v))]
     if checked:
-        print("\nMeasured (epochs.py --only <variant>), against the chosen fixed counts of the same runs:\n")
+        print("\nMeasured (epochs.py --only <setting>), against the chosen fixed counts of the same runs:\n")
         print(render_measured(checked))
     for result in results:
         if result["unmatched"]:

@@ -286,16 +286,16 @@ def test_the_stopping_replay_recovers_each_runs_last_improvement_and_reproduces_
         return {"data": "s", "rung": rung, "epochs": epochs, "seed": 42, "key": key, "steps": steps,
                 "epoch_steps": 16, "val_accuracy": val}  # fmt: skip
 
-    runs = [run("a", "auto", 128, 0.8), run("a", "2", 32, 0.8), run("a", "4", 64, 0.7),  # chosen: 2 epochs
-            run("b", "auto", 80, 0.8), run("b", "4", 64, 0.9),
-            run("c", "auto", 112, 0.8), run("c", "4", 64, 0.9)]  # fmt: skip  # 112: no improvement step stops there
+    runs = [run("a", "auto_p3_epoch", 128, 0.8), run("a", "2", 32, 0.8), run("a", "4", 64, 0.7),  # chosen: 2 epochs
+            run("b", "auto_p3_epoch", 80, 0.8), run("b", "4", 64, 0.9), run("b", "auto", 999, 0.8),  # not replayed
+            run("c", "auto_p3_epoch", 112, 0.8), run("c", "4", 64, 0.9)]  # fmt: skip  # 112: no improvement stops there
     result = stopping_replay.replay(runs, "s")
-    assert result["unmatched"] == ["s|c|auto|42"] and result["runs"] == 2
+    assert result["unmatched"] == ["s|c|auto_p3_epoch|42"] and result["runs"] == 2
     assert result["ratios"][(3, 1)] == pytest.approx((128 + 80) / (32 + 64))  # the rule as measured
     assert result["ratios"][(1, 1)] == pytest.approx((80 + 48) / (32 + 64))  # 48 + 16 and 16 + 16, + 1 interval each
 
 
-def test_the_stopping_replay_sets_a_measured_variant_beside_the_default_and_its_prediction():
+def test_the_stopping_replay_sets_the_measured_default_beside_the_old_rule_and_its_prediction():
     import stopping_replay
 
     def run(epochs, steps, val, test, seconds):
@@ -303,10 +303,10 @@ def test_the_stopping_replay_sets_a_measured_variant_beside_the_default_and_its_
                 "epoch_steps": 16, "val_accuracy": val, "test_accuracy": test, "train_runtime_s": seconds}  # fmt: skip
 
     runs = [run("2", 32, 0.8, 0.85, 10.0), run("4", 64, 0.7, 0.86, 20.0),  # chosen on validation: 2 epochs
-            run("auto", 128, 0.8, 0.84, 50.0), run("auto_p2_half", 48, 0.8, 0.86, 30.0)]  # fmt: skip
-    result = stopping_replay.measured(runs, "s", "auto_p2_half")
+            run("auto_p3_epoch", 128, 0.8, 0.84, 50.0), run("auto", 48, 0.8, 0.86, 30.0)]  # fmt: skip
+    result = stopping_replay.measured(runs, "s", "auto")
     assert result["steps"] == (4.0, 1.5) and result["time"] == (5.0, 3.0)
     assert result["test_gap"] == pytest.approx((-1.0, 1.0))
-    # auto's 128 steps: last improvement at 48; patience 2 every 8 steps: 64, + ceil(0.2 * 64 / 8) = 2 intervals
+    # the old rule's 128 steps: last improvement at 48; patience 2 every 8 steps: 64, + ceil(0.2 * 64 / 8) = 2 intervals
     assert result["predicted_steps"] == pytest.approx(80 / 32)
     assert stopping_replay.measured(runs, "s", "auto_constant") is None

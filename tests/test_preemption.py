@@ -70,7 +70,7 @@ bert_cls = load_recipe("bert_cls")
 # at step 48 and it stops there or after its cooldown; 8 evaluation batches of 2, so an evaluation is looked at after
 # its 4th and 8th batch
 STOPPING = ["--unfreeze-last", "all", "--learning_rate", "3e-3", "--head_lr", "3e-3", "--layer_decay", "1",
-            "--seed", "3", "--early_stopping_patience", "2", "--auto_max_epochs", "8",
+            "--seed", "3", "--early_stopping_patience", "2", "--eval_strategy", "epoch", "--auto_max_epochs", "8",
             "--per_device_eval_batch_size", "2", "--save_total_limit", "3"]  # fmt: skip
 FINISHING_FILES = ("model.safetensors", "metrics.json", "README.md", "confusion_matrix.png")
 WITH_SIGNALS = (

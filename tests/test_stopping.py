@@ -19,7 +19,7 @@ def parsed(*argv: str):
 
 @pytest.mark.parametrize(
     "epoch_steps, expected",
-    [(1, 1), (16, 16), (49, 49), (50, 25), (113, 29), (1000, 250)],
+    [(1, 1), (3, 2), (16, 8), (49, 25), (50, 25), (74, 37), (75, 25), (113, 29), (1000, 250)],
 )
 def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
     from ftpeft.core.stopping import evaluation_steps
@@ -49,7 +49,13 @@ def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
         (["--eval_strategy", "steps", "--eval_steps", "10"], 640, {"eval_steps": 10}),
         (["--eval_strategy", "epoch"], 640, {"eval_steps": 80}),
         (["--lr_scheduler_type", "linear"], 640, {"sched": "linear"}),
-        (["--gradient_accumulation_steps", "2"], 640, {"eval_steps": 40}),
+        (["--gradient_accumulation_steps", "2"], 640, {"eval_steps": 20, "patience": 2}),  # 40 steps per epoch
+        # an epoch of under 50 steps: evaluated twice, with a patience of 2 evaluations unless one is given
+        ([], 200, {"eval_steps": 13, "patience": 2}),
+        (["--early_stopping_patience", "3"], 200, {"eval_steps": 13, "patience": 3}),
+        (["--eval_strategy", "epoch"], 200, {"eval_steps": 25, "patience": 2}),
+        ([], 400, {"eval_steps": 25, "patience": 3}),  # 50 steps
+        (["--early_stopping_patience", "1"], 640, {"patience": 1}),
     ],
 )
 def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect):
@@ -67,6 +73,7 @@ def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect):
         "metric": training_args.metric_for_best_model,
         "greater": training_args.greater_is_better,
         "sched": training_args.lr_scheduler_type.value,
+        "patience": plan.patience,
     }
     assert {key: checks[key] for key in expect} == expect
     assert training_args.load_best_model_at_end and training_args.restore_callback_states_from_checkpoint
@@ -150,14 +157,15 @@ def test_an_auto_run_stops_on_validation_and_keeps_the_best_evaluation(tiny_bert
 
 
 def test_an_auto_run_resumes_with_its_patience_counter_and_best_score(tiny_bert_dir, text_csv_dir, tmp_path):
-    """Stopped after its 2nd checkpoint and resumed, an auto run ends exactly where the uninterrupted one does."""
+    """Stopped after its 3rd checkpoint (step 12, evaluations every 4 steps) and resumed, an auto run ends exactly
+    where the uninterrupted one does."""
     whole, part = tmp_path / "whole", tmp_path / "part"
     extra = ("--early_stopping_patience", "2", "--auto_max_epochs", "6", "--save_total_limit", "10")
     reference = bert_cls.main(auto_argv(tiny_bert_dir, text_csv_dir, whole, *extra))
-    bert_cls.main(auto_argv(tiny_bert_dir, text_csv_dir, part, *extra, "--auto_max_steps", "16"))
-    # the capped run left checkpoint-16; resume it under the uncapped settings
+    bert_cls.main(auto_argv(tiny_bert_dir, text_csv_dir, part, *extra, "--auto_max_steps", "12"))
+    # the capped run left checkpoint-12; resume it under the uncapped settings
     resumed = bert_cls.main(
-        auto_argv(tiny_bert_dir, text_csv_dir, part, *extra, "--resume_from_checkpoint", str(part / "checkpoint-16"),
+        auto_argv(tiny_bert_dir, text_csv_dir, part, *extra, "--resume_from_checkpoint", str(part / "checkpoint-12"),
                   "--overwrite_output_dir")
     )  # fmt: skip
     stop = lambda out: json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
@@ -208,12 +216,12 @@ def test_after_the_plateau_the_lr_anneals_to_zero_and_the_run_stops_at_the_end(t
     out = tmp_path / "run"
     bert_cls.main(
         auto_argv(tiny_bert_dir, text_csv_dir, out, "--early_stopping_patience", "1", "--auto_max_epochs", "12",
-                  "--auto_cooldown", "0.5", "--logging_steps", "1")
+                  "--auto_cooldown", "0.5", "--logging_steps", "1", "--eval_strategy", "epoch")
     )  # fmt: skip
     record = json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
     start = record["cooldown_start"]
     assert record["converged"] and start is not None
-    # half the steps run so far, in whole evaluation intervals of 8 steps
+    # half the steps run so far, in whole evaluation intervals of 8 steps (one epoch)
     assert record["stopped_step"] - start == max(1, -(-start * 0.5 // 8)) * 8
     logged = json.loads((out / f"checkpoint-{record['stopped_step']}" / "trainer_state.json").read_text())
     rates = {entry["step"]: entry["learning_rate"] for entry in logged["log_history"] if "learning_rate" in entry}

@@ -71,7 +71,8 @@ class RunArguments(OutputArguments):
         default=3,
         metadata={
             "help": "With --num_train_epochs auto: stop after this many evaluations without a better validation "
-            "--metric_for_best_model (transformers' EarlyStoppingCallback).",
+            "--metric_for_best_model (transformers' EarlyStoppingCallback). Unset: 3, or 2 (one epoch) where an "
+            "epoch is under 50 steps.",
             "range": COUNT,
         },
     )

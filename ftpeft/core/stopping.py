@@ -11,11 +11,13 @@ What it sets, unless the command line or --config set it (each change is logged 
 resolved_settings.json):
 
 - **cadence**: evaluate (and checkpoint) every ``ceil(S / k)`` optimizer steps, S steps per epoch, with
-  ``k = min(4, max(1, S // 25))`` evaluations per epoch: an epoch of fewer than 50 steps is evaluated once, a
-  long one up to four times, never more often than every 25 steps. Small data converges in many short epochs;
-  large data may peak inside the first one.
-- **patience, then a cooldown**: after ``--early_stopping_patience`` evaluations (3) without a better
-  ``--metric_for_best_model`` the LR anneals linearly to 0 over ``--auto_cooldown`` (0.2) of the steps run so far
+  ``k = min(4, max(2, S // 25))`` evaluations per epoch: two in an epoch of fewer than 75 steps, three or four in
+  longer ones, 25 steps apart at least (but in an epoch of under 50). Large data may peak inside the first epoch;
+  small data converges in many short ones, where evaluations a whole epoch apart made the patience and the cooldown
+  cost up to 2.15x the steps of the best fixed epoch count (``benchmarks/results/epochs.md``).
+- **patience, then a cooldown**: after ``--early_stopping_patience`` evaluations without a better
+  ``--metric_for_best_model`` (3; 2, one epoch, where an epoch is under 50 steps) the LR anneals linearly to 0 over
+  ``--auto_cooldown`` (0.2) of the steps run so far
   (rounded up to whole evaluation intervals), and the run stops at the end of it. This is the decay phase of a
   warm-up/stable/decay schedule: a run at a constant LR has not annealed, and a fixed-length run's decay to 0
   buys it a point or more (``benchmarks/results/epochs.md``: constant LR without the cooldown trailed the best
@@ -56,7 +58,13 @@ from ftpeft.core.settings import SettingChange
 logger = logging.getLogger("ftpeft")
 
 EVALS_PER_EPOCH_MAX = 4
+EVALS_PER_EPOCH_MIN = 2
 MIN_STEPS_BETWEEN_EVALS = 25
+# An epoch of fewer steps is evaluated twice with a patience of 2: one epoch without improvement, as the longer
+# epochs' 3 evaluations of 3 or 4 per epoch are. At 3 evaluations of one per epoch, 500 training rows took 1.49x and
+# 2.15x the chosen fixed counts' steps; at this rule 0.75x and 1.02x, at test gaps as small (benchmarks/results/epochs.md).
+SHORT_EPOCH_STEPS = 50
+SHORT_EPOCH_PATIENCE = 2
 
 
 def optimizer_steps_per_epoch(train_rows: int, training_args) -> int:
@@ -66,9 +74,15 @@ def optimizer_steps_per_epoch(train_rows: int, training_args) -> int:
 
 
 def evaluation_steps(epoch_steps: int) -> int:
-    """Optimizer steps between two evaluations: ``k = min(4, max(1, S // 25))`` per epoch of S steps."""
-    per_epoch = min(EVALS_PER_EPOCH_MAX, max(1, epoch_steps // MIN_STEPS_BETWEEN_EVALS))
+    """Optimizer steps between two evaluations: ``k = min(4, max(2, S // 25))`` per epoch of S steps."""
+    per_epoch = min(EVALS_PER_EPOCH_MAX, max(EVALS_PER_EPOCH_MIN, epoch_steps // MIN_STEPS_BETWEEN_EVALS))
     return math.ceil(epoch_steps / per_epoch)
+
+
+def default_patience(epoch_steps: int, patience: int) -> int:
+    """The patience of a run that did not choose one: ``patience`` (the flag's default, 3), or 2 evaluations (one
+    epoch) where an epoch is under SHORT_EPOCH_STEPS steps."""
+    return SHORT_EPOCH_PATIENCE if epoch_steps < SHORT_EPOCH_STEPS else patience
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +144,13 @@ def plan_auto_epochs(
     cap_steps = math.ceil(epoch_steps * run_args.auto_max_epochs)
     if run_args.auto_max_steps is not None:
         cap_steps = min(cap_steps, run_args.auto_max_steps)
+    patience = run_args.early_stopping_patience
+    if "early_stopping_patience" not in given:
+        patience = default_patience(epoch_steps, patience)
     return StoppingPlan(
         epoch_steps=epoch_steps,
         eval_steps=eval_steps,
-        patience=run_args.early_stopping_patience,
+        patience=patience,
         threshold=run_args.early_stopping_threshold,
         cap_steps=cap_steps,
         metric=spec.name,

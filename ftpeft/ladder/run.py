@@ -42,9 +42,9 @@ IMAGE_FLAGS = ("--image_dir", "--labels_csv", "--image_column", "--pretrained_fi
 # not the recipe's: --resume_from_checkpoint auto continues a requeued ladder (each rung seed resumes its own run)
 OWN_FLAGS = (*LADDER_FLAGS, "output_dir", "overwrite_output_dir", "resume_from_checkpoint")
 # The cost model's guess of a rung's length under --num_train_epochs auto, before any rung has run: its best
-# evaluation within about 2 epochs, then --early_stopping_patience evaluations more (up to an epoch at 3
-# evaluations of a short epoch). Each finished rung replaces the guess: later rungs are estimated at the median
-# length that the finished ones really ran.
+# evaluation within about 2 epochs, then the patience, about one epoch more (2 evaluations of a short epoch's 2, 3 of
+# a longer epoch's 2 to 4). Each finished rung replaces the guess: later rungs are estimated at the median length
+# that the finished ones really ran.
 EPOCHS_TO_CONVERGE_GUESS = 3.0
 
 
