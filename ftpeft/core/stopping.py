@@ -61,8 +61,9 @@ EVALS_PER_EPOCH_MAX = 4
 EVALS_PER_EPOCH_MIN = 2
 MIN_STEPS_BETWEEN_EVALS = 25
 # An epoch of fewer steps is evaluated twice with a patience of 2: one epoch without improvement, as the longer
-# epochs' 3 evaluations of 3 or 4 per epoch are. At 3 evaluations of one per epoch, 500 training rows took 1.49x and
-# 2.15x the chosen fixed counts' steps; at this rule 0.75x and 1.02x, at test gaps as small (benchmarks/results/epochs.md).
+# epochs' 3 evaluations of 3 or 4 per epoch are. At 3 evaluations of one per epoch, 500 training tweets and 2,000
+# digits took 1.16x to 2.18x the chosen fixed counts' train time; at this rule 0.53x to 1.35x, within a test point
+# on the mean (benchmarks/results/epochs.md).
 SHORT_EPOCH_STEPS = 50
 SHORT_EPOCH_PATIENCE = 2
 
