@@ -85,7 +85,6 @@ def run_case(flags: list[str], files: dict[str, Path], output_dir: Path, args, e
         "train_windows": report["splits"]["train"].get("windows"),
         "predictions": str(predictions),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "date": datetime.date.today().isoformat(),
     }
 
 
@@ -110,7 +109,7 @@ def score(predicted: list[str], references: list[str], rows: list[int]) -> dict:
     }
 
 
-def schema_results(results: dict, command: str, train_rows, eval_rows) -> dict:
+def schema_results(results: dict, train_rows, eval_rows) -> dict:
     """The shared results schema (scripts/gen_docs.py): one result per --long_texts run, the raw rows as detail."""
     import platform
 
@@ -131,10 +130,10 @@ def schema_results(results: dict, command: str, train_rows, eval_rows) -> dict:
                     "epochs": "auto",
                     "seeds": "42",
                 },
-                "date": r.get("date", "2026-12-07"),  # the rows from before each kept its date
+                "date": r["date"],
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}",
                 "load": f"accuracy run (load {r['load_average'][0]} before, {r['load_average'][1]} after)",
-                "command": r.get("benchmark_command", command),
+                "command": r["benchmark_command"],
                 "figures": {
                     "test_accuracy_on_longer_articles": longer["accuracy"],
                     "test_accuracy": r["test"]["accuracy"],
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
                 results[name] = kept[name]
                 continue
             row = run_case(flags, files, Path(work) / name, args, env)
-            row["benchmark_command"] = benchmark_command(argv)
+            row |= {"date": datetime.date.today().isoformat(), "benchmark_command": benchmark_command(argv)}
             predicted = pd.read_csv(row.pop("predictions"), keep_default_na=False)["label"].astype(str).tolist()
             longer = [i for i, n in enumerate(lengths) if n > row["max_seq_length"]]
             row["test"] = score(predicted, references, list(range(len(references))))
@@ -222,10 +221,7 @@ def write_table(results: dict, args, argv: list[str]) -> Path:
             f"(--max_train_samples, after 10% of the 5,485 are held out), validation: {args.eval_rows or 'all'}; "
             "seed 42; the 2,189 test articles scored once per run, after training, by `ftpeft predict`. Accuracy "
             "runs: train times are loaded figures (load average before and after each run in the JSON). Run: "
-            + "; ".join(
-                f"{name} {r.get('date', '2026-12-07')} (`{r.get('benchmark_command', command)}`)"
-                for name, r in results.items()
-            )
+            + "; ".join(f"{name} {r['date']} (`{r['benchmark_command']}`)" for name, r in results.items())
             + "."
         ),
         "",
@@ -243,7 +239,7 @@ def write_table(results: dict, args, argv: list[str]) -> Path:
             f"{r['eval_accuracy']:.3f} | {r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {longer_cell} | "
             f"{r['train_runtime']:.0f} s |"
         )
-    schema = schema_results(results, command, args.train_rows, args.eval_rows)
+    schema = schema_results(results, args.train_rows, args.eval_rows)
     return write_results(args.results_dir or RESULTS, "long_texts", lines, schema)
 
 

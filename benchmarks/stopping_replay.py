@@ -24,16 +24,16 @@ import statistics
 import sys
 from pathlib import Path
 
-from epochs import FIXED_EPOCHS, chosen_fixed
+from epochs import AUTO_VARIANTS, FIXED_EPOCHS, chosen_fixed
 
 from ftpeft.core.config import RunArguments
-from ftpeft.core.stopping import cooldown_length
+from ftpeft.core.stopping import SHORT_EPOCH_STEPS, cooldown_length
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunArguments)}
 COOLDOWN = DEFAULTS["auto_cooldown"]
-BASE = "auto_p3_epoch"  # the runs replayed: one evaluation per epoch, the flag's default patience
-PATIENCE = DEFAULTS["early_stopping_patience"]
+BASE = "auto_p3_epoch"  # the runs replayed: one evaluation per epoch, the patience its flags give
+PATIENCE = int(AUTO_VARIANTS[BASE][AUTO_VARIANTS[BASE].index("--early_stopping_patience") + 1])
 FIXED = tuple(str(epochs) for epochs in FIXED_EPOCHS)  # as the runs file spells them
 VARIANTS = ((3, 1), (2, 1), (1, 1), (3, 2), (2, 2))  # (patience in evaluations, evaluations per epoch)
 MEASURED_VARIANTS = {"auto": (2, 2)}  # epochs.py's settings that ran one of them on these sets: the replay, checked
@@ -144,7 +144,8 @@ def render(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> str:
     runs_file = Path(argv[0]) if argv else RESULTS / "epochs_runs.jsonl"
     runs = [json.loads(line) for line in runs_file.read_text().splitlines() if line.strip()]
-    small = sorted({run["data"] for run in runs if run.get("epoch_steps", 50) < 50 and run["epochs"] == BASE})
+    short = [run for run in runs if run.get("epoch_steps", SHORT_EPOCH_STEPS) < SHORT_EPOCH_STEPS]
+    small = sorted({run["data"] for run in short if run["epochs"] == BASE})
     results = [replay(runs, data) for data in small]
     table = render([result for result in results if result["ratios"]])
     print(f"{BASE}'s optimizer steps against the chosen fixed counts', summed per set, replayed:\n\n" + table)

@@ -64,7 +64,7 @@ MIN_STEPS_BETWEEN_EVALS = 25
 # epochs' 3 evaluations of 3 or 4 per epoch are. At 3 evaluations of one per epoch, 500 training tweets and 2,000
 # digits took 1.16x to 2.18x the chosen fixed counts' train time; at this rule 0.53x to 1.35x, within a test point
 # on the mean (benchmarks/results/epochs.md).
-SHORT_EPOCH_STEPS = 50
+SHORT_EPOCH_STEPS = EVALS_PER_EPOCH_MIN * MIN_STEPS_BETWEEN_EVALS  # 50: where S // 25 falls below the minimum
 SHORT_EPOCH_PATIENCE = 2
 
 
