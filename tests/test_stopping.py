@@ -56,6 +56,8 @@ def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
         (["--eval_strategy", "epoch"], 200, {"eval_steps": 25, "patience": 2}),
         ([], 400, {"eval_steps": 25, "patience": 3}),  # 50 steps
         (["--early_stopping_patience", "1"], 640, {"patience": 1}),
+        ([], 640, {"keep": "best"}),
+        (["--auto_keep", "annealed"], 640, {"keep": "annealed"}),
     ],
 )
 def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect):
@@ -74,6 +76,7 @@ def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect):
         "greater": training_args.greater_is_better,
         "sched": training_args.lr_scheduler_type.value,
         "patience": plan.patience,
+        "keep": plan.keep,
     }
     assert {key: checks[key] for key in expect} == expect
     assert training_args.load_best_model_at_end and training_args.restore_callback_states_from_checkpoint
@@ -251,3 +254,30 @@ def test_the_end_of_the_cooldown_is_kept_when_validation_cannot_tell_it_from_the
     stopper._prefer_annealed(end, state)
     assert (stopper.annealed_choice is not None) == keeps_end
     assert (state.best_metric is None) == keeps_end  # then Trainer makes this evaluation the best
+
+
+@pytest.mark.parametrize(
+    "keep, end, saved_step",
+    [
+        ("best", 0.92, 10),  # the default: the best evaluation, as load_best_model_at_end keeps it
+        ("annealed", 0.92, 30),  # within one standard error on 50 rows: the end of the cooldown
+        ("best", 0.96, 30),  # better: the end is the best under either rule
+        ("annealed", 0.96, 30),
+    ],
+)
+def test_auto_keep_chooses_the_saved_model_at_the_end_of_the_cooldown(keep, end, saved_step):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from ftpeft.core.stopping import PlateauStopping
+
+    stopper = PlateauStopping(patience=1, cooldown=0.2, eval_steps=5, metric="accuracy", validation_rows=50, keep=keep)
+    stopper.cooldown_start, stopper.cooldown_steps = 25, 5
+    state = SimpleNamespace(best_metric=0.94, best_global_step=10, global_step=30)
+    control = TrainerControl()
+    stopper.on_evaluate(SimpleNamespace(metric_for_best_model="accuracy"), state, control, {"eval_accuracy": end})
+    assert control.should_training_stop
+    # Trainer's own check after on_evaluate: a None best, or a better value, makes this step the best
+    trainer_takes_end = state.best_metric is None or end > state.best_metric
+    assert (30 if trainer_takes_end else state.best_global_step) == saved_step

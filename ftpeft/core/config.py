@@ -92,6 +92,15 @@ class RunArguments(OutputArguments):
             "range": between(0, 1),
         },
     )
+    auto_keep: str = dataclasses.field(
+        default="best",
+        metadata={
+            "help": "With --num_train_epochs auto: the saved model. best: the best evaluation on validation "
+            "(load_best_model_at_end). annealed: the end of the cooldown, unless an earlier evaluation beat it by "
+            "more than one binomial standard error of the metric on the validation rows.",
+            "choices": ("best", "annealed"),
+        },
+    )
     auto_max_epochs: float = dataclasses.field(
         default=20.0,
         metadata={
