@@ -176,6 +176,7 @@ def test_help_shows_the_allowed_values(capsys):
 
 # str fields that take one of a fixed set of values (a new one belongs here and needs "choices")
 ENUM_FIELDS = {
+    "auto_keep",
     "cache_dtype",
     "inject",
     "unknown_entity",
