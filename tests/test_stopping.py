@@ -281,3 +281,23 @@ def test_auto_keep_chooses_the_saved_model_at_the_end_of_the_cooldown(keep, end,
     # Trainer's own check after on_evaluate: a None best, or a better value, makes this step the best
     trainer_takes_end = state.best_metric is None or end > state.best_metric
     assert (30 if trainer_takes_end else state.best_global_step) == saved_step
+
+
+@pytest.mark.parametrize(
+    "rows, metric, warns",
+    [
+        (50, "eval_accuracy", True),  # one row is 2 points
+        (199, "eval_macro_f1", True),
+        (200, "eval_accuracy", False),
+        (0, "eval_accuracy", False),  # unknown
+        (50, "loss", False),  # not a share of rows
+    ],
+)
+def test_a_small_validation_split_is_named_in_one_line(rows, metric, warns):
+    from ftpeft.core.stopping import plan_auto_epochs, small_validation_warning
+
+    run_args, training_args = parsed("--num_train_epochs", "auto", "--metric_for_best_model", metric)
+    warning = small_validation_warning(plan_auto_epochs(training_args, run_args, 640, validation_rows=rows))
+    assert (warning is not None) == warns
+    if warns:
+        assert f"validation has {rows} rows" in warning and "--validation_file" in warning and "\n" not in warning

@@ -50,6 +50,7 @@ from ftpeft.core.stopping import (
     auto_epoch_changes,
     early_stopping,
     plan_auto_epochs,
+    small_validation_warning,
     stop_line,
     stop_record,
 )
@@ -180,6 +181,9 @@ class Run:
             resolve_settings(self.training_args, auto_epoch_changes(self.training_args, self.run_args, plan))
         )
         self.record("num_train_epochs", "auto", "until validation stops improving", plan.describe())
+        warning = small_validation_warning(plan)
+        if warning:
+            logger.warning("%s", warning)
         self.stopping = plan
 
     def report_data(self, report: DataReport) -> None:

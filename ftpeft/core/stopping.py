@@ -170,6 +170,22 @@ def plan_auto_epochs(
     )
 
 
+SMALL_VALIDATION_ROWS = 200  # under this, one standard error of accuracy is over 2 points
+
+
+def small_validation_warning(plan: StoppingPlan) -> str | None:
+    """A line for a run whose validation split is too small to choose on, else None. On 50 validation tweets the
+    best evaluation was once half an epoch in, 11 test points below the run's end (benchmarks/results/epochs.md)."""
+    rows = plan.validation_rows
+    if not 0 < rows < SMALL_VALIDATION_ROWS or not metric_spec(plan.metric).share:
+        return None
+    return (
+        f"validation has {rows} rows: one row is {100 / rows:.1f} points of {plan.metric}, so the stopping point and "
+        f"the saved model are chosen on noise; give a --validation_file of a few hundred rows (or --auto_keep "
+        f"annealed: the end of the cooldown unless an earlier evaluation beat it by more than one standard error)."
+    )
+
+
 def _steps(value: float, total: float) -> int:
     """An --eval_steps value: a float < 1 is a share of the run (here: of the cap)."""
     return max(1, math.ceil(value * total)) if value < 1 else int(value)
