@@ -86,6 +86,8 @@ AUTO_VARIANTS = {
     # the saved model before 2026-12-07 (--only auto_keep_annealed): the cooldown's end unless an earlier evaluation
     # beat it by more than one standard error
     "auto_keep_annealed": ["--auto_keep", "annealed"],
+    # before validation of under 200 rows doubled the patience (tweets500, 50 rows): --only auto_p2
+    "auto_p2": ["--early_stopping_patience", "2"],
 }
 
 

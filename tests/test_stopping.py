@@ -28,7 +28,7 @@ def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
 
 
 @pytest.mark.parametrize(
-    "argv, rows, expect",
+    "argv, rows, expect, validation_rows",
     [
         # rows 640 / batch 8 -> 80 steps per epoch, 3 evaluations per epoch
         (
@@ -41,33 +41,39 @@ def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
                 "greater": True,
                 "sched": "constant_with_warmup",
             },
+            0,
         ),
-        (["--metric_for_best_model", "loss"], 640, {"metric": "loss", "greater": False}),
-        (["--metric_for_best_model", "eval_macro_f1"], 640, {"metric": "macro_f1", "greater": True}),
-        (["--auto_max_epochs", "2"], 640, {"max_steps": 160}),
-        (["--auto_max_steps", "100"], 640, {"max_steps": 100}),
-        (["--eval_strategy", "steps", "--eval_steps", "10"], 640, {"eval_steps": 10}),
-        (["--eval_strategy", "epoch"], 640, {"eval_steps": 80}),
-        (["--lr_scheduler_type", "linear"], 640, {"sched": "linear"}),
-        (["--gradient_accumulation_steps", "2"], 640, {"eval_steps": 20, "patience": 2}),  # 40 steps per epoch
+        (["--metric_for_best_model", "loss"], 640, {"metric": "loss", "greater": False}, 0),
+        (["--metric_for_best_model", "eval_macro_f1"], 640, {"metric": "macro_f1", "greater": True}, 0),
+        (["--auto_max_epochs", "2"], 640, {"max_steps": 160}, 0),
+        (["--auto_max_steps", "100"], 640, {"max_steps": 100}, 0),
+        (["--eval_strategy", "steps", "--eval_steps", "10"], 640, {"eval_steps": 10}, 0),
+        (["--eval_strategy", "epoch"], 640, {"eval_steps": 80}, 0),
+        (["--lr_scheduler_type", "linear"], 640, {"sched": "linear"}, 0),
+        (["--gradient_accumulation_steps", "2"], 640, {"eval_steps": 20, "patience": 2}, 0),  # 40 steps per epoch
         # an epoch of under 50 steps: evaluated twice, with a patience of 2 evaluations unless one is given
-        ([], 200, {"eval_steps": 13, "patience": 2}),
-        (["--early_stopping_patience", "3"], 200, {"eval_steps": 13, "patience": 3}),
-        (["--eval_strategy", "epoch"], 200, {"eval_steps": 25, "patience": 2}),
-        ([], 400, {"eval_steps": 25, "patience": 3}),  # 50 steps
-        (["--early_stopping_patience", "1"], 640, {"patience": 1}),
-        ([], 640, {"keep": "best"}),
-        (["--auto_keep", "annealed"], 640, {"keep": "annealed"}),
+        ([], 200, {"eval_steps": 13, "patience": 2}, 0),
+        (["--early_stopping_patience", "3"], 200, {"eval_steps": 13, "patience": 3}, 0),
+        (["--eval_strategy", "epoch"], 200, {"eval_steps": 25, "patience": 2}, 0),
+        ([], 400, {"eval_steps": 25, "patience": 3}, 0),  # 50 steps
+        (["--early_stopping_patience", "1"], 640, {"patience": 1}, 0),
+        ([], 640, {"keep": "best"}, 0),
+        # under 200 validation rows the patience doubles, unless one is given
+        ([], 200, {"patience": 4}, 50),
+        ([], 640, {"patience": 6}, 199),
+        ([], 640, {"patience": 3}, 200),
+        (["--early_stopping_patience", "3"], 200, {"patience": 3}, 50),
+        (["--auto_keep", "annealed"], 640, {"keep": "annealed"}, 0),
     ],
 )
-def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect):
+def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect, validation_rows):
     from ftpeft.core.settings import resolve_settings
     from ftpeft.core.stopping import auto_epoch_changes, plan_auto_epochs
 
     run_args, training_args = parsed(
         "--num_train_epochs", "auto", "--per_device_train_batch_size", "8", "--warmup_steps", "0.1", *argv
     )
-    plan = plan_auto_epochs(training_args, run_args, rows)
+    plan = plan_auto_epochs(training_args, run_args, rows, validation_rows)
     resolve_settings(training_args, auto_epoch_changes(training_args, run_args, plan))
     checks = {
         "eval_steps": training_args.eval_steps,

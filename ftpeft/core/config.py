@@ -72,7 +72,7 @@ class RunArguments(OutputArguments):
         metadata={
             "help": "With --num_train_epochs auto: stop after this many evaluations without a better validation "
             "--metric_for_best_model (transformers' EarlyStoppingCallback). Unset: 3, or 2 (one epoch) where an "
-            "epoch is under 50 steps.",
+            "epoch is under 50 steps; twice that where validation has under 200 rows.",
             "range": COUNT,
         },
     )

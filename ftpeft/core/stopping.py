@@ -16,7 +16,8 @@ resolved_settings.json):
   small data converges in many short ones, where evaluations a whole epoch apart made the patience and the cooldown
   cost up to 2.15x the steps of the best fixed epoch count (``benchmarks/results/epochs.md``).
 - **patience, then a cooldown**: after ``--early_stopping_patience`` evaluations without a better
-  ``--metric_for_best_model`` (3; 2, one epoch, where an epoch is under 50 steps) the LR anneals linearly to 0 over
+  ``--metric_for_best_model`` (3; 2, one epoch, where an epoch is under 50 steps; twice that where validation has
+  under 200 rows) the LR anneals linearly to 0 over
   ``--auto_cooldown`` (0.2) of the steps run so far
   (rounded up to whole evaluation intervals), and the run stops at the end of it. This is the decay phase of a
   warm-up/stable/decay schedule: a run at a constant LR has not annealed, and a fixed-length run's decay to 0
@@ -68,6 +69,10 @@ MIN_STEPS_BETWEEN_EVALS = 25
 # on the mean (benchmarks/results/epochs.md).
 SHORT_EPOCH_STEPS = EVALS_PER_EPOCH_MIN * MIN_STEPS_BETWEEN_EVALS  # 50: where S // 25 falls below the minimum
 SHORT_EPOCH_PATIENCE = 2
+# Under this many validation rows one standard error of accuracy is over 2 points: an early evaluation that reads
+# high by chance is hard to beat, and stopped 500-tweet runs validated on 50 up to 6 points below their best fixed
+# epoch count (benchmarks/results/epochs.md), so the patience doubles.
+SMALL_VALIDATION_ROWS = 200
 KEPT = {  # --auto_keep: which evaluation is the saved model
     "best": "the best checkpoint",
     "annealed": "the end of the cooldown unless an earlier evaluation beat it by more than one standard error",
@@ -86,10 +91,12 @@ def evaluation_steps(epoch_steps: int) -> int:
     return math.ceil(epoch_steps / per_epoch)
 
 
-def default_patience(epoch_steps: int, patience: int) -> int:
+def default_patience(epoch_steps: int, patience: int, validation_rows: int = 0) -> int:
     """The patience of a run that did not choose one: ``patience`` (the flag's default, 3), or 2 evaluations (one
-    epoch) where an epoch is under SHORT_EPOCH_STEPS steps."""
-    return SHORT_EPOCH_PATIENCE if epoch_steps < SHORT_EPOCH_STEPS else patience
+    epoch) where an epoch is under SHORT_EPOCH_STEPS steps; twice that on under SMALL_VALIDATION_ROWS validation
+    rows (0: unknown)."""
+    chosen = SHORT_EPOCH_PATIENCE if epoch_steps < SHORT_EPOCH_STEPS else patience
+    return 2 * chosen if 0 < validation_rows < SMALL_VALIDATION_ROWS else chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +161,7 @@ def plan_auto_epochs(
         cap_steps = min(cap_steps, run_args.auto_max_steps)
     patience = run_args.early_stopping_patience
     if "early_stopping_patience" not in given:
-        patience = default_patience(epoch_steps, patience)
+        patience = default_patience(epoch_steps, patience, validation_rows)
     return StoppingPlan(
         epoch_steps=epoch_steps,
         eval_steps=eval_steps,
@@ -170,9 +177,6 @@ def plan_auto_epochs(
     )
 
 
-SMALL_VALIDATION_ROWS = 200  # under this, one standard error of accuracy is over 2 points
-
-
 def small_validation_warning(plan: StoppingPlan) -> str | None:
     """A line for a run whose validation split is too small to choose on, else None. On 50 validation tweets the
     best evaluation was once half an epoch in, 11 test points below the run's end (benchmarks/results/epochs.md)."""
@@ -181,8 +185,9 @@ def small_validation_warning(plan: StoppingPlan) -> str | None:
         return None
     return (
         f"validation has {rows} rows: one row is {100 / rows:.1f} points of {plan.metric}, so the stopping point and "
-        f"the saved model are chosen on noise; give a --validation_file of a few hundred rows (or --auto_keep "
-        f"annealed: the end of the cooldown unless an earlier evaluation beat it by more than one standard error)."
+        f"the saved model are chosen on noise (the patience is {plan.patience} evaluations); give a "
+        f"--validation_file of a few hundred rows (or --auto_keep annealed: the end of the cooldown unless an "
+        f"earlier evaluation beat it by more than one standard error)."
     )
 
 
