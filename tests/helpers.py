@@ -397,7 +397,8 @@ def tiny_args(model_dir, data_dir, output_dir, *extra) -> list[str]:
 
 def tiny_auto_args(model_dir, data_dir, output_dir, *extra) -> list[str]:
     """``tiny_args`` under --num_train_epochs auto: no fixed length, evaluations at the auto cadence (64 training
-    rows, batch 8: 8 steps per epoch, two evaluations per epoch with a patience of 2)."""
+    rows, batch 8: 8 steps per epoch, two evaluations per epoch; a patience of 4 on the tiny validation split, so
+    tests give theirs)."""
     argv = tiny_args(model_dir, data_dir, output_dir, *extra)
     for flag in ("--max_steps", "--save_strategy", "--eval_strategy"):
         at = argv.index(flag)
