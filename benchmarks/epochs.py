@@ -26,8 +26,8 @@ augments its training images) and full. The default grid runs last2 and full onl
 Every run is the recipe at its defaults except the epoch count (fixed runs: the recipe's linear decay and
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
 its early stopping and cooldown; --ablation adds auto without the cooldown, `--only auto_p3_epoch` the rule before
-2026-12-07 for epochs of under 50 steps, one evaluation per epoch and a patience of 3, `--only auto_keep_annealed`
-the saved model before 2026-12-07, the end of the cooldown within one standard error of the best). The fixed count is chosen on validation
+2026-12-07 for epochs of under 50 steps, one evaluation per epoch and a patience of 3, `--only auto_keep_best`
+the best evaluation as the saved model, not the annealed end within one standard error of it). The fixed count is chosen on validation
 accuracy; test is read once for the chosen count
 and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
 there. Writes RESULTS/epochs.md, epochs.json and epochs.png, rendering every (set, rung) and seed in the runs file,
@@ -83,12 +83,13 @@ AUTO_VARIANTS = {
     # the rule before 2026-12-07 on an epoch of under 50 steps (--only auto_p3_epoch): one evaluation per epoch, a
     # patience of 3; stopping_replay.py replays its stops
     "auto_p3_epoch": ["--early_stopping_patience", "3", "--eval_strategy", "epoch"],
-    # the saved model before 2026-12-07 (--only auto_keep_annealed): the cooldown's end unless an earlier evaluation
-    # beat it by more than one standard error
-    "auto_keep_annealed": ["--auto_keep", "annealed"],
-    # before validation of under 200 rows doubled the patience (tweets500, 50 rows): --only auto_p2
+    # the best evaluation as the saved model (--only auto_keep_best), not the cooldown's end within one SE of it
+    "auto_keep_best": ["--auto_keep", "best"],
+    # before validation of under 200 rows doubled the patience (tweets500, 50 rows): --only auto_p2, auto_keep_best_p2
     "auto_p2": ["--early_stopping_patience", "2"],
+    "auto_keep_best_p2": ["--auto_keep", "best", "--early_stopping_patience", "2"],
 }
+KEEP_PAIRS = (("auto", "auto_keep_best"), ("auto_p2", "auto_keep_best_p2"))  # one training, the two saved models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +211,6 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
             fixed = [run for run in fixed if run]
             auto = by_key.get(Job(data, rung, "auto", seed).key)
             constant = by_key.get(Job(data, rung, "auto_constant", seed).key)
-            annealed = by_key.get(Job(data, rung, "auto_keep_annealed", seed).key)
             if not fixed or auto is None:
                 continue
             chosen = chosen_fixed(fixed)
@@ -240,8 +240,7 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
                     "one_epoch_test": next((r["test_accuracy"] for r in fixed if r["epochs"] == "1"), None),
                     "constant_test": constant["test_accuracy"] if constant else None,
                     "constant_stopped_epoch": constant["stopped_epoch"] if constant else None,
-                    "annealed": annealed
-                    and {key: annealed[key] for key in ("val_accuracy", "test_accuracy", "best_epoch")},
+                    "keep_pair": keep_pair(by_key, Job(data, rung, "auto", seed)),
                 }
             )
     return rows
@@ -362,37 +361,53 @@ def render(rows: list[dict], extra: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keep_pair(by_key: dict[str, dict], job: Job) -> dict | None:
+    """The two saved models of one training, annealed end and best evaluation (the default's patience, else the
+    patience before it), for the keep comparison; None where one is missing."""
+    for annealed, best in KEEP_PAIRS:
+        runs = [by_key.get(dataclasses.replace(job, epochs=epochs).key) for epochs in (annealed, best)]
+        if all(runs):
+            fields = ("val_accuracy", "test_accuracy", "best_epoch")
+            return {rule: {key: run[key] for key in fields} for rule, run in zip(("annealed", "best"), runs)}
+    return None
+
+
 def keep_comparison(rows: list[dict]) -> list[str]:
-    """Per set: the saved model by today's rule (the best evaluation) against ``--auto_keep annealed`` (the rule
-    before 2026-12-07) on the same runs, which train alike and differ only in the checkpoint kept."""
+    """Per set: the saved model by the default (``--auto_keep annealed``) against the best evaluation
+    (``--auto_keep best``) of the same training, which differ only in the checkpoint kept."""
     sets: dict[str, list[dict]] = {}
     for r in rows:
-        if r["annealed"]:
+        if r["keep_pair"]:
             sets.setdefault(r["set"], []).append(r)
     if not sets:
         return []
     lines = [
         "",
-        "## Which evaluation is saved: the best (the default) or the annealed end (`--auto_keep annealed`)",
+        "## Which evaluation is saved: the annealed end (the default) or the best (`--auto_keep best`)",
         "",
         (
-            "Both train the same steps; `--auto_keep annealed` (the default before 2026-12-07) keeps the end of the "
-            "cooldown unless an earlier evaluation beat it by more than one binomial standard error. Gaps are "
-            "against the chosen fixed count, mean over the set's runs."
+            "Pairs of runs that train the same steps and differ only in the checkpoint kept: `--auto_keep annealed` "
+            "keeps the end of the cooldown unless an earlier evaluation beat it by more than one binomial standard "
+            "error, `--auto_keep best` the best evaluation. On tweets500 both at a patience of 2 (`auto_p2`, "
+            "`auto_keep_best_p2`), the default before it doubled under 200 validation rows. Gaps are against the "
+            "chosen fixed count, mean over the set's runs. Validation cannot choose between the rules (the best "
+            "evaluation's score is the maximum of the run's scores); test, read once per run, can."
         ),
         "",
-        "| set | runs | saved model differs | val gap: best / annealed | test gap: best / annealed |",
+        "| set | runs | saved model differs | val gap: annealed / best | test gap: annealed / best |",
         "|---|---|---|---|---|",
     ]
     for name, group in sets.items():
-        differs = sum(r["annealed"]["best_epoch"] != r["auto_best_epoch"] for r in group)
-        val = [(r["auto_val"] - r["chosen_val"], r["annealed"]["val_accuracy"] - r["chosen_val"]) for r in group]
-        test = [(r["auto_test"] - r["chosen_test"], r["annealed"]["test_accuracy"] - r["chosen_test"]) for r in group]
-        lines.append(
-            f"| {name} | {len(group)} | {differs} | {statistics.mean(v[0] for v in val) * 100:+.2f} / "
-            f"{statistics.mean(v[1] for v in val) * 100:+.2f} | {statistics.mean(t[0] for t in test) * 100:+.2f} / "
-            f"{statistics.mean(t[1] for t in test) * 100:+.2f} |"
-        )
+        pairs = [r["keep_pair"] for r in group]
+        differs = sum(pair["annealed"]["best_epoch"] != pair["best"]["best_epoch"] for pair in pairs)
+        cells = []
+        for metric, chosen in (("val_accuracy", "chosen_val"), ("test_accuracy", "chosen_test")):
+            gaps = [
+                [(pair[rule][metric] - r[chosen]) * 100 for pair, r in zip(pairs, group)]
+                for rule in ("annealed", "best")
+            ]
+            cells.append(f"{statistics.mean(gaps[0]):+.2f} / {statistics.mean(gaps[1]):+.2f}")
+        lines.append(f"| {name} | {len(group)} | {differs} | {cells[0]} | {cells[1]} |")
     return lines
 
 

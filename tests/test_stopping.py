@@ -57,13 +57,13 @@ def test_evaluation_cadence_follows_the_epoch_length(epoch_steps, expected):
         (["--eval_strategy", "epoch"], 200, {"eval_steps": 25, "patience": 2}, 0),
         ([], 400, {"eval_steps": 25, "patience": 3}, 0),  # 50 steps
         (["--early_stopping_patience", "1"], 640, {"patience": 1}, 0),
-        ([], 640, {"keep": "best"}, 0),
+        ([], 640, {"keep": "annealed"}, 0),
         # under 200 validation rows the patience doubles, unless one is given
         ([], 200, {"patience": 4}, 50),
         ([], 640, {"patience": 6}, 199),
         ([], 640, {"patience": 3}, 200),
         (["--early_stopping_patience", "3"], 200, {"patience": 3}, 50),
-        (["--auto_keep", "annealed"], 640, {"keep": "annealed"}, 0),
+        (["--auto_keep", "best"], 640, {"keep": "best"}, 0),
     ],
 )
 def test_auto_resolves_cadence_cap_metric_and_schedule(argv, rows, expect, validation_rows):
@@ -265,8 +265,8 @@ def test_the_end_of_the_cooldown_is_kept_when_validation_cannot_tell_it_from_the
 @pytest.mark.parametrize(
     "keep, end, saved_step",
     [
-        ("best", 0.92, 10),  # the default: the best evaluation, as load_best_model_at_end keeps it
-        ("annealed", 0.92, 30),  # within one standard error on 50 rows: the end of the cooldown
+        ("annealed", 0.92, 30),  # the default: within one standard error on 50 rows, the end of the cooldown
+        ("best", 0.92, 10),  # the best evaluation, as load_best_model_at_end keeps it
         ("best", 0.96, 30),  # better: the end is the best under either rule
         ("annealed", 0.96, 30),
     ],

@@ -93,12 +93,12 @@ class RunArguments(OutputArguments):
         },
     )
     auto_keep: str = dataclasses.field(
-        default="best",
+        default="annealed",
         metadata={
-            "help": "With --num_train_epochs auto: the saved model. best: the best evaluation on validation "
-            "(load_best_model_at_end). annealed: the end of the cooldown, unless an earlier evaluation beat it by "
-            "more than one binomial standard error of the metric on the validation rows.",
-            "choices": ("best", "annealed"),
+            "help": "With --num_train_epochs auto: the saved model. annealed: the end of the cooldown, unless an "
+            "earlier evaluation beat it by more than one binomial standard error of the metric on the validation "
+            "rows. best: the best evaluation on validation (load_best_model_at_end's choice).",
+            "choices": ("annealed", "best"),
         },
     )
     auto_max_epochs: float = dataclasses.field(
