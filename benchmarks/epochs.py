@@ -375,10 +375,7 @@ def keep_pair(by_key: dict[str, dict], job: Job) -> dict | None:
 def keep_comparison(rows: list[dict]) -> list[str]:
     """Per set: the saved model by the default (``--auto_keep annealed``) against the best evaluation
     (``--auto_keep best``) of the same training, which differ only in the checkpoint kept."""
-    sets: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["keep_pair"]:
-            sets.setdefault(r["set"], []).append(r)
+    sets = by_set([r for r in rows if r["keep_pair"]])
     if not sets:
         return []
     lines = [
@@ -419,12 +416,18 @@ def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def set_summary(rows: list[dict]) -> list[str]:
-    """Per set, over all its rungs and seeds: the mean and worst test gap, and auto's train time and steps summed
-    against the chosen fixed counts' (a set's cost of using auto everywhere instead of the best count in hindsight)."""
+def by_set(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows grouped by data set, in their order."""
     sets: dict[str, list[dict]] = {}
     for r in rows:
         sets.setdefault(r["set"], []).append(r)
+    return sets
+
+
+def set_summary(rows: list[dict]) -> list[str]:
+    """Per set, over all its rungs and seeds: the mean and worst test gap, and auto's train time and steps summed
+    against the chosen fixed counts' (a set's cost of using auto everywhere instead of the best count in hindsight)."""
+    sets = by_set(rows)
     if not sets:
         return []
     lines = [
