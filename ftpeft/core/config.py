@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 from ftpeft.core.errors import FtpeftError, redact
 from ftpeft.core.outputs import atomic_write_text
 from ftpeft.core.preemption import DEFAULT_SIGNALS, parse_signals
+from ftpeft.core.stopping import KEPT
 from ftpeft.core.validation import (
     COUNT,
     NON_NEGATIVE,
@@ -98,7 +99,7 @@ class RunArguments(OutputArguments):
             "help": "With --num_train_epochs auto: the saved model. annealed: the end of the cooldown, unless an "
             "earlier evaluation beat it by more than one binomial standard error of the metric on the validation "
             "rows. best: the best evaluation on validation (load_best_model_at_end's choice).",
-            "choices": ("annealed", "best"),
+            "choices": tuple(KEPT),
         },
     )
     auto_max_epochs: float = dataclasses.field(

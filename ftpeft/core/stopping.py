@@ -29,8 +29,8 @@ resolved_settings.json):
   among models validation cannot tell apart the annealed one is kept (the ladder's tolerance rule, applied to
   checkpoints). Validation cannot choose between the two rules (the best evaluation's score is its maximum by
   construction); on the test splits of 58 paired runs the annealed end scored better on every set or within 0.05
-  points, by 0.9 points on 500 tweets validated on 50 (``benchmarks/results/epochs.md``). ``--auto_keep best`` keeps the best
-  evaluation, as ``load_best_model_at_end`` alone does.
+  points, by 0.9 points on 500 tweets validated on 50 (``benchmarks/results/epochs.md``). ``--auto_keep best``
+  keeps the best evaluation, as ``load_best_model_at_end`` alone does.
 - **cap**: ``--auto_max_epochs`` (20) and ``--auto_max_steps``, if validation never stops improving.
 - **the best checkpoint**: ``load_best_model_at_end``; its direction comes from the metric registry
   (``ftpeft.core.metrics.METRICS``). The patience counter is restored on resume
@@ -75,9 +75,9 @@ SHORT_EPOCH_PATIENCE = 2
 # high by chance is hard to beat, and stopped 500-tweet runs validated on 50 up to 6 points below their best fixed
 # epoch count (benchmarks/results/epochs.md), so the patience doubles.
 SMALL_VALIDATION_ROWS = 200
-KEPT = {  # --auto_keep: which evaluation is the saved model
-    "best": "the best checkpoint",
+KEPT = {  # --auto_keep's choices (the first is its default): which evaluation is the saved model
     "annealed": "the end of the cooldown unless an earlier evaluation beat it by more than one standard error",
+    "best": "the best checkpoint",
 }
 
 
@@ -98,7 +98,12 @@ def default_patience(epoch_steps: int, patience: int, validation_rows: int = 0) 
     epoch) where an epoch is under SHORT_EPOCH_STEPS steps; twice that on under SMALL_VALIDATION_ROWS validation
     rows (0: unknown)."""
     chosen = SHORT_EPOCH_PATIENCE if epoch_steps < SHORT_EPOCH_STEPS else patience
-    return 2 * chosen if 0 < validation_rows < SMALL_VALIDATION_ROWS else chosen
+    return 2 * chosen if is_small_validation(validation_rows) else chosen
+
+
+def is_small_validation(validation_rows: int) -> bool:
+    """Under SMALL_VALIDATION_ROWS validation rows (0: unknown, not small)."""
+    return 0 < validation_rows < SMALL_VALIDATION_ROWS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +189,7 @@ def small_validation_warning(plan: StoppingPlan) -> str | None:
     best evaluation of one run was half an epoch in, 11 test points below its annealed end
     (benchmarks/results/epochs.md, auto_keep_best)."""
     rows = plan.validation_rows
-    if not 0 < rows < SMALL_VALIDATION_ROWS or not metric_spec(plan.metric).share:
+    if not is_small_validation(rows) or not metric_spec(plan.metric).share:
         return None
     return (
         f"validation has {rows} rows: one row is {100 / rows:.1f} points of {plan.metric}, so the stopping point and "
