@@ -183,6 +183,8 @@ def run_job(job: Job, argv: list[str], env: dict) -> dict:
         # the best validation score any evaluation saw: above val_accuracy where the annealed end was kept over it
         "best_eval_val": best_evaluation(stop) if stop else None,
         "stop_reason": stop["reason"] if stop else None,
+        # the annealed end's comparison with the best: paired (per-row) or binomial standard error
+        "keep_test": (stop.get("annealed_choice") or {}).get("test") if stop else None,
         "command": "python " + " ".join(Path(a).name if a.startswith(str(ROOT)) else a for a in argv),
         "date": time.strftime("%Y-%m-%d"),
     }

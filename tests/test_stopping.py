@@ -6,6 +6,8 @@ import json
 import pytest
 from helpers import load_recipe, tiny_auto_args
 
+from ftpeft.core.stopping import _unpacked
+
 bert_cls = load_recipe("bert_cls")
 
 
@@ -234,6 +236,9 @@ def test_after_the_plateau_the_lr_anneals_to_zero_and_the_run_stops_at_the_end(t
     assert record["stopped_step"] - start == max(1, -(-start * 0.5 // 8)) * 8
     logged = json.loads((out / f"checkpoint-{record['stopped_step']}" / "trainer_state.json").read_text())
     rates = {entry["step"]: entry["learning_rate"] for entry in logged["log_history"] if "learning_rate" in entry}
+    # the checkpoint carries the best evaluation's rows (the paired test after a resume): they score its accuracy
+    best_rows = _unpacked(logged["stateful_callbacks"]["PlateauStopping"]["attributes"]["best_rows"])
+    assert best_rows.mean() == pytest.approx(logged["best_metric"])
     top = rates[start]  # the constant LR the plateau was reached at, then a linear fall to 0
     assert rates[record["stopped_step"]] < 0.2 * top and all(
         rates[step] >= rates[step + 1] for step in range(start, record["stopped_step"])
@@ -287,6 +292,78 @@ def test_auto_keep_chooses_the_saved_model_at_the_end_of_the_cooldown(keep, end,
     # Trainer's own check after on_evaluate: a None best, or a better value, makes this step the best
     trainer_takes_end = state.best_metric is None or end > state.best_metric
     assert (30 if trainer_takes_end else state.best_global_step) == saved_step
+
+
+def rows_of(right: int, total: int, first: int = 0):
+    """Per-row correctness: ``right`` rows right, starting at row ``first`` (wrapping), of ``total``."""
+    import numpy as np
+
+    correct = np.zeros(total, dtype=bool)
+    correct[(first + np.arange(right)) % total] = True
+    return correct
+
+
+@pytest.mark.parametrize(
+    "best_right, end_right, shift, keeps_end",
+    [
+        # 500 rows, the best 6 rows (1.2 points) ahead. Binomial error of either score: 2.0 points.
+        (350, 344, 0, False),  # they disagree on 6 rows only: paired error 0.5 points, the best is really better
+        (350, 344, 23, True),  # on 40 rows (23 against 17): paired error 1.3 points, within it
+        (350, 350, 0, True),  # the same rows: a tie, the annealed end
+        (350, 350, 25, True),  # equal scores, different rows: a tie
+    ],
+)
+def test_the_annealed_end_and_the_best_are_compared_on_the_rows_where_they_disagree(
+    best_right, end_right, shift, keeps_end
+):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from transformers import EvalPrediction, TrainerControl
+
+    from ftpeft.core.stopping import PlateauStopping
+
+    stopper = PlateauStopping(patience=1, cooldown=0.2, eval_steps=5, metric="accuracy", validation_rows=500)
+    compute = stopper.recording(lambda prediction: {"accuracy": 0.0})
+    labels = np.zeros(500, dtype=np.int64)
+    args, state = SimpleNamespace(metric_for_best_model="accuracy"), SimpleNamespace(best_metric=None, global_step=10)
+    for step, right in ((10, best_right), (30, end_right)):  # the best, then the end of the cooldown
+        logits = np.stack([rows_of(right, 500, shift if step == 30 else 0), np.full(500, 0.5)], axis=1)
+        compute(EvalPrediction(predictions=logits, label_ids=labels))
+        state.global_step = step
+        stopper.on_evaluate(args, state, TrainerControl(), {"eval_accuracy": right / 500})
+        if step == 10:
+            state.best_metric, state.best_global_step = right / 500, step  # Trainer's own check
+            stopper.cooldown_start, stopper.cooldown_steps = 25, 5
+    assert stopper.stopped and (stopper.annealed_choice is not None) == keeps_end
+    if keeps_end:
+        assert stopper.annealed_choice["test"] == "paired"
+    else:
+        assert state.best_metric == best_right / 500  # the earlier best stays the saved model
+
+
+@pytest.mark.parametrize(
+    "first, second, expected",  # (rows right, from row), of 100
+    [
+        ((10, 0), (10, 0), 0.0),  # the same rows right: no difference to measure
+        ((10, 0), (4, 0), (6 - 36 / 100) ** 0.5 / 100),  # 6 rows only the first gets right
+        ((10, 0), (10, 5), (10 - 0 / 100) ** 0.5 / 100),  # 5 each way: McNemar's 10 discordant rows
+    ],
+)
+def test_paired_standard_error_counts_only_the_rows_where_two_models_disagree(first, second, expected):
+    from ftpeft.core.metrics import paired_standard_error
+
+    assert paired_standard_error(rows_of(first[0], 100, first[1]), rows_of(second[0], 100, second[1])) == pytest.approx(
+        expected
+    )
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 500])
+def test_the_best_evaluations_rows_survive_the_checkpoint_as_json(rows):
+    from ftpeft.core.stopping import _packed
+
+    correct = rows_of(rows // 2 + 1, rows, 3)
+    assert (_unpacked(json.loads(json.dumps(_packed(correct)))) == correct).all()
 
 
 @pytest.mark.parametrize(

@@ -97,8 +97,9 @@ class RunArguments(OutputArguments):
         default="annealed",
         metadata={
             "help": "With --num_train_epochs auto: the saved model. annealed: the end of the cooldown, unless an "
-            "earlier evaluation beat it by more than one binomial standard error of the metric on the validation "
-            "rows. best: the best evaluation on validation (load_best_model_at_end's choice).",
+            "earlier evaluation beat it by more than one standard error of their difference (accuracy: paired, "
+            "from the validation rows where the two disagree; other metrics: the binomial error of the best score). "
+            "best: the best evaluation on validation (load_best_model_at_end's choice).",
             "choices": tuple(KEPT),
         },
     )

@@ -47,8 +47,8 @@ from ftpeft.core.preemption import PREEMPTED_FILE, PreemptionGuard, clear_preemp
 from ftpeft.core.settings import SETTINGS_FILE, derived_settings, resolve_settings
 from ftpeft.core.stopping import (
     StoppingPlan,
+    add_early_stopping,
     auto_epoch_changes,
-    early_stopping,
     plan_auto_epochs,
     small_validation_warning,
     stop_line,
@@ -221,7 +221,7 @@ class Run:
         # inside each save, before its seal (``ftpeft.core.checkpoints``); Trainer's state is read when it saves
         trainer.checkpoint_writers.append(lambda folder: files.on_save(trainer.args, trainer.state, trainer.control))
         if self.stopping is not None:
-            trainer.add_callback(early_stopping(self.stopping))
+            add_early_stopping(trainer, self.stopping)
         start = time.perf_counter()
         try:
             if self.preemption is None:

@@ -121,6 +121,16 @@ def standard_error(spec: MetricSpec, value: float, rows: int) -> float:
     return (max(value * (1 - value), 0.0) / rows) ** 0.5
 
 
+def paired_standard_error(first_correct: np.ndarray, second_correct: np.ndarray) -> float:
+    """One standard error of the difference of two accuracies scored on the same rows (per-row correctness of each
+    model), from the rows where they disagree (McNemar's paired test): two checkpoints of one run that agree on most
+    rows are told apart more finely than either score's binomial error says."""
+    rows = len(first_correct)
+    only_first = int(np.count_nonzero(first_correct & ~second_correct))
+    only_second = int(np.count_nonzero(second_correct & ~first_correct))
+    return max(only_first + only_second - (only_first - only_second) ** 2 / rows, 0.0) ** 0.5 / rows
+
+
 def _metric_class():
     import datasets
     import evaluate

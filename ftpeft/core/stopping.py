@@ -5,7 +5,7 @@ Resolved once the training split's size is known, because the evaluation cadence
     plan = plan_auto_epochs(training_args, run_args, train_rows=len(train))        # None unless auto
     changes = auto_epoch_changes(training_args, run_args, plan)                   # pure: SettingChanges
     resolve_settings(training_args, changes)                                       # core.settings applies them
-    trainer.add_callback(early_stopping(plan))                                    # transformers' early stopping
+    add_early_stopping(trainer, plan)                                             # transformers' early stopping
 
 What it sets, unless the command line or --config set it (each change is logged and kept in
 resolved_settings.json):
@@ -48,16 +48,19 @@ An explicit ``--max_steps`` wins: the run is the fixed-length run it asks for. `
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.metrics import chosen_metric, is_better, metric_spec, standard_error
+from ftpeft.core.metrics import chosen_metric, is_better, metric_spec, paired_standard_error, standard_error
 from ftpeft.core.settings import SettingChange
 
 logger = logging.getLogger("ftpeft")
@@ -272,6 +275,8 @@ class PlateauStopping(TrainerCallback, ExportableState):
         self.eval_steps, self.greater = eval_steps, greater
         self.metric, self.validation_rows, self.keep = metric, validation_rows, keep
         self.annealed_choice: dict | None = None  # the end of the cooldown kept over an earlier, noisier best
+        self.rows_correct: np.ndarray | None = None  # the evaluation being scored: each validation row right or not
+        self.best_rows: dict | None = None  # the best evaluation's rows_correct, packed (checkpointed)
         self.counter = 0  # evaluations since the last better one
         self.cooldown_start: int | None = None
         self.cooldown_steps = 0
@@ -309,6 +314,7 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 "cooldown_steps": self.cooldown_steps,
                 "stopped": self.stopped,
                 "annealed_choice": self.annealed_choice,
+                "best_rows": self.best_rows,
             },
         }
 
@@ -329,11 +335,27 @@ class PlateauStopping(TrainerCallback, ExportableState):
 
             lr_scheduler.lr_lambdas = [schedule] * len(lr_scheduler.lr_lambdas)
 
+    def recording(self, compute_metrics: Callable | None) -> Callable | None:
+        """``compute_metrics`` that also keeps each evaluation's per-row correctness, for the paired comparison of
+        the annealed end with the best evaluation: accuracy of one class per row only (a label set's or a number's
+        rows are not right or wrong)."""
+        if compute_metrics is None or metric_spec(self.metric).name != "accuracy":
+            return compute_metrics
+
+        def compute(eval_prediction):
+            self.rows_correct = rows_correct(eval_prediction)
+            return compute_metrics(eval_prediction)
+
+        return compute
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         key = args.metric_for_best_model
         value = (metrics or {}).get(key if key.startswith("eval_") else f"eval_{key}")
-        if value is None:
+        rows, self.rows_correct = self.rows_correct, None
+        if value is None or self.stopped:  # after the stop, evaluations score the saved model: nothing to choose
             return
+        if state.best_metric is None or is_better(metric_spec(self.metric), value, state.best_metric):
+            self.best_rows = None if rows is None else _packed(rows)  # Trainer makes this evaluation the best
         better = state.best_metric is None or (
             (value > state.best_metric if self.greater else value < state.best_metric)
             and abs(value - state.best_metric) > self.threshold
@@ -343,7 +365,7 @@ class PlateauStopping(TrainerCallback, ExportableState):
             if state.global_step >= self.cooldown_start + self.cooldown_steps:
                 self.stopped = control.should_training_stop = True
                 if self.keep == "annealed":
-                    self._prefer_annealed(value, state)
+                    self._prefer_annealed(value, state, rows)
             return
         if self.counter >= self.patience:
             if not self.cooldown:
@@ -358,15 +380,22 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 self.cooldown_steps,
             )
 
-    def _prefer_annealed(self, value: float, state) -> None:
+    def _prefer_annealed(self, value: float, state, rows: np.ndarray | None = None) -> None:
         """(``--auto_keep annealed``) Keep the end of the cooldown when no earlier evaluation beat it by more than one
-        standard error of the metric on the validation rows: among models validation cannot tell apart, the annealed
-        one. (The earlier best is the maximum of many noisy evaluations, so its score is the optimistic one.) Trainer
-        then records this step as the best, and this checkpoint is the saved model."""
+        standard error: among models validation cannot tell apart, the annealed one. (The earlier best is the maximum
+        of many noisy evaluations, so its score is the optimistic one.) With both evaluations' per-row correctness
+        (accuracy) the error is the paired one of their difference, from the rows where they disagree; else one
+        binomial standard error of the best score on the validation rows. Trainer then records this step as the
+        best, and this checkpoint is the saved model."""
         spec = metric_spec(self.metric)
         if state.best_metric is None or is_better(spec, value, state.best_metric):
             return  # Trainer's own check makes it the best
-        tolerance = standard_error(spec, state.best_metric, self.validation_rows)
+        best = None if self.best_rows is None else _unpacked(self.best_rows)
+        if best is not None and rows is not None and len(best) == len(rows):
+            test, tolerance = "paired", paired_standard_error(best, rows)
+            disagree = int(np.count_nonzero(best != rows))
+        else:
+            test, tolerance, disagree = "binomial", standard_error(spec, state.best_metric, self.validation_rows), None
         if abs(value - state.best_metric) <= tolerance:
             self.annealed_choice = {
                 "step": state.global_step,
@@ -374,8 +403,52 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 "earlier_best": state.best_metric,
                 "earlier_best_step": state.best_global_step,
                 "tolerance": round(tolerance, 6),
+                "test": test,
+                "rows_disagreeing": disagree,
             }
             state.best_metric = None  # Trainer's best-metric check then makes this evaluation the best
+            self.best_rows = None if rows is None else _packed(rows)
+        else:
+            logger.info(
+                "keeping step %s (validation %s %.4f): it beat the annealed end (%.4f) by more than one %s standard "
+                "error (%.4f)",
+                state.best_global_step,
+                self.metric,
+                state.best_metric,
+                value,
+                test,
+                tolerance,
+            )
+
+
+def rows_correct(eval_prediction) -> np.ndarray | None:
+    """Each row right or not: the top class of its logits against its class id (None unless one class per row)."""
+    logits = eval_prediction.predictions
+    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
+    labels = np.asarray(eval_prediction.label_ids)
+    if logits.ndim != 2 or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    return logits.argmax(-1) == labels
+
+
+def _packed(rows: np.ndarray) -> dict:
+    """Per-row booleans as JSON (trainer_state.json holds the callback's state): 1 bit a row, base64."""
+    return {"rows": len(rows), "bits": base64.b64encode(np.packbits(rows)).decode("ascii")}
+
+
+def _unpacked(packed: dict) -> np.ndarray:
+    bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=packed["rows"]).astype(bool)
+
+
+def add_early_stopping(trainer, plan: StoppingPlan) -> PlateauStopping:
+    """Adds the callback that stops an auto run as ``plan`` says (patience, then the cooldown) to ``trainer``, and
+    replaces ``trainer.compute_metrics`` with one that also shows it each evaluation's rows (``recording``)."""
+    stopper = PlateauStopping.for_plan(plan)
+    if not trainer.args.batch_eval_metrics:  # batched metrics see one batch at a time, not the split's rows
+        trainer.compute_metrics = stopper.recording(trainer.compute_metrics)
+    trainer.add_callback(stopper)
+    return stopper
 
 
 def early_stopping(plan: StoppingPlan) -> PlateauStopping:
@@ -429,6 +502,7 @@ def stop_line(record: dict[str, Any]) -> str:
     if choice:
         line += (
             f": the annealed end of the cooldown, kept over step {choice['earlier_best_step']} "
-            f"({choice['earlier_best']:.4f}), which is within one standard error ({choice['tolerance']:.4f})"
+            f"({choice['earlier_best']:.4f}), which is within one {choice.get('test', 'binomial')} standard error "
+            f"({choice['tolerance']:.4f})"
         )
     return line
