@@ -88,7 +88,13 @@ AUTO_VARIANTS = {
     "auto_p2": ["--early_stopping_patience", "2"],
     "auto_keep_best_p2": ["--auto_keep", "best", "--early_stopping_patience", "2"],
 }
-KEEP_PAIRS = (("auto", "auto_keep_best"), ("auto_p2", "auto_keep_best_p2"))  # one training, the two saved models
+# Runs of one training that differ only in the saved model, by rule: the cooldown's end within one paired standard
+# error of the best (the default since 2026-12-07), within one binomial error (before it), the best evaluation.
+KEEP_RULES = ("binomial", "paired", "best")
+KEEP_GROUPS = {
+    "": {"binomial": "auto_binomial", "paired": "auto", "best": "auto_keep_best"},
+    " (patience 2)": {"binomial": "auto_p2", "best": "auto_keep_best_p2"},  # tweets500 before its patience doubled
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +247,7 @@ def summarise(runs: list[dict], grid: list[tuple[str, str]], seeds: list[int]) -
                     "one_epoch_test": next((r["test_accuracy"] for r in fixed if r["epochs"] == "1"), None),
                     "constant_test": constant["test_accuracy"] if constant else None,
                     "constant_stopped_epoch": constant["stopped_epoch"] if constant else None,
-                    "keep_pair": keep_pair(by_key, Job(data, rung, "auto", seed)),
+                    "keep_runs": keep_runs(by_key, Job(data, rung, "auto", seed)),
                 }
             )
     return rows
@@ -362,50 +368,64 @@ def render(rows: list[dict], extra: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def keep_pair(by_key: dict[str, dict], job: Job) -> dict | None:
-    """The two saved models of one training, annealed end and best evaluation (the default's patience, else the
-    patience before it), for the keep comparison; None where one is missing."""
-    for annealed, best in KEEP_PAIRS:
-        runs = [by_key.get(dataclasses.replace(job, epochs=epochs).key) for epochs in (annealed, best)]
-        if all(runs):
-            fields = ("val_accuracy", "test_accuracy", "best_epoch")
-            return {rule: {key: run[key] for key in fields} for rule, run in zip(("annealed", "best"), runs)}
-    return None
+def keep_runs(by_key: dict[str, dict], job: Job) -> dict[str, dict]:
+    """Per group of ``KEEP_GROUPS`` with at least two of its rules run: each rule's saved model (val, test, best
+    epoch), for the keep comparison."""
+    fields = ("val_accuracy", "test_accuracy", "best_epoch")
+    groups = {}
+    for group, rules in KEEP_GROUPS.items():
+        runs = {rule: by_key.get(dataclasses.replace(job, epochs=epochs).key) for rule, epochs in rules.items()}
+        found = {rule: {key: run[key] for key in fields} for rule, run in runs.items() if run}
+        if len(found) >= 2:
+            groups[group] = found
+    return groups
 
 
 def keep_comparison(rows: list[dict]) -> list[str]:
-    """Per set: the saved model by the default (``--auto_keep annealed``) against the best evaluation
-    (``--auto_keep best``) of the same training, which differ only in the checkpoint kept."""
-    sets = by_set([r for r in rows if r["keep_pair"]])
-    if not sets:
+    """Per set: the saved model of the same training under each rule, the annealed end within one paired standard
+    error of the best (the default), within one binomial one (before 2026-12-07) and the best evaluation."""
+    groups = {(r["set"], group): [] for r in rows for group in r["keep_runs"]}
+    for r in rows:
+        for group, found in r["keep_runs"].items():
+            groups[(r["set"], group)].append((r, found))
+    if not groups:
         return []
     lines = [
         "",
-        "## Which evaluation is saved: the annealed end (the default) or the best (`--auto_keep best`)",
+        "## Which evaluation is saved: the annealed end or the best",
         "",
         (
-            "Pairs of runs that train the same steps and differ only in the checkpoint kept: `--auto_keep annealed` "
-            "keeps the end of the cooldown unless an earlier evaluation beat it by more than one binomial standard "
-            "error, `--auto_keep best` the best evaluation. On tweets500 both at a patience of 2 (`auto_p2`, "
-            "`auto_keep_best_p2`), the default before it doubled under 200 validation rows. Gaps are against the "
-            "chosen fixed count, mean over the set's runs. Validation cannot choose between the rules (the best "
-            "evaluation's score is the maximum of the run's scores); test, read once per run, can."
+            "Runs of one training that differ only in the checkpoint kept. `--auto_keep annealed` keeps the end of "
+            "the cooldown unless an earlier evaluation beat it by more than one standard error: since 2026-12-07 "
+            "(**paired**, the default) of the two models' difference, from the validation rows where they disagree; "
+            "before it (**binomial**, `auto_binomial`) of the best score. `--auto_keep best` (**best**) keeps the best "
+            "evaluation. tweets500 (patience 2): both rules at the patience before it doubled under 200 validation "
+            "rows (`auto_p2`, `auto_keep_best_p2`). Gaps are against the chosen fixed count, mean over the set's "
+            "runs; — where that rule was not run. Validation cannot choose between the rules (the best evaluation's "
+            "score is the maximum of the run's scores); test, read once per run, can."
         ),
         "",
-        "| set | runs | saved model differs | val gap: annealed / best | test gap: annealed / best |",
+        (
+            "| set | runs | saved model differs from binomial: paired / best | val gap: binomial / paired / best | "
+            "test gap: binomial / paired / best |"
+        ),
         "|---|---|---|---|---|",
     ]
-    for name, group in sets.items():
-        pairs = [r["keep_pair"] for r in group]
-        differs = sum(pair["annealed"]["best_epoch"] != pair["best"]["best_epoch"] for pair in pairs)
+    for (name, group), pairs in groups.items():
+        differs = [
+            str(sum(found[rule]["best_epoch"] != found["binomial"]["best_epoch"] for _, found in pairs))
+            if all(rule in found and "binomial" in found for _, found in pairs)
+            else "—"
+            for rule in ("paired", "best")
+        ]
         cells = []
         for metric, chosen in (("val_accuracy", "chosen_val"), ("test_accuracy", "chosen_test")):
-            gaps = [
-                [(pair[rule][metric] - r[chosen]) * 100 for pair, r in zip(pairs, group)]
-                for rule in ("annealed", "best")
-            ]
-            cells.append(f"{statistics.mean(gaps[0]):+.2f} / {statistics.mean(gaps[1]):+.2f}")
-        lines.append(f"| {name} | {len(group)} | {differs} | {cells[0]} | {cells[1]} |")
+            means = []
+            for rule in KEEP_RULES:
+                gaps = [(found[rule][metric] - r[chosen]) * 100 for r, found in pairs if rule in found]
+                means.append(f"{statistics.mean(gaps):+.2f}" if len(gaps) == len(pairs) else "—")
+            cells.append(" / ".join(means))
+        lines.append(f"| {name}{group} | {len(pairs)} | {' / '.join(differs)} | {cells[0]} | {cells[1]} |")
     return lines
 
 
