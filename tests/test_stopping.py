@@ -246,6 +246,23 @@ def test_after_the_plateau_the_lr_anneals_to_zero_and_the_run_stops_at_the_end(t
     assert "annealed to 0" in record["reason"]
 
 
+def test_a_run_resumed_from_its_last_checkpoint_stops_at_once(tiny_bert_dir, text_csv_dir, tmp_path):
+    """Resumed from the checkpoint where the cooldown ended, the run takes one step at LR 0 (Trainer's loop checks the
+    stop after a step), not another evaluation interval, and keeps the same saved model."""
+    out = tmp_path / "run"
+    extra = ("--early_stopping_patience", "1", "--auto_max_epochs", "12", "--auto_cooldown", "0.5")
+    first = bert_cls.main(auto_argv(tiny_bert_dir, text_csv_dir, out, *extra))
+    record = json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
+    last = out / f"checkpoint-{record['stopped_step']}"
+    again = bert_cls.main(
+        auto_argv(tiny_bert_dir, text_csv_dir, out, *extra, "--resume_from_checkpoint", str(last),
+                  "--overwrite_output_dir")
+    )  # fmt: skip
+    resumed = json.loads((out / "resolved_settings.json").read_text())["stopping"]["used"]
+    assert resumed["stopped_step"] == record["stopped_step"] + 1 and resumed["best_step"] == record["best_step"]
+    assert again["eval_accuracy"] == pytest.approx(first["eval_accuracy"])
+
+
 @pytest.mark.parametrize(
     "best, end, rows, keeps_end",
     [

@@ -327,6 +327,8 @@ class PlateauStopping(TrainerCallback, ExportableState):
         return max(0.0, 1.0 - (step - self.cooldown_start) / max(self.cooldown_steps, 1))
 
     def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        if self.stopped:  # resumed from the checkpoint that ended the run: one step at LR 0, not another interval
+            control.should_training_stop = True
         if self.cooldown and lr_scheduler is not None and hasattr(lr_scheduler, "lr_lambdas"):
             self._warmup = args.get_warmup_steps(state.max_steps)
 
@@ -352,7 +354,10 @@ class PlateauStopping(TrainerCallback, ExportableState):
         key = args.metric_for_best_model
         value = (metrics or {}).get(key if key.startswith("eval_") else f"eval_{key}")
         rows, self.rows_correct = self.rows_correct, None
-        if value is None or self.stopped:  # after the stop, evaluations score the saved model: nothing to choose
+        if self.stopped:  # after the stop, evaluations score the saved model: nothing to choose
+            control.should_training_stop = True
+            return
+        if value is None:
             return
         if state.best_metric is None or is_better(metric_spec(self.metric), value, state.best_metric):
             self.best_rows = None if rows is None else _packed(rows)  # Trainer makes this evaluation the best
