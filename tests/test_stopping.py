@@ -338,15 +338,14 @@ def test_the_annealed_end_and_the_best_are_compared_on_the_rows_where_they_disag
     import numpy as np
     from transformers import EvalPrediction, TrainerControl
 
-    from ftpeft.core.stopping import PlateauStopping
+    from ftpeft.core.stopping import PlateauStopping, rows_correct
 
     stopper = PlateauStopping(patience=1, cooldown=0.2, eval_steps=5, metric="accuracy", validation_rows=500)
-    compute = stopper.recording(lambda prediction: {"accuracy": 0.0})
     labels = np.zeros(500, dtype=np.int64)
     args, state = SimpleNamespace(metric_for_best_model="accuracy"), SimpleNamespace(best_metric=None, global_step=10)
     for step, right in ((10, best_right), (30, end_right)):  # the best, then the end of the cooldown
         logits = np.stack([rows_of(right, 500, shift if step == 30 else 0), np.full(500, 0.5)], axis=1)
-        compute(EvalPrediction(predictions=logits, label_ids=labels))
+        stopper.rows_correct = rows_correct(EvalPrediction(predictions=logits, label_ids=labels))  # showing_rows
         state.global_step = step
         stopper.on_evaluate(args, state, TrainerControl(), {"eval_accuracy": right / 500})
         if step == 10:

@@ -337,19 +337,6 @@ class PlateauStopping(TrainerCallback, ExportableState):
 
             lr_scheduler.lr_lambdas = [schedule] * len(lr_scheduler.lr_lambdas)
 
-    def recording(self, compute_metrics: Callable | None) -> Callable | None:
-        """``compute_metrics`` that also keeps each evaluation's per-row correctness, for the paired comparison of
-        the annealed end with the best evaluation: accuracy of one class per row only (a label set's or a number's
-        rows are not right or wrong)."""
-        if compute_metrics is None or metric_spec(self.metric).name != "accuracy":
-            return compute_metrics
-
-        def compute(eval_prediction):
-            self.rows_correct = rows_correct(eval_prediction)
-            return compute_metrics(eval_prediction)
-
-        return compute
-
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         key = args.metric_for_best_model
         value = (metrics or {}).get(key if key.startswith("eval_") else f"eval_{key}")
@@ -448,12 +435,29 @@ def _unpacked(packed: dict) -> np.ndarray:
 
 def add_early_stopping(trainer, plan: StoppingPlan) -> PlateauStopping:
     """Adds the callback that stops an auto run as ``plan`` says (patience, then the cooldown) to ``trainer``, and
-    replaces ``trainer.compute_metrics`` with one that also shows it each evaluation's rows (``recording``)."""
+    replaces ``trainer.compute_metrics`` with one that also shows it each evaluation's rows (``showing_rows``)."""
     stopper = PlateauStopping.for_plan(plan)
-    if not trainer.args.batch_eval_metrics:  # batched metrics see one batch at a time, not the split's rows
-        trainer.compute_metrics = stopper.recording(trainer.compute_metrics)
     trainer.add_callback(stopper)
+    if metric_spec(plan.metric).name == "accuracy" and not trainer.args.batch_eval_metrics:
+        # (batched metrics see one batch at a time, not the split's rows)
+        trainer.compute_metrics = showing_rows(trainer, trainer.compute_metrics)
     return stopper
+
+
+def showing_rows(trainer, compute_metrics: Callable | None) -> Callable | None:
+    """``compute_metrics`` that also gives the trainer's ``PlateauStopping`` each evaluation's per-row correctness,
+    for the paired comparison of the annealed end with the best evaluation. The callback is looked up at each call:
+    a resume replaces it with one restored from the checkpoint."""
+    if compute_metrics is None:
+        return None
+
+    def compute(eval_prediction):
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, PlateauStopping):
+                callback.rows_correct = rows_correct(eval_prediction)
+        return compute_metrics(eval_prediction)
+
+    return compute
 
 
 def early_stopping(plan: StoppingPlan) -> PlateauStopping:
