@@ -24,13 +24,17 @@ resolved_settings.json):
   buys it a point or more (``benchmarks/results/epochs.md``: constant LR without the cooldown trailed the best
   fixed epoch count by 1.4 to 1.6 test points). ``--auto_cooldown 0`` stops at the plateau.
 - **which evaluation is saved** (``--auto_keep annealed``): the best one on validation, except that the end of the
-  cooldown is kept when no earlier evaluation beat it by more than one binomial standard error of the metric on
-  the validation rows (for accuracy and macro-F1): the earlier best is the maximum of many noisy evaluations, and
-  among models validation cannot tell apart the annealed one is kept (the ladder's tolerance rule, applied to
-  checkpoints). Validation cannot choose between the two rules (the best evaluation's score is its maximum by
-  construction); on the test splits of 58 paired runs the annealed end scored better on every set or within 0.05
-  points, by 0.9 points on 500 tweets validated on 50 (``benchmarks/results/epochs.md``). ``--auto_keep best``
-  keeps the best evaluation, as ``load_best_model_at_end`` alone does.
+  cooldown is kept when no earlier evaluation beat it by more than one standard error: the earlier best is the
+  maximum of many noisy evaluations, and among models validation cannot tell apart the annealed one is kept (the
+  ladder's tolerance rule, applied to checkpoints). For accuracy the error is the paired one of the two models'
+  difference, from the validation rows where they disagree (McNemar): checkpoints of one run agree on most rows, so
+  a small real lead is seen that one score's binomial error (2 points on 500 rows) hides, while models far apart
+  (an evaluation half an epoch in against the annealed end) still need a large lead. The best evaluation's per-row
+  correctness is packed into the callback's checkpointed state, so a resumed run compares the same rows. Other
+  metrics use one binomial standard error of the best score where it is a share of rows (macro-F1, subset
+  accuracy), none otherwise. ``--auto_keep best`` keeps the best evaluation, as ``load_best_model_at_end`` alone
+  does. Validation cannot choose between the rules (the best evaluation's score is its maximum by construction);
+  the test splits of the epochs benchmark can (``benchmarks/results/epochs.md``, "Which evaluation is saved").
 - **cap**: ``--auto_max_epochs`` (20) and ``--auto_max_steps``, if validation never stops improving.
 - **the best checkpoint**: ``load_best_model_at_end``; its direction comes from the metric registry
   (``ftpeft.core.metrics.METRICS``). The patience counter is restored on resume
