@@ -27,9 +27,11 @@ Every run is the recipe at its defaults except the epoch count (fixed runs: the 
 warm-up over that many epochs, evaluated and checkpointed once per epoch, the last epoch's model scored; auto:
 its early stopping and cooldown; --ablation adds auto without the cooldown, `--only auto_p3_epoch` the rule before
 2026-12-07 for epochs of under 50 steps, one evaluation per epoch and a patience of 3, `--only auto_keep_best`
-the best evaluation as the saved model, not the annealed end within one standard error of it). The fixed count is
-chosen on validation accuracy; test is read once for the chosen count and for auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already
-there. Writes RESULTS/epochs.md, epochs.json and epochs.png, rendering every (set, rung) and seed in the runs file,
+the best evaluation as the saved model, not the annealed end within one standard error of it; the runs file's
+auto_binomial rows are the auto runs before the paired test of 2026-12-07, reproduced at commit 0b9c4f8 with
+`--only auto`). The fixed count is chosen on validation accuracy; test is read once for the chosen count and for
+auto. Each run is appended to RESULTS/epochs_runs.jsonl as it finishes; a rerun skips the runs already there.
+Writes RESULTS/epochs.md, epochs.json and epochs.png, rendering every (set, rung) and seed in the runs file,
 not only those of the command, with a section for the ladder's goal (each rung's auto validation accuracy within 1
 point of its best fixed count). Train time is Trainer's train_runtime (evaluations
 and checkpoints included, the one-off cache build excluded) and, independent of the machine's load, the

@@ -6,7 +6,7 @@ import json
 import pytest
 from helpers import load_recipe, tiny_auto_args
 
-from ftpeft.core.stopping import _unpacked
+from ftpeft.core.stopping import unpack_rows
 
 bert_cls = load_recipe("bert_cls")
 
@@ -237,7 +237,7 @@ def test_after_the_plateau_the_lr_anneals_to_zero_and_the_run_stops_at_the_end(t
     logged = json.loads((out / f"checkpoint-{record['stopped_step']}" / "trainer_state.json").read_text())
     rates = {entry["step"]: entry["learning_rate"] for entry in logged["log_history"] if "learning_rate" in entry}
     # the checkpoint carries the best evaluation's rows (the paired test after a resume): they score its accuracy
-    best_rows = _unpacked(logged["stateful_callbacks"]["PlateauStopping"]["attributes"]["best_rows"])
+    best_rows = unpack_rows(logged["stateful_callbacks"]["PlateauStopping"]["attributes"]["best_rows"])
     assert best_rows.mean() == pytest.approx(logged["best_metric"])
     top = rates[start]  # the constant LR the plateau was reached at, then a linear fall to 0
     assert rates[record["stopped_step"]] < 0.2 * top and all(
@@ -376,10 +376,10 @@ def test_paired_standard_error_counts_only_the_rows_where_two_models_disagree(fi
 
 @pytest.mark.parametrize("rows", [1, 7, 8, 9, 500])
 def test_the_best_evaluations_rows_survive_the_checkpoint_as_json(rows):
-    from ftpeft.core.stopping import _packed
+    from ftpeft.core.stopping import pack_rows
 
     correct = rows_of(rows // 2 + 1, rows, 3)
-    assert (_unpacked(json.loads(json.dumps(_packed(correct)))) == correct).all()
+    assert (unpack_rows(json.loads(json.dumps(pack_rows(correct)))) == correct).all()
 
 
 @pytest.mark.parametrize(

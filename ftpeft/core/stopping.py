@@ -350,12 +350,12 @@ class PlateauStopping(TrainerCallback, ExportableState):
             return
         if value is None:
             return
-        if state.best_metric is None or is_better(metric_spec(self.metric), value, state.best_metric):
-            self.best_rows = None if rows is None else _packed(rows)  # Trainer makes this evaluation the best
-        better = state.best_metric is None or (
-            (value > state.best_metric if self.greater else value < state.best_metric)
-            and abs(value - state.best_metric) > self.threshold
+        improves = state.best_metric is None or (
+            value > state.best_metric if self.greater else value < state.best_metric
         )
+        if improves:  # Trainer's own check (no threshold) makes this evaluation the best
+            self.best_rows = None if rows is None else pack_rows(rows)
+        better = improves and (state.best_metric is None or abs(value - state.best_metric) > self.threshold)
         self.counter = 0 if better else self.counter + 1
         if self.cooldown_start is not None:  # the cooldown runs to its end; the best evaluation is kept anyway
             if state.global_step >= self.cooldown_start + self.cooldown_steps:
@@ -386,7 +386,7 @@ class PlateauStopping(TrainerCallback, ExportableState):
         spec = metric_spec(self.metric)
         if state.best_metric is None or is_better(spec, value, state.best_metric):
             return  # Trainer's own check makes it the best
-        best = None if self.best_rows is None else _unpacked(self.best_rows)
+        best = None if self.best_rows is None else unpack_rows(self.best_rows)
         if best is not None and rows is not None and len(best) == len(rows):
             test, tolerance = "paired", paired_standard_error(best, rows)
             disagree = int(np.count_nonzero(best != rows))
@@ -403,7 +403,7 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 "rows_disagreeing": disagree,
             }
             state.best_metric = None  # Trainer's best-metric check then makes this evaluation the best
-            self.best_rows = None if rows is None else _packed(rows)
+            self.best_rows = None if rows is None else pack_rows(rows)
         else:
             logger.info(
                 "keeping step %s (validation %s %.4f): it beat the annealed end (%.4f) by more than one %s standard "
@@ -427,12 +427,13 @@ def rows_correct(eval_prediction) -> np.ndarray | None:
     return logits.argmax(-1) == labels
 
 
-def _packed(rows: np.ndarray) -> dict:
+def pack_rows(rows: np.ndarray) -> dict:
     """Per-row booleans as JSON (trainer_state.json holds the callback's state): 1 bit a row, base64."""
     return {"rows": len(rows), "bits": base64.b64encode(np.packbits(rows)).decode("ascii")}
 
 
-def _unpacked(packed: dict) -> np.ndarray:
+def unpack_rows(packed: dict) -> np.ndarray:
+    """``pack_rows``' booleans back."""
     bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
     return np.unpackbits(bits, count=packed["rows"]).astype(bool)
 
@@ -456,9 +457,10 @@ def showing_rows(trainer, compute_metrics: Callable | None) -> Callable | None:
         return None
 
     def compute(eval_prediction):
+        rows = rows_correct(eval_prediction)
         for callback in trainer.callback_handler.callbacks:
             if isinstance(callback, PlateauStopping):
-                callback.rows_correct = rows_correct(eval_prediction)
+                callback.rows_correct = rows
         return compute_metrics(eval_prediction)
 
     return compute
