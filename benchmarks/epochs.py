@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_benchmarks import ROOT, parse_benchmark_args
+from run_benchmarks import ROOT, machine_description, parse_benchmark_args
 
 FIXED_EPOCHS = (1, 2, 4, 8)
 FIRST_RUNS_DATE = "2026-12-06"  # the runs recorded before each run kept its date
@@ -540,10 +540,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     args, env = parse_benchmark_args(__doc__, argv, add_arguments)
-    import platform
-
-    import torch
-
     env["OMP_NUM_THREADS"] = "1"  # --workers runs share the cores
     grid = DEFAULT_GRID if not (args.sets or args.rungs) else [
         (data, rung) for data in (args.sets or SETS) for rung in (args.rungs or ["last2"])
@@ -597,7 +593,7 @@ def main(argv: list[str] | None = None) -> Path:
     extra = {
         "setting": "Each run is the recipe at its defaults but for the epoch count; "
         f"{len(seeds)} seed(s) {seeds}; {args.workers} runs at a time, one thread each.",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "machine": machine_description(),
         "load_start": load_start,
         "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "command": "python benchmarks/epochs.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import Case, parse_benchmark_args, run_case
+from run_benchmarks import Case, machine_description, parse_benchmark_args, run_case
 
 EPOCHS = 2
 SEED = "42"
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> Path:
     if known.threads:
         env["OMP_NUM_THREADS"] = str(known.threads)
     threads = env.get("OMP_NUM_THREADS", "all")
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch thread(s) per run"
+    machine = machine_description(f"{threads} torch thread(s) per run")
     command = "python benchmarks/image_cache.py" + (" --quick" if args.quick else "") + f" --pairs {pairs}"
     command += f" --threads {known.threads}" if known.threads else ""
     results: list[tuple[dict, dict]] = []

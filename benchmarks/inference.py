@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_benchmarks import machine_description
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TEXT_RUN, IMAGE_RUN = ROOT / "outputs" / "inference_demo", ROOT / "outputs" / "inference_mnist"
@@ -505,8 +507,6 @@ def main(argv: list[str] | None = None) -> Path:
         summary = summarise(document["passes"])
         write_results(args.results_dir, document["passes"], summary, goals(summary), document["meta"])
         return args.results_dir / "inference.md"
-    import torch
-
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     runs = {"tweets": args.text_run, "mnist": args.image_run}
@@ -537,8 +537,7 @@ def main(argv: list[str] | None = None) -> Path:
     models = {d: f"{d}: {runs[d]} ({TEXT_TRAIN if d == 'tweets' else IMAGE_TRAIN})" for d in args.datasets}
     meta = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__.split('+')[0]}, "
-                   f"onnxruntime {onnxruntime.__version__}",
+        "machine": machine_description(f"onnxruntime {onnxruntime.__version__}"),
         "load": f"start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, end {load_end[0]:.1f}/"
                 f"{load_end[1]:.1f}/{load_end[2]:.1f}, median 1-min during passes {during:.1f} "
                 f"(on {os.cpu_count()} cores)",

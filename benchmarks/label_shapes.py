@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run_benchmarks import ROOT, parse_benchmark_args
+from run_benchmarks import ROOT, machine_description, parse_benchmark_args
 
 DEMOS = {
     "emolex": {"problem": "multi_label", "flags": ["--label_column", "emotions", "--label_separator", ","]},
@@ -237,12 +237,6 @@ def schema_results(summary: dict, header: dict) -> list[dict]:
     return out
 
 
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__.split("+")[0]
-
-
 def fmt(cell) -> str:
     return "-" if cell is None else f"{cell[0]:.4f} ± {cell[1]:.4f}" if cell[1] else f"{cell[0]:.4f}"
 
@@ -309,10 +303,8 @@ def main(argv: list[str] | None = None) -> Path:
                     {k: v for k, v in row.items() if k in ("test_map", "test_macro_f1", "test_rmse", "error")},
                     flush=True,
                 )
-    import platform
-
     header = {"setting": "label sets and numbers on real data", "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch_version()}",
+              "machine": machine_description(),
               "load": f"shared with other jobs (load {os.getloadavg()[0]:.1f} at the end)",
               "command": "python benchmarks/label_shapes.py" + (" --quick" if args.quick else "")}  # fmt: skip
     summary = summarise([r for r in runs if r["demo"] in args.demos], args.demos)

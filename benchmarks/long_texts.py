@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run_benchmarks import RESULTS, ROOT, parse_benchmark_args, write_results
+from run_benchmarks import RESULTS, ROOT, machine_description, parse_benchmark_args, write_results
 
 CASES = {"windows": ["--long_texts", "windows"], "truncate": ["--long_texts", "truncate"]}
 
@@ -111,10 +111,6 @@ def score(predicted: list[str], references: list[str], rows: list[int]) -> dict:
 
 def schema_results(results: dict, train_rows, eval_rows) -> dict:
     """The shared results schema (scripts/gen_docs.py): one result per --long_texts run, the raw rows as detail."""
-    import platform
-
-    import torch
-
     results_list = []
     for name, r in results.items():
         longer = r["test_longer"] or {"accuracy": None, "n": 0}
@@ -131,7 +127,7 @@ def schema_results(results: dict, train_rows, eval_rows) -> dict:
                     "seeds": "42",
                 },
                 "date": r["date"],
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}",
+                "machine": machine_description(),
                 "load": f"accuracy run (load {r['load_average'][0]} before, {r['load_average'][1]} after)",
                 "command": r["benchmark_command"],
                 "figures": {

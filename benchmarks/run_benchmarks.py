@@ -330,6 +330,17 @@ def write_sweep_results(args: argparse.Namespace, name: str, rows: list[dict], w
     return path
 
 
+def machine_description(*details: str) -> str:
+    """A results file's machine line: architecture, CPU cores, GPU, torch (without its build tag), then ``details``."""
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    torch_version = torch.__version__.split("+")[0]
+    return ", ".join([platform.machine(), f"{os.cpu_count()} CPU cores", gpu, f"torch {torch_version}", *details])
+
+
 def parse_benchmark_args(
     doc: str, argv: list[str] | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 ) -> tuple[argparse.Namespace, dict]:
@@ -350,7 +361,6 @@ def parse_benchmark_args(
 
 def main(argv: list[str] | None = None) -> Path:
     args, env = parse_benchmark_args(__doc__, argv)
-    import platform
 
     import torch
 
@@ -378,8 +388,7 @@ def main(argv: list[str] | None = None) -> Path:
                   f"test acc {row['test_accuracy']}", flush=True)  # fmt: skip
     flops = None if args.quick else training_flops_per_sample(args.model_name_or_path or _default_model())[0]
     extra = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine_description(f"{torch.get_num_threads()} threads"),
         "command": "python benchmarks/run_benchmarks.py" + (" --quick" if args.quick else ""),
         "matmul_gflops": peak / 1e9,
     }

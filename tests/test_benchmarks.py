@@ -1,6 +1,7 @@
 """The benchmark suite's smoke run produces its table, chart and JSON (timings are not asserted)."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -342,3 +343,17 @@ def test_long_texts_keeps_a_committed_row_only_at_its_own_window_and_rows(tmp_pa
         with pytest.raises(SystemExit, match="--cases: the committed windows row ran at another"):
             long_texts.kept_rows(args, ["windows"])
     assert long_texts.kept_rows(args, []) == {}
+
+
+@pytest.mark.parametrize("details", [(), ("1 threads",), ("onnxruntime 1.0", "2 threads")])
+def test_every_results_files_machine_line_names_the_cores_gpu_and_torch_release_then_the_details(details):
+    import platform
+
+    import torch
+    from run_benchmarks import machine_description
+
+    parts = machine_description(*details).split(", ")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    release = torch.__version__.split("+")[0]
+    assert parts[:4] == [platform.machine(), f"{os.cpu_count()} CPU cores", gpu, f"torch {release}"]
+    assert parts[4:] == list(details)

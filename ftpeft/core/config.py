@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 from ftpeft.core.errors import FtpeftError, redact
 from ftpeft.core.outputs import atomic_write_text
 from ftpeft.core.preemption import DEFAULT_SIGNALS, parse_signals
-from ftpeft.core.stopping import KEPT
+from ftpeft.core.stopping import DEFAULT_KEEP, KEPT
 from ftpeft.core.validation import (
     COUNT,
     NON_NEGATIVE,
@@ -94,7 +94,7 @@ class RunArguments(OutputArguments):
         },
     )
     auto_keep: str = dataclasses.field(
-        default="annealed",
+        default=DEFAULT_KEEP,
         metadata={
             "help": "With --num_train_epochs auto: the saved model. annealed: the end of the cooldown, unless an "
             "earlier evaluation beat it by more than one standard error of their difference (accuracy: paired, "

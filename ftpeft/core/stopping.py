@@ -86,6 +86,7 @@ KEPT = {  # --auto_keep's choices (the first is its default): which evaluation i
     "annealed": "the end of the cooldown unless an earlier evaluation beat it by more than one standard error",
     "best": "the best checkpoint",
 }
+DEFAULT_KEEP = next(iter(KEPT))
 
 
 def optimizer_steps_per_epoch(train_rows: int, training_args) -> int:
@@ -126,7 +127,7 @@ class StoppingPlan:
     greater_is_better: bool
     cooldown: float = 0.0  # share of the steps so far that anneal the LR to 0 after the plateau (0: stop there)
     validation_rows: int = 0  # what the metric's noise is measured on (0: unknown)
-    keep: str = "annealed"  # the saved model: the cooldown's end within one SE of the best, or "best"
+    keep: str = DEFAULT_KEEP  # the saved model: the cooldown's end within one SE of the best, or "best"
 
     def describe(self) -> str:
         per_epoch = self.epoch_steps / self.eval_steps
@@ -273,7 +274,7 @@ class PlateauStopping(TrainerCallback, ExportableState):
         greater: bool = True,
         metric: str = "accuracy",
         validation_rows: int = 0,
-        keep: str = "annealed",
+        keep: str = DEFAULT_KEEP,
     ):
         self.patience, self.threshold, self.cooldown = patience, threshold, cooldown
         self.eval_steps, self.greater = eval_steps, greater
