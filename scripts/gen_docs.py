@@ -386,7 +386,7 @@ def legacy_ladder() -> list[Figure]:
             setup=f"the ladder, every rung to its stopping point; recommended {auto['recommended']}",
             recipe="ladder", data="demo", size="2,000 demo tweets (1,800 train, 200 val), 1,000 test", epochs="auto",
             seeds="42", figure=f"recommended: val {chosen['val_accuracy']:.3f}, test {chosen['test_accuracy']:.3f}; "
-            f"{auto['wall_seconds']:,.0f} s wall", date="2026-12-06", machine=REFERENCE_MACHINE + ", nothing else running (load 0.6 to 1.3)",
+            f"{auto['wall_seconds']:,.0f} s wall", date="2026-12-07", machine=REFERENCE_MACHINE + ", nothing else running (load 0.6 to 1.0)",
             source="ladder_text_auto.json", headline=True,
             command="OMP_NUM_THREADS=1 python recipes/ladder.py --demo_train_samples 2000 "
             "--per_device_train_batch_size 16 --time_budget 60m",
