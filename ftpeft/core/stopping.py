@@ -64,7 +64,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ftpeft.core.errors import FtpeftError
-from ftpeft.core.metrics import chosen_metric, is_better, metric_spec, paired_standard_error, standard_error
+from ftpeft.core.metrics import chosen_metric, metric_spec, paired_standard_error, standard_error
 from ftpeft.core.settings import SettingChange
 
 logger = logging.getLogger("ftpeft")
@@ -351,10 +351,8 @@ class PlateauStopping(TrainerCallback, ExportableState):
             return
         if value is None:
             return
-        improves = state.best_metric is None or (
-            value > state.best_metric if self.greater else value < state.best_metric
-        )
-        if improves:  # Trainer's own check (no threshold) makes this evaluation the best
+        improves = self._is_new_best(value, state)
+        if improves:
             self.best_rows = None if rows is None else pack_rows(rows)
         better = improves and (state.best_metric is None or abs(value - state.best_metric) > self.threshold)
         self.counter = 0 if better else self.counter + 1
@@ -377,6 +375,10 @@ class PlateauStopping(TrainerCallback, ExportableState):
                 self.cooldown_steps,
             )
 
+    def _is_new_best(self, value: float, state) -> bool:
+        """Trainer's own check (no threshold): this evaluation becomes the best, and its checkpoint the saved one."""
+        return state.best_metric is None or (value > state.best_metric if self.greater else value < state.best_metric)
+
     def _prefer_annealed(self, value: float, state, rows: np.ndarray | None = None) -> None:
         """(``--auto_keep annealed``) Keep the end of the cooldown when no earlier evaluation beat it by more than one
         standard error: among models validation cannot tell apart, the annealed one. (The earlier best is the maximum
@@ -384,9 +386,9 @@ class PlateauStopping(TrainerCallback, ExportableState):
         (accuracy) the error is the paired one of their difference, from the rows where they disagree; else one
         binomial standard error of the best score on the validation rows. Trainer then records this step as the
         best, and this checkpoint is the saved model."""
+        if self._is_new_best(value, state):
+            return
         spec = metric_spec(self.metric)
-        if state.best_metric is None or is_better(spec, value, state.best_metric):
-            return  # Trainer's own check makes it the best
         best = None if self.best_rows is None else unpack_rows(self.best_rows)
         if best is not None and rows is not None and len(best) == len(rows):
             test, tolerance = "paired", paired_standard_error(best, rows)
